@@ -1,0 +1,334 @@
+//! Configuration: CONTRACT.md section 7. Every key optional, unknown keys refused.
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The daemon's configuration, after defaults and validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Base URL of device-api, without a trailing slash.
+    pub device_api_url: String,
+    pub work_dir: PathBuf,
+    /// Normalised absolute directories a manifest `dst` must lie inside.
+    pub allowed_roots: Vec<PathBuf>,
+    pub allow_http: bool,
+    pub ca_file: Option<PathBuf>,
+    pub ota_gui_path: PathBuf,
+    pub stop_timeout_s: u64,
+    pub trust_window_hours: u64,
+    pub max_package_size: u64,
+    /// 0 means no cap.
+    pub max_download_bytes_per_s: u64,
+    pub log_level: tracing::Level,
+}
+
+/// The file as written by an operator; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    device_api_url: Option<String>,
+    work_dir: Option<PathBuf>,
+    allowed_roots: Option<Vec<PathBuf>>,
+    allow_http: Option<bool>,
+    ca_file: Option<PathBuf>,
+    ota_gui_path: Option<PathBuf>,
+    stop_timeout_s: Option<u64>,
+    trust_window_hours: Option<u64>,
+    max_package_size: Option<u64>,
+    max_download_bytes_per_s: Option<u64>,
+    log_level: Option<String>,
+}
+
+/// A configuration problem; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:12315";
+pub const DEFAULT_DEVICE_API_URL: &str = "http://127.0.0.1:9080";
+
+impl Config {
+    /// Defaults, with `work_dir` the process's working directory.
+    pub fn defaults() -> Result<Config, ConfigError> {
+        Config::from_raw(RawConfig::default())
+    }
+
+    /// Load from an optional TOML file; a missing `--config` means all defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::defaults(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml(&text).map_err(|e| match e {
+                    ConfigError::Parse { message, .. } => ConfigError::Parse {
+                        path: p.to_path_buf(),
+                        message,
+                    },
+                    other => other,
+                })
+            }
+        }
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        Config::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen_s = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_s
+            .parse()
+            .map_err(|_| invalid("listen", format!("`{listen_s}` is not an IP:port address")))?;
+
+        let device_api_url = raw
+            .device_api_url
+            .unwrap_or_else(|| DEFAULT_DEVICE_API_URL.to_string());
+        let device_api_url = device_api_url.trim_end_matches('/').to_string();
+        if !(device_api_url.starts_with("http://") || device_api_url.starts_with("https://"))
+            || device_api_url.len() <= "https://".len()
+        {
+            return Err(invalid(
+                "device_api_url",
+                format!("`{device_api_url}` is not an http(s) URL"),
+            ));
+        }
+
+        let cwd = std::env::current_dir().map_err(|e| {
+            invalid(
+                "work_dir",
+                format!("cannot read the working directory: {e}"),
+            )
+        })?;
+        let work_dir = match raw.work_dir {
+            None => cwd,
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(invalid("work_dir", "must not be empty"))
+            }
+            Some(p) if p.is_absolute() => p,
+            Some(p) => cwd.join(p),
+        };
+
+        let roots = raw
+            .allowed_roots
+            .unwrap_or_else(|| vec![PathBuf::from("/opt/tope")]);
+        if roots.is_empty() {
+            return Err(invalid("allowed_roots", "needs at least one directory"));
+        }
+        let mut allowed_roots = Vec::with_capacity(roots.len());
+        for r in roots {
+            let n = normalize_abs(&r).ok_or_else(|| {
+                invalid(
+                    "allowed_roots",
+                    format!("`{}` must be an absolute path without `..`", r.display()),
+                )
+            })?;
+            if n == Path::new("/") {
+                return Err(invalid(
+                    "allowed_roots",
+                    "`/` would let a package overwrite any file of the system",
+                ));
+            }
+            allowed_roots.push(n);
+        }
+
+        let stop_timeout_s = raw.stop_timeout_s.unwrap_or(10);
+        if stop_timeout_s == 0 || stop_timeout_s > 3600 {
+            return Err(invalid("stop_timeout_s", "must be between 1 and 3600"));
+        }
+        let trust_window_hours = raw.trust_window_hours.unwrap_or(24);
+        if trust_window_hours == 0 {
+            return Err(invalid("trust_window_hours", "must be at least 1"));
+        }
+        let max_package_size = raw.max_package_size.unwrap_or(4_294_967_296);
+        if max_package_size == 0 {
+            return Err(invalid("max_package_size", "must be at least 1"));
+        }
+        let log_level = match raw.log_level.as_deref().unwrap_or("info") {
+            s if s.eq_ignore_ascii_case("debug") => tracing::Level::DEBUG,
+            s if s.eq_ignore_ascii_case("info") => tracing::Level::INFO,
+            s if s.eq_ignore_ascii_case("warn") || s.eq_ignore_ascii_case("warning") => {
+                tracing::Level::WARN
+            }
+            s if s.eq_ignore_ascii_case("error") => tracing::Level::ERROR,
+            other => {
+                return Err(invalid(
+                    "log_level",
+                    format!("`{other}` is not one of debug, info, warn, error"),
+                ))
+            }
+        };
+        if let Some(ca) = &raw.ca_file {
+            if ca.as_os_str().is_empty() {
+                return Err(invalid("ca_file", "must not be empty"));
+            }
+        }
+
+        Ok(Config {
+            listen,
+            device_api_url,
+            work_dir,
+            allowed_roots,
+            allow_http: raw.allow_http.unwrap_or(false),
+            ca_file: raw.ca_file,
+            ota_gui_path: raw
+                .ota_gui_path
+                .unwrap_or_else(|| PathBuf::from("/opt/tope/ota-gui")),
+            stop_timeout_s,
+            trust_window_hours,
+            max_package_size,
+            max_download_bytes_per_s: raw.max_download_bytes_per_s.unwrap_or(0),
+            log_level,
+        })
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.work_dir.join("tmp")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.work_dir.join("logs")
+    }
+    pub fn backups_dir(&self) -> PathBuf {
+        self.work_dir.join("backups")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.tmp_dir().join("state.json")
+    }
+}
+
+/// Lexically normalise an absolute path: drop `.` components, refuse `..`.
+/// Returns `None` for a relative path or one with a `..` component.
+pub fn normalize_abs(p: &Path) -> Option<PathBuf> {
+    if !p.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::RootDir => {}
+            Component::CurDir => {}
+            Component::Normal(s) => out.push(s),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_section7_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:12315");
+        assert_eq!(c.device_api_url, "http://127.0.0.1:9080");
+        assert_eq!(c.work_dir, std::env::current_dir().unwrap());
+        assert_eq!(c.allowed_roots, vec![PathBuf::from("/opt/tope")]);
+        assert!(!c.allow_http);
+        assert_eq!(c.ca_file, None);
+        assert_eq!(c.ota_gui_path, PathBuf::from("/opt/tope/ota-gui"));
+        assert_eq!(c.stop_timeout_s, 10);
+        assert_eq!(c.trust_window_hours, 24);
+        assert_eq!(c.max_package_size, 4_294_967_296);
+        assert_eq!(c.max_download_bytes_per_s, 0);
+        assert_eq!(c.log_level, tracing::Level::INFO);
+    }
+
+    #[test]
+    fn contract_section7_every_key_is_read() {
+        let c = Config::from_toml(
+            r#"
+listen = "127.0.0.1:2000"
+device_api_url = "http://127.0.0.1:9999/"
+work_dir = "/var/lib/tope-updater"
+allowed_roots = ["/opt/tope", "/srv/./x"]
+allow_http = true
+ca_file = "/etc/ca.pem"
+ota_gui_path = "/bin/gui"
+stop_timeout_s = 3
+trust_window_hours = 2
+max_package_size = 1000
+max_download_bytes_per_s = 500
+log_level = "debug"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.device_api_url, "http://127.0.0.1:9999");
+        assert_eq!(c.work_dir, PathBuf::from("/var/lib/tope-updater"));
+        assert_eq!(
+            c.allowed_roots,
+            vec![PathBuf::from("/opt/tope"), PathBuf::from("/srv/x")]
+        );
+        assert!(c.allow_http);
+        assert_eq!(c.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(c.ota_gui_path, PathBuf::from("/bin/gui"));
+        assert_eq!(c.stop_timeout_s, 3);
+        assert_eq!(c.trust_window_hours, 2);
+        assert_eq!(c.max_package_size, 1000);
+        assert_eq!(c.max_download_bytes_per_s, 500);
+        assert_eq!(c.log_level, tracing::Level::DEBUG);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("lisen = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (toml, key) in [
+            ("listen = \"nowhere\"", "listen"),
+            ("device_api_url = \"ftp://x\"", "device_api_url"),
+            ("allowed_roots = [\"relative\"]", "allowed_roots"),
+            ("allowed_roots = [\"/opt/../etc\"]", "allowed_roots"),
+            ("allowed_roots = [\"/\"]", "allowed_roots"),
+            ("allowed_roots = []", "allowed_roots"),
+            ("stop_timeout_s = 0", "stop_timeout_s"),
+            ("log_level = \"loud\"", "log_level"),
+            ("stop_timeout_s = \"ten\"", "stop_timeout_s"),
+            ("max_package_size = 0", "max_package_size"),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn normalize() {
+        assert_eq!(
+            normalize_abs(Path::new("/opt/./tope//x")),
+            Some(PathBuf::from("/opt/tope/x"))
+        );
+        assert_eq!(normalize_abs(Path::new("/opt/../etc")), None);
+        assert_eq!(normalize_abs(Path::new("opt")), None);
+    }
+}

@@ -1,0 +1,5 @@
+//! tope-updater: the OTA updater daemon of the printer. See `docs/ARCHITECTURE.md`.
+
+pub mod config;
+pub mod error;
+pub mod fsutil;
