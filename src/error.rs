@@ -110,6 +110,16 @@ impl OtaError {
             detail: detail.into(),
         }
     }
+
+    /// Read back a persisted `"<CODE>: <detail>"`; an unknown code becomes INTERNAL_ERROR.
+    pub fn parse(s: &str) -> OtaError {
+        if let Some((code, detail)) = s.split_once(": ") {
+            if let Some(c) = ErrorCode::ALL.iter().find(|c| c.as_str() == code) {
+                return OtaError::new(*c, detail);
+            }
+        }
+        internal(s)
+    }
 }
 
 /// Shorthand constructors, one per code: `err::validation("...")`.
@@ -148,6 +158,13 @@ mod tests {
     #[test]
     fn display_is_code_colon_detail() {
         assert_eq!(md5_mismatch("abc").to_string(), "MD5_MISMATCH: abc");
+    }
+
+    #[test]
+    fn parse_roundtrips() {
+        let e = disk_full("no room: really");
+        assert_eq!(OtaError::parse(&e.to_string()), e);
+        assert_eq!(OtaError::parse("weird").code, ErrorCode::InternalError);
     }
 
     #[test]

@@ -3,3 +3,5 @@
 pub mod config;
 pub mod error;
 pub mod fsutil;
+pub mod lifecycle;
+pub mod state;

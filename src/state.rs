@@ -1,0 +1,266 @@
+//! `./tmp/state.json`: what survives a restart. Field names are the Python updater's, so an
+//! existing file is understood; extra fields (`etag`, `last_modified`, `error`) are added.
+//! Written atomically (`fsutil::write_atomic`); a missing, empty, half-written or otherwise
+//! unreadable file means a fresh start, never a crash.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::fsutil;
+use crate::lifecycle::{self, Lifecycle, PackageSpec, Stage, Validator};
+
+/// The file's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersistedState {
+    pub version: String,
+    pub package_url: String,
+    pub package_name: String,
+    pub package_size: u64,
+    pub package_md5: String,
+    pub bytes_downloaded: u64,
+    /// ISO 8601 time of this write.
+    pub last_update: String,
+    pub stage: String,
+    /// ISO 8601 time the MD5 was verified, `null` before.
+    pub verified_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+    /// The error of a `failed` stage, `"<CODE>: <detail>"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why a file on disk was not used.
+#[derive(Debug, PartialEq)]
+pub enum LoadOutcome {
+    Missing,
+    Loaded(Box<PersistedState>),
+    /// Unreadable, empty, not JSON or missing fields: start fresh (the reason is logged).
+    Unusable(String),
+}
+
+impl PersistedState {
+    /// What to persist for the lifecycle now; `None` when there is nothing to keep
+    /// (idle, or success: the contract deletes the file after a successful update).
+    pub fn from_lifecycle(l: &Lifecycle) -> Option<PersistedState> {
+        let p = l.package.as_ref()?;
+        if matches!(l.stage(), Stage::Idle | Stage::Success) {
+            return None;
+        }
+        Some(PersistedState {
+            version: p.version.clone(),
+            package_url: p.package_url.clone(),
+            package_name: p.package_name.clone(),
+            package_size: p.package_size,
+            package_md5: p.package_md5.clone(),
+            bytes_downloaded: l.bytes_done,
+            last_update: lifecycle::iso8601(time::OffsetDateTime::now_utc()),
+            stage: l.stage().as_str().to_string(),
+            verified_at: l.verified_at.map(lifecycle::iso8601),
+            etag: l.validator.etag.clone(),
+            last_modified: l.validator.last_modified.clone(),
+            error: l.error.as_ref().map(|e| e.to_string()),
+        })
+    }
+
+    pub fn spec(&self) -> PackageSpec {
+        PackageSpec {
+            version: self.version.clone(),
+            package_url: self.package_url.clone(),
+            package_name: self.package_name.clone(),
+            package_size: self.package_size,
+            package_md5: self.package_md5.to_ascii_lowercase(),
+        }
+    }
+
+    pub fn stage(&self) -> Option<Stage> {
+        Stage::parse(&self.stage)
+    }
+
+    pub fn validator(&self) -> Validator {
+        Validator {
+            etag: self.etag.clone(),
+            last_modified: self.last_modified.clone(),
+        }
+    }
+}
+
+/// Read the state file. Never fails: anything unusable is reported as such.
+pub fn load(path: &Path) -> LoadOutcome {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LoadOutcome::Missing,
+        Err(e) => return LoadOutcome::Unusable(format!("cannot read: {e}")),
+    };
+    parse(&bytes)
+}
+
+/// Parse leniently where the Python updater may have differed (numbers written as floats,
+/// `verified_at` as a number or missing), strictly where a wrong value would be dangerous.
+pub fn parse(bytes: &[u8]) -> LoadOutcome {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return LoadOutcome::Unusable("empty file".into());
+    }
+    let v: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return LoadOutcome::Unusable(format!("not JSON: {e}")),
+    };
+    let Some(o) = v.as_object() else {
+        return LoadOutcome::Unusable("not a JSON object".into());
+    };
+    let text = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+    let num = |k: &str| {
+        o.get(k).and_then(|v| {
+            v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                    .map(|f| f as u64)
+            })
+        })
+    };
+    let mut missing = Vec::new();
+    macro_rules! req {
+        ($e:expr, $k:literal) => {
+            match $e {
+                Some(x) => x,
+                None => {
+                    missing.push($k);
+                    Default::default()
+                }
+            }
+        };
+    }
+    let st = PersistedState {
+        version: req!(text("version"), "version"),
+        package_url: req!(text("package_url"), "package_url"),
+        package_name: req!(text("package_name"), "package_name"),
+        package_size: req!(num("package_size"), "package_size"),
+        package_md5: req!(text("package_md5"), "package_md5"),
+        bytes_downloaded: num("bytes_downloaded").unwrap_or(0),
+        last_update: text("last_update").unwrap_or_default(),
+        stage: req!(text("stage"), "stage"),
+        verified_at: text("verified_at"),
+        etag: text("etag"),
+        last_modified: text("last_modified"),
+        error: text("error"),
+    };
+    if !missing.is_empty() {
+        return LoadOutcome::Unusable(format!(
+            "missing or mistyped fields: {}",
+            missing.join(", ")
+        ));
+    }
+    if st.stage().is_none() {
+        return LoadOutcome::Unusable(format!("unknown stage `{}`", st.stage));
+    }
+    if st.package_size == 0 || st.bytes_downloaded > st.package_size {
+        return LoadOutcome::Unusable(format!(
+            "bytes_downloaded {} does not fit package_size {}",
+            st.bytes_downloaded, st.package_size
+        ));
+    }
+    if !valid_package_name(&st.package_name) {
+        return LoadOutcome::Unusable(format!("unsafe package_name `{}`", st.package_name));
+    }
+    LoadOutcome::Loaded(Box::new(st))
+}
+
+/// A plain file name: no `/`, no `\`, not `.`/`..`, no NUL, 1 to 255 bytes (CONTRACT.md 1).
+pub fn valid_package_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 255 && n != "." && n != ".." && !n.contains(['/', '\\', '\0'])
+}
+
+/// Persist (atomically) or delete the state file to match the lifecycle.
+pub fn save(path: &Path, l: &Lifecycle) -> std::io::Result<()> {
+    match PersistedState::from_lifecycle(l) {
+        Some(st) => {
+            let json = serde_json::to_vec_pretty(&st).map_err(std::io::Error::other)?;
+            fsutil::write_atomic(path, &json)
+        }
+        None => fsutil::remove_durable(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> &'static str {
+        r#"{"version":"1.2.3","package_url":"https://x/p.zip","package_name":"p.zip",
+            "package_size":1000,"package_md5":"0123456789ABCDEF0123456789abcdef",
+            "bytes_downloaded":400,"last_update":"2026-11-25T10:00:00.5","stage":"downloading",
+            "verified_at":null}"#
+    }
+
+    #[test]
+    fn contract_5_python_state_file_is_understood() {
+        match parse(sample().as_bytes()) {
+            LoadOutcome::Loaded(st) => {
+                assert_eq!(st.bytes_downloaded, 400);
+                assert_eq!(st.stage(), Some(Stage::Downloading));
+                assert_eq!(st.spec().package_md5, "0123456789abcdef0123456789abcdef");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn contract_6_corrupt_state_is_a_fresh_start() {
+        for bad in [
+            &b""[..],
+            b"   \n",
+            b"\x00\xff garbage",
+            b"{\"version\":\"1.2.3\",\"package_u",
+            b"[]",
+            b"{\"version\":\"1.2.3\"}",
+            br#"{"version":"1","package_url":"u","package_name":"../etc","package_size":5,"package_md5":"x","stage":"idle"}"#,
+            br#"{"version":"1","package_url":"u","package_name":"a","package_size":5,"bytes_downloaded":9,"package_md5":"x","stage":"idle"}"#,
+            br#"{"version":"1","package_url":"u","package_name":"a","package_size":5,"package_md5":"x","stage":"dancing"}"#,
+        ] {
+            assert!(matches!(parse(bad), LoadOutcome::Unusable(_)), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn save_writes_contract_field_names_and_deletes_on_success() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        let LoadOutcome::Loaded(st) = parse(sample().as_bytes()) else {
+            panic!()
+        };
+        let mut l = Lifecycle::restored(Stage::Downloading, Some(st.spec()), 400);
+        save(&p, &l).unwrap();
+        let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        for k in [
+            "version",
+            "package_url",
+            "package_name",
+            "package_size",
+            "package_md5",
+            "bytes_downloaded",
+            "last_update",
+            "stage",
+            "verified_at",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(
+            load(&p),
+            LoadOutcome::Loaded(Box::new(PersistedState {
+                last_update: v["last_update"].as_str().unwrap().into(),
+                ..PersistedState::from_lifecycle(&l).unwrap()
+            }))
+        );
+        l.transition(Stage::Verifying).unwrap();
+        l.transition(Stage::ToInstall).unwrap();
+        l.transition(Stage::Installing).unwrap();
+        l.transition(Stage::Success).unwrap();
+        save(&p, &l).unwrap();
+        assert!(!p.exists());
+        assert_eq!(load(&p), LoadOutcome::Missing);
+    }
+}
