@@ -1,7 +1,10 @@
 //! tope-updater: the OTA updater daemon of the printer. See `docs/ARCHITECTURE.md`.
 
 pub mod config;
+pub mod deploy;
 pub mod error;
 pub mod fsutil;
 pub mod lifecycle;
+pub mod package;
+pub mod process;
 pub mod state;
