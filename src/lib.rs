@@ -2,9 +2,13 @@
 
 pub mod config;
 pub mod deploy;
+pub mod download;
 pub mod error;
 pub mod fsutil;
 pub mod lifecycle;
+pub mod net;
 pub mod package;
 pub mod process;
+pub mod report;
+pub mod shutdown;
 pub mod state;

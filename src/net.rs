@@ -1,0 +1,106 @@
+//! HTTP clients: TLS trust (bundled roots + the system store + config `ca_file`), timeouts.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// Build the rustls configuration every client of the updater uses.
+///
+/// Trust anchors: the bundled Mozilla roots (printer images often have no CA store), whatever
+/// the system store holds, and the PEM certificates of `ca_file` (e.g. a private S3/MinIO CA).
+/// Fails only when `ca_file` is given and unusable: a silently ignored CA would make every
+/// download fail later with a confusing TLS error.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!("trusting {added} certificates of the system store");
+    if let Some(path) = ca_file {
+        let iter = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in iter {
+            let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!(
+                "ca_file {}: no PEM certificate found",
+                path.display()
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// The package download client. No decompression (it would break Range offsets), bounded
+/// connect and read stalls (not a total timeout: a large package may take long), redirects only
+/// to https unless plain http is allowed.
+pub fn download_client(
+    tls: &rustls::ClientConfig,
+    allow_http: bool,
+) -> Result<reqwest::Client, String> {
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else if attempt.url().scheme() == "https"
+            || (allow_http && attempt.url().scheme() == "http")
+        {
+            attempt.follow()
+        } else {
+            attempt.error("redirect to a non-https URL refused")
+        }
+    });
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls.clone())
+        .connect_timeout(Duration::from_secs(15))
+        .read_timeout(Duration::from_secs(30))
+        .redirect(policy)
+        .http1_only()
+        .user_agent(concat!("tope-updater/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// The device-api callback client: loopback, so never through a proxy.
+pub fn callback_client(tls: &rustls::ClientConfig) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls.clone())
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .http1_only()
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_7_ca_file_must_hold_a_certificate() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ca.pem");
+        std::fs::write(&p, "not a pem").unwrap();
+        assert!(tls_config(Some(&p)).unwrap_err().contains("ca_file"));
+        assert!(tls_config(Some(&d.path().join("missing.pem"))).is_err());
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&p, ca.cert.pem()).unwrap();
+        assert!(tls_config(Some(&p)).is_ok());
+        assert!(tls_config(None).is_ok());
+    }
+}

@@ -1,0 +1,190 @@
+//! Callbacks to device-api (CONTRACT.md section 2).
+//!
+//! The OTA work only pushes a report into a small queue (never waits). One sender task posts
+//! them in order. While device-api is down the queue collapses to the newest report, which is
+//! retried until device-api answers: the final outcome always arrives once it is back, and an
+//! older report never arrives after a newer one (one sender, FIFO).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::lifecycle::Status;
+
+/// The callback body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub stage: String,
+    pub progress: u8,
+    pub message: String,
+    pub error: Option<String>,
+}
+
+impl From<&Status> for Report {
+    fn from(s: &Status) -> Self {
+        Report {
+            stage: s.stage.as_str().to_string(),
+            progress: s.progress,
+            message: s.message.clone(),
+            error: s.error.clone(),
+        }
+    }
+}
+
+/// Reports waiting to be sent. Bounded: past `MAX_QUEUE` the oldest are dropped.
+pub struct Reporter {
+    queue: Mutex<VecDeque<Report>>,
+    notify: Notify,
+}
+
+const MAX_QUEUE: usize = 64;
+/// A callback that takes longer than this is abandoned and retried.
+const POST_TIMEOUT: Duration = Duration::from_secs(2);
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Default for Reporter {
+    fn default() -> Self {
+        Reporter::new()
+    }
+}
+
+impl Reporter {
+    pub fn new() -> Reporter {
+        Reporter {
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Queue a report; returns at once.
+    pub fn push(&self, r: Report) {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.back() == Some(&r) {
+                return;
+            }
+            if q.len() >= MAX_QUEUE {
+                q.pop_front();
+            }
+            q.push_back(r);
+        }
+        self.notify.notify_one();
+    }
+
+    fn front(&self) -> Option<Report> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .front()
+            .cloned()
+    }
+
+    fn pop_sent(&self, sent: &Report) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.front() == Some(sent) {
+            q.pop_front();
+        }
+    }
+
+    /// device-api did not take the report: keep only the newest one.
+    fn collapse(&self) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        while q.len() > 1 {
+            q.pop_front();
+        }
+    }
+
+    /// The sender loop; runs for the life of the daemon.
+    pub async fn run(self: Arc<Self>, client: reqwest::Client, base_url: String) {
+        let url = format!("{base_url}/api/v1.0/ota/report");
+        let mut backoff = RETRY_MIN;
+        let mut failing = false;
+        loop {
+            let Some(report) = self.front() else {
+                self.notify.notified().await;
+                continue;
+            };
+            match post(&client, &url, &report).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("device-api reachable again; callbacks delivered");
+                        failing = false;
+                    }
+                    tracing::debug!(stage = %report.stage, progress = report.progress, "callback delivered");
+                    self.pop_sent(&report);
+                    backoff = RETRY_MIN;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!("callback to {url} failed ({e}); keeping the newest report and retrying");
+                        failing = true;
+                    } else {
+                        tracing::debug!("callback to {url} failed again ({e})");
+                    }
+                    self.collapse();
+                    // Wait for the backoff, or for a newer report (tried at once).
+                    let _ = tokio::time::timeout(backoff, self.notify.notified()).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+async fn post(client: &reqwest::Client, url: &str, r: &Report) -> Result<(), String> {
+    let body = serde_json::to_vec(r).map_err(|e| e.to_string())?;
+    let resp = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .timeout(POST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", resp.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(stage: &str, p: u8) -> Report {
+        Report {
+            stage: stage.into(),
+            progress: p,
+            message: String::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn contract_2_queue_keeps_order_and_collapses_to_newest() {
+        let rep = Reporter::new();
+        rep.push(r("downloading", 0));
+        rep.push(r("downloading", 0)); // duplicate of the newest: dropped
+        rep.push(r("downloading", 5));
+        rep.push(r("failed", 5));
+        assert_eq!(rep.front(), Some(r("downloading", 0)));
+        rep.collapse();
+        assert_eq!(rep.front(), Some(r("failed", 5)));
+        rep.pop_sent(&r("failed", 5));
+        assert_eq!(rep.front(), None);
+    }
+
+    #[test]
+    fn queue_is_bounded() {
+        let rep = Reporter::new();
+        for i in 0..200u16 {
+            rep.push(r("downloading", (i % 101) as u8));
+        }
+        assert_eq!(rep.queue.lock().unwrap().len(), MAX_QUEUE);
+    }
+}
