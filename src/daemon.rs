@@ -1,0 +1,154 @@
+//! `tope-updater serve`: wire configuration, logging, recovery, the API and signals together.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::report::Reporter;
+use crate::shutdown::Shutdown;
+use crate::updater::Updater;
+
+/// Create `dir` (and parents) with mode 0755 if missing.
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    crate::fsutil::create_dirs_durable(dir).map(|_| ())
+}
+
+/// Run the daemon until SIGTERM/SIGINT. Exit codes: 0 after a clean shutdown, 2 for a
+/// configuration error, 1 for anything else that stops it from starting (port taken...).
+pub fn serve(config_path: Option<&Path>) -> ExitCode {
+    let cfg = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tope-updater: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for d in [
+        cfg.work_dir.clone(),
+        cfg.tmp_dir(),
+        cfg.logs_dir(),
+        cfg.backups_dir(),
+    ] {
+        if let Err(e) = ensure_dir(&d) {
+            eprintln!("tope-updater: cannot create {}: {e}", d.display());
+            return ExitCode::from(1);
+        }
+    }
+    if let Err(e) = crate::logging::init(cfg.log_level, &cfg.logs_dir()) {
+        eprintln!(
+            "tope-updater: cannot set up logging in {}: {e}",
+            cfg.logs_dir().display()
+        );
+        return ExitCode::from(1);
+    }
+    let tls = match crate::net::tls_config(cfg.ca_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tope-updater: config key `ca_file`: {e}");
+            tracing::error!("config key `ca_file`: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Bind before anything else happens: a taken port is an error, never another port.
+    let listener = match std::net::TcpListener::bind(cfg.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tope-updater: cannot listen on {}: {e}", cfg.listen);
+            tracing::error!("cannot listen on {}: {e}", cfg.listen);
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = listener.set_nonblocking(true) {
+        eprintln!("tope-updater: {e}");
+        return ExitCode::from(1);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tope-updater: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let callback_client = match crate::net::callback_client(&tls) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tope-updater: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        "tope-updater {} starting: listen {}, work_dir {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.listen,
+        cfg.work_dir.display()
+    );
+    let shutdown = Shutdown::new();
+    let reporter = Arc::new(Reporter::new());
+    let device_api = cfg.device_api_url.clone();
+    let updater = Updater::new(cfg, tls, reporter.clone(), shutdown.clone());
+
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        // Recovery first: the API reports nothing about an interrupted installation before
+        // it is finished or rolled back. Requests wait in the listen backlog meanwhile.
+        let u = updater.clone();
+        tokio::task::spawn_blocking(move || u.recover())
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(reporter.run(callback_client, device_api));
+        let sig = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested: finishing the current step");
+            sig.trigger();
+        });
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        tracing::info!("API ready on http://{}/api/v1.0", listener.local_addr()?);
+        let stop = shutdown.clone();
+        axum::serve(listener, crate::api::router(updater.clone()))
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await?;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let u = updater.clone();
+        tokio::task::spawn_blocking(move || u.join_job())
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok::<(), std::io::Error>(())
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("daemon failed: {e}");
+            eprintln!("tope-updater: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!(
+                "cannot install signal handlers; SIGTERM will kill the daemon outright"
+            );
+            std::future::pending::<()>().await;
+        }
+    }
+}
