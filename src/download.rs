@@ -280,6 +280,8 @@ impl Job<'_> {
         self.hasher = Md5::new();
         self.offset = 0;
         self.last_step = 0;
+        self.last_ckpt_bytes = 0;
+        self.last_ckpt_at = Instant::now();
         self.sink.progress(0);
         Ok(())
     }
@@ -393,7 +395,7 @@ impl Job<'_> {
             self.sink.progress(self.offset);
             let step = report_step(download_percent(self.offset, size));
             if step != self.last_step
-                || (self.offset - self.last_ckpt_bytes >= CHECKPOINT_MIN_BYTES
+                || (self.offset.saturating_sub(self.last_ckpt_bytes) >= CHECKPOINT_MIN_BYTES
                     && self.last_ckpt_at.elapsed() >= CHECKPOINT_EVERY)
             {
                 self.last_step = step;

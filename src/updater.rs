@@ -122,9 +122,16 @@ impl Updater {
 
     fn spawn_job(&self, name: &str, f: impl FnOnce(Updater) + Send + 'static) {
         let me = self.clone();
+        let job_name = name.to_string();
         let handle = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || f(me));
+            .spawn(move || {
+                let u = me.clone();
+                let run = std::panic::AssertUnwindSafe(move || f(u));
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    me.after_panic(&job_name, panic_text(&panic));
+                }
+            });
         match handle {
             Ok(h) => {
                 // The previous job has finished its work (the lifecycle allows one at a time).
@@ -134,6 +141,27 @@ impl Updater {
                 error::internal(format!("cannot start {name} job: {e}")),
                 |_| {},
             ),
+        }
+    }
+
+    /// A job died of a bug: never leave the stage stuck. An installation is rolled back from
+    /// its journal at once, as a restart would.
+    fn after_panic(&self, job: &str, why: String) {
+        tracing::error!("{job} job crashed: {why}");
+        let stage = lock(&self.inner.life).stage();
+        let err = if matches!(stage, Stage::Installing | Stage::Rebooting) {
+            let cfg = &self.inner.cfg;
+            match deploy::recover(&cfg.backups_dir(), Duration::from_secs(cfg.stop_timeout_s)) {
+                Ok(_) => error::deployment_failed(format!(
+                    "internal error during installation ({why}); rolled back"
+                )),
+                Err(e) => e,
+            }
+        } else {
+            error::internal(format!("{job} job crashed: {why}"))
+        };
+        if stage.is_busy() {
+            self.fail(err, |_| {});
         }
     }
 
@@ -606,6 +634,13 @@ impl Updater {
             Next::Verify(s) => self.spawn_job("verify", move |u| u.run_verify(s)),
         }
     }
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
 }
 
 impl DownloadSink for Updater {
