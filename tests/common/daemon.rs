@@ -1,0 +1,368 @@
+//! The real `tope-updater` binary, started with a config file in the test's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::http;
+use super::{FakeDeviceApi, Workspace};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tope-updater");
+pub const API: &str = "/api/v1.0";
+
+/// Config values the tests vary; everything else is fixed to the test's directories.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub allow_http: bool,
+    pub stop_timeout_s: u64,
+    /// `None`: a path that does not exist.
+    pub ota_gui_path: Option<PathBuf>,
+    /// Write `ca_file = <workspace>/ca.pem` (the nginx CA) when that file exists.
+    pub use_ca_file: bool,
+    /// More TOML lines, appended as they are.
+    pub extra_toml: String,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            allow_http: false,
+            stop_timeout_s: 2,
+            ota_gui_path: None,
+            use_ca_file: true,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub work_dir: PathBuf,
+    pub config_path: PathBuf,
+    out_dir: PathBuf,
+    runs: u32,
+    /// The first envelope /progress answered after the latest (re)start.
+    pub first_progress: Option<Value>,
+}
+
+fn toml_str(p: &Path) -> String {
+    serde_json::to_string(&p.display().to_string()).unwrap()
+}
+
+/// The TOML config for a daemon of this workspace.
+pub fn config_text(ws: &Workspace, api: &FakeDeviceApi, port: u16, o: &DaemonOptions) -> String {
+    let gui = o
+        .ota_gui_path
+        .clone()
+        .unwrap_or_else(|| ws.path().join("no-such-ota-gui"));
+    let mut t = format!(
+        "listen = \"127.0.0.1:{port}\"\nwork_dir = {}\ndevice_api_url = \"{}\"\n\
+         allowed_roots = [{}]\nota_gui_path = {}\nstop_timeout_s = {}\nallow_http = {}\n",
+        toml_str(&ws.work_dir()),
+        api.url(),
+        toml_str(&ws.root()),
+        toml_str(&gui),
+        o.stop_timeout_s,
+        o.allow_http,
+    );
+    if o.use_ca_file && ws.ca_file().exists() {
+        t.push_str(&format!("ca_file = {}\n", toml_str(&ws.ca_file())));
+    }
+    t.push_str(&o.extra_toml);
+    t
+}
+
+/// Spawns the binary with `serve --config <path>`, output into files in `out_dir`.
+pub fn spawn_raw(config_path: &Path, out_dir: &Path, run: u32) -> Child {
+    let out = std::fs::File::create(out_dir.join(format!("daemon-{run}.stdout"))).unwrap();
+    let err = std::fs::File::create(out_dir.join(format!("daemon-{run}.stderr"))).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .current_dir(out_dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    for v in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        cmd.env_remove(v);
+    }
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().expect("spawn tope-updater")
+}
+
+impl Daemon {
+    /// Writes the config and starts the daemon; returns once GET /progress answers.
+    pub fn start(ws: &Workspace, api: &FakeDeviceApi, opts: DaemonOptions) -> Daemon {
+        let port = super::free_port();
+        let config_path = ws.path().join("updater.toml");
+        std::fs::write(&config_path, config_text(ws, api, port, &opts)).unwrap();
+        Daemon::start_with_config(&config_path, port, &ws.work_dir(), ws.path())
+    }
+
+    pub fn start_with_config(
+        config_path: &Path,
+        port: u16,
+        work_dir: &Path,
+        out_dir: &Path,
+    ) -> Daemon {
+        let mut d = Daemon {
+            child: None,
+            addr: ([127, 0, 0, 1], port).into(),
+            work_dir: work_dir.to_path_buf(),
+            config_path: config_path.to_path_buf(),
+            out_dir: out_dir.to_path_buf(),
+            runs: 0,
+            first_progress: None,
+        };
+        d.spawn_and_wait();
+        d
+    }
+
+    fn spawn_and_wait(&mut self) {
+        self.runs += 1;
+        self.child = Some(spawn_raw(&self.config_path, &self.out_dir, self.runs));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http::request(self.addr, "GET", &format!("{API}/progress"), None, b"") {
+                if r.status == 200 {
+                    self.first_progress = serde_json::from_slice(&r.body).ok();
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "tope-updater exited ({status}) before answering /progress:\n{}",
+                    self.output()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "tope-updater did not answer /progress within 30 s:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("daemon running").id() as i32
+    }
+
+    /// SIGKILL (a power cut, as far as the daemon can tell) and reap.
+    pub fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (up to `timeout`) for the exit status.
+    pub fn sigterm_and_wait(&mut self, timeout: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        super::procs::signal(c.id() as i32, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = c.try_wait().expect("try_wait") {
+                return s;
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("tope-updater did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the daemon again with the same config and work_dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart() of a running daemon");
+        self.spawn_and_wait();
+    }
+
+    /// stdout, stderr of every run and the tail of the updater log.
+    pub fn output(&self) -> String {
+        let mut s = String::new();
+        for run in 1..=self.runs {
+            for kind in ["stdout", "stderr"] {
+                let p = self.out_dir.join(format!("daemon-{run}.{kind}"));
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                s.push_str(&format!(
+                    "--- daemon run {run} {kind} ---\n{}\n",
+                    super::nginx::tail(&text, 60)
+                ));
+            }
+        }
+        let log =
+            std::fs::read_to_string(self.work_dir.join("logs/updater.log")).unwrap_or_default();
+        s.push_str(&format!(
+            "--- logs/updater.log (tail) ---\n{}\n",
+            super::nginx::tail(&log, 60)
+        ));
+        s
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        ct: Option<&str>,
+        body: &[u8],
+    ) -> http::Response {
+        let full = format!("{API}{path}");
+        http::request(self.addr, method, &full, ct, body)
+            .unwrap_or_else(|e| panic!("{method} {full}: {e}\n{}", self.output()))
+    }
+
+    /// POST a JSON value; returns (HTTP status, envelope).
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, Some("application/json"), body.to_string().as_bytes())
+    }
+
+    /// POST raw bytes with an optional content type; returns (HTTP status, envelope).
+    pub fn post_raw(&self, path: &str, ct: Option<&str>, body: &[u8]) -> (u16, Value) {
+        let r = self.request("POST", path, ct, body);
+        (r.status, r.json())
+    }
+
+    pub fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.request("GET", path, None, b"");
+        (r.status, r.json())
+    }
+
+    /// The whole /progress envelope (asserting HTTP 200).
+    pub fn progress(&self) -> Value {
+        let (status, v) = self.get_json("/progress");
+        assert_eq!(status, 200, "/progress HTTP status; body {v}");
+        v
+    }
+
+    /// Polls /progress every 50 ms until `cond(envelope)` holds.
+    pub fn wait_for(&self, what: &str, timeout: Duration, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.progress();
+            if cond(&p) {
+                return p;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; last /progress: {p}\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for `data.stage == stage`; fails at once if the stage becomes `failed` instead
+    /// (unless `failed` is what is awaited).
+    pub fn wait_stage(&self, stage: &str, timeout: Duration) -> Value {
+        let p = self.wait_for(&format!("stage {stage}"), timeout, |p| {
+            let s = stage_of(p);
+            s == stage || (s == "failed" && stage != "failed")
+        });
+        if stage_of(&p) != stage {
+            panic!(
+                "expected stage {stage}, the update failed: {p}\n{}",
+                self.output()
+            );
+        }
+        p
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let c = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = c.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.output());
+        }
+    }
+}
+
+/// `data.stage` of a /progress envelope ("" when absent).
+pub fn stage_of(p: &Value) -> String {
+    p["data"]["stage"].as_str().unwrap_or("").to_string()
+}
+
+/// `data.progress` of a /progress envelope (-1 when absent).
+pub fn progress_of(p: &Value) -> i64 {
+    p["data"]["progress"].as_i64().unwrap_or(-1)
+}
+
+/// Checks an API error envelope: HTTP 200, `code`, `msg` starting with `<CODE>: `, data null.
+pub fn check_error(answer: &(u16, Value), code: i64, error_code: &str) -> Result<(), String> {
+    let (status, v) = answer;
+    let msg = v["msg"].as_str().unwrap_or("");
+    if *status != 200 {
+        Err(format!("HTTP status {status}, not 200; body {v}"))
+    } else if v["code"].as_i64() != Some(code) {
+        Err(format!("envelope code is not {code}; body {v}"))
+    } else if !msg.starts_with(&format!("{error_code}: ")) {
+        Err(format!(
+            "msg does not start with `{error_code}: `; body {v}"
+        ))
+    } else if !v.get("data").is_some_and(|d| d.is_null()) {
+        Err(format!("data is not null; body {v}"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Asserts an API error envelope (see `check_error`).
+#[track_caller]
+pub fn assert_error(answer: &(u16, Value), code: i64, error_code: &str, context: &str) {
+    if let Err(e) = check_error(answer, code, error_code) {
+        panic!("{context}: {e}");
+    }
+}
+
+/// Asserts a success envelope with `data.status == status`.
+#[track_caller]
+pub fn assert_ok_status(answer: &(u16, Value), status: &str, context: &str) {
+    let (http_status, v) = answer;
+    assert_eq!(*http_status, 200, "{context}: HTTP status; body {v}");
+    assert_eq!(v["code"].as_i64(), Some(200), "{context}: code; body {v}");
+    assert_eq!(
+        v["msg"].as_str(),
+        Some("success"),
+        "{context}: msg; body {v}"
+    );
+    assert_eq!(
+        v["data"]["status"].as_str(),
+        Some(status),
+        "{context}: data.status; body {v}"
+    );
+}

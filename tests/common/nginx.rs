@@ -1,0 +1,228 @@
+//! A real nginx (Range, If-Range, ETag, limit_rate) serving packages over HTTPS on loopback,
+//! with a certificate from a CA generated for the test.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+pub const NGINX_BIN: &str = "/usr/sbin/nginx";
+
+/// Bytes per second allowed under `/slow/`.
+pub const SLOW_RATE: u64 = 512 * 1024;
+
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+/// One line of the access log.
+#[derive(Debug, Clone)]
+pub struct AccessLine {
+    pub status: u16,
+    pub body_bytes_sent: u64,
+    /// The `Range` request header, if any.
+    pub range: Option<String>,
+    /// The `If-Range` request header, if any.
+    pub if_range: Option<String>,
+    /// The request line, e.g. `GET /pkg.zip HTTP/1.1`.
+    pub request: String,
+}
+
+impl AccessLine {
+    /// The start offset N of a `Range: bytes=N-...` header.
+    pub fn range_start(&self) -> Option<u64> {
+        let r = self.range.as_deref()?;
+        let spec = r.strip_prefix("bytes=")?;
+        spec.split('-').next()?.trim().parse().ok()
+    }
+
+    pub fn path(&self) -> &str {
+        self.request.split(' ').nth(1).unwrap_or("")
+    }
+}
+
+pub fn write_tls_material(dir: &Path, ca_out: &Path) -> (PathBuf, PathBuf) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tope-updater test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("leaf params");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).expect("leaf cert");
+
+    let cert_path = dir.join("server.pem");
+    let key_path = dir.join("server.key");
+    std::fs::write(&cert_path, leaf_cert.pem()).unwrap();
+    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(ca_out, ca_cert.pem()).unwrap();
+    (cert_path, key_path)
+}
+
+impl Nginx {
+    /// Starts nginx in `dir`. Without nginx: panics under CI, else prints why and gives `None`.
+    pub fn start(dir: &Path, ca_out: &Path) -> Option<Nginx> {
+        if !Path::new(NGINX_BIN).exists() {
+            if std::env::var_os("CI").is_some() {
+                panic!("{NGINX_BIN} not found: CI must install nginx-light (see .ci/run)");
+            }
+            eprintln!("skipping: nginx not installed (run scripts/test.sh)");
+            return None;
+        }
+        std::fs::create_dir_all(dir.join("www/slow")).unwrap();
+        std::fs::create_dir_all(dir.join("temp")).unwrap();
+        let (cert, key) = write_tls_material(dir, ca_out);
+        let port = super::free_port();
+        let d = dir.display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 128; }}
+http {{
+    log_format ranges '$status|$body_bytes_sent|$http_range|$http_if_range|$request';
+    access_log {d}/access.log ranges;
+    client_body_temp_path {d}/temp/body;
+    proxy_temp_path {d}/temp/proxy;
+    fastcgi_temp_path {d}/temp/fastcgi;
+    uwsgi_temp_path {d}/temp/uwsgi;
+    scgi_temp_path {d}/temp/scgi;
+    default_type application/octet-stream;
+    keepalive_timeout 5s;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        root {d}/www;
+        location /slow/ {{
+            limit_rate {SLOW_RATE};
+        }}
+    }}
+}}
+"#,
+            cert = cert.display(),
+            key = key.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = std::fs::File::create(dir.join("nginx.out")).unwrap();
+        let mut cmd = Command::new(NGINX_BIN);
+        cmd.arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("spawn nginx");
+        let mut nginx = Nginx {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!(
+                    "nginx exited ({status}) at start:\n{}\n{}",
+                    std::fs::read_to_string(dir.join("nginx.out")).unwrap_or_default(),
+                    std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!("nginx did not listen on {addr} within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(nginx)
+    }
+
+    /// Writes `bytes` as `www/<rel>` and returns its https URL.
+    pub fn put(&self, rel: &str, bytes: &[u8]) -> String {
+        let p = self.www(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        self.url(rel)
+    }
+
+    pub fn www(&self, rel: &str) -> PathBuf {
+        self.dir.join("www").join(rel)
+    }
+
+    pub fn url(&self, rel: &str) -> String {
+        format!("https://127.0.0.1:{}/{}", self.port, rel)
+    }
+
+    /// The access log so far (lines whose request path is `/<rel>` when `rel` is given).
+    pub fn access_log(&self, rel: Option<&str>) -> Vec<AccessLine> {
+        let text = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+        let opt = |s: &str| (s != "-" && !s.is_empty()).then(|| s.to_string());
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(5, '|');
+                Some(AccessLine {
+                    status: f.next()?.parse().ok()?,
+                    body_bytes_sent: f.next()?.parse().ok()?,
+                    range: opt(f.next()?),
+                    if_range: opt(f.next()?),
+                    request: f.next()?.to_string(),
+                })
+            })
+            .filter(|a| rel.is_none_or(|r| a.path() == format!("/{r}")))
+            .collect()
+    }
+
+    pub fn raw_access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- nginx access log ---\n{}\n--- nginx error log (tail) ---\n{}",
+                self.raw_access_log(),
+                tail(
+                    &std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default(),
+                    30
+                )
+            );
+        }
+    }
+}
+
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
