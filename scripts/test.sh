@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The project's test command: installs the tools the integration tests run against
+# (nginx, strace, curl) when they are missing, then runs format check, clippy and all tests.
+# Usage: scripts/test.sh        (from anywhere; runs in the repository root)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# nginx lives in /usr/sbin, which is not on every user's PATH.
+case ":$PATH:" in
+    *:/usr/sbin:*) ;;
+    *) export PATH="$PATH:/usr/sbin" ;;
+esac
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "test.sh: need root (or sudo) to run: $*" >&2
+        return 1
+    fi
+}
+
+apt_updated=0
+# ensure_tool COMMAND DEBIAN-PACKAGE
+ensure_tool() {
+    local tool=$1 package=$2
+    if command -v "$tool" >/dev/null 2>&1; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: '$tool' is missing and apt-get is not available; install '$package'" >&2
+        return 1
+    fi
+    echo "test.sh: installing $package (for $tool)"
+    if [ "$apt_updated" -eq 0 ]; then
+        as_root apt-get update
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "$package"
+    command -v "$tool" >/dev/null 2>&1 || {
+        echo "test.sh: '$tool' still missing after installing $package" >&2
+        return 1
+    }
+}
+
+ensure_tool nginx nginx-light
+ensure_tool strace strace
+ensure_tool curl curl
+
+echo "test.sh: cargo fmt --check"
+cargo fmt --check
+echo "test.sh: cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+# The lean printer build (no demo) must keep compiling.
+echo "test.sh: cargo check --no-default-features"
+cargo check --no-default-features
+echo "test.sh: cargo test --all-targets --no-fail-fast"
+cargo test --all-targets --no-fail-fast
+echo "test.sh: all checks passed"
