@@ -1,0 +1,142 @@
+//! CONTRACT.md section 3 DISK_FULL during a download: the disk fills up while the package is
+//! being written (another program takes the space after the up-front check passed). The
+//! download fails with DISK_FULL, the partial file is removed, and the daemon stays healthy.
+//! The work directory is a real small tmpfs (mounting needs root: CI runs as root).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::daemon::stage_of;
+use common::*;
+
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` at `dir`; `None` (saying why) when not root outside CI.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return Some(Tmpfs(dir.to_path_buf()));
+        }
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "cannot mount a tmpfs at {} (CI runs as root and must)",
+                dir.display()
+            );
+        }
+        eprintln!("skipping: cannot mount a tmpfs (needs root)");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn contract_3_disk_filling_up_during_download_is_disk_full_and_removes_the_partial() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let Some(_fs) = Tmpfs::mount(&ws.work_dir(), "8m") else {
+        return;
+    };
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+
+    // 5 MB fit in the 8 MB tmpfs when the download starts; /slow/ keeps it going for seconds.
+    let package = pseudo_random_bytes(5 << 20, 77);
+    let url = nginx.put("slow/big.zip", &package);
+    let (_, answer) = d.post_json(
+        "/download",
+        &download_body("1.0.0", &url, "big.zip", &package),
+    );
+    assert_eq!(answer["data"]["status"], "downloading", "{answer}");
+    d.wait_for("some bytes on disk", Duration::from_secs(30), |p| {
+        p["data"]["bytes_downloaded"].as_u64().unwrap_or(0) > 0
+    });
+
+    // Someone else takes what is left of the disk.
+    let filler = ws.work_dir().join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0x5au8; 64 * 1024];
+    loop {
+        use std::io::Write;
+        if f.write_all(&chunk).is_err() || f.sync_data().is_err() {
+            break;
+        }
+    }
+
+    let p = d.wait_stage("failed", Duration::from_secs(60));
+    let err = p["data"]["error"].as_str().unwrap_or_default();
+    assert!(err.starts_with("DISK_FULL: "), "{p}");
+    assert_eq!(p["code"], 500, "{p}");
+    assert!(
+        !ws.tmp_file("big.zip").exists(),
+        "the partial download must be removed"
+    );
+    let reports = api.reports();
+    assert!(
+        reports.iter().any(|r| r.body["stage"] == "failed"
+            && r.body["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("DISK_FULL"))),
+        "device-api must be told"
+    );
+
+    // Space back: the same package downloads again from the start and verifies.
+    drop(f);
+    std::fs::remove_file(&filler).unwrap();
+    let (_, answer) = d.post_json(
+        "/download",
+        &download_body("1.0.0", &url, "big.zip", &package),
+    );
+    assert_eq!(answer["data"]["status"], "downloading", "{answer}");
+    let p = d.wait_for("toInstall", Duration::from_secs(60), |p| {
+        matches!(stage_of(p).as_str(), "toInstall" | "failed")
+    });
+    assert_eq!(stage_of(&p), "toInstall", "{p}");
+    assert_eq!(md5_file(&ws.tmp_file("big.zip")), md5_hex(&package));
+}
+
+#[test]
+fn contract_3_disk_full_is_checked_up_front_from_package_size() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let Some(_fs) = Tmpfs::mount(&ws.work_dir(), "4m") else {
+        return;
+    };
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let package = pseudo_random_bytes(6 << 20, 78);
+    let url = nginx.put("huge.zip", &package);
+    let (_, answer) = d.post_json(
+        "/download",
+        &download_body("1.0.0", &url, "huge.zip", &package),
+    );
+    assert_eq!(answer["code"], 500, "{answer}");
+    assert!(
+        answer["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("DISK_FULL: "),
+        "{answer}"
+    );
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    assert!(
+        nginx.access_log(Some("huge.zip")).is_empty(),
+        "nothing was fetched"
+    );
+    assert!(!ws.tmp_file("huge.zip").exists());
+}
