@@ -622,9 +622,14 @@ impl Updater {
             },
         }
         tracing::info!("starting in stage {}", l.stage());
+        let idle = l.stage() == Stage::Idle;
         *lock(&self.inner.life) = l;
         self.persist();
-        self.report_now();
+        // What a restart found (an outcome, a resumed download) is news for device-api;
+        // an idle start is not a stage change.
+        if !idle {
+            self.report_now();
+        }
         match next {
             Next::Nothing => {}
             Next::Download(s, from, v) => {

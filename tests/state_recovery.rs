@@ -276,4 +276,16 @@ fn contract_6_power_cut_during_install_is_finished_or_rolled_back() {
         "success" => assert!(all_new, "success with old files: {p}"),
         _ => assert!(all_old, "{} with new files: {p}", stage_of(&p)),
     }
+    // Section 2: the outcome found at the restart reaches device-api.
+    let outcome = stage_of(&p);
+    wait_until(
+        "device-api to receive the outcome after the restart",
+        Duration::from_secs(10),
+        || {
+            api.reports()
+                .last()
+                .filter(|r| r.body["stage"] == outcome.as_str())
+                .map(|_| ())
+        },
+    );
 }
