@@ -33,7 +33,9 @@
 //!    manifest order): `service` with `systemctl start`, else `start_cmd` detached (skipped when
 //!    a process of that `process_name` already runs). A module with a `process_name` but
 //!    neither `start_cmd` nor `service` stays stopped (warning in the log).
-//! 8. The journal moves to phase `committed`, then the backups and the journal are removed.
+//! 8. The journal moves to phase `committed` and `install` returns. The caller records the
+//!    outcome durably (state file), then calls [`finish`], which removes the journal and the
+//!    backups. A restart in between finds the committed journal: the update completed.
 //!
 //! Any failure in 4-7 (and a failure to write the `committed` journal) rolls back, then
 //! reports `DEPLOYMENT_FAILED` (`DISK_FULL` when the disk filled up) with the cause.
@@ -704,15 +706,22 @@ pub fn install(
         return Err(fail(e, &journal, opts, on_event));
     }
 
-    // 8. Commit and clean up.
+    // 8. Commit. The caller records the outcome, then calls [`finish`]: until then the
+    // committed journal tells a restart that the installation completed.
     journal.phase = Phase::Committed;
     if let Err(e) = write_journal(backups_dir, &journal) {
         journal.phase = Phase::Deploying;
         return Err(fail(e, &journal, opts, on_event));
     }
-    cleanup(backups_dir);
     tracing::info!("version {} installed", journal.version);
     Ok(InstallOutcome::Done)
+}
+
+/// After [`install`] returned `Done` and the caller has durably recorded the outcome: remove
+/// the committed journal and the backups. A power cut before or during this is finished by
+/// [`recover`] (phase `committed` means completed), so the outcome is never misreported.
+pub fn finish(backups_dir: &Path) {
+    cleanup(backups_dir);
 }
 
 /// At start-up, before the API reports anything: finish or roll back an interrupted
@@ -813,14 +822,23 @@ mod tests {
                 stop_timeout: stop,
                 cancel: &self.cancel,
             };
-            install(&self.zip, "1.2.3", &opts, &mut |e| {
+            let r = install(&self.zip, "1.2.3", &opts, &mut |e| {
                 if let (Some(at), InstallEvent::Deploying { index, .. }) = (cancel_at, &e) {
                     if *index == at {
                         self.cancel.store(true, Ordering::SeqCst);
                     }
                 }
                 events.push(format!("{e:?}"));
-            })
+            });
+            // As the updater does once the outcome is recorded.
+            if matches!(r, Ok(InstallOutcome::Done)) {
+                assert!(
+                    self.backups.join(JOURNAL_NAME).exists(),
+                    "the committed journal stays until the caller has recorded the outcome"
+                );
+                finish(&self.backups);
+            }
+            r
         }
         fn put(&self, rel: &str, content: &str, mode: u32) {
             let p = self.root.join(rel);

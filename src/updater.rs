@@ -432,6 +432,8 @@ impl Updater {
                     }
                     l.note = format!("Update to {} completed", spec.version);
                 });
+                // The outcome is durable (state.json removed): now the journal may go.
+                deploy::finish(&backups);
                 if let Err(e) = fsutil::remove_durable(&path) {
                     tracing::warn!("cannot remove {}: {e}", path.display());
                 }
