@@ -17,7 +17,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
@@ -40,7 +40,7 @@ const CHECKPOINT_MIN_BYTES: u64 = 1 << 20;
 const HASH_BUF: usize = 64 * 1024;
 
 /// What the download tells the updater while it runs.
-pub trait DownloadSink {
+pub trait DownloadSink: Sync {
     /// Bytes on disk so far (called for every chunk: keep it cheap).
     fn progress(&self, bytes: u64);
     /// `bytes` are durable on disk: persist them (and the validator) in the state file.
@@ -140,31 +140,31 @@ pub fn download(
         .enable_all()
         .build()
         .map_err(|e| error::internal(format!("download runtime: {e}")))?;
-    rt.block_on(run(p, sink))
+    let Some((file, hasher, keep)) = prepare_file(&p)? else {
+        return Ok(DownloadOutcome::Interrupted {
+            bytes: p.resume_from,
+        });
+    };
+    let synced = file.try_clone().map_err(|e| file_err(p.path, e))?;
+    let ck = Checkpointer::new(synced, sink);
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn_scoped(scope, || ck.run())
+            .map_err(|e| error::internal(format!("cannot start the checkpoint thread: {e}")));
+        let result = match worker {
+            Ok(_) => rt.block_on(run(p, sink, &ck, file, hasher, keep)),
+            Err(e) => Err(e),
+        };
+        ck.stop();
+        result
+    })
 }
 
-/// One attempt's result.
-enum Attempt {
-    Done,
-    /// Retry (the error, and whether this attempt added bytes).
-    Retry(String, bool),
-}
-
-struct Job<'a> {
-    p: DownloadParams<'a>,
-    sink: &'a dyn DownloadSink,
-    file: File,
-    hasher: Md5,
-    offset: u64,
-    validator: Validator,
-    last_ckpt_bytes: u64,
-    last_ckpt_at: Instant,
-    last_step: u8,
-}
-
-async fn run(p: DownloadParams<'_>, sink: &dyn DownloadSink) -> Result<DownloadOutcome, OtaError> {
+/// Open the download file and keep only the prefix the state file vouches for, hashed.
+/// `None` when SIGTERM came while hashing the prefix.
+fn prepare_file(p: &DownloadParams<'_>) -> Result<Option<(File, Md5, u64)>, OtaError> {
     let size = p.spec.package_size;
-    let client = crate::net::download_client(&p.tls, p.allow_http).map_err(error::internal)?;
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -189,17 +189,148 @@ async fn run(p: DownloadParams<'_>, sink: &dyn DownloadSink) -> Result<DownloadO
             .map_err(|e| error::internal(format!("cannot read {}: {e}", p.path.display())))?
         {
             Some(h) => h,
-            None => return Ok(DownloadOutcome::Interrupted { bytes: keep }),
+            None => return Ok(None),
         }
     } else {
         Md5::new()
     };
     file.seek(SeekFrom::Start(keep))
         .map_err(|e| file_err(p.path, e))?;
+    Ok(Some((file, hasher, keep)))
+}
+
+/// Durable checkpoints off the download's hot path. `fdatasync` of the file and the state
+/// write (through the sink) run on a helper thread while the stream goes on; a newer request
+/// replaces one not yet started. A checkpoint only ever claims bytes written before its
+/// `fdatasync` began, so the state file never vouches for unwritten data. `sync_now` is the
+/// synchronous form (end of download, before a retry, on SIGTERM): it first waits for the
+/// helper, so checkpoints reach the state file in order.
+struct Checkpointer<'a> {
+    file: File,
+    sink: &'a dyn DownloadSink,
+    state: Mutex<CkState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct CkState {
+    pending: Option<(u64, Validator)>,
+    busy: bool,
+    stop: bool,
+    error: Option<std::io::Error>,
+}
+
+impl<'a> Checkpointer<'a> {
+    fn new(file: File, sink: &'a dyn DownloadSink) -> Checkpointer<'a> {
+        Checkpointer {
+            file,
+            sink,
+            state: Mutex::new(CkState::default()),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ask for a checkpoint of `bytes` (all written already); returns at once.
+    fn request(&self, bytes: u64, validator: &Validator) -> std::io::Result<()> {
+        let mut st = self.lock();
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        st.pending = Some((bytes, validator.clone()));
+        self.cv.notify_all();
+        Ok(())
+    }
+
+    /// Wait until no checkpoint is pending or running.
+    fn wait_idle(&self) -> std::io::Result<()> {
+        let mut st = self.lock();
+        while st.pending.is_some() || st.busy {
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        match st.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// A checkpoint of `bytes`, done when this returns.
+    fn sync_now(&self, bytes: u64, validator: &Validator) -> std::io::Result<()> {
+        self.wait_idle()?;
+        self.file.sync_data()?;
+        self.sink.checkpoint(bytes, validator);
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.cv.notify_all();
+    }
+
+    /// The helper thread.
+    fn run(&self) {
+        let mut st = self.lock();
+        loop {
+            if let Some((bytes, validator)) = st.pending.take() {
+                st.busy = true;
+                drop(st);
+                let r = self.file.sync_data();
+                if r.is_ok() {
+                    self.sink.checkpoint(bytes, &validator);
+                }
+                st = self.lock();
+                st.busy = false;
+                if let Err(e) = r {
+                    st.error = Some(e);
+                }
+                self.cv.notify_all();
+            } else if st.stop {
+                return;
+            } else {
+                st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+}
+
+/// One attempt's result.
+enum Attempt {
+    Done,
+    /// Retry (the error, and whether this attempt added bytes).
+    Retry(String, bool),
+}
+
+struct Job<'a> {
+    p: DownloadParams<'a>,
+    sink: &'a dyn DownloadSink,
+    ck: &'a Checkpointer<'a>,
+    file: File,
+    hasher: Md5,
+    offset: u64,
+    validator: Validator,
+    last_ckpt_bytes: u64,
+    last_ckpt_at: Instant,
+    last_step: u8,
+}
+
+async fn run<'a>(
+    p: DownloadParams<'a>,
+    sink: &'a dyn DownloadSink,
+    ck: &'a Checkpointer<'a>,
+    file: File,
+    hasher: Md5,
+    keep: u64,
+) -> Result<DownloadOutcome, OtaError> {
+    let size = p.spec.package_size;
+    let client = crate::net::download_client(&p.tls, p.allow_http).map_err(error::internal)?;
     let validator = p.validator.clone();
     let mut job = Job {
         p,
         sink,
+        ck,
         file,
         hasher,
         offset: keep,
@@ -260,12 +391,21 @@ async fn run(p: DownloadParams<'_>, sink: &dyn DownloadSink) -> Result<DownloadO
 }
 
 impl Job<'_> {
-    /// fdatasync, then let the updater persist the byte count.
+    /// fdatasync, then let the updater persist the byte count; done when this returns.
     fn checkpoint(&mut self) -> Result<(), OtaError> {
-        self.file
-            .sync_data()
+        self.ck
+            .sync_now(self.offset, &self.validator)
             .map_err(|e| file_err(self.p.path, e))?;
-        self.sink.checkpoint(self.offset, &self.validator);
+        self.last_ckpt_bytes = self.offset;
+        self.last_ckpt_at = Instant::now();
+        Ok(())
+    }
+
+    /// The same, on the helper thread while the stream goes on.
+    fn checkpoint_in_background(&mut self) -> Result<(), OtaError> {
+        self.ck
+            .request(self.offset, &self.validator)
+            .map_err(|e| file_err(self.p.path, e))?;
         self.last_ckpt_bytes = self.offset;
         self.last_ckpt_at = Instant::now();
         Ok(())
@@ -273,6 +413,8 @@ impl Job<'_> {
 
     /// Drop what is on disk and start from byte 0.
     fn restart_from_zero(&mut self) -> Result<(), OtaError> {
+        // No checkpoint of the old bytes may land after the truncation.
+        self.ck.wait_idle().map_err(|e| file_err(self.p.path, e))?;
         self.file.set_len(0).map_err(|e| file_err(self.p.path, e))?;
         self.file
             .seek(SeekFrom::Start(0))
@@ -399,7 +541,7 @@ impl Job<'_> {
                     && self.last_ckpt_at.elapsed() >= CHECKPOINT_EVERY)
             {
                 self.last_step = step;
-                self.checkpoint()?;
+                self.checkpoint_in_background()?;
             }
             if self.p.max_bytes_per_s > 0 {
                 let due = Duration::from_secs_f64(
