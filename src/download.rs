@@ -1,7 +1,11 @@
 //! Streaming, resumable download with the MD5 computed on the way (CONTRACT.md sections 1, 3, 6).
 //!
 //! Runs on the job thread with a runtime of its own, so the API's runtime never waits on disk
-//! or hashing. Resume rules (the server is not trusted):
+//! or hashing. Three threads share the work so that none waits for another's slow part: the
+//! job thread receives (TLS, HTTP), a write thread hashes and writes each chunk (a queue of two
+//! chunks between them), a checkpoint thread fsyncs and persists the byte count.
+//!
+//! Resume rules (the server is not trusted):
 //! - a partial file is resumed with `Range: bytes=N-` and `If-Range: <ETag or Last-Modified>`;
 //!   without a validator there is no resume (it could splice two different files);
 //! - `206` must start exactly at N and announce the package size; `200` means the server sends
@@ -17,6 +21,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -147,18 +152,162 @@ pub fn download(
     };
     let synced = file.try_clone().map_err(|e| file_err(p.path, e))?;
     let ck = Checkpointer::new(synced, sink);
+    let (tx, rx) = std::sync::mpsc::sync_channel(WRITE_QUEUE);
+    let failed = AtomicBool::new(false);
+    let path = p.path;
     std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn_scoped(scope, || ck.run())
-            .map_err(|e| error::internal(format!("cannot start the checkpoint thread: {e}")));
-        let result = match worker {
-            Ok(_) => rt.block_on(run(p, sink, &ck, file, hasher, keep)),
-            Err(e) => Err(e),
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("write".into())
+                    .spawn_scoped(scope, || write_loop(file, hasher, keep, rx, &ck, &failed))
+            });
+        let writer = match spawned {
+            Ok(w) => w,
+            Err(e) => {
+                ck.stop();
+                return Err(error::internal(format!(
+                    "cannot start the download threads: {e}"
+                )));
+            }
         };
+        let result = rt.block_on(run(
+            p,
+            sink,
+            &ck,
+            Writer {
+                tx,
+                failed: &failed,
+            },
+            keep,
+        ));
+        // `run` has dropped its sender: the writer drains the queue and hands the hash back.
+        let joined = writer.join();
         ck.stop();
-        result
+        match (result, joined) {
+            (Ok(Finished::Complete), Ok((hasher, None))) => Ok(DownloadOutcome::Complete {
+                md5: hex(&hasher.finalize()),
+            }),
+            (Ok(Finished::Complete), Ok((_, Some(e)))) => Err(file_err(path, e)),
+            (Ok(Finished::Interrupted(bytes)), _) => Ok(DownloadOutcome::Interrupted { bytes }),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(_)) => Err(error::internal("the download's write thread crashed")),
+        }
     })
+}
+
+/// How `run` ended (the digest comes from the write thread).
+enum Finished {
+    Complete,
+    Interrupted(u64),
+}
+
+/// Chunks waiting for the write thread: double buffering is enough for the overlap, and a
+/// chunk can be a few hundred KiB (the HTTP stack's read buffer), so a longer queue only costs
+/// memory (8 chunks measured +2 MiB of peak RSS, no speed). When it is full, reading waits.
+const WRITE_QUEUE: usize = 2;
+
+/// What the stream hands to the write thread, in order.
+enum WriteMsg {
+    Data(axum::body::Bytes),
+    /// Truncate to 0 and start a new hash (the server sent the whole file).
+    Reset,
+    /// Ask for a background checkpoint of everything written so far.
+    Checkpoint(Validator),
+    /// Answer once everything before it is written (with the first write error, if any).
+    Barrier(std::sync::mpsc::SyncSender<std::io::Result<()>>),
+}
+
+/// The stream's end of the write thread.
+struct Writer<'a> {
+    tx: std::sync::mpsc::SyncSender<WriteMsg>,
+    failed: &'a AtomicBool,
+}
+
+impl Writer<'_> {
+    fn send(&self, m: WriteMsg) -> std::io::Result<()> {
+        self.tx
+            .send(m)
+            .map_err(|_| std::io::Error::other("the write thread has stopped"))?;
+        if self.failed.load(Ordering::Acquire) {
+            self.barrier()?;
+        }
+        Ok(())
+    }
+
+    /// Wait until every chunk sent so far is written; the first write error, if any.
+    fn barrier(&self) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .send(WriteMsg::Barrier(tx))
+            .map_err(|_| std::io::Error::other("the write thread has stopped"))?;
+        rx.recv()
+            .map_err(|_| std::io::Error::other("the write thread has stopped"))?
+    }
+}
+
+/// The write thread: MD5 and the file, so hashing one chunk overlaps receiving the next.
+/// After a write error it keeps draining the queue and reports the error at every barrier.
+fn write_loop(
+    mut file: File,
+    mut hasher: Md5,
+    mut written: u64,
+    rx: std::sync::mpsc::Receiver<WriteMsg>,
+    ck: &Checkpointer<'_>,
+    failed: &AtomicBool,
+) -> (Md5, Option<std::io::Error>) {
+    let mut error: Option<std::io::Error> = None;
+    let fail = |error: &mut Option<std::io::Error>, e: std::io::Error| {
+        failed.store(true, Ordering::Release);
+        error.get_or_insert(e);
+    };
+    while let Ok(m) = rx.recv() {
+        match m {
+            WriteMsg::Data(_) if error.is_some() => {}
+            WriteMsg::Data(chunk) => match file.write_all(&chunk) {
+                Ok(()) => {
+                    hasher.update(&chunk);
+                    written += chunk.len() as u64;
+                }
+                Err(e) => fail(&mut error, e),
+            },
+            WriteMsg::Reset => {
+                // No checkpoint of the old bytes may land after the truncation.
+                let r = ck
+                    .wait_idle()
+                    .and_then(|()| file.set_len(0))
+                    .and_then(|()| file.seek(SeekFrom::Start(0)).map(|_| ()));
+                match r {
+                    Ok(()) => {
+                        hasher = Md5::new();
+                        written = 0;
+                    }
+                    Err(e) => fail(&mut error, e),
+                }
+            }
+            WriteMsg::Checkpoint(v) => {
+                if error.is_none() {
+                    if let Err(e) = ck.request(written, &v) {
+                        fail(&mut error, e);
+                    }
+                }
+            }
+            WriteMsg::Barrier(reply) => {
+                let answer = match &error {
+                    // A copy that keeps the OS error number (ENOSPC means DISK_FULL).
+                    Some(e) => Err(match e.raw_os_error() {
+                        Some(code) => std::io::Error::from_raw_os_error(code),
+                        None => std::io::Error::new(e.kind(), e.to_string()),
+                    }),
+                    None => Ok(()),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+    (hasher, error)
 }
 
 /// Open the download file and keep only the prefix the state file vouches for, hashed.
@@ -307,8 +456,7 @@ struct Job<'a> {
     p: DownloadParams<'a>,
     sink: &'a dyn DownloadSink,
     ck: &'a Checkpointer<'a>,
-    file: File,
-    hasher: Md5,
+    w: Writer<'a>,
     offset: u64,
     validator: Validator,
     last_ckpt_bytes: u64,
@@ -320,10 +468,9 @@ async fn run<'a>(
     p: DownloadParams<'a>,
     sink: &'a dyn DownloadSink,
     ck: &'a Checkpointer<'a>,
-    file: File,
-    hasher: Md5,
+    w: Writer<'a>,
     keep: u64,
-) -> Result<DownloadOutcome, OtaError> {
+) -> Result<Finished, OtaError> {
     let size = p.spec.package_size;
     let client = crate::net::download_client(&p.tls, p.allow_http).map_err(error::internal)?;
     let validator = p.validator.clone();
@@ -331,8 +478,7 @@ async fn run<'a>(
         p,
         sink,
         ck,
-        file,
-        hasher,
+        w,
         offset: keep,
         validator,
         last_ckpt_bytes: keep,
@@ -345,7 +491,7 @@ async fn run<'a>(
     loop {
         if job.p.shutdown.is_set() {
             job.checkpoint()?;
-            return Ok(DownloadOutcome::Interrupted { bytes: job.offset });
+            return Ok(Finished::Interrupted(job.offset));
         }
         let result = if job.offset == size {
             Ok(Attempt::Done)
@@ -357,7 +503,7 @@ async fn run<'a>(
             Attempt::Retry(why, progressed) => {
                 if job.p.shutdown.is_set() {
                     job.checkpoint()?;
-                    return Ok(DownloadOutcome::Interrupted { bytes: job.offset });
+                    return Ok(Finished::Interrupted(job.offset));
                 }
                 if progressed {
                     failures = 0;
@@ -384,17 +530,16 @@ async fn run<'a>(
             }
         }
     }
-    job.file.sync_all().map_err(|e| file_err(job.p.path, e))?;
     job.checkpoint()?;
-    let md5 = hex(&job.hasher.finalize());
-    Ok(DownloadOutcome::Complete { md5 })
+    Ok(Finished::Complete)
 }
 
 impl Job<'_> {
     /// fdatasync, then let the updater persist the byte count; done when this returns.
     fn checkpoint(&mut self) -> Result<(), OtaError> {
-        self.ck
-            .sync_now(self.offset, &self.validator)
+        self.w
+            .barrier()
+            .and_then(|()| self.ck.sync_now(self.offset, &self.validator))
             .map_err(|e| file_err(self.p.path, e))?;
         self.last_ckpt_bytes = self.offset;
         self.last_ckpt_at = Instant::now();
@@ -403,8 +548,8 @@ impl Job<'_> {
 
     /// The same, on the helper thread while the stream goes on.
     fn checkpoint_in_background(&mut self) -> Result<(), OtaError> {
-        self.ck
-            .request(self.offset, &self.validator)
+        self.w
+            .send(WriteMsg::Checkpoint(self.validator.clone()))
             .map_err(|e| file_err(self.p.path, e))?;
         self.last_ckpt_bytes = self.offset;
         self.last_ckpt_at = Instant::now();
@@ -413,13 +558,9 @@ impl Job<'_> {
 
     /// Drop what is on disk and start from byte 0.
     fn restart_from_zero(&mut self) -> Result<(), OtaError> {
-        // No checkpoint of the old bytes may land after the truncation.
-        self.ck.wait_idle().map_err(|e| file_err(self.p.path, e))?;
-        self.file.set_len(0).map_err(|e| file_err(self.p.path, e))?;
-        self.file
-            .seek(SeekFrom::Start(0))
+        self.w
+            .send(WriteMsg::Reset)
             .map_err(|e| file_err(self.p.path, e))?;
-        self.hasher = Md5::new();
         self.offset = 0;
         self.last_step = 0;
         self.last_ckpt_bytes = 0;
@@ -529,11 +670,11 @@ impl Job<'_> {
                     "server sent more than package_size {size} bytes"
                 )));
             }
-            self.file
-                .write_all(&chunk)
+            let n = chunk.len() as u64;
+            self.w
+                .send(WriteMsg::Data(chunk))
                 .map_err(|e| file_err(self.p.path, e))?;
-            self.hasher.update(&chunk);
-            self.offset += chunk.len() as u64;
+            self.offset += n;
             self.sink.progress(self.offset);
             let step = report_step(download_percent(self.offset, size));
             if step != self.last_step

@@ -149,6 +149,10 @@ ctor! {
 /// True when an I/O error means the disk is full (ENOSPC or EDQUOT).
 pub fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(28) | Some(122))
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
 }
 
 #[cfg(test)]
