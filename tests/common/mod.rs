@@ -3,6 +3,7 @@
 //! with its own ports and processes.
 #![allow(dead_code, unused_imports)]
 
+pub mod bench;
 pub mod daemon;
 pub mod device_api;
 pub mod hostile;

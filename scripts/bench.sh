@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The long benchmarks (tests/bench.rs) in a release build: peak memory of the daemon over a
+# download + install, /progress latency under load, callback latency, download speed against
+# curl. Prints every figure, then a summary of the `bench:` lines.
+#
+# Usage: scripts/bench.sh [TEST-NAME-FILTER]
+#   BENCH_PACKAGE_MB=500 (default here)  package size in MiB
+#   BENCH_CONNS=2 BENCH_REPEAT=3 BENCH_LOAD_CPU=<last cpu>|none   see tests/bench.rs
+# Needs nginx (Debian package nginx-light) and curl; scripts/test.sh installs both.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# nginx lives in /usr/sbin, which is not on every user's PATH.
+case ":$PATH:" in
+    *:/usr/sbin:*) ;;
+    *) export PATH="$PATH:/usr/sbin" ;;
+esac
+
+if ! command -v nginx >/dev/null 2>&1; then
+    echo "bench.sh: nginx is missing: run scripts/test.sh (it installs it) or" >&2
+    echo "          sudo apt-get install --no-install-recommends nginx-light" >&2
+    exit 1
+fi
+if ! command -v curl >/dev/null 2>&1; then
+    echo "bench.sh: curl is missing, the download is timed without the curl comparison" >&2
+    echo "          (sudo apt-get install curl, or run scripts/test.sh)" >&2
+fi
+
+export BENCH_PACKAGE_MB="${BENCH_PACKAGE_MB:-500}"
+
+# Each benchmark keeps up to about three copies of the package on disk at once (served,
+# downloaded, installed).
+tmp="${TMPDIR:-/tmp}"
+need_kib=$(( BENCH_PACKAGE_MB * 1024 * 3 + 200 * 1024 ))
+free_kib=$(df -Pk "$tmp" | awk 'NR == 2 { print $4 }')
+if [ "$free_kib" -lt "$need_kib" ]; then
+    echo "bench.sh: $tmp has $(( free_kib / 1024 )) MiB free; ${BENCH_PACKAGE_MB} MiB packages need about $(( need_kib / 1024 )) MiB" >&2
+    exit 1
+fi
+
+echo "bench.sh: BENCH_PACKAGE_MB=$BENCH_PACKAGE_MB on $(nproc) CPUs ($(uname -srm))"
+echo "bench.sh: cargo test --release --test bench -- --nocapture --test-threads=1 $*"
+log=$(mktemp "${tmp}/tope-bench-XXXXXX.log")
+trap 'rm -f "$log"' EXIT
+
+status=0
+cargo test --release --test bench -- --nocapture --test-threads=1 "$@" 2>&1 | tee "$log" ||
+    status=$?
+
+echo
+echo "bench.sh: summary"
+grep -E '^(test .* \.\.\. )?bench:' "$log" | sed -E 's/^test .* \.\.\. //' || true
+if [ "$status" -ne 0 ]; then
+    echo "bench.sh: a benchmark failed (exit $status)" >&2
+fi
+exit "$status"

@@ -1,0 +1,720 @@
+//! Benchmarks, run as tests against the real daemon, nginx over HTTPS on loopback and a fake
+//! device-api. Each prints its figures as `bench: ...` lines; none asserts a timing (timings
+//! depend on the machine). What is asserted: the peak resident memory stays below the
+//! 50 MiB ceiling, every download completes with the right MD5, and `/progress` answers every
+//! request with a valid envelope while under load.
+//!
+//! Short by default (a 20 MiB package, a few seconds per benchmark), so CI runs them with the
+//! other tests. The long run (scripts/bench.sh):
+//! `BENCH_PACKAGE_MB=500 cargo test --release --test bench -- --nocapture --test-threads=1`.
+//!
+//! Environment: `BENCH_PACKAGE_MB` (package size, MiB, default 20), `BENCH_CONNS` (concurrent
+//! keep-alive `/progress` clients, default 2), `BENCH_REPEAT` (runs of the throughput
+//! comparison, default 3), `BENCH_LOAD_CPU` (the CPU the load generators are pinned to,
+//! default the last one; `none` leaves them unpinned).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::bench::*;
+use common::daemon::assert_ok_status;
+use common::*;
+use serde_json::json;
+
+const VERSION: &str = "3.1.4";
+/// The ceiling for the daemon's peak resident memory over a download plus install (the aim
+/// is under 10 MiB, flat in the package size).
+const RSS_CEILING_KIB: u64 = 50 * 1024;
+/// Package size above which the memory benchmark also runs at this size, to show flatness.
+const FLAT_REFERENCE_MB: u64 = 50;
+const PROGRESS: &str = "/api/v1.0/progress";
+
+/// The benchmarks run one at a time even when the harness runs tests in parallel: each one
+/// would otherwise disturb the others' figures.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn package_mb() -> u64 {
+    env_u64("BENCH_PACKAGE_MB", 20).max(1)
+}
+
+/// How long the throttled downloads last.
+fn throttled_secs(mb: u64) -> u64 {
+    if mb > FLAT_REFERENCE_MB {
+        10
+    } else {
+        3
+    }
+}
+
+/// Generous: a debug build hashes and deploys much more slowly than a release build.
+fn stage_timeout(mb: u64) -> Duration {
+    Duration::from_secs(120 + 2 * mb)
+}
+
+fn build_kind() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug build"
+    } else {
+        "release build"
+    }
+}
+
+fn hwm_kib(pid: i32) -> u64 {
+    proc_status_kib(pid, "VmHWM").expect("VmHWM of the daemon")
+}
+
+// ------------------------------------------------------------------ 1. memory
+
+struct MemoryRun {
+    package_bytes: u64,
+    idle_kib: u64,
+    after_download_kib: u64,
+    peak_kib: u64,
+    rss_end_kib: u64,
+}
+
+/// Download and install a package of `mb` MiB; the daemon's VmHWM after start, after the
+/// download and at the end.
+fn memory_run(mb: u64) -> Option<MemoryRun> {
+    let ws = Workspace::new();
+    let nginx = BenchNginx::start(&ws.path().join("nginx"), &ws.ca_file(), MIB)?;
+    let api = FakeDeviceApi::start();
+    let pkg = write_package(&nginx.www("pkg/bench.zip"), mb, VERSION, &ws.root());
+    let url = nginx.url("pkg/bench.zip");
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let pid = d.pid();
+    let idle_kib = hwm_kib(pid);
+
+    let answer = d.post_json("/download", &pkg.download_body(&url));
+    assert_ok_status(&answer, "downloading", "POST /download");
+    d.wait_stage("toInstall", stage_timeout(mb));
+    let after_download_kib = hwm_kib(pid);
+    let answer = d.post_json("/update", &json!({"version": VERSION}));
+    assert_ok_status(&answer, "installing", "POST /update");
+    d.wait_stage("success", stage_timeout(mb));
+    let peak_kib = hwm_kib(pid);
+    let rss_end_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+
+    // toInstall means the daemon's MD5 matched; the installed file is checked here too.
+    let len = std::fs::metadata(&pkg.big_dst)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(len, pkg.big_len, "size of the installed big file");
+    assert_eq!(
+        md5_file_streaming(&pkg.big_dst),
+        pkg.big_md5,
+        "MD5 of the installed big file"
+    );
+    Some(MemoryRun {
+        package_bytes: pkg.size,
+        idle_kib,
+        after_download_kib,
+        peak_kib,
+        rss_end_kib,
+    })
+}
+
+/// Peak resident memory (VmHWM) of the daemon over a whole download + install; with a large
+/// `BENCH_PACKAGE_MB` also at 50 MiB, to show it does not grow with the package.
+#[test]
+fn bench_memory_peak_rss_download_and_install() {
+    let _serial = serial();
+    let mb = package_mb();
+    let sizes = if mb > FLAT_REFERENCE_MB {
+        vec![FLAT_REFERENCE_MB, mb]
+    } else {
+        vec![mb]
+    };
+    let mut peaks = Vec::new();
+    for size in sizes {
+        let Some(r) = memory_run(size) else { return };
+        println!(
+            "bench: peak RSS {:.1} MiB (VmHWM) for a {:.0} MiB package, download + install \
+             (idle after start {:.1} MiB, after the download {:.1} MiB, VmRSS at the end {:.1} MiB; {})",
+            r.peak_kib as f64 / 1024.0,
+            mib(r.package_bytes),
+            r.idle_kib as f64 / 1024.0,
+            r.after_download_kib as f64 / 1024.0,
+            r.rss_end_kib as f64 / 1024.0,
+            build_kind(),
+        );
+        assert!(
+            r.peak_kib < RSS_CEILING_KIB,
+            "peak RSS {} KiB for a {size} MiB package is above the {} KiB ceiling",
+            r.peak_kib,
+            RSS_CEILING_KIB
+        );
+        peaks.push((size, r.peak_kib));
+    }
+    if let [(small, a), (big, b)] = peaks[..] {
+        println!(
+            "bench: peak RSS flatness: {small} MiB -> {:.1} MiB, {big} MiB -> {:.1} MiB ({:+.1} MiB)",
+            a as f64 / 1024.0,
+            b as f64 / 1024.0,
+            (b as f64 - a as f64) / 1024.0
+        );
+    }
+}
+
+// ------------------------------------------------------------------ 2. /progress under load
+
+const PHASE_IDLE: usize = 0;
+const PHASE_THROTTLED: usize = 1;
+const PHASE_FULL_SPEED: usize = 2;
+const PHASE_INSTALL: usize = 3;
+
+struct HammerResult {
+    /// (phase, latency) of every valid answer.
+    samples: Vec<(usize, Duration)>,
+    errors: Vec<String>,
+    pinned: Option<usize>,
+}
+
+/// Closed-loop `/progress` clients on keep-alive connections, until `stop`.
+fn hammer(
+    addr: std::net::SocketAddr,
+    phase: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<HammerResult> {
+    std::thread::spawn(move || {
+        let pinned = load_cpu().and_then(pin_current_thread);
+        let mut client = KeepAlive::new(addr);
+        let mut samples = Vec::with_capacity(1 << 16);
+        let mut errors = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let ph = phase.load(Ordering::Relaxed);
+            let t = Instant::now();
+            let answer = client.get(PROGRESS);
+            let latency = t.elapsed();
+            match answer {
+                Ok((status, body)) => match check_progress(status, &body) {
+                    Ok(_) => samples.push((ph, latency)),
+                    Err(e) => errors.push(e),
+                },
+                Err(e) => errors.push(format!("request failed: {e}")),
+            }
+        }
+        HammerResult {
+            samples,
+            errors,
+            pinned,
+        }
+    })
+}
+
+/// GET /progress latency while the daemon downloads (throttled, then at full speed),
+/// verifies and installs, with `BENCH_CONNS` clients asking as fast as they can.
+#[test]
+fn bench_progress_latency_under_load() {
+    let _serial = serial();
+    let mb = package_mb();
+    let secs = throttled_secs(mb);
+    let rate = mb * MIB / secs;
+    let ws = Workspace::new();
+    let Some(nginx) = BenchNginx::start(&ws.path().join("nginx"), &ws.ca_file(), rate) else {
+        return;
+    };
+    let api = FakeDeviceApi::start();
+    let pkg = write_package(&nginx.www("pkg/load.zip"), mb, VERSION, &ws.root());
+    let full_url = nginx.url("pkg/load.zip");
+    let slow_url = nginx.link("pkg/load.zip", "throttled/load-slow.zip");
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+
+    let conns = env_u64("BENCH_CONNS", 2).max(1) as usize;
+    let phase = Arc::new(AtomicUsize::new(PHASE_IDLE));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..conns)
+        .map(|_| hammer(d.addr, phase.clone(), stop.clone()))
+        .collect();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        phase.store(PHASE_THROTTLED, Ordering::SeqCst);
+        let answer = d.post_json("/download", &pkg.download_body(&slow_url));
+        assert_ok_status(&answer, "downloading", "POST /download (throttled)");
+        d.wait_stage("toInstall", stage_timeout(mb) + Duration::from_secs(secs));
+
+        phase.store(PHASE_FULL_SPEED, Ordering::SeqCst);
+        let answer = d.post_json("/download", &pkg.download_body(&full_url));
+        assert_ok_status(&answer, "downloading", "POST /download (full speed)");
+        d.wait_stage("toInstall", stage_timeout(mb));
+
+        phase.store(PHASE_INSTALL, Ordering::SeqCst);
+        let answer = d.post_json("/update", &json!({"version": VERSION}));
+        assert_ok_status(&answer, "installing", "POST /update");
+        d.wait_stage("success", stage_timeout(mb));
+    }));
+    stop.store(true, Ordering::SeqCst);
+    let results: Vec<HammerResult> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    if let Err(panic) = run {
+        std::panic::resume_unwind(panic);
+    }
+
+    let pinned = match results[0].pinned {
+        Some(cpu) => format!("pinned to CPU {cpu}"),
+        None => "not pinned".to_string(),
+    };
+    let errors: Vec<&String> = results.iter().flat_map(|r| &r.errors).collect();
+    let all: Vec<(usize, Duration)> = results.iter().flat_map(|r| r.samples.clone()).collect();
+    let of_phase = |p: Option<usize>| -> Vec<Duration> {
+        all.iter()
+            .filter(|(ph, _)| p.is_none_or(|p| *ph == p))
+            .map(|(_, l)| *l)
+            .collect()
+    };
+    let label = [
+        (
+            Some(PHASE_THROTTLED),
+            format!(
+                "throttled download ({:.1} MiB/s, ~{secs} s) + verification",
+                mib(rate)
+            ),
+        ),
+        (
+            Some(PHASE_FULL_SPEED),
+            "full-speed download + verification".to_string(),
+        ),
+        (Some(PHASE_INSTALL), "installation".to_string()),
+        (None, "whole run".to_string()),
+    ];
+    println!(
+        "bench: GET /progress under load: {conns} keep-alive clients asking back to back ({pinned}), \
+         {:.0} MiB package, {}",
+        mib(pkg.size),
+        build_kind()
+    );
+    for (p, name) in label {
+        println!(
+            "bench: /progress latency, {name}: {}",
+            latency_summary(&mut of_phase(p))
+        );
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of the /progress answers under load were not valid envelopes, e.g. {}",
+        errors.len(),
+        errors[0]
+    );
+    assert!(!all.is_empty(), "no /progress answer recorded");
+    let md5 = md5_file_streaming(&pkg.big_dst);
+    assert_eq!(md5, pkg.big_md5, "MD5 of the installed big file");
+}
+
+// ------------------------------------------------------------------ 3. callbacks
+
+/// One `/progress` observation: when its answer arrived and what it said.
+struct Seen {
+    at: Instant,
+    view: ProgressView,
+}
+
+fn stage_rank(s: &str) -> usize {
+    STAGES.iter().position(|x| *x == s).unwrap_or(usize::MAX)
+}
+
+fn signed_ms(later: Instant, earlier: Instant) -> f64 {
+    if later >= earlier {
+        ms(later - earlier)
+    } else {
+        -ms(earlier - later)
+    }
+}
+
+/// Delay between a change becoming visible on `/progress` (polled every 2 ms) and the
+/// callback about it arriving at device-api; plus `/update` -> `installing` callback and
+/// last downloaded byte -> `toInstall` callback.
+#[test]
+fn bench_callback_latency() {
+    let _serial = serial();
+    let mb = package_mb();
+    let secs = throttled_secs(mb);
+    let rate = mb * MIB / secs;
+    let ws = Workspace::new();
+    let Some(nginx) = BenchNginx::start(&ws.path().join("nginx"), &ws.ca_file(), rate) else {
+        return;
+    };
+    let api = FakeDeviceApi::start();
+    let pkg = write_package(&nginx.www("pkg/cb.zip"), mb, VERSION, &ws.root());
+    let url = nginx.link("pkg/cb.zip", "throttled/cb.zip");
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+
+    const POLL_EVERY: Duration = Duration::from_millis(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let addr = d.addr;
+        std::thread::spawn(move || {
+            let mut client = KeepAlive::new(addr);
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((status, body)) = client.get(PROGRESS) {
+                    if let Ok(view) = check_progress(status, &body) {
+                        seen.push(Seen {
+                            at: Instant::now(),
+                            view,
+                        });
+                    }
+                }
+                std::thread::sleep(POLL_EVERY);
+            }
+            seen
+        })
+    };
+    let poll_start = Instant::now();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::thread::sleep(Duration::from_millis(100));
+        let answer = d.post_json("/download", &pkg.download_body(&url));
+        assert_ok_status(&answer, "downloading", "POST /download");
+        d.wait_stage("toInstall", stage_timeout(mb) + Duration::from_secs(secs));
+        let answer = d.post_json("/update", &json!({"version": VERSION}));
+        let update_answered = Instant::now();
+        assert_ok_status(&answer, "installing", "POST /update");
+        d.wait_stage("success", stage_timeout(mb));
+        api.wait_for_report("success", Duration::from_secs(10), |b| {
+            b["stage"] == "success"
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        update_answered
+    }));
+    stop.store(true, Ordering::SeqCst);
+    let seen = poller.join().unwrap();
+    let update_answered = match run {
+        Ok(t) => t,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+
+    let reports: Vec<_> = api
+        .reports()
+        .into_iter()
+        .filter(|r| r.at > poll_start && r.body["stage"] != "idle")
+        .collect();
+    let report_at = |stage: &str| {
+        reports
+            .iter()
+            .find(|r| r.body["stage"] == stage)
+            .map(|r| r.at)
+            .unwrap_or_else(|| panic!("no `{stage}` callback arrived"))
+    };
+    let first_seen = |f: &dyn Fn(&ProgressView) -> bool| seen.iter().find(|s| f(&s.view));
+
+    // Every callback against the first poll that showed its stage and progress.
+    let mut delays = Vec::new();
+    let mut worst: Option<(f64, String)> = None;
+    let mut unobserved = 0;
+    for r in &reports {
+        let stage = r.body["stage"].as_str().unwrap_or("").to_string();
+        let progress = r.body["progress"].as_i64().unwrap_or(0);
+        let message = r.body["message"].as_str().unwrap_or("");
+        // A download step is pushed when the progress reaches it (the message moves with every
+        // chunk); any other report when its stage, progress and message appear together.
+        let shows = |v: &ProgressView| {
+            v.stage == stage
+                && if stage == "downloading" {
+                    v.progress >= progress
+                } else {
+                    v.progress == progress && v.message == message
+                }
+        };
+        match first_seen(&shows) {
+            Some(s) => {
+                let delay = signed_ms(r.at, s.at);
+                delays.push(delay);
+                if worst.as_ref().is_none_or(|(w, _)| delay > *w) {
+                    let what = format!(
+                        "{stage} {progress}% `{}`",
+                        r.body["message"].as_str().unwrap_or("")
+                    );
+                    worst = Some((delay, what));
+                }
+            }
+            None => unobserved += 1,
+        }
+    }
+    let steps = reports
+        .iter()
+        .filter(|r| r.body["stage"] == "downloading")
+        .count();
+
+    let installing_cb = report_at("installing");
+    let to_install_cb = report_at("toInstall");
+    let success_cb = report_at("success");
+    let last_byte = first_seen(&|v| {
+        v.bytes_total > 0
+            && v.bytes_downloaded == v.bytes_total
+            && stage_rank(&v.stage) >= stage_rank("downloading")
+    })
+    .expect("a /progress answer with every byte downloaded");
+    let to_install_seen =
+        first_seen(&|v| v.stage == "toInstall").expect("toInstall seen on /progress");
+    let success_seen = first_seen(&|v| v.stage == "success").expect("success seen on /progress");
+
+    println!(
+        "bench: callbacks: {} received ({steps} during the download), {:.0} MiB package \
+         throttled to {:.1} MiB/s, /progress polled every {} ms; {}",
+        reports.len(),
+        mib(pkg.size),
+        mib(rate),
+        POLL_EVERY.as_millis(),
+        build_kind()
+    );
+    assert!(!delays.is_empty(), "no callback matched a /progress change");
+    let (max, worst) = worst.unwrap();
+    println!(
+        "bench: callback after the change was visible on /progress: {} matched, median {:.2} ms, \
+         max {max:.2} ms (the {worst} report; {unobserved} changes too brief for the poller to see)",
+        delays.len(),
+        median_f64(&delays),
+    );
+    println!(
+        "bench: POST /update answered -> first `installing` callback: {:.2} ms",
+        signed_ms(installing_cb, update_answered)
+    );
+    println!(
+        "bench: last byte downloaded (seen on /progress) -> `toInstall` callback: {:.2} ms \
+         (includes the final fsync and the verification); `toInstall` seen -> its callback: {:.2} ms",
+        signed_ms(to_install_cb, last_byte.at),
+        signed_ms(to_install_cb, to_install_seen.at)
+    );
+    println!(
+        "bench: `success` seen on /progress -> its callback: {:.2} ms",
+        signed_ms(success_cb, success_seen.at)
+    );
+    assert_eq!(
+        md5_file_streaming(&pkg.big_dst),
+        pkg.big_md5,
+        "MD5 of the installed big file"
+    );
+}
+
+// ------------------------------------------------------------------ 4. throughput vs curl
+
+fn sync_all_disks() {
+    let _ = Command::new("sync").status();
+}
+
+fn timed(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    let status = cmd
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let took = t.elapsed();
+    assert!(status.success(), "{cmd:?} failed: {status}");
+    took
+}
+
+fn have_curl() -> bool {
+    let ok = Command::new("curl")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("curl not found: CI must install it (see scripts/test.sh)");
+    }
+    ok
+}
+
+struct CurlRun {
+    curl: Duration,
+    md5sum: Duration,
+    fdatasync: Duration,
+}
+
+/// `curl -o` into `dir`, then `md5sum` and `sync -d` of the file, each timed.
+fn curl_run(url: &str, ca: &Path, dir: &Path, expect_md5: &str) -> CurlRun {
+    let out = dir.join("curl.out");
+    let curl = timed(
+        Command::new("curl")
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(ca)
+            .arg("-o")
+            .arg(&out)
+            .arg(url)
+            .env_remove("https_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("ALL_PROXY"),
+    );
+    let t = Instant::now();
+    let sum = Command::new("md5sum")
+        .arg(&out)
+        .output()
+        .expect("run md5sum");
+    let md5sum = t.elapsed();
+    let text = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(
+        text.split_whitespace().next(),
+        Some(expect_md5),
+        "MD5 of curl's download"
+    );
+    let fdatasync = timed(Command::new("sync").arg("-d").arg(&out));
+    std::fs::remove_file(&out).unwrap();
+    CurlRun {
+        curl,
+        md5sum,
+        fdatasync,
+    }
+}
+
+/// The daemon's download + verification: from POST /download until /progress (polled every
+/// 10 ms) shows `toInstall`.
+fn daemon_run(nginx: &BenchNginx, pkg: &BenchPackage, url: &str, mb: u64) -> Duration {
+    let ws = Workspace::new();
+    std::fs::copy(&nginx.ca_file, ws.ca_file()).unwrap();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let mut client = KeepAlive::new(d.addr);
+    let deadline = Instant::now() + stage_timeout(mb);
+    let t = Instant::now();
+    let answer = d.post_json("/download", &pkg.download_body(url));
+    assert_ok_status(&answer, "downloading", "POST /download");
+    loop {
+        let (status, body) = client.get(PROGRESS).expect("GET /progress");
+        let view = check_progress(status, &body).unwrap_or_else(|e| panic!("{e}\n{}", d.output()));
+        if view.stage == "toInstall" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "download did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t.elapsed();
+    let name = url.rsplit('/').next().unwrap();
+    assert_eq!(
+        md5_file_streaming(&ws.tmp_file(name)),
+        pkg.md5,
+        "MD5 of the daemon's download"
+    );
+    took
+}
+
+/// Times `repeat` rounds of curl (when installed) and the daemon fetching `url`, each round
+/// after a `sync`, and prints the medians under `label`.
+fn compare_with_curl(
+    label: &str,
+    nginx: &BenchNginx,
+    pkg: &BenchPackage,
+    url: &str,
+    scratch: &Path,
+    repeat: usize,
+    curl: bool,
+) {
+    let mb = pkg.size / MIB + 1;
+    let mut daemon_s = Vec::new();
+    let mut curl_s = Vec::new();
+    let mut md5sum_s = Vec::new();
+    let mut sync_s = Vec::new();
+    for _ in 0..repeat {
+        if curl {
+            sync_all_disks();
+            let c = curl_run(url, &nginx.ca_file, scratch, &pkg.md5);
+            curl_s.push(c.curl.as_secs_f64());
+            md5sum_s.push(c.md5sum.as_secs_f64());
+            sync_s.push(c.fdatasync.as_secs_f64());
+        }
+        sync_all_disks();
+        daemon_s.push(daemon_run(nginx, pkg, url, mb).as_secs_f64());
+    }
+    let size = mib(pkg.size);
+    let dm = median_f64(&daemon_s);
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|s| format!("{s:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "bench: download + MD5 verification of {size:.0} MiB over HTTPS, {label}, median of \
+         {repeat}; {}",
+        build_kind()
+    );
+    println!(
+        "bench:   daemon (POST /download -> toInstall): {dm:.3} s, {:.1} MiB/s (runs: {} s)",
+        size / dm,
+        list(&daemon_s)
+    );
+    if curl {
+        let cm = median_f64(&curl_s);
+        let sm = median_f64(&md5sum_s);
+        let fm = median_f64(&sync_s);
+        println!(
+            "bench:   curl -o file: {cm:.3} s, {:.1} MiB/s (runs: {} s); then md5sum {sm:.3} s, \
+             then fdatasync {fm:.3} s",
+            size / cm,
+            list(&curl_s)
+        );
+        println!(
+            "bench:   daemon / curl = {:.2}; daemon / (curl + md5sum) = {:.2}; \
+             daemon / (curl + md5sum + fdatasync) = {:.2}",
+            dm / cm,
+            dm / (cm + sm),
+            dm / (cm + sm + fm)
+        );
+    }
+}
+
+/// Bytes per second of the link-limited comparison (nginx `limit_rate`).
+const LINK_RATE: u64 = 10 * MIB;
+/// Largest package of the link-limited comparison (it lasts size / LINK_RATE).
+const LINK_MAX_MB: u64 = 50;
+
+/// The daemon's download with MD5 on the way against plain `curl` (and `curl` + `md5sum`) for
+/// the same file from the same nginx, median of `BENCH_REPEAT` runs: once as fast as loopback
+/// goes (the daemon's own cost dominates), once on a link limited to 10 MiB/s (closer to a
+/// printer's network).
+#[test]
+fn bench_download_throughput_vs_curl() {
+    let _serial = serial();
+    let mb = package_mb();
+    let repeat = env_u64("BENCH_REPEAT", 3).max(1) as usize;
+    let base = tempfile::Builder::new()
+        .prefix("tope-bench-")
+        .tempdir()
+        .unwrap();
+    let Some(nginx) = BenchNginx::start(
+        &base.path().join("nginx"),
+        &base.path().join("ca.pem"),
+        LINK_RATE,
+    ) else {
+        return;
+    };
+    let curl = have_curl();
+    if !curl {
+        eprintln!("curl not installed: timing the daemon only (run scripts/test.sh)");
+    }
+    let root = base.path().join("root");
+    let pkg = write_package(&nginx.www("pkg/speed.zip"), mb, VERSION, &root);
+    let url = nginx.url("pkg/speed.zip");
+    compare_with_curl(
+        "loopback without a rate limit",
+        &nginx,
+        &pkg,
+        &url,
+        base.path(),
+        repeat,
+        curl,
+    );
+    std::fs::remove_file(&pkg.path).unwrap();
+
+    let link_mb = (mb / 2).clamp(1, LINK_MAX_MB);
+    let pkg = write_package(&nginx.www("throttled/link.zip"), link_mb, VERSION, &root);
+    let url = nginx.url("throttled/link.zip");
+    compare_with_curl(
+        &format!("link limited to {:.0} MiB/s by nginx", mib(LINK_RATE)),
+        &nginx,
+        &pkg,
+        &url,
+        base.path(),
+        repeat,
+        curl,
+    );
+}

@@ -1,0 +1,536 @@
+//! Tools for the benchmarks (tests/bench.rs): large packages written straight to disk, an nginx
+//! with a configurable `limit_rate`, a keep-alive client for `/progress`, `/proc` memory
+//! figures and small statistics.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use md5::Digest;
+use serde_json::{json, Value};
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+use super::nginx::{write_tls_material, NGINX_BIN};
+
+pub const MIB: u64 = 1 << 20;
+
+/// The environment variable `name` as a number, or `default` when unset or unparsable.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+// ------------------------------------------------------------------ packages
+
+/// A package written to disk by `write_package`.
+#[derive(Debug, Clone)]
+pub struct BenchPackage {
+    pub path: PathBuf,
+    pub size: u64,
+    pub md5: String,
+    pub version: String,
+    /// Where the big file lands once installed, its length and MD5.
+    pub big_dst: PathBuf,
+    pub big_len: u64,
+    pub big_md5: String,
+}
+
+impl BenchPackage {
+    /// The body of POST /download for this package at `url`.
+    pub fn download_body(&self, url: &str) -> Value {
+        let name = url.rsplit('/').next().unwrap_or("bench.zip");
+        json!({
+            "version": self.version,
+            "package_url": url,
+            "package_name": name,
+            "package_size": self.size,
+            "package_md5": self.md5,
+        })
+    }
+}
+
+/// Deterministic incompressible bytes (xorshift64), produced chunk by chunk.
+pub struct NoiseSource {
+    x: u64,
+}
+
+impl NoiseSource {
+    pub fn new(seed: u64) -> NoiseSource {
+        NoiseSource {
+            x: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        }
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for word in buf.chunks_mut(8) {
+            self.x ^= self.x << 13;
+            self.x ^= self.x >> 7;
+            self.x ^= self.x << 17;
+            let bytes = self.x.to_le_bytes();
+            word.copy_from_slice(&bytes[..word.len()]);
+        }
+    }
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// MD5 of a file, read in 1 MiB blocks.
+pub fn md5_file_streaming(path: &Path) -> String {
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut h = md5::Md5::new();
+    let mut buf = vec![0u8; MIB as usize];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex(&h.finalize())
+}
+
+/// Writes a package of about `total_mib` MiB to `path` without holding it in memory: module
+/// `firmware` (a directory: one big incompressible file, stored, plus a config and a script)
+/// and module `web-ui` (two small deflated files). Every `dst` lies under `root`.
+pub fn write_package(path: &Path, total_mib: u64, version: &str, root: &Path) -> BenchPackage {
+    assert!(total_mib >= 1, "package size must be at least 1 MiB");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let big_len = total_mib * MIB - 64 * 1024;
+    let fw_dst = root.join("firmware");
+    let ui_dst = root.join("web-ui");
+    let manifest = json!({
+        "version": version,
+        "modules": [
+            {"name": "firmware", "src": "modules/firmware",
+             "dst": fw_dst.display().to_string(), "restart_order": 1},
+            {"name": "web-ui", "src": "modules/web-ui",
+             "dst": ui_dst.display().to_string(), "restart_order": 2},
+        ],
+    });
+    let file = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let mut w = ZipWriter::new(file);
+    let small = |mode: u32| {
+        SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Deflated)
+            .unix_permissions(mode)
+    };
+    w.start_file("manifest.json", small(0o644)).unwrap();
+    w.write_all(serde_json::to_string_pretty(&manifest).unwrap().as_bytes())
+        .unwrap();
+
+    let big = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .unix_permissions(0o644)
+        .large_file(big_len >= u32::MAX as u64);
+    w.start_file("modules/firmware/firmware.bin", big).unwrap();
+    let mut noise = NoiseSource::new(total_mib ^ 0x7073);
+    let mut h = md5::Md5::new();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut left = big_len;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        noise.fill(&mut buf[..n]);
+        h.update(&buf[..n]);
+        w.write_all(&buf[..n]).expect("write package");
+        left -= n as u64;
+    }
+    let big_md5 = hex(&h.finalize());
+
+    w.start_file("modules/firmware/firmware.conf", small(0o644))
+        .unwrap();
+    w.write_all(format!("version = \"{version}\"\nspeed = 42\n").as_bytes())
+        .unwrap();
+    w.start_file("modules/firmware/bin/run.sh", small(0o755))
+        .unwrap();
+    w.write_all(b"#!/bin/sh\nexec ./firmware.bin \"$@\"\n")
+        .unwrap();
+    w.start_file("modules/web-ui/index.html", small(0o644))
+        .unwrap();
+    w.write_all(b"<!doctype html><title>printer</title><script src=app.js></script>\n")
+        .unwrap();
+    w.start_file("modules/web-ui/app.js", small(0o644)).unwrap();
+    w.write_all("console.log('printer ui');\n".repeat(200).as_bytes())
+        .unwrap();
+    let file = w.finish().expect("finish zip");
+    file.sync_all().ok();
+    drop(file);
+
+    let size = std::fs::metadata(path).unwrap().len();
+    BenchPackage {
+        path: path.to_path_buf(),
+        size,
+        md5: md5_file_streaming(path),
+        version: version.to_string(),
+        big_dst: fw_dst.join("firmware.bin"),
+        big_len,
+        big_md5,
+    }
+}
+
+// ------------------------------------------------------------------ nginx
+
+/// nginx over HTTPS on loopback serving `<dir>/www`: everything at full speed, except under
+/// `/throttled/`, limited to `throttled_rate` bytes per second.
+pub struct BenchNginx {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+impl BenchNginx {
+    /// Starts nginx in `dir`, its CA written to `ca_out`. Without nginx: panics under CI,
+    /// otherwise prints why and gives `None`.
+    pub fn start(dir: &Path, ca_out: &Path, throttled_rate: u64) -> Option<BenchNginx> {
+        if !Path::new(NGINX_BIN).exists() {
+            if std::env::var_os("CI").is_some() {
+                panic!("{NGINX_BIN} not found: CI must install nginx-light (see .ci/run)");
+            }
+            eprintln!("skipping benchmark: nginx not installed (run scripts/test.sh)");
+            return None;
+        }
+        std::fs::create_dir_all(dir.join("www/throttled")).unwrap();
+        std::fs::create_dir_all(dir.join("temp")).unwrap();
+        let (cert, key) = write_tls_material(dir, ca_out);
+        let port = super::free_port();
+        let d = dir.display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 128; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/temp/body;
+    proxy_temp_path {d}/temp/proxy;
+    fastcgi_temp_path {d}/temp/fastcgi;
+    uwsgi_temp_path {d}/temp/uwsgi;
+    scgi_temp_path {d}/temp/scgi;
+    default_type application/octet-stream;
+    keepalive_timeout 5s;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        root {d}/www;
+        location /throttled/ {{
+            limit_rate {throttled_rate};
+        }}
+    }}
+}}
+"#,
+            cert = cert.display(),
+            key = key.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = File::create(dir.join("nginx.out")).unwrap();
+        let mut cmd = Command::new(NGINX_BIN);
+        cmd.arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("spawn nginx");
+        let mut nginx = BenchNginx {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+            ca_file: ca_out.to_path_buf(),
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!(
+                    "nginx exited ({status}) at start:\n{}\n{}",
+                    std::fs::read_to_string(dir.join("nginx.out")).unwrap_or_default(),
+                    std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on {addr} within 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(nginx)
+    }
+
+    pub fn www(&self, rel: &str) -> PathBuf {
+        self.dir.join("www").join(rel)
+    }
+
+    pub fn url(&self, rel: &str) -> String {
+        format!("https://127.0.0.1:{}/{}", self.port, rel)
+    }
+
+    /// Makes the file `www/<from>` also available as `www/<to>` (a hard link).
+    pub fn link(&self, from: &str, to: &str) -> String {
+        let dst = self.www(to);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&dst);
+        std::fs::hard_link(self.www(from), &dst).expect("hard link in www");
+        self.url(to)
+    }
+}
+
+impl Drop for BenchNginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- nginx error log (tail) ---\n{}",
+                super::nginx::tail(
+                    &std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default(),
+                    30
+                )
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------ /proc
+
+/// A `kB` field of `/proc/<pid>/status` (e.g. `VmHWM`, `VmRSS`), in KiB.
+pub fn proc_status_kib(pid: i32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Pins the calling thread to one CPU with `taskset` (when the machine has more than one and
+/// taskset is installed). Returns the CPU, or `None` when the thread was left unpinned.
+pub fn pin_current_thread(cpu: usize) -> Option<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 || cpu >= cpus {
+        return None;
+    }
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    let tid = link.file_name()?.to_str()?.to_string();
+    let ok = Command::new("taskset")
+        .args(["-p", "-c", &cpu.to_string(), &tid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(cpu)
+}
+
+/// The CPU the load generators are pinned to: `BENCH_LOAD_CPU` (`none` to leave them free),
+/// by default the last one.
+pub fn load_cpu() -> Option<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match std::env::var("BENCH_LOAD_CPU") {
+        Ok(v) if v.trim() == "none" => None,
+        Ok(v) => v.trim().parse().ok(),
+        Err(_) => (cpus >= 2).then_some(cpus - 1),
+    }
+}
+
+// ------------------------------------------------------------------ HTTP keep-alive client
+
+/// One persistent HTTP/1.1 connection for GET requests (the way ota-gui's HTTP library polls).
+pub struct KeepAlive {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+    /// Connections opened so far.
+    pub connects: u32,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            addr,
+            stream: None,
+            buf: Vec::with_capacity(4096),
+            connects: 0,
+        }
+    }
+
+    /// GET `path`; returns (HTTP status, body). On any error the connection is dropped (the
+    /// next call opens a new one).
+    pub fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            self.stream = Some(s);
+            self.connects += 1;
+        }
+        let r = self.exchange(path);
+        if r.is_err() {
+            self.stream = None;
+        }
+        r
+    }
+
+    fn exchange(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        let stream = self.stream.as_mut().unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: */*\r\n\r\n",
+            self.addr
+        );
+        stream.write_all(req.as_bytes())?;
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        let (head_end, status, len, close) = loop {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end])
+                    .map_err(|_| invalid("headers not UTF-8"))?;
+                let mut lines = head.split("\r\n");
+                let status: u16 = lines
+                    .next()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| invalid("bad status line"))?;
+                let mut len = None;
+                let mut close = false;
+                for l in lines {
+                    if let Some((k, v)) = l.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse::<usize>().ok();
+                        } else if k.eq_ignore_ascii_case("connection")
+                            && v.trim().eq_ignore_ascii_case("close")
+                        {
+                            close = true;
+                        }
+                    }
+                }
+                let len = len.ok_or_else(|| invalid("no Content-Length"))?;
+                break (end + 4, status, len, close);
+            }
+        };
+        while self.buf.len() < head_end + len {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(invalid("body cut short"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = self.buf[head_end..head_end + len].to_vec();
+        if close {
+            self.stream = None;
+        }
+        Ok((status, body))
+    }
+}
+
+/// What one `/progress` answer said.
+#[derive(Debug, Clone)]
+pub struct ProgressView {
+    pub stage: String,
+    pub progress: i64,
+    pub message: String,
+    pub bytes_downloaded: u64,
+    pub bytes_total: u64,
+}
+
+pub const STAGES: [&str; 8] = [
+    "idle",
+    "downloading",
+    "verifying",
+    "toInstall",
+    "installing",
+    "rebooting",
+    "success",
+    "failed",
+];
+
+/// Checks a `/progress` answer is a valid success envelope (HTTP 200, `code` 200, `msg`
+/// `success`, `data` with a known stage, progress 0-100, a message and a null error).
+pub fn check_progress(status: u16, body: &[u8]) -> Result<ProgressView, String> {
+    let text = || String::from_utf8_lossy(body).into_owned();
+    if status != 200 {
+        return Err(format!("HTTP {status}: {}", text()));
+    }
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON ({e}): {}", text()))?;
+    let d = &v["data"];
+    let stage = d["stage"].as_str().unwrap_or("");
+    let progress = d["progress"].as_i64().unwrap_or(-1);
+    if v["code"].as_i64() != Some(200)
+        || v["msg"].as_str() != Some("success")
+        || !STAGES.contains(&stage)
+        || stage == "failed"
+        || !(0..=100).contains(&progress)
+        || !d["message"].is_string()
+        || !d["error"].is_null()
+    {
+        return Err(format!("not a valid success envelope: {v}"));
+    }
+    Ok(ProgressView {
+        stage: stage.to_string(),
+        progress,
+        message: d["message"].as_str().unwrap_or("").to_string(),
+        bytes_downloaded: d["bytes_downloaded"].as_u64().unwrap_or(0),
+        bytes_total: d["bytes_total"].as_u64().unwrap_or(0),
+    })
+}
+
+// ------------------------------------------------------------------ statistics
+
+/// Nearest-rank percentile of sorted values (`p` in 0..=100).
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
+    assert!(!sorted.is_empty(), "percentile of nothing");
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn median_f64(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    percentile(&v, 50.0)
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `count, p50, p99, max` of latencies, as one line fragment.
+pub fn latency_summary(samples: &mut [Duration]) -> String {
+    if samples.is_empty() {
+        return "no requests".to_string();
+    }
+    samples.sort_unstable();
+    format!(
+        "{} requests, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+        samples.len(),
+        ms(percentile(samples, 50.0)),
+        ms(percentile(samples, 99.0)),
+        ms(percentile(samples, 99.9)),
+        ms(*samples.last().unwrap()),
+    )
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
+}
