@@ -206,15 +206,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| error::validation(format!("invalid request body: {e}")))
 }
 
-/// `^\d+\.\d+\.\d+$` without a regex engine.
-pub fn valid_version(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('.').collect();
-    parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
+pub use crate::package::is_semver as valid_version;
 pub use crate::state::valid_package_name;
 
 /// Validate a `/download` request into a [`PackageSpec`] (md5 lowercased).

@@ -324,6 +324,11 @@ impl Updater {
             }
             l.bytes_done = spec.package_size;
         });
+        self.conclude_verification(spec, md5);
+    }
+
+    /// In `verifying` with the file's digest: `toInstall`, or `failed` MD5_MISMATCH.
+    fn conclude_verification(&self, spec: &PackageSpec, md5: &str) {
         if md5 == spec.package_md5 {
             tracing::info!("{} verified (md5 {md5})", spec.package_name);
             self.change(|l| {
@@ -333,15 +338,20 @@ impl Updater {
                 l.verified_at = Some(OffsetDateTime::now_utc());
             });
         } else {
-            let _ = fsutil::remove_durable(&self.package_path(&spec.package_name));
-            self.fail(
-                error::md5_mismatch(format!(
-                    "{}: expected {}, got {md5}; the file was deleted",
-                    spec.package_name, spec.package_md5
-                )),
-                |l| l.bytes_done = 0,
-            );
+            self.reject_mismatch(spec, md5, "");
         }
+    }
+
+    /// The package's digest is wrong: delete it and fail with MD5_MISMATCH (`how` says when).
+    fn reject_mismatch(&self, spec: &PackageSpec, md5: &str, how: &str) {
+        let _ = fsutil::remove_durable(&self.package_path(&spec.package_name));
+        self.fail(
+            error::md5_mismatch(format!(
+                "{}{how}: expected {}, got {md5}; the file was deleted",
+                spec.package_name, spec.package_md5
+            )),
+            |l| l.bytes_done = 0,
+        );
     }
 
     /// Hash a complete file left by a previous run (stage `verifying` at start).
@@ -351,24 +361,7 @@ impl Updater {
             lock(&self.inner.life).bytes_done = n;
         });
         match res {
-            Ok(Some(md5)) => {
-                // Already in `verifying`: only the outcome remains.
-                if md5 == spec.package_md5 {
-                    self.change(|l| {
-                        let _ = l.transition(Stage::ToInstall);
-                        l.verified_at = Some(OffsetDateTime::now_utc());
-                    });
-                } else {
-                    let _ = fsutil::remove_durable(&path);
-                    self.fail(
-                        error::md5_mismatch(format!(
-                            "{}: expected {}, got {md5}; the file was deleted",
-                            spec.package_name, spec.package_md5
-                        )),
-                        |l| l.bytes_done = 0,
-                    );
-                }
-            }
+            Ok(Some(md5)) => self.conclude_verification(&spec, &md5),
             Ok(None) => {}
             Err(e) => self.fail(
                 error::internal(format!("cannot read {}: {e}", path.display())),
@@ -387,14 +380,7 @@ impl Updater {
         match download::md5_file(&path, None, &mut |_| {}) {
             Ok(Some(md5)) if md5 == spec.package_md5 => {}
             Ok(Some(md5)) => {
-                let _ = fsutil::remove_durable(&path);
-                self.fail(
-                    error::md5_mismatch(format!(
-                        "{} changed since verification: expected {}, got {md5}; the file was deleted",
-                        spec.package_name, spec.package_md5
-                    )),
-                    |l| l.bytes_done = 0,
-                );
+                self.reject_mismatch(&spec, &md5, " changed since verification");
                 return;
             }
             Ok(None) => return,
