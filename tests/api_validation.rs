@@ -31,6 +31,36 @@ fn without(field: &str) -> Value {
     b
 }
 
+/// A daemon started with `opts` in a new workspace, and its device-api; no `ca_file` (no
+/// package server in these tests).
+fn start(opts: DaemonOptions) -> (Workspace, FakeDeviceApi, Daemon) {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(
+        &ws,
+        &api,
+        DaemonOptions {
+            use_ca_file: false,
+            ..opts
+        },
+    );
+    (ws, api, d)
+}
+
+/// `label: why` for every answer that is not code 400 VALIDATION_ERROR.
+fn not_validation_errors<'a>(
+    answers: impl IntoIterator<Item = (&'a str, (u16, Value))>,
+) -> Vec<String> {
+    answers
+        .into_iter()
+        .filter_map(|(label, answer)| {
+            check_error(&answer, 400, "VALIDATION_ERROR")
+                .err()
+                .map(|e| format!("{label}: {e}"))
+        })
+        .collect()
+}
+
 /// The idle /progress shape of section 1: code 200, stage idle, progress 0, error null.
 #[track_caller]
 fn assert_idle(d: &Daemon) {
@@ -51,16 +81,7 @@ fn assert_idle(d: &Daemon) {
 /// starts.
 #[test]
 fn contract_1_download_rejects_every_invalid_request() {
-    let ws = Workspace::new();
-    let api = FakeDeviceApi::start();
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            use_ca_file: false,
-            ..Default::default()
-        },
-    );
+    let (_ws, api, d) = start(DaemonOptions::default());
 
     let long_name = "a".repeat(256);
     let json_rows: Vec<(&str, Value)> = vec![
@@ -156,18 +177,15 @@ fn contract_1_download_rejects_every_invalid_request() {
         ),
     ];
 
-    let mut failures = Vec::new();
-    let mut check = |label: &str, answer: (u16, Value)| {
-        if let Err(e) = check_error(&answer, 400, "VALIDATION_ERROR") {
-            failures.push(format!("{label}: {e}"));
-        }
-    };
-    for (label, body) in &json_rows {
-        check(label, d.post_json("/download", body));
-    }
-    for (label, ct, body) in &raw_rows {
-        check(label, d.post_raw("/download", *ct, body));
-    }
+    let answers = json_rows
+        .iter()
+        .map(|(label, body)| (*label, d.post_json("/download", body)))
+        .chain(
+            raw_rows
+                .iter()
+                .map(|(label, ct, body)| (*label, d.post_raw("/download", *ct, body))),
+        );
+    let failures = not_validation_errors(answers);
     assert!(
         failures.is_empty(),
         "{} invalid /download requests were not answered with code 400 VALIDATION_ERROR:\n{}",
@@ -189,53 +207,32 @@ fn contract_1_download_rejects_every_invalid_request() {
 /// Section 1: bodies above 64 KiB are refused (400), even when otherwise valid JSON.
 #[test]
 fn contract_1_body_above_64_kib_is_refused() {
-    let ws = Workspace::new();
-    let api = FakeDeviceApi::start();
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            use_ca_file: false,
-            ..Default::default()
-        },
-    );
-    // A valid request padded with JSON whitespace to 70 KiB.
-    let mut body = valid_body().to_string().into_bytes();
-    body.resize(70 * 1024, b' ');
-    let answer = d.post_raw("/download", Some("application/json"), &body);
-    assert_error(
-        &answer,
-        400,
-        "VALIDATION_ERROR",
-        "/download with a 70 KiB body",
-    );
-
-    let mut body = json!({"version": "1.2.3"}).to_string().into_bytes();
-    body.resize(70 * 1024, b' ');
-    let answer = d.post_raw("/update", Some("application/json"), &body);
-    assert_error(
-        &answer,
-        400,
-        "VALIDATION_ERROR",
-        "/update with a 70 KiB body",
-    );
+    let (_ws, _api, d) = start(DaemonOptions::default());
+    // Valid requests padded with JSON whitespace to 70 KiB.
+    for (path, valid) in [
+        ("/download", valid_body()),
+        ("/update", json!({"version": "1.2.3"})),
+    ] {
+        let mut body = valid.to_string().into_bytes();
+        body.resize(70 * 1024, b' ');
+        let answer = d.post_raw(path, Some("application/json"), &body);
+        assert_error(
+            &answer,
+            400,
+            "VALIDATION_ERROR",
+            &format!("{path} with a 70 KiB body"),
+        );
+    }
     assert_idle(&d);
 }
 
 /// Section 1: `max_package_size` from the config bounds `package_size`.
 #[test]
 fn contract_1_download_rejects_size_above_configured_max() {
-    let ws = Workspace::new();
-    let api = FakeDeviceApi::start();
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            use_ca_file: false,
-            extra_toml: "max_package_size = 1000000\n".into(),
-            ..Default::default()
-        },
-    );
+    let (_ws, _api, d) = start(DaemonOptions {
+        extra_toml: "max_package_size = 1000000\n".into(),
+        ..Default::default()
+    });
     let answer = d.post_json("/download", &with("package_size", json!(1_000_001)));
     assert_error(
         &answer,
@@ -250,16 +247,7 @@ fn contract_1_download_rejects_size_above_configured_max() {
 /// error; a valid one with nothing downloaded is 409 DOWNLOAD_INCOMPLETE.
 #[test]
 fn contract_1_update_validation_and_nothing_downloaded() {
-    let ws = Workspace::new();
-    let api = FakeDeviceApi::start();
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            use_ca_file: false,
-            ..Default::default()
-        },
-    );
+    let (_ws, _api, d) = start(DaemonOptions::default());
     let rows: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
         ("empty object", Some("application/json"), b"{}".to_vec()),
         (
@@ -296,13 +284,10 @@ fn contract_1_update_validation_and_nothing_downloaded() {
         ),
         ("no content type", None, br#"{"version": "1.2.3"}"#.to_vec()),
     ];
-    let mut failures = Vec::new();
-    for (label, ct, body) in &rows {
-        let answer = d.post_raw("/update", *ct, body);
-        if let Err(e) = check_error(&answer, 400, "VALIDATION_ERROR") {
-            failures.push(format!("{label}: {e}"));
-        }
-    }
+    let failures = not_validation_errors(
+        rows.iter()
+            .map(|(label, ct, body)| (*label, d.post_raw("/update", *ct, body))),
+    );
     assert!(
         failures.is_empty(),
         "invalid /update requests not answered with code 400 VALIDATION_ERROR:\n{}",
@@ -323,16 +308,7 @@ fn contract_1_update_validation_and_nothing_downloaded() {
 /// "progress":0,"message":..,"error":null}}`.
 #[test]
 fn contract_1_progress_idle_shape() {
-    let ws = Workspace::new();
-    let api = FakeDeviceApi::start();
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            use_ca_file: false,
-            ..Default::default()
-        },
-    );
+    let (ws, _api, d) = start(DaemonOptions::default());
     let r = d.request("GET", "/progress", None, b"");
     assert_eq!(r.status, 200);
     assert!(
@@ -354,17 +330,10 @@ fn contract_1_progress_idle_shape() {
 /// `http://` is accepted when `allow_http = true`; the same request again joins it.
 #[test]
 fn contract_1_download_accepts_uppercase_md5_and_http_when_allowed() {
-    let ws = Workspace::new();
-    let api = FakeDeviceApi::start();
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            use_ca_file: false,
-            allow_http: true,
-            ..Default::default()
-        },
-    );
+    let (_ws, _api, d) = start(DaemonOptions {
+        allow_http: true,
+        ..Default::default()
+    });
     // Nothing listens there: the download keeps retrying in the background meanwhile.
     let port = free_port();
     let mut body = valid_body();
@@ -394,16 +363,7 @@ fn contract_1_download_accepts_uppercase_md5_and_http_when_allowed() {
 /// Section 3: the served OpenAPI document lists every error code.
 #[test]
 fn contract_3_openapi_lists_every_code() {
-    let ws = Workspace::new();
-    let api = FakeDeviceApi::start();
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            use_ca_file: false,
-            ..Default::default()
-        },
-    );
+    let (_ws, _api, d) = start(DaemonOptions::default());
     let r = d.request("GET", "/openapi.json", None, b"");
     assert_eq!(r.status, 200, "{}", r.text());
     let doc = r.json();

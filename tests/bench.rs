@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::bench::*;
-use common::daemon::assert_ok_status;
+use common::daemon::{assert_ok_status, STAGES};
 use common::*;
 use serde_json::json;
 
@@ -72,6 +72,57 @@ fn hwm_kib(pid: i32) -> u64 {
     proc_status_kib(pid, "VmHWM").expect("VmHWM of the daemon")
 }
 
+/// What a download benchmark runs against (dropped in this order: the daemon first).
+struct Rig {
+    d: Daemon,
+    api: FakeDeviceApi,
+    pkg: BenchPackage,
+    nginx: Nginx,
+    _ws: Workspace,
+}
+
+impl Rig {
+    /// nginx (`/throttled/` at `rate` bytes per second) serving a package of `mb` MiB as
+    /// `rel`, a device-api and a daemon.
+    fn start(rel: &str, mb: u64, rate: u64) -> Option<Rig> {
+        let ws = Workspace::new();
+        let nginx = start_nginx(&ws.path().join("nginx"), &ws.ca_file(), rate)?;
+        let api = FakeDeviceApi::start();
+        let pkg = write_package(&nginx.www(rel), mb, VERSION, &ws.root());
+        let d = Daemon::start(&ws, &api, DaemonOptions::default());
+        Some(Rig {
+            d,
+            api,
+            pkg,
+            nginx,
+            _ws: ws,
+        })
+    }
+
+    /// POST /download of the package from `url` (`what` in a failure message), then waits
+    /// up to `timeout` for `toInstall`.
+    fn download(&self, url: &str, what: &str, timeout: Duration) {
+        let answer = self.d.post_json("/download", &self.pkg.download_body(url));
+        assert_ok_status(&answer, "downloading", what);
+        self.d.wait_stage("toInstall", timeout);
+    }
+
+    /// POST /update, then waits for `success`; returns when /update was answered.
+    fn install(&self, mb: u64) -> Instant {
+        let answer = self.d.post_json("/update", &json!({"version": VERSION}));
+        let answered = Instant::now();
+        assert_ok_status(&answer, "installing", "POST /update");
+        self.d.wait_stage("success", stage_timeout(mb));
+        answered
+    }
+}
+
+/// How long a throttled download of `mb` MiB lasts and its rate (bytes per second).
+fn throttling(mb: u64) -> (u64, u64) {
+    let secs = throttled_secs(mb);
+    (secs, mb * MIB / secs)
+}
+
 // ------------------------------------------------------------------ 1. memory
 
 struct MemoryRun {
@@ -85,22 +136,15 @@ struct MemoryRun {
 /// Download and install a package of `mb` MiB; the daemon's VmHWM after start, after the
 /// download and at the end.
 fn memory_run(mb: u64) -> Option<MemoryRun> {
-    let ws = Workspace::new();
-    let nginx = BenchNginx::start(&ws.path().join("nginx"), &ws.ca_file(), MIB)?;
-    let api = FakeDeviceApi::start();
-    let pkg = write_package(&nginx.www("pkg/bench.zip"), mb, VERSION, &ws.root());
-    let url = nginx.url("pkg/bench.zip");
-    let d = Daemon::start(&ws, &api, DaemonOptions::default());
-    let pid = d.pid();
+    let rig = Rig::start("pkg/bench.zip", mb, MIB)?;
+    let pkg = &rig.pkg;
+    let pid = rig.d.pid();
     let idle_kib = hwm_kib(pid);
 
-    let answer = d.post_json("/download", &pkg.download_body(&url));
-    assert_ok_status(&answer, "downloading", "POST /download");
-    d.wait_stage("toInstall", stage_timeout(mb));
+    let url = rig.nginx.url("pkg/bench.zip");
+    rig.download(&url, "POST /download", stage_timeout(mb));
     let after_download_kib = hwm_kib(pid);
-    let answer = d.post_json("/update", &json!({"version": VERSION}));
-    assert_ok_status(&answer, "installing", "POST /update");
-    d.wait_stage("success", stage_timeout(mb));
+    rig.install(mb);
     let peak_kib = hwm_kib(pid);
     let rss_end_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
 
@@ -217,17 +261,13 @@ fn hammer(
 fn bench_progress_latency_under_load() {
     let _serial = serial();
     let mb = package_mb();
-    let secs = throttled_secs(mb);
-    let rate = mb * MIB / secs;
-    let ws = Workspace::new();
-    let Some(nginx) = BenchNginx::start(&ws.path().join("nginx"), &ws.ca_file(), rate) else {
+    let (secs, rate) = throttling(mb);
+    let Some(rig) = Rig::start("pkg/load.zip", mb, rate) else {
         return;
     };
-    let api = FakeDeviceApi::start();
-    let pkg = write_package(&nginx.www("pkg/load.zip"), mb, VERSION, &ws.root());
-    let full_url = nginx.url("pkg/load.zip");
-    let slow_url = nginx.link("pkg/load.zip", "throttled/load-slow.zip");
-    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let (d, pkg) = (&rig.d, &rig.pkg);
+    let full_url = rig.nginx.url("pkg/load.zip");
+    let slow_url = rig.nginx.link("pkg/load.zip", "throttled/load-slow.zip");
 
     let conns = env_u64("BENCH_CONNS", 2).max(1) as usize;
     let phase = Arc::new(AtomicUsize::new(PHASE_IDLE));
@@ -238,19 +278,17 @@ fn bench_progress_latency_under_load() {
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         std::thread::sleep(Duration::from_millis(300));
         phase.store(PHASE_THROTTLED, Ordering::SeqCst);
-        let answer = d.post_json("/download", &pkg.download_body(&slow_url));
-        assert_ok_status(&answer, "downloading", "POST /download (throttled)");
-        d.wait_stage("toInstall", stage_timeout(mb) + Duration::from_secs(secs));
+        rig.download(
+            &slow_url,
+            "POST /download (throttled)",
+            stage_timeout(mb) + Duration::from_secs(secs),
+        );
 
         phase.store(PHASE_FULL_SPEED, Ordering::SeqCst);
-        let answer = d.post_json("/download", &pkg.download_body(&full_url));
-        assert_ok_status(&answer, "downloading", "POST /download (full speed)");
-        d.wait_stage("toInstall", stage_timeout(mb));
+        rig.download(&full_url, "POST /download (full speed)", stage_timeout(mb));
 
         phase.store(PHASE_INSTALL, Ordering::SeqCst);
-        let answer = d.post_json("/update", &json!({"version": VERSION}));
-        assert_ok_status(&answer, "installing", "POST /update");
-        d.wait_stage("success", stage_timeout(mb));
+        rig.install(mb);
     }));
     stop.store(true, Ordering::SeqCst);
     let results: Vec<HammerResult> = workers.into_iter().map(|w| w.join().unwrap()).collect();
@@ -335,16 +373,12 @@ fn signed_ms(later: Instant, earlier: Instant) -> f64 {
 fn bench_callback_latency() {
     let _serial = serial();
     let mb = package_mb();
-    let secs = throttled_secs(mb);
-    let rate = mb * MIB / secs;
-    let ws = Workspace::new();
-    let Some(nginx) = BenchNginx::start(&ws.path().join("nginx"), &ws.ca_file(), rate) else {
+    let (secs, rate) = throttling(mb);
+    let Some(rig) = Rig::start("pkg/cb.zip", mb, rate) else {
         return;
     };
-    let api = FakeDeviceApi::start();
-    let pkg = write_package(&nginx.www("pkg/cb.zip"), mb, VERSION, &ws.root());
-    let url = nginx.link("pkg/cb.zip", "throttled/cb.zip");
-    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let (d, api, pkg) = (&rig.d, &rig.api, &rig.pkg);
+    let url = rig.nginx.link("pkg/cb.zip", "throttled/cb.zip");
 
     const POLL_EVERY: Duration = Duration::from_millis(2);
     let stop = Arc::new(AtomicBool::new(false));
@@ -371,13 +405,12 @@ fn bench_callback_latency() {
     let poll_start = Instant::now();
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         std::thread::sleep(Duration::from_millis(100));
-        let answer = d.post_json("/download", &pkg.download_body(&url));
-        assert_ok_status(&answer, "downloading", "POST /download");
-        d.wait_stage("toInstall", stage_timeout(mb) + Duration::from_secs(secs));
-        let answer = d.post_json("/update", &json!({"version": VERSION}));
-        let update_answered = Instant::now();
-        assert_ok_status(&answer, "installing", "POST /update");
-        d.wait_stage("success", stage_timeout(mb));
+        rig.download(
+            &url,
+            "POST /download",
+            stage_timeout(mb) + Duration::from_secs(secs),
+        );
+        let update_answered = rig.install(mb);
         api.wait_for_report("success", Duration::from_secs(10), |b| {
             b["stage"] == "success"
         });
@@ -568,7 +601,7 @@ fn curl_run(url: &str, ca: &Path, dir: &Path, expect_md5: &str) -> CurlRun {
 
 /// The daemon's download + verification: from POST /download until /progress (polled every
 /// 10 ms) shows `toInstall`.
-fn daemon_run(nginx: &BenchNginx, pkg: &BenchPackage, url: &str, mb: u64) -> Duration {
+fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64) -> Duration {
     let ws = Workspace::new();
     std::fs::copy(&nginx.ca_file, ws.ca_file()).unwrap();
     let api = FakeDeviceApi::start();
@@ -601,7 +634,7 @@ fn daemon_run(nginx: &BenchNginx, pkg: &BenchPackage, url: &str, mb: u64) -> Dur
 /// after a `sync`, and prints the medians under `label`.
 fn compare_with_curl(
     label: &str,
-    nginx: &BenchNginx,
+    nginx: &Nginx,
     pkg: &BenchPackage,
     url: &str,
     scratch: &Path,
@@ -680,7 +713,7 @@ fn bench_download_throughput_vs_curl() {
         .prefix("tope-bench-")
         .tempdir()
         .unwrap();
-    let Some(nginx) = BenchNginx::start(
+    let Some(nginx) = start_nginx(
         &base.path().join("nginx"),
         &base.path().join("ca.pem"),
         LINK_RATE,

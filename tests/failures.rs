@@ -55,6 +55,30 @@ fn wait_failed(d: &Daemon, timeout: Duration) -> Value {
     d.wait_for("stage failed", timeout, |p| stage_of(p) == "failed")
 }
 
+/// Waits (as `what`) for `toInstall` or `failed`; from `toInstall`, POST /update (`context`
+/// names it in a failure message). The package may be refused at either step.
+fn update_unless_failed(d: &Daemon, what: &str, context: &str) {
+    let p = d.wait_for(what, Duration::from_secs(30), |p| {
+        matches!(stage_of(p).as_str(), "toInstall" | "failed")
+    });
+    if stage_of(&p) == "toInstall" {
+        assert_ok_status(
+            &d.post_json("/update", &json!({"version": VERSION})),
+            "installing",
+            context,
+        );
+    }
+}
+
+/// Serves and downloads `package`, installs it if it verifies, and returns the /progress of
+/// the failure that must follow.
+fn install_until_failed(d: &Daemon, nginx: &Nginx, package: &[u8]) -> Value {
+    let url = nginx.put("pkg.zip", package);
+    d.post_download(&download_body(VERSION, &url, "pkg.zip", package));
+    update_unless_failed(d, "toInstall or failed", "/update");
+    wait_failed(d, Duration::from_secs(30))
+}
+
 /// Section 3 MD5_MISMATCH: the file is deleted, /progress has the failed shape, device-api
 /// gets the error, and a new /download is accepted from `failed`.
 #[test]
@@ -68,7 +92,7 @@ fn contract_3_md5_mismatch_deletes_file_and_new_download_is_accepted() {
 
     let mut body = download_body(VERSION, &url, "pkg.zip", &package);
     body["package_md5"] = json!(md5_hex(b"something else"));
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
+    d.post_download(&body);
     let p = wait_failed(&d, Duration::from_secs(30));
     let err = assert_failed_progress(&p, "MD5_MISMATCH");
     assert!(
@@ -126,27 +150,8 @@ fn contract_4_dst_outside_allowed_roots_is_invalid_manifest_and_deploys_nothing(
             Entry::file("evil.conf", b"evil\n", 0o644),
         ],
     );
-    let url = nginx.put("pkg.zip", &package);
     let d = Daemon::start(&ws, &api, DaemonOptions::default());
-    assert_ok_status(
-        &d.post_json(
-            "/download",
-            &download_body(VERSION, &url, "pkg.zip", &package),
-        ),
-        "downloading",
-        "/download",
-    );
-    let p = d.wait_for("toInstall or failed", Duration::from_secs(30), |p| {
-        matches!(stage_of(p).as_str(), "toInstall" | "failed")
-    });
-    if stage_of(&p) == "toInstall" {
-        assert_ok_status(
-            &d.post_json("/update", &json!({"version": VERSION})),
-            "installing",
-            "/update",
-        );
-    }
-    let p = wait_failed(&d, Duration::from_secs(30));
+    let p = install_until_failed(&d, &nginx, &package);
     assert_failed_progress(&p, "INVALID_MANIFEST");
     assert_eq!(
         std::fs::read(&inside).unwrap(),
@@ -163,27 +168,8 @@ fn contract_4_manifest_version_must_match_the_download() {
     let Some(nginx) = ws.nginx() else { return };
     let api = FakeDeviceApi::start();
     let package = simple_package(&ws, "7.7.7", b"new\n");
-    let url = nginx.put("pkg.zip", &package);
     let d = Daemon::start(&ws, &api, DaemonOptions::default());
-    assert_ok_status(
-        &d.post_json(
-            "/download",
-            &download_body(VERSION, &url, "pkg.zip", &package),
-        ),
-        "downloading",
-        "/download",
-    );
-    let p = d.wait_for("toInstall or failed", Duration::from_secs(30), |p| {
-        matches!(stage_of(p).as_str(), "toInstall" | "failed")
-    });
-    if stage_of(&p) == "toInstall" {
-        assert_ok_status(
-            &d.post_json("/update", &json!({"version": VERSION})),
-            "installing",
-            "/update",
-        );
-    }
-    let p = wait_failed(&d, Duration::from_secs(30));
+    let p = install_until_failed(&d, &nginx, &package);
     assert_failed_progress(&p, "INVALID_MANIFEST");
     assert_eq!(
         std::fs::read(ws.root().join("app/app.conf")).unwrap(),
@@ -241,18 +227,7 @@ fn contract_4_unsafe_or_corrupt_zip_is_invalid_package() {
             "failed",
             "{label}: after an accepted /download: {now}"
         );
-        let p = d.wait_for(
-            &format!("{label}: toInstall or failed"),
-            Duration::from_secs(30),
-            |p| matches!(stage_of(p).as_str(), "toInstall" | "failed"),
-        );
-        if stage_of(&p) == "toInstall" {
-            assert_ok_status(
-                &d.post_json("/update", &json!({"version": VERSION})),
-                "installing",
-                label,
-            );
-        }
+        update_unless_failed(&d, &format!("{label}: toInstall or failed"), label);
         let p = wait_failed(&d, Duration::from_secs(30));
         let err = p["data"]["error"].as_str().unwrap_or("").to_string();
         assert!(
@@ -282,7 +257,7 @@ fn contract_3_download_failed_after_retries() {
         "version": VERSION, "package_url": url, "package_name": "missing.zip",
         "package_size": 1000, "package_md5": md5_hex(b"x"),
     });
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
+    d.post_download(&body);
     let p = wait_failed(&d, Duration::from_secs(40));
     let err = assert_failed_progress(&p, "DOWNLOAD_FAILED");
     api.wait_for_report("the DOWNLOAD_FAILED report", Duration::from_secs(5), |b| {
@@ -316,7 +291,7 @@ fn contract_1_conflicts_while_downloading() {
     let url = nginx.put("slow/pkg.zip", &package);
     let d = Daemon::start(&ws, &api, DaemonOptions::default());
     let body = download_body(VERSION, &url, "pkg.zip", &package);
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
+    d.post_download(&body);
     d.wait_for("some bytes downloaded", Duration::from_secs(30), |p| {
         stage_of(p) == "downloading" && progress_of(p) >= 5
     });
@@ -416,17 +391,8 @@ fn contract_1_update_rechecks_md5_on_disk() {
     let Some(nginx) = ws.nginx() else { return };
     let api = FakeDeviceApi::start();
     let package = simple_package(&ws, VERSION, b"new\n");
-    let url = nginx.put("pkg.zip", &package);
     let d = Daemon::start(&ws, &api, DaemonOptions::default());
-    assert_ok_status(
-        &d.post_json(
-            "/download",
-            &download_body(VERSION, &url, "pkg.zip", &package),
-        ),
-        "downloading",
-        "/download",
-    );
-    d.wait_stage("toInstall", Duration::from_secs(30));
+    d.download_package(&nginx, "pkg.zip", VERSION, &package);
 
     // Flip one byte of the verified package (same size).
     let path = ws.tmp_file("pkg.zip");
@@ -484,13 +450,9 @@ fn contract_1_conflicts_while_installing() {
     let url = nginx.put("pkg.zip", &package);
     let d = Daemon::start(&ws, &api, DaemonOptions::default());
     let body = download_body(VERSION, &url, "pkg.zip", &package);
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
+    d.post_download(&body);
     d.wait_stage("toInstall", Duration::from_secs(30));
-    assert_ok_status(
-        &d.post_json("/update", &json!({"version": VERSION})),
-        "installing",
-        "/update",
-    );
+    d.post_update(VERSION);
     let p = d.progress();
     assert_eq!(stage_of(&p), "installing", "{p}");
     assert!((0..=100).contains(&progress_of(&p)), "{p}");

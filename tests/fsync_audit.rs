@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{config_text, stage_of, API, BIN};
+use common::daemon::{serve_command, stage_of, write_config, API, BIN};
 use common::procs::{self, KillOnDrop, Spawned};
 use common::*;
 use serde_json::{json, Value};
@@ -65,38 +65,13 @@ struct TracedDaemon {
 
 impl TracedDaemon {
     fn start(ws: &Workspace, api: &FakeDeviceApi) -> TracedDaemon {
-        let port = free_port();
-        let config = ws.path().join("updater.toml");
-        std::fs::write(
-            &config,
-            config_text(ws, api, port, &DaemonOptions::default()),
-        )
-        .unwrap();
+        let (config, port) = write_config(ws, api, &DaemonOptions::default());
         let trace = ws.path().join("strace.txt");
-        let out = std::fs::File::create(ws.path().join("traced.stdout")).unwrap();
-        let err = std::fs::File::create(ws.path().join("traced.stderr")).unwrap();
         let mut cmd = Command::new("strace");
         cmd.args(["-f", "-y", "-s", "2048", "-e", TRACED, "-o"])
             .arg(&trace)
-            .arg(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .current_dir(ws.path())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for v in [
-            "http_proxy",
-            "https_proxy",
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "all_proxy",
-            "ALL_PROXY",
-        ] {
-            cmd.env_remove(v);
-        }
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            .arg(BIN);
+        serve_command(&mut cmd, &config, ws.path(), "traced");
         let strace = cmd.spawn().expect("spawn strace");
         let mut d = TracedDaemon {
             strace,

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::daemon::{assert_ok_status, stage_of};
+use common::daemon::stage_of;
 use common::hostile::{full, honest, partial, HostileServer, Request};
 use common::*;
 use serde_json::{json, Value};
@@ -30,6 +30,22 @@ fn package(ws: &Workspace) -> Vec<u8> {
     )
 }
 
+/// A server whose first answer breaks off after `CUT` bytes of `data`; `after_cut(data, r)`
+/// answers every later request.
+fn server_cutting_the_first_answer(
+    data: &[u8],
+    after_cut: impl Fn(&[u8], &Request) -> Vec<u8> + Send + Sync + 'static,
+) -> HostileServer {
+    let served = data.to_vec();
+    HostileServer::start(Box::new(move |r: &Request| {
+        if r.index == 0 {
+            full(&served, Some(CUT))
+        } else {
+            after_cut(&served, r)
+        }
+    }))
+}
+
 /// Runs one download against `server`; returns the settled /progress.
 fn download(ws: &Workspace, server: &HostileServer, data: &[u8]) -> (Daemon, Value) {
     let api = FakeDeviceApi::start();
@@ -42,7 +58,7 @@ fn download(ws: &Workspace, server: &HostileServer, data: &[u8]) -> (Daemon, Val
         },
     );
     let body = download_body(VERSION, &server.url("pkg.zip"), "pkg.zip", data);
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
+    d.post_download(&body);
     let p = d.wait_for("toInstall or failed", Duration::from_secs(60), |p| {
         matches!(stage_of(p).as_str(), "toInstall" | "failed")
     });
@@ -68,14 +84,7 @@ fn describe(reqs: &[Request]) -> Vec<String> {
 fn contract_6_body_cut_halfway_is_resumed_from_its_position() {
     let ws = Workspace::new();
     let data = package(&ws);
-    let served = data.clone();
-    let server = HostileServer::start(Box::new(move |r: &Request| {
-        if r.index == 0 {
-            full(&served, Some(CUT))
-        } else {
-            honest(&served, r)
-        }
-    }));
+    let server = server_cutting_the_first_answer(&data, honest);
     let (_d, p) = download(&ws, &server, &data);
     let reqs = server.requests();
     assert_eq!(stage_of(&p), "toInstall", "{p}\n{:?}", describe(&reqs));
@@ -107,14 +116,7 @@ fn contract_6_body_cut_halfway_is_resumed_from_its_position() {
 fn contract_6_server_ignoring_range_makes_the_download_start_over() {
     let ws = Workspace::new();
     let data = package(&ws);
-    let served = data.clone();
-    let server = HostileServer::start(Box::new(move |r: &Request| {
-        if r.index == 0 {
-            full(&served, Some(CUT))
-        } else {
-            full(&served, None)
-        }
-    }));
+    let server = server_cutting_the_first_answer(&data, |served, _| full(served, None));
     let (_d, p) = download(&ws, &server, &data);
     let reqs = server.requests();
     assert_eq!(stage_of(&p), "toInstall", "{p}\n{:?}", describe(&reqs));
@@ -128,17 +130,14 @@ fn contract_6_server_ignoring_range_makes_the_download_start_over() {
 fn contract_6_lying_content_range_is_never_spliced() {
     let ws = Workspace::new();
     let data = package(&ws);
-    let served = data.clone();
-    let server = HostileServer::start(Box::new(move |r: &Request| {
-        match (r.index, r.range_start()) {
-            (0, _) => full(&served, Some(CUT)),
+    let server =
+        server_cutting_the_first_answer(&data, |served, r| match (r.index, r.range_start()) {
             (1, Some(n)) if n >= 1000 => {
                 let early = n as usize - 1000;
-                partial(&served, early, early)
+                partial(served, early, early)
             }
-            _ => honest(&served, r),
-        }
-    }));
+            _ => honest(served, r),
+        });
     let (_d, p) = download(&ws, &server, &data);
     let reqs = server.requests();
     match stage_of(&p).as_str() {
@@ -161,22 +160,18 @@ fn contract_6_lying_content_range_is_never_spliced() {
 fn contract_3_garbled_resume_body_is_caught_by_md5() {
     let ws = Workspace::new();
     let data = package(&ws);
-    let served = data.clone();
-    let server = HostileServer::start(Box::new(move |r: &Request| {
-        match (r.index, r.range_start()) {
-            (0, _) => full(&served, Some(CUT)),
-            (_, Some(n)) if n >= 1000 => {
-                // Claims n.., sends the bytes of n-1000.. truncated to the claimed length.
-                let n = n as usize;
-                let mut body = served[n - 1000..].to_vec();
-                body.truncate(served.len() - n);
-                let mut fake = served.clone();
-                fake[n..].copy_from_slice(&body);
-                partial(&fake, n, n)
-            }
-            _ => honest(&served, r),
+    let server = server_cutting_the_first_answer(&data, |served, r| match r.range_start() {
+        Some(n) if n >= 1000 => {
+            // Claims n.., sends the bytes of n-1000.. truncated to the claimed length.
+            let n = n as usize;
+            let mut body = served[n - 1000..].to_vec();
+            body.truncate(served.len() - n);
+            let mut fake = served.to_vec();
+            fake[n..].copy_from_slice(&body);
+            partial(&fake, n, n)
         }
-    }));
+        _ => honest(served, r),
+    });
     let (_d, p) = download(&ws, &server, &data);
     let reqs = server.requests();
     assert_eq!(stage_of(&p), "failed", "{p}\n{:?}", describe(&reqs));

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::{assert_ok_status, stage_of};
+use common::daemon::stage_of;
 use common::procs::{self, looping_script, looping_script_text, KillOnDrop, Spawned};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const VERSION: &str = "5.0.0";
 
@@ -18,28 +18,6 @@ fn contains(path: &Path, needle: &str) -> bool {
     std::fs::read(path)
         .map(|d| String::from_utf8_lossy(&d).contains(needle))
         .unwrap_or(false)
-}
-
-/// Downloads `package` and runs /update up to a final stage; returns the final /progress.
-fn install(d: &Daemon, nginx: &Nginx, package: &[u8]) -> Value {
-    let url = nginx.put("pkg.zip", package);
-    assert_ok_status(
-        &d.post_json(
-            "/download",
-            &download_body(VERSION, &url, "pkg.zip", package),
-        ),
-        "downloading",
-        "/download",
-    );
-    d.wait_stage("toInstall", Duration::from_secs(30));
-    assert_ok_status(
-        &d.post_json("/update", &json!({"version": VERSION})),
-        "installing",
-        "/update",
-    );
-    d.wait_for("success or failed", Duration::from_secs(60), |p| {
-        matches!(stage_of(p).as_str(), "success" | "failed")
-    })
 }
 
 /// Section 4: a process that exits on SIGTERM and one that ignores it (stopped by SIGKILL
@@ -97,7 +75,7 @@ fn contract_4_stop_with_sigterm_then_sigkill_and_restart() {
             ..Default::default()
         },
     );
-    let p = install(&d, &nginx, &package);
+    let p = d.install_package(&nginx, "pkg.zip", VERSION, &package);
     assert_eq!(stage_of(&p), "success", "{p}");
 
     assert!(
@@ -181,7 +159,7 @@ fn contract_4_restart_order_lower_starts_first() {
             ..Default::default()
         },
     );
-    let p = install(&d, &nginx, &package);
+    let p = d.install_package(&nginx, "pkg.zip", VERSION, &package);
     assert_eq!(stage_of(&p), "success", "{p}");
     wait_until(
         "ota-gui to have been started",
@@ -245,7 +223,7 @@ fn contract_3_deployment_failed_rolls_back_everything() {
         ],
     );
     let d = Daemon::start(&ws, &api, DaemonOptions::default());
-    let p = install(&d, &nginx, &package);
+    let p = d.install_package(&nginx, "pkg.zip", VERSION, &package);
     assert_eq!(stage_of(&p), "failed", "{p}");
     let err = p["data"]["error"].as_str().unwrap_or("");
     assert!(err.starts_with("DEPLOYMENT_FAILED: "), "{p}");

@@ -101,7 +101,7 @@ fn contract_6_partial_download_resumes_by_itself_after_power_cut() {
     let url = nginx.put("slow/pkg.zip", &package);
     let mut d = Daemon::start(&ws, &api, DaemonOptions::default());
     let body = download_body(VERSION, &url, "pkg.zip", &package);
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
+    d.post_download(&body);
 
     let persisted = wait_partial(&d, &ws);
     d.sigkill();
@@ -132,7 +132,7 @@ fn contract_1_download_after_restart_joins_the_partial_download() {
     let url = nginx.put("slow/pkg.zip", &package);
     let mut d = Daemon::start(&ws, &api, DaemonOptions::default());
     let body = download_body(VERSION, &url, "pkg.zip", &package);
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
+    d.post_download(&body);
     wait_partial(&d, &ws);
     d.sigkill();
 
@@ -162,7 +162,7 @@ fn contract_6_resume_never_splices_two_files() {
     // Announce the new file: only a download that never mixes the two can verify.
     let body = download_body(VERSION, &url, "pkg.zip", &new);
     let mut d = Daemon::start(&ws, &api, DaemonOptions::default());
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
+    d.post_download(&body);
     wait_partial(&d, &ws);
     d.sigkill();
 
@@ -207,7 +207,7 @@ fn contract_6_sigterm_mid_download_exits_zero_and_resumes() {
     let url = nginx.put("slow/pkg.zip", &package);
     let mut d = Daemon::start(&ws, &api, DaemonOptions::default());
     let body = download_body(VERSION, &url, "pkg.zip", &package);
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
+    d.post_download(&body);
     wait_partial(&d, &ws);
     let status = d.sigterm_and_wait(Duration::from_secs(15));
     assert_eq!(

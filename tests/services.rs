@@ -7,31 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
-use common::daemon::{assert_ok_status, stage_of};
+use common::daemon::stage_of;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const VERSION: &str = "6.1.0";
-
-fn install(d: &Daemon, nginx: &Nginx, name: &str, package: &[u8]) -> Value {
-    let url = nginx.put(name, package);
-    assert_ok_status(
-        &d.post_json("/download", &download_body(VERSION, &url, name, package)),
-        "downloading",
-        "/download",
-    );
-    d.wait_stage("toInstall", Duration::from_secs(30));
-    assert_ok_status(
-        &d.post_json("/update", &json!({"version": VERSION})),
-        "installing",
-        "/update",
-    );
-    d.wait_for("success or failed", Duration::from_secs(60), |p| {
-        matches!(stage_of(p).as_str(), "success" | "failed")
-    })
-}
 
 fn calls(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
@@ -89,7 +70,7 @@ fn contract_4_services_use_systemctl_and_a_stop_failure_is_process_kill_failed()
     // 1. A unit that refuses to stop: PROCESS_KILL_FAILED, nothing deployed, the unit that
     //    was stopped is started again.
     std::fs::write(&refuse, b"").unwrap();
-    let p = install(&d, &nginx, "svc-a.zip", &package);
+    let p = d.install_package(&nginx, "svc-a.zip", VERSION, &package);
     assert_eq!(stage_of(&p), "failed", "{p}");
     let err = p["data"]["error"].as_str().unwrap_or_default().to_string();
     assert!(err.starts_with("PROCESS_KILL_FAILED: "), "{p}");
@@ -124,7 +105,7 @@ fn contract_4_services_use_systemctl_and_a_stop_failure_is_process_kill_failed()
     // 2. Units that stop: systemctl stop for both, files deployed, start in restart_order.
     std::fs::remove_file(&refuse).unwrap();
     std::fs::remove_file(&log).unwrap();
-    let p = install(&d, &nginx, "svc-b.zip", &package);
+    let p = d.install_package(&nginx, "svc-b.zip", VERSION, &package);
     assert_eq!(stage_of(&p), "success", "{p}");
     assert_eq!(std::fs::read(&api_dst).unwrap(), b"api v6.1.0");
     assert_eq!(std::fs::read(&web_dst).unwrap(), b"web v6.1.0");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::daemon::{assert_ok_status, stage_of};
+use common::daemon::stage_of;
 use common::procs::{self, KillOnDrop, Spawned};
 use common::*;
 use serde_json::{json, Value};
@@ -102,15 +102,20 @@ fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// `stage` of state.json, or why there is none.
-fn state_stage(ws: &Workspace) -> String {
-    match std::fs::read(ws.state_file()) {
+/// The string `key` of the JSON file at `path`, or why there is none.
+fn json_str_field(path: &Path, key: &str) -> String {
+    match std::fs::read(path) {
         Err(_) => "absent".into(),
         Ok(b) => serde_json::from_slice::<Value>(&b)
             .ok()
-            .and_then(|v| v["stage"].as_str().map(str::to_string))
+            .and_then(|v| v[key].as_str().map(str::to_string))
             .unwrap_or_else(|| "unreadable".into()),
     }
+}
+
+/// `stage` of state.json, or why there is none.
+fn state_stage(ws: &Workspace) -> String {
+    json_str_field(&ws.state_file(), "stage")
 }
 
 fn is_busy(stage: &str) -> bool {
@@ -302,13 +307,7 @@ impl InstallRig {
     }
 
     fn journal_phase(&self) -> String {
-        match std::fs::read(self.journal()) {
-            Err(_) => "absent".into(),
-            Ok(b) => serde_json::from_slice::<Value>(&b)
-                .ok()
-                .and_then(|v| v["phase"].as_str().map(str::to_string))
-                .unwrap_or_else(|| "unreadable".into()),
-        }
+        json_str_field(&self.journal(), "phase")
     }
 
     fn file_state(&self, t: &Target) -> FileState {
@@ -385,14 +384,6 @@ impl InstallRig {
             stage_of(&self.d.progress())
         );
         self.d.wait_stage("toInstall", Duration::from_secs(60));
-    }
-
-    fn post_update(&self) {
-        assert_ok_status(
-            &self.d.post_json("/update", &json!({"version": VERSION})),
-            "installing",
-            "/update",
-        );
     }
 
     /// The contents of the program each living process of the module runs.
@@ -556,7 +547,7 @@ impl InstallRig {
     /// One uninterrupted installation, watching the journal in a tight loop.
     fn timed_install(&mut self) -> Timeline {
         let t0 = Instant::now();
-        self.post_update();
+        self.d.post_update(VERSION);
         let mut t = Timeline {
             prepared: None,
             deploying: None,
@@ -703,7 +694,7 @@ fn soak_install_killed_at_random_instants() {
         rig.reset();
         let (from, to) = phases[rng.below(phases.len() as u64) as usize];
         let delay = from + (to - from).mul_f64(rng.unit());
-        rig.post_update();
+        rig.d.post_update(VERSION);
         std::thread::sleep(delay);
         rig.d.sigkill();
         let snap = rig.snapshot();
@@ -814,7 +805,7 @@ fn run_kill_points(
     for round in 0..rounds {
         for &point in points {
             rig.reset();
-            rig.post_update();
+            rig.d.post_update(VERSION);
             if !rig.kill_at(point) {
                 missed.push(format!("{point:?}"));
                 tally.add("missed");
@@ -914,11 +905,7 @@ fn soak_download_killed_at_random_bytes() {
         let package = build_package(&m, &[Entry::file("dl.bin", &payload, 0o644)]);
         let size = package.len() as u64;
         let url = nginx.put(&rel, &package);
-        assert_ok_status(
-            &d.post_json("/download", &download_body(VERSION, &url, &name, &package)),
-            "downloading",
-            "/download",
-        );
+        d.post_download(&download_body(VERSION, &url, &name, &package));
         let mut fractions: Vec<f64> = (0..KILLS_PER_DOWNLOAD)
             .map(|_| 0.05 + 0.8 * rng.unit())
             .collect();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::daemon::{assert_error, assert_ok_status, progress_of, stage_of};
+use common::daemon::{assert_error, progress_of, stage_of};
 use common::procs::KillOnDrop;
 use common::*;
 use serde_json::json;
@@ -139,11 +139,7 @@ fn contract_5_python_state_json_within_trust_window_installs() {
     let p = d.progress();
     assert_eq!(stage_of(&p), "toInstall", "{p}");
     assert_eq!(progress_of(&p), 100, "{p}");
-    assert_ok_status(
-        &d.post_json("/update", &json!({"version": VERSION})),
-        "installing",
-        "/update",
-    );
+    d.post_update(VERSION);
     d.wait_stage("success", Duration::from_secs(30));
     assert_eq!(std::fs::read(&dst).unwrap(), b"new\n");
     assert!(!ws.state_file().exists());
@@ -213,22 +209,9 @@ fn contract_6_power_cut_during_install_is_finished_or_rolled_back() {
             Entry::file("c.conf", b"new c\n", 0o644),
         ],
     );
-    let url = nginx.put("pkg.zip", &package);
     let mut d = Daemon::start(&ws, &api, DaemonOptions::default());
-    assert_ok_status(
-        &d.post_json(
-            "/download",
-            &download_body(VERSION, &url, "pkg.zip", &package),
-        ),
-        "downloading",
-        "/download",
-    );
-    d.wait_stage("toInstall", Duration::from_secs(30));
-    assert_ok_status(
-        &d.post_json("/update", &json!({"version": VERSION})),
-        "installing",
-        "/update",
-    );
+    d.download_package(&nginx, "pkg.zip", VERSION, &package);
+    d.post_update(VERSION);
     wait_until("the post command to run", Duration::from_secs(30), || {
         marker.exists().then_some(())
     });

@@ -7,26 +7,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::{assert_error, assert_ok_status, progress_of, stage_of};
+use common::daemon::{assert_error, assert_ok_status, progress_of, stage_of, STAGES};
 use common::procs::{self, KillOnDrop, Spawned};
 use common::*;
 use serde_json::{json, Value};
 
 const VERSION: &str = "2.4.6";
 
-const STAGE_ORDER: [&str; 8] = [
-    "idle",
-    "downloading",
-    "verifying",
-    "toInstall",
-    "installing",
-    "rebooting",
-    "success",
-    "failed",
-];
-
 fn stage_rank(s: &str) -> usize {
-    STAGE_ORDER
+    STAGES
         .iter()
         .position(|x| *x == s)
         .unwrap_or_else(|| panic!("unknown stage {s:?}"))
@@ -45,6 +34,14 @@ struct Scenario {
     package: Vec<u8>,
     url: String,
     _kill: KillOnDrop,
+}
+
+/// Downloads and installs the scenario's package, each of the two steps within `timeout`.
+fn download_and_install(d: &Daemon, s: &Scenario, timeout: Duration) {
+    d.post_download(&download_body(VERSION, &s.url, "update.zip", &s.package));
+    d.wait_stage("toInstall", timeout);
+    d.post_update(VERSION);
+    d.wait_stage("success", timeout);
 }
 
 fn scenario() -> Option<Scenario> {
@@ -382,15 +379,7 @@ fn contract_2_final_outcome_reaches_device_api_after_it_comes_back() {
     let Some(mut s) = scenario() else { return };
     s.api.down();
     let d = Daemon::start(&s.ws, &s.api, DaemonOptions::default());
-    let body = download_body(VERSION, &s.url, "update.zip", &s.package);
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
-    d.wait_stage("toInstall", Duration::from_secs(60));
-    assert_ok_status(
-        &d.post_json("/update", &json!({"version": VERSION})),
-        "installing",
-        "/update",
-    );
-    d.wait_stage("success", Duration::from_secs(60));
+    download_and_install(&d, &s, Duration::from_secs(60));
     assert!(
         s.api.bodies().is_empty(),
         "device-api was down, nothing can have arrived"
@@ -429,15 +418,7 @@ fn contract_2_hanging_device_api_never_slows_the_update() {
     let Some(s) = scenario() else { return };
     s.api.set_delay(Duration::from_secs(60));
     let d = Daemon::start(&s.ws, &s.api, DaemonOptions::default());
-    let body = download_body(VERSION, &s.url, "update.zip", &s.package);
-    assert_ok_status(&d.post_json("/download", &body), "downloading", "/download");
-    d.wait_stage("toInstall", Duration::from_secs(20));
-    assert_ok_status(
-        &d.post_json("/update", &json!({"version": VERSION})),
-        "installing",
-        "/update",
-    );
-    d.wait_stage("success", Duration::from_secs(20));
+    download_and_install(&d, &s, Duration::from_secs(20));
     assert!(has_marker(&s.a_dst, "new-a"));
     assert!(
         !s.api.bodies().is_empty(),

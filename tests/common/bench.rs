@@ -6,15 +6,16 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use md5::Digest;
 use serde_json::{json, Value};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
-use super::nginx::{write_tls_material, NGINX_BIN};
+use super::daemon::STAGES;
+use super::nginx::{Nginx, NginxOptions};
 
 pub const MIB: u64 = 1 << 20;
 
@@ -178,133 +179,17 @@ pub fn write_package(path: &Path, total_mib: u64, version: &str, root: &Path) ->
 
 // ------------------------------------------------------------------ nginx
 
-/// nginx over HTTPS on loopback serving `<dir>/www`: everything at full speed, except under
-/// `/throttled/`, limited to `throttled_rate` bytes per second.
-pub struct BenchNginx {
-    child: Child,
-    pub port: u16,
-    pub dir: PathBuf,
-    pub ca_file: PathBuf,
-}
-
-impl BenchNginx {
-    /// Starts nginx in `dir`, its CA written to `ca_out`. Without nginx: panics under CI,
-    /// otherwise prints why and gives `None`.
-    pub fn start(dir: &Path, ca_out: &Path, throttled_rate: u64) -> Option<BenchNginx> {
-        if !Path::new(NGINX_BIN).exists() {
-            if std::env::var_os("CI").is_some() {
-                panic!("{NGINX_BIN} not found: CI must install nginx-light (see .ci/run)");
-            }
-            eprintln!("skipping benchmark: nginx not installed (run scripts/test.sh)");
-            return None;
-        }
-        std::fs::create_dir_all(dir.join("www/throttled")).unwrap();
-        std::fs::create_dir_all(dir.join("temp")).unwrap();
-        let (cert, key) = write_tls_material(dir, ca_out);
-        let port = super::free_port();
-        let d = dir.display();
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 128; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/temp/body;
-    proxy_temp_path {d}/temp/proxy;
-    fastcgi_temp_path {d}/temp/fastcgi;
-    uwsgi_temp_path {d}/temp/uwsgi;
-    scgi_temp_path {d}/temp/scgi;
-    default_type application/octet-stream;
-    keepalive_timeout 5s;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        root {d}/www;
-        location /throttled/ {{
-            limit_rate {throttled_rate};
-        }}
-    }}
-}}
-"#,
-            cert = cert.display(),
-            key = key.display(),
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let log = File::create(dir.join("nginx.out")).unwrap();
-        let mut cmd = Command::new(NGINX_BIN);
-        cmd.arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().expect("spawn nginx");
-        let mut nginx = BenchNginx {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-            ca_file: ca_out.to_path_buf(),
-        };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                panic!(
-                    "nginx exited ({status}) at start:\n{}\n{}",
-                    std::fs::read_to_string(dir.join("nginx.out")).unwrap_or_default(),
-                    std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen on {addr} within 15 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(nginx)
-    }
-
-    pub fn www(&self, rel: &str) -> PathBuf {
-        self.dir.join("www").join(rel)
-    }
-
-    pub fn url(&self, rel: &str) -> String {
-        format!("https://127.0.0.1:{}/{}", self.port, rel)
-    }
-
-    /// Makes the file `www/<from>` also available as `www/<to>` (a hard link).
-    pub fn link(&self, from: &str, to: &str) -> String {
-        let dst = self.www(to);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        let _ = std::fs::remove_file(&dst);
-        std::fs::hard_link(self.www(from), &dst).expect("hard link in www");
-        self.url(to)
-    }
-}
-
-impl Drop for BenchNginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- nginx error log (tail) ---\n{}",
-                super::nginx::tail(
-                    &std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default(),
-                    30
-                )
-            );
-        }
-    }
+/// nginx for the benchmarks (quiet: no access log), its CA written to `ca_out`: everything at
+/// full speed, except under `/throttled/`, limited to `throttled_rate` bytes per second.
+pub fn start_nginx(dir: &Path, ca_out: &Path, throttled_rate: u64) -> Option<Nginx> {
+    Nginx::start_with(
+        dir,
+        ca_out,
+        NginxOptions {
+            throttled_rate: Some(throttled_rate),
+            quiet: true,
+        },
+    )
 }
 
 // ------------------------------------------------------------------ /proc
@@ -453,17 +338,6 @@ pub struct ProgressView {
     pub bytes_downloaded: u64,
     pub bytes_total: u64,
 }
-
-pub const STAGES: [&str; 8] = [
-    "idle",
-    "downloading",
-    "verifying",
-    "toInstall",
-    "installing",
-    "rebooting",
-    "success",
-    "failed",
-];
 
 /// Checks a `/progress` answer is a valid success envelope (HTTP 200, `code` 200, `msg`
 /// `success`, `data` with a known stage, progress 0-100, a message and a null error).

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::http;
-use super::{FakeDeviceApi, Workspace};
+use super::{FakeDeviceApi, Nginx, Workspace};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tope-updater");
 pub const API: &str = "/api/v1.0";
@@ -76,11 +76,18 @@ pub fn config_text(ws: &Workspace, api: &FakeDeviceApi, port: u16, o: &DaemonOpt
     t
 }
 
-/// Spawns the binary with `serve --config <path>`, output into files in `out_dir`.
-pub fn spawn_raw(config_path: &Path, out_dir: &Path, run: u32) -> Child {
-    let out = std::fs::File::create(out_dir.join(format!("daemon-{run}.stdout"))).unwrap();
-    let err = std::fs::File::create(out_dir.join(format!("daemon-{run}.stderr"))).unwrap();
-    let mut cmd = Command::new(BIN);
+/// Appends `serve --config <config_path>` to `cmd` (the binary itself, or a program that runs
+/// the binary named as its last argument, such as strace), run from `out_dir` with stdout and
+/// stderr into `<out_dir>/<stem>.stdout` and `.stderr`, without proxy variables (everything is
+/// on loopback) and in a process group of its own.
+pub fn serve_command<'a>(
+    cmd: &'a mut Command,
+    config_path: &Path,
+    out_dir: &Path,
+    stem: &str,
+) -> &'a mut Command {
+    let out = std::fs::File::create(out_dir.join(format!("{stem}.stdout"))).unwrap();
+    let err = std::fs::File::create(out_dir.join(format!("{stem}.stderr"))).unwrap();
     cmd.arg("serve")
         .arg("--config")
         .arg(config_path)
@@ -98,16 +105,35 @@ pub fn spawn_raw(config_path: &Path, out_dir: &Path, run: u32) -> Child {
     ] {
         cmd.env_remove(v);
     }
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.spawn().expect("spawn tope-updater")
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
+    cmd
+}
+
+/// Spawns the binary with `serve --config <path>`, output into `daemon-<run>.stdout` and
+/// `.stderr` in `out_dir`.
+pub fn spawn_raw(config_path: &Path, out_dir: &Path, run: u32) -> Child {
+    serve_command(
+        &mut Command::new(BIN),
+        config_path,
+        out_dir,
+        &format!("daemon-{run}"),
+    )
+    .spawn()
+    .expect("spawn tope-updater")
+}
+
+/// Writes `<workspace>/updater.toml` for a daemon on a free port; returns its path and the port.
+pub fn write_config(ws: &Workspace, api: &FakeDeviceApi, opts: &DaemonOptions) -> (PathBuf, u16) {
+    let port = super::free_port();
+    let config_path = ws.path().join("updater.toml");
+    std::fs::write(&config_path, config_text(ws, api, port, opts)).unwrap();
+    (config_path, port)
 }
 
 impl Daemon {
     /// Writes the config and starts the daemon; returns once GET /progress answers.
     pub fn start(ws: &Workspace, api: &FakeDeviceApi, opts: DaemonOptions) -> Daemon {
-        let port = super::free_port();
-        let config_path = ws.path().join("updater.toml");
-        std::fs::write(&config_path, config_text(ws, api, port, &opts)).unwrap();
+        let (config_path, port) = write_config(ws, api, &opts);
         Daemon::start_with_config(&config_path, port, &ws.work_dir(), ws.path())
     }
 
@@ -284,6 +310,60 @@ impl Daemon {
         p
     }
 
+    /// POST /download of `body`, asserting it is accepted (`downloading`).
+    #[track_caller]
+    pub fn post_download(&self, body: &Value) {
+        assert_ok_status(
+            &self.post_json("/download", body),
+            "downloading",
+            "/download",
+        );
+    }
+
+    /// POST /update of `version`, asserting it is accepted (`installing`).
+    #[track_caller]
+    pub fn post_update(&self, version: &str) {
+        assert_ok_status(
+            &self.post_json("/update", &json!({ "version": version })),
+            "installing",
+            "/update",
+        );
+    }
+
+    /// Serves `package` as `nginx`'s `name`, downloads it as `version` and waits (30 s) for
+    /// `toInstall`; returns that /progress.
+    pub fn download_package(
+        &self,
+        nginx: &Nginx,
+        name: &str,
+        version: &str,
+        package: &[u8],
+    ) -> Value {
+        let url = nginx.put(name, package);
+        self.post_download(&super::download_body(version, &url, name, package));
+        self.wait_stage("toInstall", Duration::from_secs(30))
+    }
+
+    /// Waits (60 s) for the outcome of an installation: `success` or `failed`.
+    pub fn wait_outcome(&self) -> Value {
+        self.wait_for("success or failed", Duration::from_secs(60), |p| {
+            matches!(stage_of(p).as_str(), "success" | "failed")
+        })
+    }
+
+    /// `download_package`, then /update up to the outcome; returns the final /progress.
+    pub fn install_package(
+        &self,
+        nginx: &Nginx,
+        name: &str,
+        version: &str,
+        package: &[u8],
+    ) -> Value {
+        self.download_package(nginx, name, version, package);
+        self.post_update(version);
+        self.wait_outcome()
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let c = self.child.as_mut()?;
         let deadline = Instant::now() + timeout;
@@ -311,6 +391,18 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Every /progress stage, in the order an update goes through them (`failed` last).
+pub const STAGES: [&str; 8] = [
+    "idle",
+    "downloading",
+    "verifying",
+    "toInstall",
+    "installing",
+    "rebooting",
+    "success",
+    "failed",
+];
 
 /// `data.stage` of a /progress envelope ("" when absent).
 pub fn stage_of(p: &Value) -> String {

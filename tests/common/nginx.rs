@@ -13,10 +13,22 @@ pub const NGINX_BIN: &str = "/usr/sbin/nginx";
 /// Bytes per second allowed under `/slow/`.
 pub const SLOW_RATE: u64 = 512 * 1024;
 
+/// What may differ between the package servers of the tests.
+#[derive(Debug, Clone, Default)]
+pub struct NginxOptions {
+    /// Files under `/throttled/` are served at this many bytes per second.
+    pub throttled_rate: Option<u64>,
+    /// No access log and only warnings in the error log (benchmarks: no I/O besides the
+    /// downloads being measured).
+    pub quiet: bool,
+}
+
 pub struct Nginx {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    /// The CA of the server's certificate.
+    pub ca_file: PathBuf,
 }
 
 /// One line of the access log.
@@ -81,6 +93,11 @@ pub fn write_tls_material(dir: &Path, ca_out: &Path) -> (PathBuf, PathBuf) {
 impl Nginx {
     /// Starts nginx in `dir`. Without nginx: panics under CI, else prints why and gives `None`.
     pub fn start(dir: &Path, ca_out: &Path) -> Option<Nginx> {
+        Nginx::start_with(dir, ca_out, NginxOptions::default())
+    }
+
+    /// `start` with `options`.
+    pub fn start_with(dir: &Path, ca_out: &Path, options: NginxOptions) -> Option<Nginx> {
         if !Path::new(NGINX_BIN).exists() {
             if std::env::var_os("CI").is_some() {
                 panic!("{NGINX_BIN} not found: CI must install nginx-light (see .ci/run)");
@@ -93,16 +110,28 @@ impl Nginx {
         let (cert, key) = write_tls_material(dir, ca_out);
         let port = super::free_port();
         let d = dir.display();
+        let (error_level, access_log) = if options.quiet {
+            ("warn", "access_log off;".to_string())
+        } else {
+            ("info", format!("access_log {d}/access.log ranges;"))
+        };
+        let throttled = match options.throttled_rate {
+            Some(rate) => {
+                std::fs::create_dir_all(dir.join("www/throttled")).unwrap();
+                format!("location /throttled/ {{\n            limit_rate {rate};\n        }}")
+            }
+            None => String::new(),
+        };
         let conf = format!(
             r#"daemon off;
 master_process off;
 worker_processes 1;
 pid {d}/nginx.pid;
-error_log {d}/error.log info;
+error_log {d}/error.log {error_level};
 events {{ worker_connections 128; }}
 http {{
     log_format ranges '$status|$body_bytes_sent|$http_range|$http_if_range|$request';
-    access_log {d}/access.log ranges;
+    {access_log}
     client_body_temp_path {d}/temp/body;
     proxy_temp_path {d}/temp/proxy;
     fastcgi_temp_path {d}/temp/fastcgi;
@@ -118,6 +147,7 @@ http {{
         location /slow/ {{
             limit_rate {SLOW_RATE};
         }}
+        {throttled}
     }}
 }}
 "#,
@@ -143,6 +173,7 @@ http {{
             child,
             port,
             dir: dir.to_path_buf(),
+            ca_file: ca_out.to_path_buf(),
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -179,6 +210,15 @@ http {{
 
     pub fn url(&self, rel: &str) -> String {
         format!("https://127.0.0.1:{}/{}", self.port, rel)
+    }
+
+    /// Makes the file `www/<from>` also available as `www/<to>` (a hard link); returns its URL.
+    pub fn link(&self, from: &str, to: &str) -> String {
+        let dst = self.www(to);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&dst);
+        std::fs::hard_link(self.www(from), &dst).expect("hard link in www");
+        self.url(to)
     }
 
     /// The access log so far (lines whose request path is `/<rel>` when `rel` is given).
