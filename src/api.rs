@@ -57,38 +57,6 @@ pub struct CommandData {
     pub status: String,
 }
 
-/// `data` of `/progress` (also the callback body sent to device-api).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProgressData {
-    pub stage: Stage,
-    /// 0-100: bytes/size while downloading, share hashed while verifying, modules done/total
-    /// while installing.
-    pub progress: u8,
-    pub message: String,
-    /// `null`, or `"<CODE>: <detail>"` when `stage` is `failed`.
-    pub error: Option<String>,
-    /// Extra: the package version concerned, if any.
-    pub version: Option<String>,
-    /// Extra: bytes on disk (downloading) or hashed (verifying).
-    pub bytes_downloaded: u64,
-    /// Extra: the package size.
-    pub bytes_total: u64,
-}
-
-impl From<Status> for ProgressData {
-    fn from(s: Status) -> Self {
-        ProgressData {
-            stage: s.stage,
-            progress: s.progress,
-            message: s.message,
-            error: s.error,
-            version: s.version,
-            bytes_downloaded: s.bytes_downloaded,
-            bytes_total: s.bytes_total,
-        }
-    }
-}
-
 /// The envelope of every answer. `code` carries the outcome (200, 400, 404, 409, 410, 500).
 /// On an error `msg` is `"<CODE>: <detail>"` with the codes of [`ErrorCode`], and `data` is
 /// null, except for `/progress` in the `failed` stage (see [`ProgressEnvelope`]).
@@ -105,7 +73,7 @@ pub struct CommandEnvelope {
 pub struct ProgressEnvelope {
     pub code: u16,
     pub msg: String,
-    pub data: ProgressData,
+    pub data: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<Stage>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,7 +93,7 @@ pub struct ProgressEnvelope {
         UpdateRequest,
         CommandData,
         CommandEnvelope,
-        ProgressData,
+        Status,
         ProgressEnvelope,
         Stage,
         ErrorCode
@@ -315,8 +283,7 @@ async fn progress(State(u): State<Updater>) -> Response {
 }
 
 /// The `/progress` answer for a status (also used by tests of the envelope shape).
-pub fn progress_response(s: Status) -> Response {
-    let data = ProgressData::from(s);
+pub fn progress_response(data: Status) -> Response {
     let env = if data.stage == Stage::Failed {
         ProgressEnvelope {
             code: 500,

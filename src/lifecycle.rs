@@ -176,15 +176,22 @@ pub struct InstallProgress {
     pub total: usize,
 }
 
-/// A consistent picture for `/progress` and callbacks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A consistent picture: the `data` of `/progress` (and, its first four fields, the callback
+/// body sent to device-api).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub stage: Stage,
+    /// 0-100: bytes/size while downloading, share hashed while verifying, modules done/total
+    /// while installing.
     pub progress: u8,
     pub message: String,
+    /// `null`, or `"<CODE>: <detail>"` when `stage` is `failed`.
     pub error: Option<String>,
+    /// Extra: the package version concerned, if any.
     pub version: Option<String>,
+    /// Extra: bytes on disk (downloading) or hashed (verifying).
     pub bytes_downloaded: u64,
+    /// Extra: the package size.
     pub bytes_total: u64,
 }
 
