@@ -563,10 +563,9 @@ impl Job<'_> {
             .map_err(|e| file_err(self.p.path, e))?;
         self.offset = 0;
         self.last_step = 0;
-        self.last_ckpt_bytes = 0;
-        self.last_ckpt_at = Instant::now();
         self.sink.progress(0);
-        Ok(())
+        // The durable count drops to 0 with the file, before any new byte can be claimed.
+        self.checkpoint()
     }
 
     async fn attempt(&mut self, client: &reqwest::Client) -> Result<Attempt, OtaError> {

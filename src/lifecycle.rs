@@ -201,8 +201,10 @@ pub struct Lifecycle {
     stage: Stage,
     /// The package of the current (or last) download; also a failed download's partial.
     pub package: Option<PackageSpec>,
-    /// Bytes of the package on disk (downloading) or hashed (verifying).
+    /// Bytes of the package received (downloading) or hashed (verifying): what is shown.
     pub bytes_done: u64,
+    /// Bytes of the download known to be on disk (fdatasync'd): what the state file may claim.
+    pub bytes_durable: u64,
     pub validator: Validator,
     pub verified_at: Option<OffsetDateTime>,
     pub error: Option<OtaError>,
@@ -225,6 +227,7 @@ impl Lifecycle {
             stage: Stage::Idle,
             package: None,
             bytes_done: 0,
+            bytes_durable: 0,
             validator: Validator::default(),
             verified_at: None,
             error: None,
@@ -240,7 +243,17 @@ impl Lifecycle {
         l.stage = stage;
         l.package = package;
         l.bytes_done = bytes_done;
+        l.bytes_durable = bytes_done;
         l
+    }
+
+    /// `bytes_downloaded` for the state file: never more than is durable while a download's
+    /// bytes are in flight (or were, when it failed).
+    pub fn persisted_bytes(&self) -> u64 {
+        match self.stage {
+            Stage::Downloading | Stage::Failed => self.bytes_done.min(self.bytes_durable),
+            _ => self.bytes_done,
+        }
     }
 
     pub fn stage(&self) -> Stage {
@@ -649,6 +662,27 @@ mod tests {
         assert_eq!(l.progress(), 66);
         assert_eq!(report_step(47), 45);
         assert_eq!(report_step(100), 100);
+    }
+
+    #[test]
+    fn contract_6_state_file_never_claims_more_than_is_durable() {
+        let mut l = at(Stage::Downloading);
+        l.bytes_done = 700;
+        l.bytes_durable = 600;
+        assert_eq!(l.persisted_bytes(), 600);
+        assert_eq!(
+            l.status().bytes_downloaded,
+            700,
+            "/progress shows what was received"
+        );
+        l.bytes_done = 0; // started over: nothing of the old file counts
+        assert_eq!(l.persisted_bytes(), 0);
+        l.bytes_done = 700;
+        l.fail(error::download_failed("x")).unwrap();
+        assert_eq!(l.persisted_bytes(), 600);
+        let mut l = at(Stage::Verifying);
+        l.bytes_done = 1000;
+        assert_eq!(l.persisted_bytes(), 1000);
     }
 
     #[test]

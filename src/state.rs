@@ -57,7 +57,7 @@ impl PersistedState {
             package_name: p.package_name.clone(),
             package_size: p.package_size,
             package_md5: p.package_md5.clone(),
-            bytes_downloaded: l.bytes_done,
+            bytes_downloaded: l.persisted_bytes(),
             last_update: lifecycle::iso8601(time::OffsetDateTime::now_utc()),
             stage: l.stage().as_str().to_string(),
             verified_at: l.verified_at.map(lifecycle::iso8601),

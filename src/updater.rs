@@ -201,6 +201,7 @@ impl Updater {
         l.transition(Stage::Downloading)?;
         l.package = Some(spec.clone());
         l.bytes_done = resume_from;
+        l.bytes_durable = resume_from;
         l.validator = validator.clone();
         l.verified_at = None;
         *lock(&self.inner.last_step) = None;
@@ -458,11 +459,14 @@ impl Updater {
                 total,
             } => {
                 tracing::info!("deploying module {module} ({index}/{total})");
-                self.change(|l| {
+                {
+                    let mut l = lock(&self.inner.life);
                     l.install.done = index.saturating_sub(1);
                     l.install.total = total;
                     l.note = format!("Deploying module {module} ({index}/{total})");
-                });
+                }
+                // Nothing the state file keeps has changed (still `installing`): report only.
+                self.report_now();
             }
             InstallEvent::Restarting { module } => {
                 tracing::info!("restarting module {module}");
@@ -663,10 +667,12 @@ impl DownloadSink for Updater {
         }
     }
 
+    /// Called from the checkpoint thread, possibly while newer chunks are already counted in
+    /// `bytes_done`: only the durable count moves, so `/progress` never goes backwards.
     fn checkpoint(&self, bytes: u64, validator: &Validator) {
         {
             let mut l = lock(&self.inner.life);
-            l.bytes_done = bytes;
+            l.bytes_durable = bytes;
             l.validator = validator.clone();
         }
         self.persist();
