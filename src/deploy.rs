@@ -1067,14 +1067,20 @@ mod tests {
         f.d.path().join("log")
     }
 
+    /// Install `f` with a recording `systemctl` that fails the call `fail_on` ("none": none).
+    fn install_with_systemctl(f: &Fx, fail_on: &str) -> Result<InstallOutcome, OtaError> {
+        let fake = fake_systemctl(f.d.path(), fail_on);
+        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
+        let r = f.install(Duration::from_secs(1), &mut Vec::new(), None);
+        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
+        r
+    }
+
     #[test]
     fn services_stop_in_reverse_and_start_in_restart_order() {
         let f = Fx::new();
         let log = service_package(&f);
-        let fake = fake_systemctl(f.d.path(), "none");
-        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
-        let r = f.install(Duration::from_secs(1), &mut Vec::new(), None);
-        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
+        let r = install_with_systemctl(&f, "none");
         assert_eq!(r.unwrap(), InstallOutcome::Done);
         assert_eq!(
             fs::read_to_string(log).unwrap(),
@@ -1089,10 +1095,7 @@ mod tests {
     fn stop_failure_is_kill_failed_and_deploys_nothing() {
         let f = Fx::new();
         let log = service_package(&f);
-        let fake = fake_systemctl(f.d.path(), "stop b.service");
-        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
-        let r = f.install(Duration::from_secs(1), &mut Vec::new(), None);
-        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
+        let r = install_with_systemctl(&f, "stop b.service");
         let e = r.unwrap_err();
         assert_eq!(e.code, ErrorCode::ProcessKillFailed, "{e}");
         assert!(e.detail.contains("module b"), "{e}");
@@ -1110,10 +1113,7 @@ mod tests {
     fn failed_start_rolls_back_and_restarts_old() {
         let f = Fx::new();
         let log = service_package(&f);
-        let fake = fake_systemctl(f.d.path(), "start a.service");
-        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
-        let r = f.install(Duration::from_secs(1), &mut Vec::new(), None);
-        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
+        let r = install_with_systemctl(&f, "start a.service");
         let e = r.unwrap_err();
         assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
         assert!(e.detail.contains("module a"), "{e}");
