@@ -146,6 +146,18 @@ ctor! {
     internal => InternalError,
 }
 
+/// An I/O error as a contract error: `DISK_FULL` when the disk (or quota) is full, else
+/// `otherwise`, with `what` saying what was being done. The one place where I/O errors get
+/// their code.
+pub fn from_io(otherwise: ErrorCode, what: impl fmt::Display, e: &std::io::Error) -> OtaError {
+    let code = if is_disk_full(e) {
+        ErrorCode::DiskFull
+    } else {
+        otherwise
+    };
+    OtaError::new(code, format!("{what}: {e}"))
+}
+
 /// True when an I/O error means the disk is full (ENOSPC or EDQUOT).
 pub fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(28) | Some(122))
@@ -178,6 +190,19 @@ mod tests {
         assert_eq!(ErrorCode::Md5NotVerified.envelope_code(), 409);
         assert_eq!(ErrorCode::PackageExpired.envelope_code(), 410);
         assert_eq!(ErrorCode::DiskFull.envelope_code(), 500);
+    }
+
+    #[test]
+    fn io_errors_map_disk_full_first() {
+        let full = std::io::Error::from_raw_os_error(28);
+        assert_eq!(
+            from_io(ErrorCode::InternalError, "writing x", &full).code,
+            ErrorCode::DiskFull
+        );
+        let denied = std::io::Error::from_raw_os_error(13);
+        let e = from_io(ErrorCode::DeploymentFailed, "writing x", &denied);
+        assert_eq!(e.code, ErrorCode::DeploymentFailed);
+        assert!(e.detail.starts_with("writing x: "), "{e}");
     }
 
     #[test]

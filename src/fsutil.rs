@@ -87,6 +87,70 @@ pub fn create_dirs_durable(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(missing)
 }
 
+/// Largest file the updater reads back from its own work dir (CONTRACT.md section 8.3).
+pub const MAX_READ_BACK: u64 = 1024 * 1024;
+
+/// What [`read_back`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadBack {
+    Missing,
+    Data(Vec<u8>),
+    /// Not a regular file (FIFO, directory, symlink, device), too large, or unreadable: the
+    /// reason, for a warning. The caller sets it aside ([`set_aside`]) and goes on.
+    Refused(String),
+}
+
+/// Read one of the updater's own files (`state.json`, the journal, the outcome) without ever
+/// blocking or bloating: opened non-blocking and without following a symlink, and read only
+/// when it is a regular file of at most `max` bytes. A FIFO planted under the name cannot hang
+/// start-up, a huge file cannot fill memory.
+pub fn read_back(path: &Path, max: u64) -> ReadBack {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return ReadBack::Missing,
+        Err(rustix::io::Errno::LOOP) => return ReadBack::Refused("is a symbolic link".into()),
+        Err(e) => return ReadBack::Refused(format!("cannot open: {}", io::Error::from(e))),
+    };
+    let file = File::from(fd);
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return ReadBack::Refused(format!("cannot stat: {e}")),
+    };
+    if !meta.file_type().is_file() {
+        return ReadBack::Refused("is not a regular file".into());
+    }
+    if meta.len() > max {
+        return ReadBack::Refused(format!("is {} bytes, more than {max}", meta.len()));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    match file.take(max + 1).read_to_end(&mut data) {
+        Ok(_) if data.len() as u64 > max => {
+            ReadBack::Refused(format!("grew past {max} bytes while being read"))
+        }
+        Ok(_) => ReadBack::Data(data),
+        Err(e) => ReadBack::Refused(format!("cannot read: {e}")),
+    }
+}
+
+/// Move an unusable file of the updater's out of the way, as `<name>.unusable` beside it
+/// (replacing an older one, so there is at most one per name), and return the new name.
+pub fn set_aside(path: &Path) -> io::Result<PathBuf> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".unusable");
+    let aside = PathBuf::from(aside);
+    if let Ok(m) = fs::symlink_metadata(&aside) {
+        if m.is_dir() {
+            fs::remove_dir_all(&aside)?;
+        }
+    }
+    fs::rename(path, &aside)?;
+    fsync_parent(path)?;
+    Ok(aside)
+}
+
 /// Free bytes available to this process on the filesystem holding `path`.
 pub fn available_bytes(path: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(path).map_err(io::Error::from)?;
@@ -96,6 +160,7 @@ pub fn available_bytes(path: &Path) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileTypeExt;
 
     #[test]
     fn write_atomic_replaces_and_leaves_no_tmp() {
@@ -120,6 +185,34 @@ mod tests {
             assert_eq!(mode, 0o755, "{}", m.display());
         }
         assert!(create_dirs_durable(&target).unwrap().is_empty());
+    }
+
+    #[test]
+    fn read_back_refuses_what_is_not_a_small_regular_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        assert_eq!(read_back(&p, 10), ReadBack::Missing);
+        fs::write(&p, b"0123456789").unwrap();
+        assert_eq!(read_back(&p, 10), ReadBack::Data(b"0123456789".to_vec()));
+        assert!(matches!(read_back(&p, 9), ReadBack::Refused(_)));
+        let fifo = d.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // A FIFO with no writer would block a plain open forever.
+        assert!(matches!(read_back(&fifo, 10), ReadBack::Refused(_)));
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(matches!(read_back(&link, 10), ReadBack::Refused(_)));
+        assert!(matches!(read_back(d.path(), 10), ReadBack::Refused(_)));
+        let aside = set_aside(&fifo).unwrap();
+        assert!(!fifo.exists());
+        assert!(fs::symlink_metadata(&aside).unwrap().file_type().is_fifo());
     }
 
     #[test]

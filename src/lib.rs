@@ -1,6 +1,7 @@
 //! tope-updater: the OTA updater daemon of the printer. See `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod checksum;
 pub mod config;
 pub mod daemon;
 #[cfg(feature = "demo")]

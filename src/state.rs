@@ -169,6 +169,17 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
     LoadOutcome::Loaded(Box::new(st))
 }
 
+/// File names the updater itself uses in `./tmp/` besides packages: the state file, the last
+/// installation's outcome and the start-up recovery counter. With every `*.tmp` (atomic writes)
+/// and `*.unusable` (files set aside by [`crate::fsutil::set_aside`]) they are refused as a
+/// `package_name` (CONTRACT.md section 8.3) and never removed as strays at start.
+pub const OWN_TMP_FILES: [&str; 3] = ["state.json", "outcome.json", "recovery.json"];
+
+/// Whether `name` is, or could become, one of the updater's own files in `./tmp/`.
+pub fn is_own_tmp_name(name: &str) -> bool {
+    OWN_TMP_FILES.contains(&name) || name.ends_with(".tmp") || name.ends_with(".unusable")
+}
+
 /// A plain file name: no `/`, no `\`, not `.`/`..`, no NUL, 1 to 255 bytes (CONTRACT.md 1).
 pub fn valid_package_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 255 && n != "." && n != ".." && !n.contains(['/', '\\', '\0'])
