@@ -23,6 +23,8 @@ pub struct Config {
     /// 0 means no cap.
     pub max_download_bytes_per_s: u64,
     pub log_level: tracing::Level,
+    /// Seconds between the last module start and the health checks (section 8.4).
+    pub settle_s: u64,
 }
 
 /// The file as written by an operator; every key optional.
@@ -41,6 +43,7 @@ struct RawConfig {
     max_package_size: Option<u64>,
     max_download_bytes_per_s: Option<u64>,
     log_level: Option<String>,
+    settle_s: Option<u64>,
 }
 
 /// A configuration problem; the message names the key.
@@ -184,6 +187,10 @@ impl Config {
                 ))
             }
         };
+        let settle_s = raw.settle_s.unwrap_or(3);
+        if settle_s > 3600 {
+            return Err(invalid("settle_s", "must be between 0 and 3600"));
+        }
         if let Some(ca) = &raw.ca_file {
             if ca.as_os_str().is_empty() {
                 return Err(invalid("ca_file", "must not be empty"));
@@ -205,6 +212,7 @@ impl Config {
             max_package_size,
             max_download_bytes_per_s: raw.max_download_bytes_per_s.unwrap_or(0),
             log_level,
+            settle_s,
         })
     }
 
@@ -259,6 +267,7 @@ mod tests {
         assert_eq!(c.max_package_size, 4_294_967_296);
         assert_eq!(c.max_download_bytes_per_s, 0);
         assert_eq!(c.log_level, tracing::Level::INFO);
+        assert_eq!(c.settle_s, 3);
     }
 
     #[test]
@@ -277,6 +286,7 @@ trust_window_hours = 2
 max_package_size = 1000
 max_download_bytes_per_s = 500
 log_level = "debug"
+settle_s = 0
 "#,
         )
         .unwrap();
@@ -295,6 +305,7 @@ log_level = "debug"
         assert_eq!(c.max_package_size, 1000);
         assert_eq!(c.max_download_bytes_per_s, 500);
         assert_eq!(c.log_level, tracing::Level::DEBUG);
+        assert_eq!(c.settle_s, 0);
     }
 
     #[test]
@@ -316,6 +327,8 @@ log_level = "debug"
             ("log_level = \"loud\"", "log_level"),
             ("stop_timeout_s = \"ten\"", "stop_timeout_s"),
             ("max_package_size = 0", "max_package_size"),
+            ("settle_s = -1", "settle_s"),
+            ("settle_s = 3601", "settle_s"),
         ] {
             let e = Config::from_toml(toml).unwrap_err().to_string();
             assert!(e.contains(key), "{toml}: {e}");

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod checksum;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 #[cfg(feature = "demo")]
