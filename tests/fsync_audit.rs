@@ -606,7 +606,7 @@ fn audit(calls: &[Call], w: &Watched) -> Audit {
             out.syncfs += 1;
         } else if is_sync(c) {
             let Some(p) = c.fd_path() else { continue };
-            let tmp_of = |d: &PathBuf| p == PathBuf::from(format!("{}.tmp", d.display()));
+            let tmp_of = |d: &PathBuf| p.as_os_str() == format!("{}.tmp", d.display()).as_str();
             if w.deployed.iter().any(|d| *d == p || tmp_of(d)) {
                 out.per_file_flushes += 1;
             }
