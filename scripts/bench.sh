@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The long benchmarks (tests/bench.rs) in a release build: peak memory of the daemon over a
-# download + install, /progress latency under load, callback latency, download speed against
-# curl. Prints every figure, then a summary of the `bench:` lines.
+# The long benchmarks in a release build: peak memory of the daemon over a download + install,
+# /progress latency under load, callback latency, download speed against curl (tests/bench.rs);
+# installing 5000 small files against unzip + sync, flush calls, 10 ms flushes, the time the
+# printer's processes are down (tests/bench_install.rs). Prints every figure, then a summary of
+# the `bench:` lines.
 #
 # Usage: scripts/bench.sh [TEST-NAME-FILTER]
 #   BENCH_PACKAGE_MB=500 (default here)  package size in MiB
 #   BENCH_CONNS=2 BENCH_REPEAT=3 BENCH_LOAD_CPU=<last cpu>|none   see tests/bench.rs
-# Needs nginx (Debian package nginx-light) and curl; scripts/test.sh installs both.
+#   BENCH_FILES=5000 BENCH_FLUSH_FILES=2000 (defaults here)         see tests/bench_install.rs
+# Needs nginx (Debian package nginx-light), curl, unzip and strace; scripts/test.sh installs
+# them.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -28,6 +32,8 @@ if ! command -v curl >/dev/null 2>&1; then
 fi
 
 export BENCH_PACKAGE_MB="${BENCH_PACKAGE_MB:-500}"
+export BENCH_FILES="${BENCH_FILES:-5000}"
+export BENCH_FLUSH_FILES="${BENCH_FLUSH_FILES:-2000}"
 
 # Each benchmark keeps up to about three copies of the package on disk at once (served,
 # downloaded, installed).
@@ -40,12 +46,12 @@ if [ "$free_kib" -lt "$need_kib" ]; then
 fi
 
 echo "bench.sh: BENCH_PACKAGE_MB=$BENCH_PACKAGE_MB on $(nproc) CPUs ($(uname -srm))"
-echo "bench.sh: cargo test --release --test bench -- --nocapture --test-threads=1 $*"
+echo "bench.sh: cargo test --release --test bench --test bench_install -- --nocapture --test-threads=1 $*"
 log=$(mktemp "${tmp}/tope-bench-XXXXXX.log")
 trap 'rm -f "$log"' EXIT
 
 status=0
-cargo test --release --test bench -- --nocapture --test-threads=1 "$@" 2>&1 | tee "$log" ||
+cargo test --release --test bench --test bench_install -- --nocapture --test-threads=1 "$@" 2>&1 | tee "$log" ||
     status=$?
 
 echo

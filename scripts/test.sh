@@ -50,6 +50,7 @@ ensure_tool() {
 ensure_tool nginx nginx-light
 ensure_tool strace strace
 ensure_tool curl curl
+ensure_tool unzip unzip
 
 echo "test.sh: cargo fmt --check"
 cargo fmt --check

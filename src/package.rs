@@ -74,6 +74,23 @@ pub struct Module {
     pub start_cmd: Option<Vec<String>>,
     #[serde(default)]
     pub post_cmds: Vec<Vec<String>>,
+    /// Run every second after the starts until it exits 0 (CONTRACT.md section 8.4).
+    #[serde(default)]
+    pub health_cmd: Option<Vec<String>>,
+    /// Time limit of the health command, seconds (>= 1).
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_s: u64,
+}
+
+fn default_health_timeout() -> u64 {
+    30
+}
+
+impl Module {
+    /// The argv of each post command, in order.
+    pub fn post_argvs(&self) -> Vec<Vec<String>> {
+        self.post_cmds.clone()
+    }
 }
 
 /// Parse `manifest.json`; a syntax error or unknown key is `INVALID_MANIFEST` naming it.
@@ -968,6 +985,8 @@ pub(crate) mod tests {
                 service: None,
                 start_cmd: Some(vec!["/opt/tope/api".into()]),
                 post_cmds: vec![vec!["true".into()]],
+                health_cmd: None,
+                health_timeout_s: 30,
             }],
         }
     }

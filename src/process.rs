@@ -150,6 +150,23 @@ pub fn is_alive(p: &ProcId) -> bool {
     }
 }
 
+/// How process `p` runs: its argv (from `/proc/<pid>/cmdline`) and working directory; `None`
+/// when it is gone or unreadable (a kernel thread has an empty cmdline).
+pub fn describe(p: &ProcId) -> Option<(Vec<String>, Option<PathBuf>)> {
+    let raw = fs::read(format!("/proc/{}/cmdline", p.pid)).ok()?;
+    let cwd = fs::read_link(format!("/proc/{}/cwd", p.pid)).ok();
+    if raw.is_empty() || !is_alive(p) {
+        return None;
+    }
+    let argv: Vec<String> = raw
+        .strip_suffix(&[0])
+        .unwrap_or(&raw)
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Some((argv, cwd))
+}
+
 /// Send `sig` to `p` if it is still the same process. Gone already (ESRCH) is success.
 fn signal(p: &ProcId, sig: Signal) -> std::io::Result<()> {
     let Some(pid) = Pid::from_raw(p.pid) else {

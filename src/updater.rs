@@ -404,6 +404,7 @@ impl Updater {
             allowed_roots: &cfg.allowed_roots,
             backups_dir: &backups,
             stop_timeout: Duration::from_secs(cfg.stop_timeout_s),
+            settle: Duration::from_secs(cfg.settle_s),
             cancel: self.inner.shutdown.flag(),
         };
         let mut on_event = |ev: InstallEvent<'_>| self.on_install_event(ev);
@@ -484,6 +485,11 @@ impl Updater {
                 if changed {
                     self.persist();
                 }
+                self.report_now();
+            }
+            InstallEvent::Checking { modules } => {
+                tracing::info!("checking the health of {modules}");
+                lock(&self.inner.life).note = format!("Checking module {modules}");
                 self.report_now();
             }
             InstallEvent::RollingBack { reason } => {

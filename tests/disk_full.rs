@@ -140,3 +140,73 @@ fn contract_3_disk_full_is_checked_up_front_from_package_size() {
     );
     assert!(!ws.tmp_file("huge.zip").exists());
 }
+
+/// CONTRACT.md section 8.1, a full disk at any step: the destination's filesystem fills up
+/// while the new files are being written, after the up-front space check passed. To hit that
+/// moment every time, the filesystem runs out of inodes rather than blocks (the same ENOSPC):
+/// a tmpfs with one free inode takes the first temporary and refuses the second. Every file
+/// stays old, no `*.tmp` is left beside them, nothing of the installation stays in the backups,
+/// and the daemon takes the next `/download` and `/update` without a restart.
+#[test]
+fn contract_8_1_disk_filling_up_during_deployment_leaves_every_file_old() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let root = ws.root();
+    // Inodes: the root directory, app/, app/big.bin, app/conf.json, and one free.
+    let Some(_fs) = Tmpfs::mount(&root, "16m,nr_inodes=5") else {
+        return;
+    };
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    write_file(&root.join("app/big.bin"), b"old big", 0o644);
+    write_file(&root.join("app/conf.json"), b"old conf", 0o644);
+    let big = pseudo_random_bytes(1 << 20, 79);
+    let m = manifest(
+        "2.0.0",
+        vec![serde_json::json!({"name": "app", "src": "app",
+                                "dst": root.join("app").display().to_string()})],
+    );
+    let package = build_package(
+        &m,
+        &[
+            Entry::file("app/big.bin", &big, 0o644),
+            Entry::file("app/conf.json", b"new conf", 0o644),
+        ],
+    );
+    d.download_package(&nginx, "full.zip", "2.0.0", &package);
+    d.post_update("2.0.0");
+    let p = d.wait_outcome();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    let err = p["data"]["error"].as_str().unwrap_or_default();
+    assert!(err.starts_with("DISK_FULL: "), "{p}");
+    assert!(err.ends_with("rolled back"), "{p}");
+    assert_eq!(std::fs::read(root.join("app/big.bin")).unwrap(), b"old big");
+    assert_eq!(
+        std::fs::read(root.join("app/conf.json")).unwrap(),
+        b"old conf"
+    );
+    let leftovers: Vec<_> = files_below(&root)
+        .into_iter()
+        .filter(|f| f.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
+    assert!(files_below(&ws.work_dir().join("backups")).is_empty());
+
+    // Room again: the same package is taken again and installs, no restart needed.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,nr_inodes=100"])
+        .arg(&root)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(grown, "remount of the tmpfs");
+    let (_, answer) = d.post_json(
+        "/download",
+        &download_body("2.0.0", &nginx.url("full.zip"), "full.zip", &package),
+    );
+    assert_eq!(answer["code"], 200, "{answer}");
+    d.wait_stage("toInstall", Duration::from_secs(60));
+    d.post_update("2.0.0");
+    let p = d.wait_outcome();
+    assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
+    assert_eq!(std::fs::read(root.join("app/big.bin")).unwrap(), big);
+}

@@ -1,9 +1,13 @@
 //! CONTRACT.md section 6, the part SIGKILL cannot show (it does not lose the page cache): the
 //! real daemon runs a whole download and installation under `strace`, and the trace must show
 //! the crash-safe write protocol on every file that matters:
-//! - every rename onto a deployed file, `state.json` or the install journal comes after an
-//!   fsync/fdatasync of the renamed file (after its last write) and is followed by an fsync of
-//!   the target's directory (by the same thread, before it renames anything else);
+//! - every rename onto `state.json` or the install journal comes after an fsync/fdatasync of
+//!   the renamed file (after its last write) and is followed by an fsync of the target's
+//!   directory (by the same thread, before it renames anything else);
+//! - every rename onto a deployed file is covered by an earlier flush of the renamed file or of
+//!   its whole filesystem (`syncfs`) after the file's last write, and is followed by an fsync
+//!   of its directory before the journal is written again (the write that says `committed`);
+//!   no deployed file is flushed on its own (flushes are per directory, not per file);
 //! - the removal of `state.json` and of the journal is followed by an fsync of the directory;
 //! - every `state.json` written during the download claims no more `bytes_downloaded` than
 //!   the package file held when it was last fdatasync'd.
@@ -23,7 +27,8 @@ use serde_json::{json, Value};
 
 const VERSION: &str = "5.0.2";
 const TRACED: &str =
-    "trace=openat,write,pwrite64,fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat";
+    "trace=openat,write,pwrite64,fsync,fdatasync,syncfs,rename,renameat,renameat2,\
+     unlink,unlinkat";
 
 // ------------------------------------------------------------------ strace
 
@@ -383,6 +388,10 @@ fn is_sync(c: &Call) -> bool {
     matches!(c.name.as_str(), "fsync" | "fdatasync") && c.ok()
 }
 
+fn is_syncfs(c: &Call) -> bool {
+    c.name == "syncfs" && c.ok()
+}
+
 fn is_write(c: &Call) -> bool {
     matches!(c.name.as_str(), "write" | "pwrite64")
 }
@@ -445,8 +454,43 @@ fn dir_synced_after(calls: &[Call], after: &Call, target: &Path) -> Result<(), S
     ))
 }
 
-/// Before `rename` (from -> to), `from` was fsynced after its last write and open.
-fn source_synced_before(calls: &[Call], rename: &Call, from: &Path) -> Result<(), String> {
+/// After `after` (a rename onto the deployed file `target`), its directory is fsynced before
+/// the journal is renamed into place again.
+fn dir_synced_before_journal(
+    calls: &[Call],
+    after: &Call,
+    target: &Path,
+    journal: &Path,
+) -> Result<(), String> {
+    let dir = target.parent().expect("target has a directory");
+    for c in calls.iter().filter(|c| c.start > after.end) {
+        if is_sync(c) && c.fd_path().as_deref() == Some(dir) {
+            return Ok(());
+        }
+        if is_rename(c) && c.rename_paths().is_some_and(|(_, to)| to == journal) {
+            return Err(format!(
+                "{}\n  is not followed by an fsync of {} before the journal is written:\n  {}",
+                show(after),
+                dir.display(),
+                show(c)
+            ));
+        }
+    }
+    Err(format!(
+        "{}\n  is never followed by an fsync of {}",
+        show(after),
+        dir.display()
+    ))
+}
+
+/// Before `rename` (from -> to), `from` was fsynced after its last write and open, or (when
+/// `fs_root` is given) its filesystem was flushed with `syncfs` on a descriptor below `fs_root`.
+fn source_synced_before(
+    calls: &[Call],
+    rename: &Call,
+    from: &Path,
+    fs_root: Option<&Path>,
+) -> Result<(), String> {
     let before: Vec<&Call> = calls.iter().filter(|c| c.end < rename.start).collect();
     let last_touch = before
         .iter()
@@ -457,9 +501,12 @@ fn source_synced_before(calls: &[Call], rename: &Call, from: &Path) -> Result<()
         .map(|c| c.end)
         .max()
         .unwrap_or(0);
-    let synced = before
-        .iter()
-        .any(|c| is_sync(c) && c.fd_path().as_deref() == Some(from) && c.start > last_touch);
+    let synced = before.iter().any(|c| {
+        c.start > last_touch
+            && ((is_sync(c) && c.fd_path().as_deref() == Some(from))
+                || (is_syncfs(c)
+                    && fs_root.is_some_and(|r| c.fd_path().is_some_and(|p| p.starts_with(r)))))
+    });
     if synced {
         Ok(())
     } else {
@@ -484,6 +531,8 @@ fn bytes_downloaded_in(write_args: &str) -> Option<u64> {
 
 /// The files the audit watches.
 struct Watched {
+    /// The allowed root: the filesystem the deployed files live on.
+    root: PathBuf,
     deployed: Vec<PathBuf>,
     state_json: PathBuf,
     journal: PathBuf,
@@ -495,6 +544,10 @@ struct Watched {
 struct Audit {
     problems: Vec<String>,
     renames_per_target: HashMap<PathBuf, usize>,
+    /// fsync/fdatasync of a deployed file or its temporary (should be none: flushes are per
+    /// directory and per filesystem).
+    per_file_flushes: usize,
+    syncfs: usize,
     unlinks: usize,
     package_syncs: usize,
     /// `bytes_downloaded` of every state.json written, in order.
@@ -508,9 +561,15 @@ impl Audit {
 
     fn summary(&self, calls: usize) -> String {
         format!(
-            "{calls} calls traced; renames per target {:?}; {} removals of state.json/journal; \
-             {} syncs of the package; bytes_downloaded in state.json writes {:?}",
-            self.renames_per_target, self.unlinks, self.package_syncs, self.checkpoints
+            "{calls} calls traced; renames per target {:?}; {} flushes of single deployed files; \
+             {} syncfs; {} removals of state.json/journal; {} syncs of the package; \
+             bytes_downloaded in state.json writes {:?}",
+            self.renames_per_target,
+            self.per_file_flushes,
+            self.syncfs,
+            self.unlinks,
+            self.package_syncs,
+            self.checkpoints
         )
     }
 }
@@ -527,11 +586,30 @@ fn audit(calls: &[Call], w: &Watched) -> Audit {
             continue;
         }
         *out.renames_per_target.entry(to.clone()).or_default() += 1;
-        if let Err(e) = source_synced_before(calls, r, &from) {
+        let deployed = w.deployed.contains(&to);
+        let fs_root = deployed.then_some(w.root.as_path());
+        if let Err(e) = source_synced_before(calls, r, &from, fs_root) {
             out.problems.push(e);
         }
-        if let Err(e) = dir_synced_after(calls, r, &to) {
+        let after = if deployed {
+            dir_synced_before_journal(calls, r, &to, &w.journal)
+        } else {
+            dir_synced_after(calls, r, &to)
+        };
+        if let Err(e) = after {
             out.problems.push(e);
+        }
+    }
+    // Flushes of single deployed files (or their temporaries), and of whole filesystems.
+    for c in calls {
+        if is_syncfs(c) {
+            out.syncfs += 1;
+        } else if is_sync(c) {
+            let Some(p) = c.fd_path() else { continue };
+            let tmp_of = |d: &PathBuf| p.as_os_str() == format!("{}.tmp", d.display()).as_str();
+            if w.deployed.iter().any(|d| *d == p || tmp_of(d)) {
+                out.per_file_flushes += 1;
+            }
         }
     }
     // Removals of state.json (after success) and of the journal.
@@ -657,6 +735,7 @@ fn contract_6_every_rename_is_fsynced_before_and_its_directory_after() {
     let calls = parse_trace(&text);
     let journal = ws.work_dir().join("backups/journal.json");
     let watched = Watched {
+        root: ws.root(),
         deployed: deployed.clone(),
         state_json: ws.state_file(),
         journal: journal.clone(),
@@ -679,8 +758,17 @@ fn contract_6_every_rename_is_fsynced_before_and_its_directory_after() {
         );
     }
     assert!(
-        found.renames_onto(&journal) >= 3,
-        "the journal must be written at prepared, deploying and committed: {summary}"
+        found.renames_onto(&journal) >= 5,
+        "the journal must be written at staging, staged, stopping, swapping and committed: \
+         {summary}"
+    );
+    assert_eq!(
+        found.per_file_flushes, 0,
+        "deployed files are flushed by one syncfs, not one by one: {summary}"
+    );
+    assert!(
+        found.syncfs >= 1,
+        "no syncfs barrier before the renames: {summary}"
     );
     let rising = found.checkpoints.windows(2).filter(|w| w[1] > w[0]).count();
     assert!(
@@ -699,6 +787,7 @@ fn contract_6_every_rename_is_fsynced_before_and_its_directory_after() {
 #[test]
 fn audit_reports_each_missing_step() {
     let w = Watched {
+        root: PathBuf::from("/r"),
         deployed: vec![PathBuf::from("/r/app/a.bin")],
         state_json: PathBuf::from("/w/tmp/state.json"),
         journal: PathBuf::from("/w/backups/journal.json"),
@@ -717,12 +806,17 @@ fn audit_reports_each_missing_step() {
 10 fsync(6</w/tmp>)                  = 0
 12 openat(AT_FDCWD</w>, "/r/app/a.bin.tmp", O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0600) = 7</r/app/a.bin.tmp>
 12 write(7</r/app/a.bin.tmp>, "new", 3) = 3
-12 fsync(7</r/app/a.bin.tmp>) = 0
-12 renameat(AT_FDCWD</r/app>, "a.bin.tmp", AT_FDCWD</r/app>, "a.bin" <unfinished ...>
+12 syncfs(8</r/app>) = 0
+12 renameat(8</r/app>, "a.bin.tmp", 8</r/app>, "a.bin" <unfinished ...>
 10 write(5</w/tmp/p.zip>, "efgh", 4) = 4
 12 <... renameat resumed>) = 0
-12 openat(AT_FDCWD</w>, "/r/app", O_RDONLY|O_CLOEXEC) = 7</r/app>
-12 fsync(7</r/app>) = 0
+12 fsync(8</r/app>) = 0
+12 openat(AT_FDCWD</w>, "/w/backups/journal.json.tmp", O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0666) = 6</w/backups/journal.json.tmp>
+12 write(6</w/backups/journal.json.tmp>, "{}", 2) = 2
+12 fsync(6</w/backups/journal.json.tmp>) = 0
+12 rename("/w/backups/journal.json.tmp", "/w/backups/journal.json") = 0
+12 openat(AT_FDCWD</w>, "/w/backups", O_RDONLY|O_CLOEXEC) = 7</w/backups>
+12 fsync(7</w/backups>) = 0
 12 unlink("/w/backups/journal.json") = 0
 12 openat(AT_FDCWD</w>, "/w/backups", O_RDONLY|O_CLOEXEC) = 7</w/backups>
 12 fsync(7</w/backups>) = 0
@@ -730,22 +824,27 @@ fn audit_reports_each_missing_step() {
     let ok = audit(&parse_trace(good), &w);
     assert!(ok.problems.is_empty(), "{:?}", ok.problems);
     assert_eq!(ok.renames_onto(Path::new("/r/app/a.bin")), 1);
+    assert_eq!((ok.per_file_flushes, ok.syncfs), (0, 1));
     assert_eq!(ok.checkpoints, vec![4]);
     assert_eq!((ok.unlinks, ok.package_syncs), (1, 1));
 
     // (what is replaced, by what): each breaks one step of the protocol.
     let broken = [
-        // No fsync of the new file before its rename.
-        ("12 fsync(7</r/app/a.bin.tmp>) = 0\n", ""),
-        // A write after the fsync.
+        // No flush of the new file (nor of its filesystem) before its rename.
+        ("12 syncfs(8</r/app>) = 0\n", ""),
+        // A flush of another filesystem only.
+        ("12 syncfs(8</r/app>) = 0\n", "12 syncfs(9</w/tmp>) = 0\n"),
+        // A write after the flush.
         (
-            "12 fsync(7</r/app/a.bin.tmp>) = 0\n",
-            "12 fsync(7</r/app/a.bin.tmp>) = 0\n12 write(7</r/app/a.bin.tmp>, \"x\", 1) = 1\n",
+            "12 syncfs(8</r/app>) = 0\n",
+            "12 syncfs(8</r/app>) = 0\n12 write(7</r/app/a.bin.tmp>, \"x\", 1) = 1\n",
         ),
-        // No fsync of the directory after the rename.
-        ("12 fsync(7</r/app>) = 0\n", ""),
+        // No fsync of the directory before the journal is written again.
+        ("12 fsync(8</r/app>) = 0\n", ""),
+        // No fsync of the journal before its rename.
+        ("12 fsync(6</w/backups/journal.json.tmp>) = 0\n", ""),
         // No fsync of the directory after the unlink.
-        ("12 fsync(7</w/backups>) = 0\n", ""),
+        ("12 unlink(\"/w/backups/journal.json\") = 0\n12 openat(AT_FDCWD</w>, \"/w/backups\", O_RDONLY|O_CLOEXEC) = 7</w/backups>\n12 fsync(7</w/backups>) = 0\n", "12 unlink(\"/w/backups/journal.json\") = 0\n"),
         // state.json claims more bytes than were synced.
         ("bytes_downloaded\\\": 4", "bytes_downloaded\\\": 8"),
     ];

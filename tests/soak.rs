@@ -510,11 +510,12 @@ impl InstallRig {
     }
 }
 
-/// When the steps of one uninterrupted installation were seen, from POST /update.
+/// When the steps of one uninterrupted installation were seen, from POST /update: the first
+/// time the journal showed each phase (in the order of [`JOURNAL_PHASES`]), the health phase.
 struct Timeline {
-    prepared: Option<Duration>,
-    deploying: Option<Duration>,
-    committed: Option<Duration>,
+    phases: [Option<Duration>; 5],
+    /// /progress says the modules are being checked (the health phase).
+    checking: Option<Duration>,
     /// The journal gone again (the installation's cleanup).
     removed: Option<Duration>,
     /// /progress says success.
@@ -526,10 +527,15 @@ impl Timeline {
     /// past the end.
     fn phases(&self) -> Vec<(Duration, Duration)> {
         let mut marks = vec![Duration::ZERO];
-        for m in [self.prepared, self.deploying, self.committed, self.removed]
-            .into_iter()
+        let mut seen: Vec<Duration> = self
+            .phases
+            .iter()
+            .chain([&self.checking, &self.removed])
             .flatten()
-        {
+            .copied()
+            .collect();
+        seen.sort();
+        for m in seen {
             if m > *marks.last().unwrap() {
                 marks.push(m);
             }
@@ -549,33 +555,26 @@ impl InstallRig {
         let t0 = Instant::now();
         self.d.post_update(VERSION);
         let mut t = Timeline {
-            prepared: None,
-            deploying: None,
-            committed: None,
+            phases: [None; 5],
+            checking: None,
             removed: None,
             end: Duration::ZERO,
         };
         let mut last_progress = Instant::now();
         loop {
             let now = t0.elapsed();
-            match self.journal_phase().as_str() {
-                "prepared" => {
-                    t.prepared.get_or_insert(now);
-                }
-                "deploying" => {
-                    t.deploying.get_or_insert(now);
-                }
-                "committed" => {
-                    t.committed.get_or_insert(now);
-                }
-                "absent" if t.prepared.or(t.deploying).is_some() => {
-                    t.removed.get_or_insert(now);
-                }
-                _ => {}
+            let phase = self.journal_phase();
+            if let Some(i) = JOURNAL_PHASES.iter().position(|p| *p == phase) {
+                t.phases[i].get_or_insert(now);
+            } else if phase == "absent" && t.phases.iter().any(Option::is_some) {
+                t.removed.get_or_insert(now);
             }
             if last_progress.elapsed() >= Duration::from_millis(2) {
                 last_progress = Instant::now();
                 let p = self.d.progress();
+                if is_checking(&p) {
+                    t.checking.get_or_insert(now);
+                }
                 if !is_busy(&stage_of(&p)) {
                     assert_eq!(stage_of(&p), "success", "calibration install: {p}");
                     t.end = t0.elapsed();
@@ -662,7 +661,7 @@ fn soak_install_killed_at_random_instants() {
 
     // Calibrate: the timeline of two uninterrupted installations (the faster one; the first
     // runs on cold caches). The kill instants are drawn from its phases in equal shares, so
-    // that a short phase (deploying, in a release build) is hit as often as a long one.
+    // that a short phase (swapping, in a release build) is hit as often as a long one.
     let mut timeline: Option<Timeline> = None;
     for run in 0..2 {
         if run > 0 {
@@ -719,11 +718,24 @@ fn soak_install_killed_at_random_instants() {
     assert_no_violations("random kill(s)", &failures);
 }
 
+/// The phases of the install journal, in order (src/deploy/journal.rs).
+const JOURNAL_PHASES: [&str; 5] = ["staging", "staged", "stopping", "swapping", "committed"];
+
+/// `/progress` says the health of the modules is being checked (CONTRACT.md section 8.4).
+fn is_checking(p: &Value) -> bool {
+    stage_of(p) == "rebooting"
+        && p["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Checking"))
+}
+
 /// Where a deterministic kill lands.
 #[derive(Debug, Clone, Copy)]
 enum KillPoint {
     /// `/progress` shows this stage.
     Stage(&'static str),
+    /// `/progress` shows the health phase (the settle window or the checks).
+    Checking,
     /// `backups/journal.json` has this phase.
     Journal(&'static str),
     /// The first blob of module `data` is the new version (deployment half done).
@@ -734,12 +746,15 @@ enum KillPoint {
 
 /// Every persisted step, in the order an installation passes them. `JournalRemoved` has a
 /// test of its own (`soak_install_killed_between_cleanup_and_outcome`).
-const KILL_POINTS: [KillPoint; 7] = [
+const KILL_POINTS: [KillPoint; 10] = [
     KillPoint::Stage("installing"),
-    KillPoint::Journal("prepared"),
-    KillPoint::Journal("deploying"),
+    KillPoint::Journal("staging"),
+    KillPoint::Journal("staged"),
+    KillPoint::Journal("stopping"),
+    KillPoint::Journal("swapping"),
     KillPoint::FirstBlobNew,
     KillPoint::Stage("rebooting"),
+    KillPoint::Checking,
     KillPoint::Journal("committed"),
     KillPoint::Stage("success"),
 ];
@@ -760,6 +775,13 @@ impl InstallRig {
                         return false;
                     }
                     st == s
+                }
+                KillPoint::Checking => {
+                    let p = self.d.progress();
+                    if !is_busy(&stage_of(&p)) {
+                        return false;
+                    }
+                    is_checking(&p)
                 }
                 KillPoint::Journal(phase) => self.journal_phase() == phase,
                 KillPoint::FirstBlobNew => std::fs::read(&blob.dst).is_ok_and(|c| c == blob.new),
@@ -847,6 +869,30 @@ fn soak_install_killed_in_each_stage() {
     assert!(
         tally.get("rolled back") > 0 && tally.get("completed") > 0,
         "the kill points must cover both a rollback and a completed install: {}",
+        tally.line()
+    );
+}
+
+/// a) Killed in the health phase (CONTRACT.md section 8.4): the new files are in place and
+/// the new program runs, but nothing was committed, so the restart rolls everything back and
+/// the old program runs again.
+#[test]
+fn contract_8_4_sigkill_during_the_health_phase_rolls_back() {
+    let Some(mut rig) = InstallRig::new() else {
+        return;
+    };
+    let rounds = soak_iterations().div_ceil(3).max(1);
+    let (tally, failures) = run_kill_points(
+        &mut rig,
+        "install-health-kills",
+        &[KillPoint::Checking],
+        rounds,
+    );
+    assert_no_violations("kill(s) in the health phase", &failures);
+    assert_eq!(
+        tally.get("rolled back"),
+        rounds,
+        "every kill in the health phase rolls back: {}",
         tally.line()
     );
 }

@@ -157,8 +157,33 @@ impl Daemon {
     }
 
     fn spawn_and_wait(&mut self) {
+        self.spawn_under_and_wait(&[]);
+    }
+
+    /// Starts the daemon again, run by `wrapper` (a program and its arguments that runs the
+    /// binary named as its last argument, such as `strace ... --`).
+    pub fn restart_under(&mut self, wrapper: &[&str]) {
+        assert!(self.child.is_none(), "restart_under() of a running daemon");
+        self.spawn_under_and_wait(wrapper);
+    }
+
+    fn spawn_under_and_wait(&mut self, wrapper: &[&str]) {
         self.runs += 1;
-        self.child = Some(spawn_raw(&self.config_path, &self.out_dir, self.runs));
+        self.child = Some(match wrapper.split_first() {
+            None => spawn_raw(&self.config_path, &self.out_dir, self.runs),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                serve_command(
+                    &mut cmd,
+                    &self.config_path,
+                    &self.out_dir,
+                    &format!("daemon-{}", self.runs),
+                )
+                .spawn()
+                .expect("spawn the wrapped tope-updater")
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = http::request(self.addr, "GET", &format!("{API}/progress"), None, b"") {

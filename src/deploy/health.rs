@@ -1,0 +1,165 @@
+//! The health phase (CONTRACT.md section 8.4): after every module has been started again, the
+//! checks begin `settle_s` seconds after the last start, one thread per module, and the
+//! installation is committed only when every check passed:
+//! - a module started by its `start_cmd` with a `process_name` (and no `service`): the process
+//!   found once it started must still run, the same one (no crash and respawn in between);
+//! - a module with a `service`: `systemctl is-active` must say `active`;
+//! - a module with a `health_cmd`: it is run every second until it exits 0, for at most
+//!   `health_timeout_s` seconds (a run still going then is killed and counts as a failure).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{self, OtaError};
+use crate::process;
+
+use super::apply::Flow;
+use super::journal::JModule;
+use super::procs::{Started, SYSTEMCTL_TIMEOUT};
+use super::InstallEvent;
+
+/// A module's `health_cmd` with its time limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCmd {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// Period of `health_cmd` runs.
+const PERIOD: Duration = Duration::from_secs(1);
+/// How often SIGTERM is looked for while waiting.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Sleep `d`, or less when `cancel` is set; false when cancelled.
+fn pause(d: Duration, cancel: &AtomicBool) -> bool {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        if cancel.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+    !cancel.load(Ordering::SeqCst)
+}
+
+/// The state check of one module (its process or service); `Err` says why it is not healthy.
+/// Quick: run on the caller's thread.
+fn check_started(started: &Started) -> Result<(), String> {
+    match started {
+        Started::Process(name, p) => {
+            if !process::is_alive(p) {
+                let now = process::find_processes(name);
+                return Err(match now.first() {
+                    Some(q) => format!(
+                        "process {name} (pid {}) exited and was replaced by pid {} (crash and respawn)",
+                        p.pid, q.pid
+                    ),
+                    None => format!("process {name} (pid {}) is no longer running", p.pid),
+                });
+            }
+            Ok(())
+        }
+        Started::Service(s) => process::systemctl("is-active", s, SYSTEMCTL_TIMEOUT)
+            .map_err(|e| format!("service {s} is not active: {}", e.detail)),
+        Started::Nothing => Ok(()),
+    }
+}
+
+/// Run a module's `health_cmd` every second until it exits 0 (see the module documentation).
+fn run_health_cmd(h: &HealthCmd, cancel: &AtomicBool) -> Result<(), String> {
+    let deadline = Instant::now() + h.timeout;
+    let mut last = String::new();
+    loop {
+        let begun = Instant::now();
+        let left = deadline.saturating_duration_since(begun);
+        if left.is_zero() {
+            return Err(format!(
+                "health_cmd did not succeed within {} s: {last}",
+                h.timeout.as_secs()
+            ));
+        }
+        match process::run_to_completion(&h.argv, left) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e.detail,
+        }
+        let next = (begun + PERIOD).min(deadline);
+        if !pause(next.saturating_duration_since(Instant::now()), cancel) {
+            return Err("interrupted by shutdown".into());
+        }
+    }
+}
+
+/// Wait `settle`, then check every module (see the module documentation), concurrently.
+pub fn check_all(
+    modules: &[JModule],
+    order: &[usize],
+    started: &[Started],
+    health: &[Option<HealthCmd>],
+    settle: Duration,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(InstallEvent),
+) -> Result<Flow, OtaError> {
+    if cancel.load(Ordering::SeqCst) {
+        return Ok(Flow::Cancelled);
+    }
+    let checked: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| started[i] != Started::Nothing || health[i].is_some())
+        .collect();
+    if checked.is_empty() {
+        return Ok(Flow::Done);
+    }
+    let names = checked
+        .iter()
+        .map(|&i| modules[i].name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    on_event(InstallEvent::Checking { modules: &names });
+    if !pause(settle, cancel) {
+        return Ok(Flow::Cancelled);
+    }
+    // Processes and services first (quick), then the health commands side by side.
+    let mut results: Vec<(usize, Result<(), String>)> = checked
+        .iter()
+        .map(|&i| (i, check_started(&started[i])))
+        .collect();
+    let cmds: Vec<(usize, Result<(), String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = checked
+            .iter()
+            .filter_map(|&i| health[i].as_ref().map(|h| (i, h)))
+            .map(|(i, h)| (i, s.spawn(move || run_health_cmd(h, cancel))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(i, h)| {
+                (
+                    i,
+                    h.join().unwrap_or_else(|_| Err("the check crashed".into())),
+                )
+            })
+            .collect()
+    });
+    results.extend(cmds);
+    results.sort_by_key(|(i, _)| order.iter().position(|o| o == i));
+    if cancel.load(Ordering::SeqCst) {
+        return Ok(Flow::Cancelled);
+    }
+    let mut first = None;
+    for (i, r) in results {
+        if let Err(why) = r {
+            tracing::error!("health check of module {} failed: {why}", modules[i].name);
+            first.get_or_insert((i, why));
+        }
+    }
+    match first {
+        None => {
+            tracing::info!("health checks passed: {names}");
+            Ok(Flow::Done)
+        }
+        Some((i, why)) => Err(error::deployment_failed(format!(
+            "health check of {} failed: {why}",
+            modules[i].name
+        ))),
+    }
+}

@@ -1,0 +1,317 @@
+//! Installation of a verified package as a transaction: plan, check, stage, stop, swap, post
+//! commands, start, health, then commit or undo. Everything here is synchronous and runs on a
+//! blocking thread.
+//!
+//! | step | module | touches | journal phase written before it |
+//! |---|---|---|---|
+//! | open the package, resolve every `dst` beneath the roots, survey the device | `check`, `plan` | nothing | - |
+//! | write each new file as `<name>.tmp` beside its destination, then `syncfs` | `apply::stage` | temporaries, new directories | `staging` |
+//! | record how the modules' processes run, stop them | `procs` | processes | `staged`, then `stopping` |
+//! | hard-link every old file into `backups/files`, flush | `apply::backup` | backups | (`stopping`) |
+//! | rename every temporary over its destination, flush each directory | `apply::swap` | the printer's files | `swapping` |
+//! | post commands, starts in `restart_order`, health checks (stage `rebooting`) | `procs`, `health` | processes | (`swapping`) |
+//! | commit | - | - | `committed` |
+//!
+//! The caller records the outcome durably, then calls [`finish`], which removes the journal and
+//! the backups. Any failure before `committed` rolls back (`rollback`), and a restart that finds
+//! a journal ([`recover`]) does the same; a `committed` journal only finishes its cleanup.
+//! Services are down only from the stop to the starts: the slow part, extracting and checking
+//! every file, happens before anything is stopped.
+
+mod apply;
+mod beneath;
+mod check;
+mod health;
+mod journal;
+mod plan;
+mod procs;
+mod rollback;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::error::{self, ErrorCode, OtaError};
+use crate::package::{open_package, Module};
+use crate::process;
+
+pub use health::HealthCmd;
+pub use journal::JOURNAL_NAME;
+
+use apply::{Flow, Roots};
+use journal::{Journal, Phase};
+
+/// Time limit of each post command.
+const POST_CMD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Progress of an installation, for the stage message and the callbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallEvent<'a> {
+    /// A module's files are being extracted and checked (nothing stopped yet).
+    Deploying {
+        module: &'a str,
+        /// 1-based.
+        index: usize,
+        total: usize,
+    },
+    Stopping {
+        module: &'a str,
+    },
+    Restarting {
+        module: &'a str,
+    },
+    /// Every module is started again; these modules' health is being checked.
+    Checking {
+        modules: &'a str,
+    },
+    RollingBack {
+        reason: &'a str,
+    },
+}
+
+#[derive(Debug)]
+pub struct InstallOptions<'a> {
+    pub allowed_roots: &'a [PathBuf],
+    /// `<work_dir>/backups`.
+    pub backups_dir: &'a Path,
+    pub stop_timeout: Duration,
+    /// Wait between the last start and the health checks (config `settle_s`).
+    pub settle: Duration,
+    /// Set on SIGTERM: the installation stops at the next safe point.
+    pub cancel: &'a AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallOutcome {
+    Done,
+    /// Stopped on `cancel`; the journal is left for [`recover`] at the next start.
+    Interrupted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    Nothing,
+    RolledBack { version: String },
+    Completed { version: String },
+}
+
+/// A module's health command, as the manifest gives it.
+fn health_cmd(m: &Module) -> Option<HealthCmd> {
+    m.health_cmd.as_ref().map(|argv| HealthCmd {
+        argv: argv.clone(),
+        timeout: Duration::from_secs(m.health_timeout_s),
+    })
+}
+
+/// Roll back after `cause` and build the error to report: the cause's code for what fails
+/// before a file is replaced (`DISK_FULL`, `INVALID_PACKAGE`, `PROCESS_KILL_FAILED`),
+/// `DEPLOYMENT_FAILED` otherwise (`DISK_FULL` stays); the detail says whether the rollback
+/// succeeded.
+fn fail(
+    cause: OtaError,
+    j: &Journal,
+    opts: &InstallOptions,
+    on_event: &mut dyn FnMut(InstallEvent),
+) -> OtaError {
+    let code = match cause.code {
+        ErrorCode::DiskFull | ErrorCode::ProcessKillFailed | ErrorCode::InternalError => cause.code,
+        ErrorCode::InvalidPackage if j.phase == Phase::Staging => cause.code,
+        _ => ErrorCode::DeploymentFailed,
+    };
+    tracing::error!("installation of {} failed: {cause}", j.version);
+    on_event(InstallEvent::RollingBack {
+        reason: &cause.detail,
+    });
+    match rollback::rollback(j, opts.backups_dir, opts.stop_timeout, on_event) {
+        Ok(()) => OtaError::new(code, format!("{}; rolled back", cause.detail)),
+        Err(e) => OtaError::new(code, format!("{}; {}", cause.detail, e.detail)),
+    }
+}
+
+/// Write the journal at `phase`; a failure rolls back what the previous phase did.
+fn advance(
+    j: &mut Journal,
+    phase: Phase,
+    opts: &InstallOptions,
+    on_event: &mut dyn FnMut(InstallEvent),
+) -> Result<(), OtaError> {
+    let before = j.phase;
+    j.phase = phase;
+    journal::write(opts.backups_dir, j).map_err(|e| {
+        // The journal on disk still says `before` (write_atomic is all or nothing).
+        j.phase = before;
+        fail(e, j, opts, on_event)
+    })
+}
+
+/// Install the package at `package` (already MD5-verified) as the module documentation says.
+pub fn install(
+    package: &Path,
+    expected_version: &str,
+    opts: &InstallOptions,
+    on_event: &mut dyn FnMut(InstallEvent),
+) -> Result<InstallOutcome, OtaError> {
+    let backups_dir = opts.backups_dir;
+    let cancelled = || opts.cancel.load(Ordering::SeqCst);
+    // Check everything before touching anything.
+    let mut pkg = open_package(package, expected_version, opts.allowed_roots)?;
+    if journal::path(backups_dir).exists() {
+        return Err(error::internal(
+            "an earlier installation has not been recovered yet (journal present)",
+        ));
+    }
+    let resolved = check::resolve(&pkg.files, opts.allowed_roots, backups_dir)?;
+    let groups = plan::group(&pkg.files, &resolved, opts.allowed_roots)?;
+    let survey = check::survey(&pkg.files, &groups, opts.allowed_roots)?;
+    crate::fsutil::create_dirs_durable(backups_dir)
+        .map_err(|e| error::internal(format!("{}: {e}", backups_dir.display())))?;
+    check::backup_space(backups_dir, &pkg.files, &survey.owners)?;
+    let mut j = plan::journal(
+        &pkg.manifest.version,
+        &pkg.manifest.modules,
+        &groups,
+        opts.allowed_roots,
+    );
+    j.created = survey.created.clone();
+    journal::encode(&j)?;
+    if cancelled() {
+        return Ok(InstallOutcome::Interrupted);
+    }
+    // No journal: leftovers in backups/files belong to nobody.
+    rollback::remove_backup_files(backups_dir);
+    journal::write(backups_dir, &j)?;
+    tracing::info!(
+        "installing version {}: {} modules, {} files",
+        j.version,
+        j.modules.len(),
+        j.target_count()
+    );
+    let health: Vec<Option<HealthCmd>> = pkg.manifest.modules.iter().map(health_cmd).collect();
+
+    // Stage every new file while the printer still runs.
+    let t = std::time::Instant::now();
+    match apply::stage(&mut pkg, &groups, &survey, opts.cancel, on_event) {
+        Ok(Flow::Done) => {}
+        Ok(Flow::Cancelled) => return Ok(InstallOutcome::Interrupted),
+        Err(e) => return Err(fail(e, &j, opts, on_event)),
+    }
+    tracing::info!(
+        "{} files staged in {} ms",
+        j.target_count(),
+        t.elapsed().as_millis()
+    );
+    advance(&mut j, Phase::Staged, opts, on_event)?;
+    if cancelled() {
+        return Ok(InstallOutcome::Interrupted);
+    }
+
+    // Stop the processes, remembering how they ran.
+    let down = std::time::Instant::now();
+    let order = plan::start_order(&j.modules);
+    procs::record(&mut j, &order).map_err(|e| fail(e, &j, opts, on_event))?;
+    advance(&mut j, Phase::Stopping, opts, on_event)?;
+    if let Err(e) = procs::stop_all(&j, &order, opts.stop_timeout, on_event) {
+        let e = OtaError::new(e.code, format!("{}; nothing was deployed", e.detail));
+        return Err(fail(e, &j, opts, on_event));
+    }
+
+    // Back up, then replace every destination.
+    let mut roots = Roots::default();
+    if let Err(e) = apply::backup(&mut j, &mut roots, backups_dir) {
+        return Err(fail(e, &j, opts, on_event));
+    }
+    advance(&mut j, Phase::Swapping, opts, on_event)?;
+    if let Err(e) = apply::swap(&j, &mut roots) {
+        return Err(fail(e, &j, opts, on_event));
+    }
+    drop(roots);
+    if cancelled() {
+        return Ok(InstallOutcome::Interrupted);
+    }
+
+    // Post commands, in start order.
+    for &i in &order {
+        let m = &pkg.manifest.modules[i];
+        for cmd in m.post_argvs() {
+            if let Err(e) = process::run_to_completion(&cmd, POST_CMD_TIMEOUT) {
+                let cause = error::deployment_failed(format!("module {}: {}", m.name, e.detail));
+                return Err(fail(cause, &j, opts, on_event));
+            }
+            if cancelled() {
+                return Ok(InstallOutcome::Interrupted);
+            }
+        }
+    }
+
+    // Start again, one after another, then check.
+    let started = match procs::start_new(&j.modules, &order, opts.stop_timeout, on_event) {
+        Ok(s) => s,
+        Err(e) => return Err(fail(e, &j, opts, on_event)),
+    };
+    tracing::info!("processes were down for {} ms", down.elapsed().as_millis());
+    match health::check_all(
+        &j.modules,
+        &order,
+        &started,
+        &health,
+        opts.settle,
+        opts.cancel,
+        on_event,
+    ) {
+        Ok(Flow::Done) => {}
+        Ok(Flow::Cancelled) => return Ok(InstallOutcome::Interrupted),
+        Err(e) => return Err(fail(e, &j, opts, on_event)),
+    }
+
+    // Commit. The caller records the outcome, then calls [`finish`]: until then the committed
+    // journal tells a restart that the installation completed.
+    advance(&mut j, Phase::Committed, opts, on_event)?;
+    tracing::info!("version {} installed", j.version);
+    Ok(InstallOutcome::Done)
+}
+
+/// After [`install`] returned `Done` and the caller has durably recorded the outcome: remove
+/// the committed journal and the backups. A power cut before or during this is finished by
+/// [`recover`] (phase `committed` means completed), so the outcome is never misreported.
+pub fn finish(backups_dir: &Path) {
+    rollback::cleanup(backups_dir);
+}
+
+/// At start-up, before the API reports anything: finish or roll back an interrupted
+/// installation. An error means files could not be restored (the journal is kept and the next
+/// start retries), or the journal was unusable (set aside, reported once).
+pub fn recover(backups_dir: &Path, stop_timeout: Duration) -> Result<Recovery, OtaError> {
+    let _ = std::fs::remove_file(crate::fsutil::tmp_sibling(&journal::path(backups_dir)));
+    let j = match journal::read(backups_dir) {
+        journal::Found::None => {
+            rollback::remove_backup_files(backups_dir);
+            return Ok(Recovery::Nothing);
+        }
+        journal::Found::SetAside(why) => {
+            let e = error::internal(format!(
+                "the install journal was unusable ({why}); files of the interrupted installation, \
+                 if any, were not checked"
+            ));
+            tracing::error!("{e}");
+            return Err(e);
+        }
+        journal::Found::Journal(j) => j,
+    };
+    match j.phase {
+        Phase::Committed => {
+            tracing::info!("finishing the cleanup of installed version {}", j.version);
+            rollback::cleanup(backups_dir);
+            Ok(Recovery::Completed { version: j.version })
+        }
+        phase => {
+            tracing::warn!(
+                "installation of version {} was interrupted (phase {phase:?}): rolling back",
+                j.version
+            );
+            rollback::rollback(&j, backups_dir, stop_timeout, &mut |_| {})?;
+            Ok(Recovery::RolledBack { version: j.version })
+        }
+    }
+}

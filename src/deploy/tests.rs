@@ -1,0 +1,877 @@
+//! The installation against real files, real processes and a recording `systemctl`.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::apply::{Roots, FILES_DIR};
+use super::journal::{self, Journal, Phase};
+use super::*;
+use crate::package::tests::{build_zip, manifest_json, E};
+use crate::process::tests::{fake_systemctl, named_sleep, wait_found};
+use crate::process::SYSTEMCTL_OVERRIDE;
+
+struct Fx {
+    d: tempfile::TempDir,
+    root: PathBuf,
+    backups: PathBuf,
+    zip: PathBuf,
+    cancel: AtomicBool,
+    settle: Duration,
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let backups = d.path().join("work/backups");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&backups).unwrap();
+        Fx {
+            zip: d.path().join("p.zip"),
+            root,
+            backups,
+            cancel: AtomicBool::new(false),
+            settle: Duration::ZERO,
+            d,
+        }
+    }
+
+    /// Install with the events recorded as `Debug` text; `cancel_on`: set the cancel flag (as
+    /// SIGTERM does) at the first event whose text starts with it.
+    fn install_at(
+        &self,
+        stop: Duration,
+        events: &mut Vec<String>,
+        cancel_on: Option<&str>,
+        mut also: impl FnMut(&InstallEvent),
+    ) -> Result<InstallOutcome, OtaError> {
+        let roots = [self.root.clone()];
+        let opts = InstallOptions {
+            allowed_roots: &roots,
+            backups_dir: &self.backups,
+            stop_timeout: stop,
+            settle: self.settle,
+            cancel: &self.cancel,
+        };
+        let r = install(&self.zip, "1.2.3", &opts, &mut |e| {
+            let text = format!("{e:?}");
+            if cancel_on.is_some_and(|c| text.starts_with(c)) {
+                self.cancel.store(true, Ordering::SeqCst);
+            }
+            also(&e);
+            events.push(text);
+        });
+        // As the updater does once the outcome is recorded.
+        if matches!(r, Ok(InstallOutcome::Done)) {
+            assert!(
+                self.backups.join(JOURNAL_NAME).exists(),
+                "the committed journal stays until the caller has recorded the outcome"
+            );
+            finish(&self.backups);
+        }
+        r
+    }
+
+    fn install(
+        &self,
+        stop: Duration,
+        events: &mut Vec<String>,
+        cancel_on: Option<&str>,
+    ) -> Result<InstallOutcome, OtaError> {
+        self.install_at(stop, events, cancel_on, |_| {})
+    }
+
+    fn put(&self, rel: &str, content: &str, mode: u32) {
+        let p = self.root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn read(&self, rel: &str) -> Option<String> {
+        fs::read_to_string(self.root.join(rel)).ok()
+    }
+
+    fn mode(&self, rel: &str) -> u32 {
+        fs::metadata(self.root.join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    fn clean(&self) -> bool {
+        !self.backups.join(JOURNAL_NAME).exists() && !self.backups.join(FILES_DIR).exists()
+    }
+
+    fn module(&self, name: &str, src: &str, dst: &str, extra: &str) -> String {
+        format!(
+            r#"{{"name": "{name}", "src": "{src}", "dst": "{}/{dst}"{extra}}}"#,
+            self.root.display()
+        )
+    }
+
+    fn journal(&self) -> Journal {
+        journal::parse(&fs::read(self.backups.join(JOURNAL_NAME)).unwrap()).unwrap()
+    }
+
+    /// One module `svc` deploying `bin/x` to `svc/x`, with `extra` manifest fields.
+    fn one_module(&self, extra: &str) {
+        let m = manifest_json("1.2.3", &self.module("svc", "bin/x", "svc/x", extra));
+        build_zip(
+            &self.zip,
+            &[
+                E::File("manifest.json", m.as_bytes(), 0o644),
+                E::File("bin/x", b"new-x", 0o755),
+            ],
+        );
+    }
+}
+
+/// No `<name>.tmp` left anywhere below `dir`.
+fn no_tmp_files(dir: &Path) -> bool {
+    fs::read_dir(dir).unwrap().flatten().all(|e| {
+        let p = e.path();
+        !p.to_string_lossy().ends_with(".tmp") && (!p.is_dir() || no_tmp_files(&p))
+    })
+}
+
+/// Two modules: `app` (one executable file over an old one) and `web` (a directory with a new
+/// subdirectory), `web_extra` appended to web's manifest entry.
+fn two_module_package(f: &Fx, web_extra: &str) {
+    f.put("app/bin", "old-bin", 0o644);
+    f.put("web/index.html", "old-index", 0o644);
+    f.put("web/keep.txt", "untouched", 0o640);
+    let m = manifest_json(
+        "1.2.3",
+        &[
+            f.module("app", "m/app/bin", "app/bin", ""),
+            f.module("web", "m/web", "web", web_extra),
+        ]
+        .join(","),
+    );
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("m/app/bin", b"new-bin", 0o755),
+            E::Dir("m/web/"),
+            E::File("m/web/js/new/app.js", b"js", 0o600),
+            E::File("m/web/index.html", b"new-index", 0o644),
+        ],
+    );
+}
+
+fn assert_old(f: &Fx) {
+    assert_eq!(f.read("app/bin").as_deref(), Some("old-bin"));
+    assert_eq!(f.mode("app/bin"), 0o644);
+    assert_eq!(f.read("web/index.html").as_deref(), Some("old-index"));
+    assert_eq!(f.read("web/keep.txt").as_deref(), Some("untouched"));
+    assert!(!f.root.join("web/js").exists());
+    assert!(no_tmp_files(&f.root));
+}
+
+#[test]
+fn install_deploys_modes_dirs_and_cleans_backups() {
+    let f = Fx::new();
+    two_module_package(&f, "");
+    let mut ev = Vec::new();
+    let r = f.install(Duration::from_secs(1), &mut ev, None).unwrap();
+    assert_eq!(r, InstallOutcome::Done);
+    assert_eq!(f.read("app/bin").as_deref(), Some("new-bin"));
+    assert_eq!(f.mode("app/bin"), 0o755);
+    assert_eq!(f.read("web/index.html").as_deref(), Some("new-index"));
+    assert_eq!(f.read("web/js/new/app.js").as_deref(), Some("js"));
+    assert_eq!(f.mode("web/js/new/app.js"), 0o600);
+    assert_eq!(f.mode("web/js"), 0o755);
+    assert_eq!(f.mode("web/js/new"), 0o755);
+    assert_eq!(f.read("web/keep.txt").as_deref(), Some("untouched"));
+    assert!(f.clean());
+    assert!(no_tmp_files(&f.root));
+    assert_eq!(
+        ev,
+        vec![
+            r#"Deploying { module: "app", index: 1, total: 2 }"#,
+            r#"Deploying { module: "web", index: 2, total: 2 }"#,
+        ]
+    );
+    assert_eq!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::Nothing
+    );
+}
+
+#[test]
+fn failing_post_cmd_rolls_everything_back() {
+    let f = Fx::new();
+    two_module_package(&f, r#", "post_cmds": [["true"], ["false"]]"#);
+    let mut ev = Vec::new();
+    let e = f
+        .install(Duration::from_secs(1), &mut ev, None)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+    assert!(e.detail.contains("module web"), "{e}");
+    assert!(e.detail.contains("`false`"), "{e}");
+    assert!(e.detail.ends_with("rolled back"), "{e}");
+    assert_old(&f);
+    assert!(f.root.join("web").is_dir());
+    assert!(f.clean());
+    assert!(ev.last().unwrap().starts_with("RollingBack"), "{ev:?}");
+}
+
+#[test]
+fn invalid_package_changes_nothing() {
+    let f = Fx::new();
+    two_module_package(&f, "");
+    let roots = [f.root.clone()];
+    let opts = InstallOptions {
+        allowed_roots: &roots,
+        backups_dir: &f.backups,
+        stop_timeout: Duration::from_secs(1),
+        settle: Duration::ZERO,
+        cancel: &f.cancel,
+    };
+    let e = install(&f.zip, "9.9.9", &opts, &mut |_| {}).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidManifest);
+    assert_old(&f);
+    assert!(f.clean());
+}
+
+#[test]
+fn directory_in_the_way_is_refused_before_anything() {
+    let f = Fx::new();
+    two_module_package(&f, "");
+    fs::create_dir_all(f.root.join("web/js/new/app.js")).unwrap();
+    let e = f
+        .install(Duration::from_secs(1), &mut Vec::new(), None)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeploymentFailed);
+    assert!(e.detail.contains("nothing was changed"), "{e}");
+    assert_eq!(f.read("app/bin").as_deref(), Some("old-bin"));
+    assert!(f.clean());
+    assert!(no_tmp_files(&f.root));
+}
+
+#[test]
+fn destination_inside_backups_is_refused() {
+    let f = Fx::new();
+    let roots = [f.d.path().to_path_buf()];
+    let m = manifest_json(
+        "1.2.3",
+        &format!(
+            r#"{{"name": "x", "src": "a", "dst": "{}"}}"#,
+            f.backups.join(JOURNAL_NAME).display()
+        ),
+    );
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("a", b"a", 0o644),
+        ],
+    );
+    let opts = InstallOptions {
+        allowed_roots: &roots,
+        backups_dir: &f.backups,
+        stop_timeout: Duration::from_secs(1),
+        settle: Duration::ZERO,
+        cancel: &f.cancel,
+    };
+    let e = install(&f.zip, "1.2.3", &opts, &mut |_| {}).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidManifest, "{e}");
+    assert!(e.detail.contains("backups"), "{e}");
+}
+
+#[test]
+fn contract_8_3_directory_symlink_leading_outside_is_refused() {
+    let f = Fx::new();
+    let outside = f.d.path().join("etc");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("passwd"), "root:x:0:0").unwrap();
+    symlink(&outside, f.root.join("evil")).unwrap();
+    let m = manifest_json("1.2.3", &f.module("x", "a", "evil/passwd", ""));
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("a", b"pwned", 0o644),
+        ],
+    );
+    let e = f
+        .install(Duration::from_secs(1), &mut Vec::new(), None)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidManifest, "{e}");
+    assert!(e.detail.contains("outside"), "{e}");
+    assert_eq!(
+        fs::read_to_string(outside.join("passwd")).unwrap(),
+        "root:x:0:0"
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+    assert!(f.clean());
+}
+
+#[test]
+fn contract_8_3_symlink_swapped_in_after_the_check_is_not_followed() {
+    let f = Fx::new();
+    let outside = f.d.path().join("etc");
+    fs::create_dir_all(&outside).unwrap();
+    f.put("a/b/keep", "k", 0o644);
+    two_module_package(&f, "");
+    // While the first module is staged, `web` becomes a link out of the root.
+    let (root, out) = (f.root.clone(), outside.clone());
+    let r = f.install_at(Duration::from_secs(1), &mut Vec::new(), None, |e| {
+        if matches!(e, InstallEvent::Deploying { index: 2, .. }) {
+            fs::rename(root.join("web"), root.join("web-moved")).unwrap();
+            symlink(&out, root.join("web")).unwrap();
+        }
+    });
+    let e = r.unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+    assert!(e.detail.contains("outside"), "{e}");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside the root"
+    );
+    assert_eq!(f.read("app/bin").as_deref(), Some("old-bin"));
+    assert!(f.clean());
+}
+
+#[test]
+fn contract_8_8_update_through_an_in_root_current_link() {
+    let f = Fx::new();
+    f.put("versions/1.0.0/app/bin", "old-bin", 0o755);
+    symlink("versions/1.0.0", f.root.join("current")).unwrap();
+    let m = manifest_json(
+        "1.2.3",
+        &f.module(
+            "app",
+            "bin",
+            "current/app/bin",
+            r#", "post_cmds": [["false"]]"#,
+        ),
+    );
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("bin", b"new-bin", 0o755),
+        ],
+    );
+    // A failing post command: rolled back through the link.
+    let e = f
+        .install(Duration::from_secs(1), &mut Vec::new(), None)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+    assert_eq!(f.read("versions/1.0.0/app/bin").as_deref(), Some("old-bin"));
+    // Then a good one lands in the version directory and leaves the link as it is.
+    let m = manifest_json("1.2.3", &f.module("app", "bin", "current/app/bin", ""));
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("bin", b"new-bin", 0o755),
+        ],
+    );
+    f.install(Duration::from_secs(1), &mut Vec::new(), None)
+        .unwrap();
+    assert_eq!(f.read("versions/1.0.0/app/bin").as_deref(), Some("new-bin"));
+    assert_eq!(
+        fs::read_link(f.root.join("current")).unwrap(),
+        Path::new("versions/1.0.0")
+    );
+    assert!(no_tmp_files(&f.root));
+}
+
+#[test]
+fn contract_8_3_a_dst_that_is_a_symlink_is_replaced_not_followed() {
+    let f = Fx::new();
+    let outside = f.d.path().join("secret");
+    fs::write(&outside, "secret").unwrap();
+    fs::create_dir_all(f.root.join("svc")).unwrap();
+    symlink(&outside, f.root.join("svc/x")).unwrap();
+    f.one_module("");
+    f.install(Duration::from_secs(1), &mut Vec::new(), None)
+        .unwrap();
+    assert!(!fs::symlink_metadata(f.root.join("svc/x"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(f.read("svc/x").as_deref(), Some("new-x"));
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "secret");
+}
+
+#[test]
+fn files_are_staged_before_any_process_is_stopped() {
+    let f = Fx::new();
+    let (name, path) = named_sleep(f.d.path());
+    let mut old = std::process::Command::new(&path)
+        .arg("100")
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_found(&name, 1).len(), 1);
+    f.put("svc/x", "old-x", 0o644);
+    f.one_module(&format!(r#", "process_name": "{name}""#));
+    let root = f.root.clone();
+    let mut seen = None;
+    f.install_at(Duration::from_secs(1), &mut Vec::new(), None, |e| {
+        if matches!(e, InstallEvent::Stopping { .. }) {
+            seen = Some((
+                fs::read_to_string(root.join("svc/x.tmp")).ok(),
+                fs::read_to_string(root.join("svc/x")).ok(),
+            ));
+        }
+    })
+    .unwrap();
+    assert_eq!(seen, Some((Some("new-x".into()), Some("old-x".into()))));
+    let _ = old.wait();
+    assert_eq!(f.read("svc/x").as_deref(), Some("new-x"));
+}
+
+#[test]
+fn sigterm_ignoring_process_is_killed_then_restarted() {
+    let f = Fx::new();
+    let (name, path) = named_sleep(f.d.path());
+    let script = format!("trap '' TERM; exec {} 100", path.display());
+    let mut old = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_found(&name, 1).len(), 1);
+    f.one_module(&format!(
+        r#", "process_name": "{name}", "restart_order": 1, "start_cmd": ["{}", "100"]"#,
+        path.display()
+    ));
+    let mut ev = Vec::new();
+    let t = Instant::now();
+    let r = f.install(Duration::from_secs(1), &mut ev, None).unwrap();
+    assert_eq!(r, InstallOutcome::Done);
+    assert!(t.elapsed() >= Duration::from_secs(1));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(old.wait().unwrap().signal(), Some(9));
+    let now = wait_found(&name, 1);
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].pid as u32, old.id());
+    assert_eq!(
+        ev,
+        vec![
+            r#"Deploying { module: "svc", index: 1, total: 1 }"#.to_string(),
+            r#"Stopping { module: "svc" }"#.into(),
+            r#"Restarting { module: "svc" }"#.into(),
+            r#"Checking { modules: "svc" }"#.into(),
+        ]
+    );
+    crate::process::stop_by_name(&name, Duration::from_secs(5)).unwrap();
+    assert!(f.clean());
+}
+
+fn service_package(f: &Fx) -> PathBuf {
+    f.put("a/f", "old-a", 0o644);
+    let m = manifest_json(
+        "1.2.3",
+        &[
+            f.module(
+                "a",
+                "a",
+                "a/f",
+                r#", "service": "a.service", "restart_order": 2"#,
+            ),
+            f.module(
+                "b",
+                "b",
+                "b/f",
+                r#", "service": "b.service", "restart_order": 1"#,
+            ),
+            f.module("c", "c", "c/f", r#", "service": "c.service""#),
+        ]
+        .join(","),
+    );
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("a", b"new-a", 0o644),
+            E::File("b", b"new-b", 0o644),
+            E::File("c", b"new-c", 0o644),
+        ],
+    );
+    f.d.path().join("log")
+}
+
+/// Install `f` with a recording `systemctl` that fails the call `fail_on` ("none": none).
+fn install_with_systemctl(f: &Fx, fail_on: &str) -> Result<InstallOutcome, OtaError> {
+    let fake = fake_systemctl(f.d.path(), fail_on);
+    SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
+    let r = f.install(Duration::from_secs(1), &mut Vec::new(), None);
+    SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
+    r
+}
+
+const STOP_ABC: &str = "stop c.service\nstop a.service\nstop b.service\n";
+const START_BAC: &str = "start b.service\nstart a.service\nstart c.service\n";
+
+#[test]
+fn services_stop_in_reverse_start_in_restart_order_and_are_checked() {
+    let f = Fx::new();
+    let log = service_package(&f);
+    let r = install_with_systemctl(&f, "none");
+    assert_eq!(r.unwrap(), InstallOutcome::Done);
+    assert_eq!(
+        fs::read_to_string(log).unwrap(),
+        format!(
+            "{STOP_ABC}{START_BAC}is-active b.service\nis-active a.service\nis-active c.service\n"
+        )
+    );
+    assert_eq!(f.read("a/f").as_deref(), Some("new-a"));
+    assert!(f.clean());
+}
+
+#[test]
+fn contract_8_4_inactive_service_rolls_back() {
+    let f = Fx::new();
+    let log = service_package(&f);
+    let e = install_with_systemctl(&f, "is-active a.service").unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+    assert!(
+        e.detail
+            .starts_with("health check of a failed: service a.service is not active"),
+        "{e}"
+    );
+    assert_eq!(f.read("a/f").as_deref(), Some("old-a"));
+    assert!(!f.root.join("b").exists());
+    let log = fs::read_to_string(log).unwrap();
+    assert!(log.ends_with(&format!("{STOP_ABC}{START_BAC}")), "{log}");
+    assert!(f.clean());
+}
+
+#[test]
+fn stop_failure_is_kill_failed_and_deploys_nothing() {
+    let f = Fx::new();
+    let log = service_package(&f);
+    let e = install_with_systemctl(&f, "stop b.service").unwrap_err();
+    assert_eq!(e.code, ErrorCode::ProcessKillFailed, "{e}");
+    assert!(e.detail.contains("module b"), "{e}");
+    assert!(e.detail.contains("nothing was deployed"), "{e}");
+    assert_eq!(
+        fs::read_to_string(log).unwrap(),
+        format!("{STOP_ABC}{START_BAC}")
+    );
+    assert_eq!(f.read("a/f").as_deref(), Some("old-a"));
+    assert!(!f.root.join("b").exists());
+    assert!(no_tmp_files(&f.root));
+    assert!(f.clean());
+}
+
+#[test]
+fn failed_start_rolls_back_and_restarts_old() {
+    let f = Fx::new();
+    let log = service_package(&f);
+    let e = install_with_systemctl(&f, "start a.service").unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+    assert!(e.detail.contains("module a"), "{e}");
+    assert_eq!(f.read("a/f").as_deref(), Some("old-a"));
+    assert!(!f.root.join("b").exists());
+    assert!(!f.root.join("c").exists());
+    let log = fs::read_to_string(log).unwrap();
+    assert!(log.ends_with(&format!("{STOP_ABC}{START_BAC}")), "{log}");
+    assert!(f.clean());
+}
+
+/// A process named like `path`'s file, running `path <args>`; waits until it is found.
+fn run_named(path: &Path, name: &str, args: &[&str]) -> std::process::Child {
+    let c = std::process::Command::new(path).args(args).spawn().unwrap();
+    assert_eq!(wait_found(name, 1).len(), 1);
+    c
+}
+
+fn argv_of(name: &str) -> Vec<String> {
+    let p = wait_found(name, 1);
+    assert_eq!(p.len(), 1, "one {name} running");
+    crate::process::describe(&p[0]).unwrap().0
+}
+
+#[test]
+fn contract_8_4_new_process_that_crashes_rolls_back_and_the_old_one_runs_again_as_it_ran() {
+    let mut f = Fx::new();
+    f.settle = Duration::from_secs(2);
+    let (name, path) = named_sleep(f.d.path());
+    let mut old = run_named(&path, &name, &["1000", "7"]);
+    f.put("svc/x", "old-x", 0o644);
+    // The new version's process lives one second.
+    f.one_module(&format!(
+        r#", "process_name": "{name}", "start_cmd": ["{}", "1"]"#,
+        path.display()
+    ));
+    let e = f
+        .install(Duration::from_secs(1), &mut Vec::new(), None)
+        .unwrap_err();
+    let _ = old.wait();
+    assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+    assert!(
+        e.detail.starts_with("health check of svc failed: process"),
+        "{e}"
+    );
+    assert!(e.detail.contains("no longer running"), "{e}");
+    assert_eq!(f.read("svc/x").as_deref(), Some("old-x"));
+    assert_eq!(
+        argv_of(&name),
+        vec![path.display().to_string(), "1000".into(), "7".into()]
+    );
+    crate::process::stop_by_name(&name, Duration::from_secs(5)).unwrap();
+    assert!(f.clean());
+}
+
+#[test]
+fn contract_8_4_nonexistent_start_cmd_leaves_the_old_process_running() {
+    let f = Fx::new();
+    let (name, path) = named_sleep(f.d.path());
+    let mut old = run_named(&path, &name, &["1000"]);
+    f.put("svc/x", "old-x", 0o644);
+    f.one_module(&format!(
+        r#", "process_name": "{name}", "start_cmd": ["{}/no-such-program"]"#,
+        f.d.path().display()
+    ));
+    let e = f
+        .install(Duration::from_secs(1), &mut Vec::new(), None)
+        .unwrap_err();
+    let _ = old.wait();
+    assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+    assert!(e.detail.contains("no-such-program"), "{e}");
+    assert_eq!(
+        argv_of(&name),
+        vec![path.display().to_string(), "1000".into()]
+    );
+    assert_eq!(f.read("svc/x").as_deref(), Some("old-x"));
+    crate::process::stop_by_name(&name, Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn contract_8_4_health_cmd_decides_the_commit() {
+    // Fails without the marker: rolled back after health_timeout_s.
+    let f = Fx::new();
+    let marker = f.d.path().join("healthy");
+    let runs = f.d.path().join("runs");
+    f.put("svc/x", "old-x", 0o644);
+    let extra = format!(
+        r#", "health_cmd": ["sh", "-c", "echo run >> {}; test -e {}"], "health_timeout_s": 2"#,
+        runs.display(),
+        marker.display()
+    );
+    f.one_module(&extra);
+    let t = Instant::now();
+    let e = f
+        .install(Duration::from_secs(1), &mut Vec::new(), None)
+        .unwrap_err();
+    assert!(t.elapsed() >= Duration::from_secs(2));
+    assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+    assert!(
+        e.detail
+            .starts_with("health check of svc failed: health_cmd did not succeed within 2 s"),
+        "{e}"
+    );
+    assert_eq!(f.read("svc/x").as_deref(), Some("old-x"));
+    let tries = fs::read_to_string(&runs).unwrap().lines().count();
+    assert!((2..=3).contains(&tries), "run every second: {tries} runs");
+    // Succeeds once the marker appears, and only after the command ran.
+    fs::remove_file(&runs).unwrap();
+    fs::write(&marker, "").unwrap();
+    f.install(Duration::from_secs(1), &mut Vec::new(), None)
+        .unwrap();
+    assert_eq!(fs::read_to_string(&runs).unwrap(), "run\n");
+    assert_eq!(f.read("svc/x").as_deref(), Some("new-x"));
+}
+
+#[test]
+fn contract_8_4_each_start_completes_before_the_next() {
+    let f = Fx::new();
+    let (first, first_path) = named_sleep(f.d.path());
+    let seen = f.d.path().join("seen");
+    // `first` appears only after half a second; `second` looks for it when it starts.
+    let m = manifest_json(
+        "1.2.3",
+        &[
+            f.module(
+                "first",
+                "a",
+                "a",
+                &format!(
+                    r#", "process_name": "{first}", "restart_order": 1, "start_cmd": ["sh", "-c", "sleep 0.5; exec {} 100"]"#,
+                    first_path.display()
+                ),
+            ),
+            f.module(
+                "second",
+                "b",
+                "b",
+                &format!(
+                    r#", "restart_order": 2, "start_cmd": ["sh", "-c", "grep -lx {first} /proc/[0-9]*/comm > {0}.part 2>/dev/null; mv {0}.part {0}"]"#,
+                    seen.display()
+                ),
+            ),
+        ]
+        .join(","),
+    );
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("a", b"a", 0o644),
+            E::File("b", b"b", 0o644),
+        ],
+    );
+    f.install(Duration::from_secs(5), &mut Vec::new(), None)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = fs::read_to_string(&seen).unwrap();
+    assert!(
+        !seen.trim().is_empty(),
+        "the second module started before the first one ran"
+    );
+    crate::process::stop_by_name(&first, Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn interrupted_staging_is_cleaned_by_recover() {
+    let f = Fx::new();
+    two_module_package(&f, "");
+    let r = f
+        .install(
+            Duration::from_secs(1),
+            &mut Vec::new(),
+            Some(r#"Deploying { module: "web""#),
+        )
+        .unwrap();
+    assert_eq!(r, InstallOutcome::Interrupted);
+    assert_eq!(f.journal().phase, Phase::Staging);
+    assert_eq!(f.read("app/bin.tmp").as_deref(), Some("new-bin"));
+    assert_eq!(f.read("app/bin").as_deref(), Some("old-bin"));
+    assert_eq!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::RolledBack {
+            version: "1.2.3".into()
+        }
+    );
+    assert_old(&f);
+    assert!(f.clean());
+}
+
+#[test]
+fn interrupted_after_the_swap_is_rolled_back_by_recover_twice() {
+    let f = Fx::new();
+    two_module_package(&f, r#", "start_cmd": ["true"]"#);
+    let r = f
+        .install(Duration::from_secs(1), &mut Vec::new(), Some("Restarting"))
+        .unwrap();
+    assert_eq!(r, InstallOutcome::Interrupted);
+    let j = f.journal();
+    assert_eq!(j.phase, Phase::Swapping);
+    assert_eq!(f.read("web/js/new/app.js").as_deref(), Some("js"));
+    assert_eq!(f.read("app/bin").as_deref(), Some("new-bin"));
+    // A power cut during the first rollback: the files are restored twice.
+    assert!(rollback::restore_files(&j, &mut Roots::default(), &f.backups).is_empty());
+    assert!(rollback::restore_files(&j, &mut Roots::default(), &f.backups).is_empty());
+    assert_old(&f);
+    assert_eq!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::RolledBack {
+            version: "1.2.3".into()
+        }
+    );
+    assert_old(&f);
+    assert!(f.clean());
+    assert_eq!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::Nothing
+    );
+}
+
+#[test]
+fn missing_backup_keeps_the_journal() {
+    let f = Fx::new();
+    two_module_package(&f, r#", "start_cmd": ["true"]"#);
+    f.install(Duration::from_secs(1), &mut Vec::new(), Some("Restarting"))
+        .unwrap();
+    fs::remove_dir_all(f.backups.join(FILES_DIR)).unwrap();
+    let e = recover(&f.backups, Duration::from_secs(1)).unwrap_err();
+    assert!(e.detail.contains("app/bin"), "{e}");
+    assert!(f.backups.join(JOURNAL_NAME).exists());
+}
+
+#[test]
+fn committed_journal_completes_cleanup() {
+    let f = Fx::new();
+    two_module_package(&f, "");
+    let roots = [f.root.clone()];
+    let opts = InstallOptions {
+        allowed_roots: &roots,
+        backups_dir: &f.backups,
+        stop_timeout: Duration::from_secs(1),
+        settle: Duration::ZERO,
+        cancel: &f.cancel,
+    };
+    // Installed, but the caller has not called finish() (power cut before the outcome).
+    assert_eq!(
+        install(&f.zip, "1.2.3", &opts, &mut |_| {}).unwrap(),
+        InstallOutcome::Done
+    );
+    assert_eq!(f.journal().phase, Phase::Committed);
+    assert_eq!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::Completed {
+            version: "1.2.3".into()
+        }
+    );
+    assert_eq!(f.read("app/bin").as_deref(), Some("new-bin"));
+    assert!(f.clean());
+}
+
+#[test]
+fn unusable_journal_is_set_aside_and_reported() {
+    let f = Fx::new();
+    fs::write(
+        f.backups.join(JOURNAL_NAME),
+        "{\"format\": 2, \"version\": \"1.2",
+    )
+    .unwrap();
+    let e = recover(&f.backups, Duration::from_secs(1)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InternalError, "{e}");
+    assert!(!f.backups.join(JOURNAL_NAME).exists());
+    assert!(f.backups.join("journal.json.unusable").exists());
+    assert_eq!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::Nothing
+    );
+}
+
+#[test]
+fn flushes_are_per_directory_not_per_file() {
+    // The whole install's flush discipline is audited with strace in tests/fsync_audit.rs;
+    // here: many files in few directories leave no temporary and land whole.
+    let f = Fx::new();
+    let names: Vec<String> = (0..200).map(|i| format!("m/w/d{}/f{i}", i % 4)).collect();
+    let mut entries = vec![];
+    let m = manifest_json("1.2.3", &f.module("w", "m/w", "w", ""));
+    entries.push(E::File("manifest.json", m.as_bytes(), 0o644));
+    let data: Vec<Vec<u8>> = (0..200)
+        .map(|i| format!("content {i}").into_bytes())
+        .collect();
+    for (n, d) in names.iter().zip(&data) {
+        entries.push(E::File(n, d, 0o644));
+    }
+    build_zip(&f.zip, &entries);
+    f.install(Duration::from_secs(1), &mut Vec::new(), None)
+        .unwrap();
+    for i in 0..200 {
+        assert_eq!(
+            f.read(&format!("w/d{}/f{i}", i % 4)),
+            Some(format!("content {i}"))
+        );
+    }
+    assert!(no_tmp_files(&f.root));
+}
