@@ -22,4 +22,5 @@ pub mod report;
 pub mod shutdown;
 pub mod startup;
 pub mod state;
+pub mod status;
 pub mod updater;
