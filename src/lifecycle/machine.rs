@@ -278,31 +278,32 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// The stages an operation can fail from.
+    const FAILABLE: [Stage; 5] = [
+        Stage::Downloading,
+        Stage::Verifying,
+        Stage::ToInstall,
+        Stage::Installing,
+        Stage::Rebooting,
+    ];
+
     /// The running operation failed with `err` (from a busy stage, or `toInstall`). The
-    /// partial download, if any, is kept for a resume.
+    /// partial download, if any, is kept for a resume; the progress shown stays where it was.
     pub fn failed(&mut self, err: OtaError) -> Result<(), OtaError> {
-        self.require(
-            "failed",
-            &[
-                Stage::Downloading,
-                Stage::Verifying,
-                Stage::ToInstall,
-                Stage::Installing,
-                Stage::Rebooting,
-            ],
-        )?;
+        self.require("failed", &Self::FAILABLE)?;
         self.failed_progress = self.progress();
         self.enter(Stage::Failed);
         self.error = Some(err);
         Ok(())
     }
 
-    /// As [`Lifecycle::failed`], the package file having been deleted: nothing to resume.
+    /// As [`Lifecycle::failed`], the package file having been deleted: nothing to resume, and
+    /// the download or verification progress drops to 0.
     pub fn failed_file_deleted(&mut self, err: OtaError) -> Result<(), OtaError> {
-        self.failed(err)?;
+        self.require("failed_file_deleted", &Self::FAILABLE)?;
         self.bytes_done = 0;
         self.bytes_durable = 0;
-        Ok(())
+        self.failed(err)
     }
 
     /// The verified package outlived the trust window: `toInstall` -> `failed` with `err`;
