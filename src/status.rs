@@ -315,10 +315,14 @@ pub fn render(v: &StatusView) -> String {
     }
     match &v.pending_installation {
         Some(j) => {
+            let next = if v.crash_loop_guard.given_up {
+                "kept for inspection: recovery is given up (see the crash-loop guard)"
+            } else {
+                "it is finished or rolled back at the next start"
+            };
             let _ = writeln!(
                 s,
-                "Pending recovery:  installation of {} interrupted in phase {}; it is finished \
-                 or rolled back at the next start",
+                "Pending recovery:  installation of {} interrupted in phase {}; {next}",
                 j.version.as_deref().unwrap_or("(unknown version)"),
                 j.phase.as_deref().unwrap_or("(unknown)")
             );
