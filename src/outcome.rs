@@ -51,6 +51,9 @@ pub struct Outcome {
     pub package_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package_md5: Option<String>,
+    /// The installation it ends, when it ends one (see `Lifecycle::install_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_id: Option<u64>,
     /// device-api answered the final report with HTTP 200.
     pub delivered: bool,
 }
@@ -72,6 +75,7 @@ impl Outcome {
             at: lifecycle::iso8601(now),
             package_name: l.package().map(|p| p.package_name.clone()),
             package_md5: l.package().map(|p| p.package_md5.clone()),
+            install_id: l.install_id(),
             delivered: false,
         })
     }
@@ -227,7 +231,7 @@ mod tests {
 
     fn failed() -> Lifecycle {
         let mut l = Lifecycle::restored_to_install(spec(), Validator::default(), now());
-        l.begin_install().unwrap();
+        l.begin_install(7).unwrap();
         l.failed(error::deployment_failed("post command exited 1"))
             .unwrap();
         l
@@ -319,7 +323,7 @@ mod tests {
     #[test]
     fn long_texts_are_cut_so_the_history_stays_small() {
         let mut l = Lifecycle::restored_to_install(spec(), Validator::default(), now());
-        l.begin_install().unwrap();
+        l.begin_install(7).unwrap();
         l.failed(error::deployment_failed("é".repeat(10_000)))
             .unwrap();
         let o = Outcome::of(&l, now()).unwrap();

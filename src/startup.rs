@@ -238,11 +238,10 @@ fn from_state(f: &Found, failure: Option<OtaError>) -> Plan {
         }
         Stage::Installing | Stage::Rebooting => {
             // The outcome is written before state.json is deleted: a success recorded for
-            // this very package means the installation completed.
+            // this very installation (not an earlier one of the same package) means it
+            // completed.
             let done = f.outcome.filter(|o| {
-                o.stage == Stage::Success
-                    && o.version == spec.version
-                    && o.package_md5.as_deref() == Some(spec.package_md5.as_str())
+                o.stage == Stage::Success && o.install_id.is_some() && o.install_id == st.install_id
             });
             match done {
                 Some(o) => plan(

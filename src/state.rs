@@ -32,6 +32,10 @@ pub struct PersistedState {
     /// The error of a `failed` stage, `"<CODE>: <detail>"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The id of the installation (from `installing` on), also kept in its outcome: tells it
+    /// from an earlier installation of the same package after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_id: Option<u64>,
 }
 
 /// Why a file on disk was not used.
@@ -64,6 +68,7 @@ impl PersistedState {
             etag: l.validator().etag.clone(),
             last_modified: l.validator().last_modified.clone(),
             error: l.error().map(|e| e.to_string()),
+            install_id: l.install_id(),
         })
     }
 
@@ -147,6 +152,7 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
         etag: text("etag"),
         last_modified: text("last_modified"),
         error: text("error"),
+        install_id: o.get("install_id").and_then(Value::as_u64),
     };
     if !missing.is_empty() {
         return LoadOutcome::Unusable(format!(
@@ -275,7 +281,12 @@ mod tests {
         );
         l.begin_verify().unwrap();
         l.verified(time::OffsetDateTime::now_utc()).unwrap();
-        l.begin_install().unwrap();
+        l.begin_install(7).unwrap();
+        save(&p, &l).unwrap();
+        match load(&p) {
+            LoadOutcome::Loaded(st) => assert_eq!(st.install_id, Some(7), "the installation's id"),
+            other => panic!("{other:?}"),
+        }
         l.succeeded().unwrap();
         save(&p, &l).unwrap();
         assert!(!p.exists());

@@ -259,7 +259,8 @@ impl Updater {
         let now = OffsetDateTime::now_utc();
         match l.decide_update(version, now, self.inner.cfg.trust_window_hours)? {
             UpdateDecision::Install => {
-                l.begin_install()?;
+                let id = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+                l.begin_install(id)?;
                 drop(l);
                 tracing::info!("installation of {version} accepted");
                 self.spawn_job("install", |u| {

@@ -36,6 +36,9 @@ pub struct Lifecycle {
     failed_progress: u8,
     /// The version an outcome restored at start-up is about (its package is no longer known).
     outcome_version: Option<String>,
+    /// Tells this installation from any other, also of the same package (set when it begins,
+    /// kept in the state file and the outcome).
+    install_id: Option<u64>,
     /// Set when start-up recovery is given up (crash-loop guard): `/download` and `/update`
     /// answer this error until an operator clears the guard and restarts the daemon.
     blocked: Option<OtaError>,
@@ -62,6 +65,7 @@ impl Lifecycle {
             note: String::new(),
             failed_progress: 0,
             outcome_version: None,
+            install_id: None,
             blocked: None,
         }
     }
@@ -99,6 +103,11 @@ impl Lifecycle {
             .as_ref()
             .map(|p| p.version.as_str())
             .or(self.outcome_version.as_deref())
+    }
+
+    /// The id of the current (or last) installation, set by [`Lifecycle::begin_install`].
+    pub fn install_id(&self) -> Option<u64> {
+        self.install_id
     }
 
     pub fn is_blocked(&self) -> bool {
@@ -162,6 +171,7 @@ impl Lifecycle {
         self.verified_at = None;
         self.note.clear();
         self.outcome_version = None;
+        self.install_id = None;
         Ok(())
     }
 
@@ -205,13 +215,14 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// `/update` was accepted: `toInstall` -> `installing`.
-    pub fn begin_install(&mut self) -> Result<(), OtaError> {
+    /// `/update` was accepted: `toInstall` -> `installing`, as installation `id`.
+    pub fn begin_install(&mut self, id: u64) -> Result<(), OtaError> {
         self.require("begin_install", &[Stage::ToInstall])?;
         if let Some(e) = &self.blocked {
             return Err(e.clone());
         }
         self.enter(Stage::Installing);
+        self.install_id = Some(id);
         self.install = InstallProgress::default();
         self.note = "Checking package integrity".into();
         Ok(())

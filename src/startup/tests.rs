@@ -23,6 +23,14 @@ fn state(stage: &str, bytes: u64, verified: bool, err: Option<&str>) -> Persiste
         etag: Some("\"e\"".into()),
         last_modified: None,
         error: err.map(str::to_string),
+        install_id: None,
+    }
+}
+
+fn installing_as(stage: &str, install_id: u64) -> PersistedState {
+    PersistedState {
+        install_id: Some(install_id),
+        ..state(stage, 1000, true, None)
     }
 }
 
@@ -32,9 +40,10 @@ fn outcome_of(l: &Lifecycle, delivered: bool) -> Outcome {
     o
 }
 
-fn success(version: &str, md5: Option<&str>) -> Outcome {
+fn success(version: &str, install_id: Option<u64>) -> Outcome {
     let mut o = outcome_of(&Lifecycle::restored_success(version), true);
-    o.package_md5 = md5.map(str::to_string);
+    o.package_md5 = Some(MD5.into());
+    o.install_id = install_id;
     o
 }
 
@@ -202,7 +211,7 @@ fn startup_decision_from_the_state_file() {
 
 #[test]
 fn contract_8_5_startup_shows_the_outcome_until_the_next_download() {
-    let ok = success("1.2.3", Some(MD5));
+    let ok = success("1.2.3", Some(1));
     check(
         "success: state.json deleted, outcome kept",
         found(nothing(), None, Some(&ok), None),
@@ -320,7 +329,7 @@ fn contract_6_startup_after_an_interrupted_installation() {
             ..want(Stage::Success)
         },
     );
-    let ok = success("1.2.3", None);
+    let ok = success("1.2.3", Some(1));
     check(
         "journal committed, its success already recorded: kept",
         found(completed, Some(&installing), Some(&ok), Some(1000)),
@@ -339,12 +348,12 @@ fn contract_6_startup_after_an_interrupted_installation() {
             ..want(Stage::Failed)
         },
     );
-    let done = success("1.2.3", Some(MD5));
+    let done = success("1.2.3", Some(42));
     check(
-        "rebooting, no journal, the success of this package recorded: success",
+        "rebooting, no journal, the success of this installation recorded: success",
         found(
             nothing(),
-            Some(&state("rebooting", 1000, true, None)),
+            Some(&installing_as("rebooting", 42)),
             Some(&done),
             Some(1000),
         ),
@@ -354,10 +363,28 @@ fn contract_6_startup_after_an_interrupted_installation() {
             ..want(Stage::Success)
         },
     );
-    let other = success("1.2.3", Some("ffffffffffffffffffffffffffffffff"));
     check(
-        "installing, no journal, a success of another package: failed",
-        found(nothing(), Some(&installing), Some(&other), Some(1000)),
+        "installing, no journal, the success of an earlier installation of the same package",
+        found(
+            nothing(),
+            Some(&installing_as("installing", 43)),
+            Some(&done),
+            Some(1000),
+        ),
+        Want {
+            error: Some("DEPLOYMENT_FAILED: installation was interrupted"),
+            outcome: OutcomeStep::Record,
+            ..want(Stage::Failed)
+        },
+    );
+    check(
+        "installing of the Python updater (no id), a success without id: failed",
+        found(
+            nothing(),
+            Some(&installing),
+            Some(&success("1.2.3", None)),
+            Some(1000),
+        ),
         Want {
             error: Some("DEPLOYMENT_FAILED: "),
             outcome: OutcomeStep::Record,
@@ -409,7 +436,7 @@ fn crash_loop_guard_startup_decisions() {
             ..want(Stage::Failed)
         },
     );
-    let ok = success("1.2.3", None);
+    let ok = success("1.2.3", Some(1));
     check(
         "given up before: not tried, nothing touched, updates refused",
         found(

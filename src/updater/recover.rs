@@ -132,10 +132,6 @@ impl Updater {
             return;
         };
         let life = Lifecycle::restored_success(version);
-        let current = outcome::peek(&self.outcome_path()).ok().flatten();
-        if current.is_some_and(|o| o.describes(&life) && !o.delivered) {
-            return;
-        }
         let Some(mut o) = Outcome::of(&life, OffsetDateTime::now_utc()) else {
             return;
         };
@@ -143,7 +139,15 @@ impl Updater {
             if st.version == version {
                 o.package_name = Some(st.package_name.clone());
                 o.package_md5 = Some(st.spec().package_md5);
+                o.install_id = st.install_id;
             }
+        }
+        // Already on record (and not yet delivered): keep it as it is.
+        let current = outcome::peek(&self.outcome_path()).ok().flatten();
+        if current
+            .is_some_and(|c| c.describes(&life) && !c.delivered && c.install_id == o.install_id)
+        {
+            return;
         }
         let _order = lock(&self.inner.persist);
         if let Err(e) = self.write_outcome(&o, true) {
@@ -262,6 +266,10 @@ impl Updater {
 
 /// Move an unusable file of the updater's aside, with a warning; never blocks start-up.
 fn set_aside(path: &Path, why: &str) {
+    if std::fs::symlink_metadata(path).is_err() {
+        tracing::warn!("ignoring {}: {why}; starting fresh", path.display());
+        return;
+    }
     match crate::outcome::set_aside(path) {
         Ok(aside) => tracing::warn!(
             "ignoring {}: {why}; set aside as {}, starting fresh",

@@ -32,7 +32,7 @@ fn at(stage: Stage) -> Lifecycle {
         }
         Stage::Installing | Stage::Rebooting | Stage::Success => {
             l = Lifecycle::restored_to_install(pkg(), Validator::default(), now);
-            l.begin_install().unwrap();
+            l.begin_install(7).unwrap();
             if stage != Stage::Installing {
                 l.restarting("m").unwrap();
             }
@@ -88,7 +88,7 @@ fn named_transitions_accept_only_their_source_stages() {
         ),
         (
             "begin_install",
-            |l| l.begin_install(),
+            |l| l.begin_install(7),
             &[ToInstall],
             Installing,
         ),
@@ -173,7 +173,7 @@ fn a_whole_update_through_the_transitions() {
         l.status().message,
         "Package 1.2.3 verified, ready to install"
     );
-    l.begin_install().unwrap();
+    l.begin_install(7).unwrap();
     assert_eq!(l.status().message, "Checking package integrity");
     l.stopping("printer").unwrap();
     l.deploying("device-api", 2, 3).unwrap();
