@@ -24,6 +24,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon (the default).
     Serve,
+    /// Show what the updater is doing or last did (read from the work dir; the daemon may be
+    /// running or stopped). Writes nothing.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a whole update on this machine in a sandbox: package server, fake device-api,
     /// the real daemon, live progress.
     #[cfg(feature = "demo")]
@@ -35,6 +42,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None | Some(Command::Serve) => crate::daemon::serve(cli.config.as_deref()),
+        Some(Command::Status { json }) => crate::status::run(cli.config.as_deref(), json),
         #[cfg(feature = "demo")]
         Some(Command::Demo) => crate::demo::run(),
     }

@@ -4,6 +4,11 @@
 //! them in order. While device-api is down the queue collapses to the newest report, which is
 //! retried until device-api answers: the final outcome always arrives once it is back, and an
 //! older report never arrives after a newer one (one sender, FIFO).
+//!
+//! A report is delivered only when device-api answers it with HTTP 200 (anything else, or no
+//! answer, is retried). A report carrying an outcome id (`success`/`failed`) calls the hook
+//! set with [`Reporter::on_outcome_delivered`] once delivered, on a blocking thread, so the
+//! updater can record durably that device-api has it (CONTRACT.md section 8.5).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -21,6 +26,10 @@ pub struct Report {
     pub progress: u8,
     pub message: String,
     pub error: Option<String>,
+    /// The id of the outcome (`crate::outcome::Outcome::id`) this final report carries; not
+    /// sent.
+    #[serde(skip)]
+    pub outcome: Option<u64>,
 }
 
 impl From<&Status> for Report {
@@ -30,14 +39,19 @@ impl From<&Status> for Report {
             progress: s.progress,
             message: s.message.clone(),
             error: s.error.clone(),
+            outcome: None,
         }
     }
 }
+
+/// Called with an outcome id once device-api answered its report with HTTP 200.
+pub type DeliveredHook = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Reports waiting to be sent. Bounded: past `MAX_QUEUE` the oldest are dropped.
 pub struct Reporter {
     queue: Mutex<VecDeque<Report>>,
     notify: Notify,
+    delivered: Mutex<Option<DeliveredHook>>,
 }
 
 const MAX_QUEUE: usize = 64;
@@ -57,7 +71,21 @@ impl Reporter {
         Reporter {
             queue: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
+            delivered: Mutex::new(None),
         }
+    }
+
+    /// Set the hook called (on a blocking thread) when a report with an outcome id has been
+    /// answered with HTTP 200.
+    pub fn on_outcome_delivered(&self, hook: DeliveredHook) {
+        *self.delivered.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    fn delivered_hook(&self) -> Option<DeliveredHook> {
+        self.delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Queue a report; returns at once.
@@ -117,6 +145,10 @@ impl Reporter {
                     tracing::debug!(stage = %report.stage, progress = report.progress, "callback delivered");
                     self.pop_sent(&report);
                     backoff = RETRY_MIN;
+                    if let (Some(id), Some(hook)) = (report.outcome, self.delivered_hook()) {
+                        // Recording it writes a file: never on the API's runtime thread.
+                        tokio::task::spawn_blocking(move || hook(id));
+                    }
                 }
                 Err(e) => {
                     if !failing {
@@ -145,7 +177,9 @@ async fn post(client: &reqwest::Client, url: &str, r: &Report) -> Result<(), Str
         .send()
         .await
         .map_err(|e| e.to_string())?;
-    if resp.status().is_success() {
+    // device-api answers 200; anything else (a 204, a 500 of a device-api that is starting)
+    // is not a delivery and is retried.
+    if resp.status() == reqwest::StatusCode::OK {
         Ok(())
     } else {
         Err(format!("HTTP {}", resp.status()))
@@ -162,6 +196,7 @@ mod tests {
             progress: p,
             message: String::new(),
             error: None,
+            outcome: None,
         }
     }
 

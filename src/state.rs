@@ -32,6 +32,10 @@ pub struct PersistedState {
     /// The error of a `failed` stage, `"<CODE>: <detail>"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The id of the installation (from `installing` on), also kept in its outcome: tells it
+    /// from an earlier installation of the same package after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_id: Option<u64>,
 }
 
 /// Why a file on disk was not used.
@@ -47,7 +51,7 @@ impl PersistedState {
     /// What to persist for the lifecycle now; `None` when there is nothing to keep
     /// (idle, or success: the contract deletes the file after a successful update).
     pub fn from_lifecycle(l: &Lifecycle) -> Option<PersistedState> {
-        let p = l.package.as_ref()?;
+        let p = l.package()?;
         if matches!(l.stage(), Stage::Idle | Stage::Success) {
             return None;
         }
@@ -60,10 +64,11 @@ impl PersistedState {
             bytes_downloaded: l.persisted_bytes(),
             last_update: lifecycle::iso8601(time::OffsetDateTime::now_utc()),
             stage: l.stage().as_str().to_string(),
-            verified_at: l.verified_at.map(lifecycle::iso8601),
-            etag: l.validator.etag.clone(),
-            last_modified: l.validator.last_modified.clone(),
-            error: l.error.as_ref().map(|e| e.to_string()),
+            verified_at: l.verified_at().map(lifecycle::iso8601),
+            etag: l.validator().etag.clone(),
+            last_modified: l.validator().last_modified.clone(),
+            error: l.error().map(|e| e.to_string()),
+            install_id: l.install_id(),
         })
     }
 
@@ -147,6 +152,7 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
         etag: text("etag"),
         last_modified: text("last_modified"),
         error: text("error"),
+        install_id: o.get("install_id").and_then(Value::as_u64),
     };
     if !missing.is_empty() {
         return LoadOutcome::Unusable(format!(
@@ -170,10 +176,17 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
 }
 
 /// File names the updater itself uses in `./tmp/` besides packages: the state file, the last
-/// installation's outcome and the start-up recovery counter. With every `*.tmp` (atomic writes)
-/// and `*.unusable` (files set aside by [`crate::fsutil::set_aside`]) they are refused as a
-/// `package_name` (CONTRACT.md section 8.3) and never removed as strays at start.
-pub const OWN_TMP_FILES: [&str; 3] = ["state.json", "outcome.json", "recovery.json"];
+/// outcome, the start-up recovery counter (crash-loop guard) and the install history. With
+/// every `*.tmp` (atomic writes) and `*.unusable` (files set aside by
+/// [`crate::fsutil::set_aside`]) they are refused as a `package_name` (CONTRACT.md section
+/// 8.3). At start every other entry of `./tmp/` but the package a state refers to (and the
+/// `*.unusable` files) is removed (section 8.5).
+pub const OWN_TMP_FILES: [&str; 4] = [
+    "state.json",
+    "outcome.json",
+    "recovery.json",
+    "history.jsonl",
+];
 
 /// Whether `name` is, or could become, one of the updater's own files in `./tmp/`.
 pub fn is_own_tmp_name(name: &str) -> bool {
@@ -243,7 +256,7 @@ mod tests {
         let LoadOutcome::Loaded(st) = parse(sample().as_bytes()) else {
             panic!()
         };
-        let mut l = Lifecycle::restored(Stage::Downloading, Some(st.spec()), 400);
+        let mut l = Lifecycle::restored_download(st.spec(), 400, Default::default());
         save(&p, &l).unwrap();
         let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         for k in [
@@ -266,10 +279,15 @@ mod tests {
                 ..PersistedState::from_lifecycle(&l).unwrap()
             }))
         );
-        l.transition(Stage::Verifying).unwrap();
-        l.transition(Stage::ToInstall).unwrap();
-        l.transition(Stage::Installing).unwrap();
-        l.transition(Stage::Success).unwrap();
+        l.begin_verify().unwrap();
+        l.verified(time::OffsetDateTime::now_utc()).unwrap();
+        l.begin_install(7).unwrap();
+        save(&p, &l).unwrap();
+        match load(&p) {
+            LoadOutcome::Loaded(st) => assert_eq!(st.install_id, Some(7), "the installation's id"),
+            other => panic!("{other:?}"),
+        }
+        l.succeeded().unwrap();
         save(&p, &l).unwrap();
         assert!(!p.exists());
         assert_eq!(load(&p), LoadOutcome::Missing);

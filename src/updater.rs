@@ -1,9 +1,13 @@
-//! The orchestrator: owns the lifecycle, turns API commands into jobs, persists the state file,
-//! queues callbacks. One job (download, verification or installation) runs at a time, on a
-//! thread of its own, so the API's runtime only ever takes a short lock to answer.
+//! The orchestrator: owns the lifecycle, turns API commands into jobs, persists the state file
+//! and the outcome, queues callbacks. One job (download, verification or installation) runs at
+//! a time, on a thread of its own, so the API's runtime only ever takes a short lock to answer.
 //!
-//! Persistence: the lifecycle is snapshotted under its lock, then written outside it while a
-//! second lock (`persist`) orders writers, so `/progress` never waits for an fsync.
+//! The lifecycle changes only through its named transitions (`crate::lifecycle::Lifecycle`).
+//! How changes reach the disk is in `record` (a stage change is written before it becomes
+//! visible; an outcome is written before it is shown or reported); start-up is in `recover`.
+
+mod record;
+mod recover;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,17 +17,18 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::deploy::{self, InstallEvent, InstallOptions, InstallOutcome, Recovery};
+use crate::deploy::{self, InstallEvent, InstallOptions, InstallOutcome};
 use crate::download::{self, DownloadOutcome, DownloadParams, DownloadSink};
 use crate::error::{self, ErrorCode, OtaError};
 use crate::fsutil;
 use crate::lifecycle::{
-    self, report_step, DownloadDecision, Lifecycle, PackageSpec, Stage, Status, UpdateDecision,
-    Validator,
+    report_step, DownloadDecision, Lifecycle, PackageSpec, Stage, Status, UpdateDecision, Validator,
 };
+use crate::outcome::Outcome;
 use crate::report::{Report, Reporter};
 use crate::shutdown::Shutdown;
-use crate::state::{self, LoadOutcome};
+
+use record::Pending;
 
 /// Room kept free on the download filesystem beyond the package itself.
 const DISK_MARGIN: u64 = 1 << 20;
@@ -36,17 +41,35 @@ pub struct Updater {
 struct Inner {
     cfg: Config,
     life: Mutex<Lifecycle>,
+    /// The outcome last recorded (what `/progress` shows while it is `success`/`failed`).
+    outcome: Mutex<Option<Outcome>>,
+    /// Orders the writers of the state file and the outcome.
     persist: Mutex<()>,
+    /// Writes that failed and are retried (see `record`).
+    pending: Mutex<Pending>,
     reporter: Arc<Reporter>,
     tls: Arc<rustls::ClientConfig>,
     shutdown: Shutdown,
     job: Mutex<Option<JoinHandle<()>>>,
+    /// The running download's own stop flag: set on SIGTERM, or when its state cannot be
+    /// written (then `job_error` says why).
+    job_stop: Mutex<Option<Shutdown>>,
+    job_error: Mutex<Option<OtaError>>,
     /// The last 5 % download step reported.
     last_step: Mutex<Option<u8>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a failure does to the package file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Discard {
+    /// The partial (or complete) file stays, for a resume.
+    Nothing,
+    /// The file was deleted.
+    File,
 }
 
 impl Updater {
@@ -56,18 +79,29 @@ impl Updater {
         reporter: Arc<Reporter>,
         shutdown: Shutdown,
     ) -> Updater {
-        Updater {
+        let u = Updater {
             inner: Arc::new(Inner {
                 cfg,
                 life: Mutex::new(Lifecycle::new()),
+                outcome: Mutex::new(None),
                 persist: Mutex::new(()),
-                reporter,
+                pending: Mutex::new(Pending::default()),
+                reporter: reporter.clone(),
                 tls,
                 shutdown,
                 job: Mutex::new(None),
+                job_stop: Mutex::new(None),
+                job_error: Mutex::new(None),
                 last_step: Mutex::new(None),
             }),
-        }
+        };
+        let weak = Arc::downgrade(&u.inner);
+        reporter.on_outcome_delivered(Arc::new(move |id| {
+            if let Some(inner) = weak.upgrade() {
+                Updater { inner }.outcome_delivered(id);
+            }
+        }));
+        u
     }
 
     pub fn config(&self) -> &Config {
@@ -89,35 +123,17 @@ impl Updater {
         self.inner.reporter.push(Report::from(&s));
     }
 
-    /// Write the state file to match the lifecycle (or delete it). Errors are logged: the
-    /// in-memory state stays right, and the next write retries.
-    fn persist(&self) {
-        let _order = lock(&self.inner.persist);
-        let snapshot = lock(&self.inner.life).clone();
-        if let Err(e) = state::save(&self.inner.cfg.state_path(), &snapshot) {
-            tracing::error!(
-                "cannot write {}: {e}",
-                self.inner.cfg.state_path().display()
-            );
-        }
-    }
-
-    /// Change the lifecycle under its lock, then persist and report.
-    fn change(&self, f: impl FnOnce(&mut Lifecycle)) {
-        f(&mut lock(&self.inner.life));
-        self.persist();
-        self.report_now();
-    }
-
-    /// Record a failure: stage `failed` with `err`, persisted, reported, logged.
-    fn fail(&self, err: OtaError, f: impl FnOnce(&mut Lifecycle)) {
+    /// Record a failure: stage `failed` with `err`, written (state file, outcome), then shown
+    /// and reported. A write that fails is retried later; the failure is shown all the same.
+    fn fail(&self, err: OtaError, discard: Discard) {
         tracing::error!("{err}");
-        self.change(|l| {
-            f(l);
-            if let Err(e) = l.fail(err.clone()) {
-                tracing::error!("{e}");
-            }
+        let res = self.conclude(|l| match discard {
+            Discard::Nothing => l.failed(err),
+            Discard::File => l.failed_file_deleted(err),
         });
+        if let Err(e) = res {
+            tracing::error!("{e}");
+        }
     }
 
     fn spawn_job(&self, name: &str, f: impl FnOnce(Updater) + Send + 'static) {
@@ -139,7 +155,7 @@ impl Updater {
             }
             Err(e) => self.fail(
                 error::internal(format!("cannot start {name} job: {e}")),
-                |_| {},
+                Discard::Nothing,
             ),
         }
     }
@@ -161,7 +177,7 @@ impl Updater {
             error::internal(format!("{job} job crashed: {why}"))
         };
         if stage.is_busy() {
-            self.fail(err, |_| {});
+            self.fail(err, Discard::Nothing);
         }
     }
 
@@ -185,8 +201,7 @@ impl Updater {
         };
         // A different package's file is discarded (its bytes count as free space).
         let discard = l
-            .package
-            .as_ref()
+            .package()
             .filter(|old| !old.same_package(&spec) || old.package_name != spec.package_name)
             .map(|old| self.package_path(&old.package_name));
         let freed = discard
@@ -194,22 +209,17 @@ impl Updater {
             .and_then(|p| std::fs::metadata(p).ok())
             .map_or(0, |m| m.len());
         let validator = if resume_from > 0 {
-            l.validator.clone()
+            l.validator().clone()
         } else {
             Validator::default()
         };
-        l.transition(Stage::Downloading)?;
-        l.package = Some(spec.clone());
-        l.bytes_done = resume_from;
-        l.bytes_durable = resume_from;
-        l.validator = validator.clone();
-        l.verified_at = None;
-        *lock(&self.inner.last_step) = None;
-
         let need = spec.package_size - resume_from + DISK_MARGIN;
         let tmp = self.inner.cfg.tmp_dir();
         let avail = fsutil::available_bytes(&tmp)
             .map_err(|e| error::internal(format!("cannot stat {}: {e}", tmp.display())))?;
+        l.begin_download(spec.clone(), resume_from, validator.clone())?;
+        *lock(&self.inner.last_step) = None;
+        drop(l);
         if avail.saturating_add(freed) < need {
             let err = error::disk_full(format!(
                 "{} bytes needed for {} but only {} free in {}",
@@ -218,16 +228,10 @@ impl Updater {
                 avail.saturating_add(freed),
                 tmp.display()
             ));
-            l.bytes_done = 0;
-            l.fail(err.clone())?;
-            drop(l);
-            tracing::error!("{err}");
             let _ = std::fs::remove_file(self.package_path(&spec.package_name));
-            self.persist();
-            self.report_now();
+            self.fail(err.clone(), Discard::File);
             return Err(err);
         }
-        drop(l);
         tracing::info!(
             "download of {} {} accepted ({} bytes, resuming at {resume_from})",
             spec.package_name,
@@ -240,7 +244,10 @@ impl Updater {
                     tracing::warn!("cannot remove old package {}: {e}", p.display());
                 }
             }
-            u.persist();
+            if let Err(e) = u.persist() {
+                u.fail(e, Discard::Nothing);
+                return;
+            }
             u.run_download(spec, resume_from, validator);
         });
         Ok("downloading")
@@ -252,30 +259,32 @@ impl Updater {
         let now = OffsetDateTime::now_utc();
         match l.decide_update(version, now, self.inner.cfg.trust_window_hours)? {
             UpdateDecision::Install => {
-                l.transition(Stage::Installing)?;
-                l.note = "Checking package integrity".into();
+                let id = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+                l.begin_install(id)?;
                 drop(l);
                 tracing::info!("installation of {version} accepted");
                 self.spawn_job("install", |u| {
-                    u.persist();
+                    // Nothing is touched unless `installing` is on disk: a restart must know.
+                    if let Err(e) = u.persist() {
+                        u.fail(e, Discard::Nothing);
+                        return;
+                    }
                     u.report_now();
                     u.run_install();
                 });
                 Ok("installing")
             }
             UpdateDecision::Expired(err) => {
-                let name = l.package.as_ref().map(|p| p.package_name.clone());
-                // The contract deletes package and state file: nothing of it is kept.
-                l.package = None;
-                l.bytes_done = 0;
-                l.fail(err.clone())?;
+                let name = l.package().map(|p| p.package_name.clone());
                 drop(l);
+                // The contract deletes package and state file: nothing of it is kept.
                 if let Some(n) = name {
                     let _ = fsutil::remove_durable(&self.package_path(&n));
                 }
                 tracing::error!("{err}");
-                self.persist();
-                self.report_now();
+                if let Err(e) = self.conclude(|l| l.expired(err.clone())) {
+                    tracing::error!("{e}");
+                }
                 Err(err)
             }
         }
@@ -286,6 +295,7 @@ impl Updater {
     fn run_download(&self, spec: PackageSpec, resume_from: u64, validator: Validator) {
         let path = self.package_path(&spec.package_name);
         self.report_now();
+        let stop = self.job_stop();
         let params = DownloadParams {
             spec: &spec,
             path: &path,
@@ -294,9 +304,17 @@ impl Updater {
             max_bytes_per_s: self.inner.cfg.max_download_bytes_per_s,
             tls: self.inner.tls.clone(),
             allow_http: self.inner.cfg.allow_http,
-            shutdown: &self.inner.shutdown,
+            shutdown: &stop,
         };
-        match download::download(params, self) {
+        let result = download::download(params, self);
+        stop.trigger();
+        *lock(&self.inner.job_stop) = None;
+        // A checkpoint that could not be written ends the download (see `checkpoint`).
+        if let Some(err) = lock(&self.inner.job_error).take() {
+            self.fail(err, Discard::Nothing);
+            return;
+        }
+        match result {
             Ok(DownloadOutcome::Complete { md5 }) => self.finish_verification(&spec, &md5),
             Ok(DownloadOutcome::Interrupted { bytes }) => {
                 tracing::info!(
@@ -308,23 +326,56 @@ impl Updater {
                 if !keep_partial {
                     let _ = fsutil::remove_durable(&path);
                 }
-                self.fail(err, |l| {
-                    if !keep_partial {
-                        l.bytes_done = 0;
-                    }
-                });
+                let discard = if keep_partial {
+                    Discard::Nothing
+                } else {
+                    Discard::File
+                };
+                self.fail(err, discard);
+            }
+        }
+    }
+
+    /// A stop flag for one download: set on SIGTERM (the daemon's flag) and by the updater
+    /// itself when the download's state cannot be written. A small thread ties the two until
+    /// the download ends.
+    fn job_stop(&self) -> Shutdown {
+        *lock(&self.inner.job_error) = None;
+        let stop = Shutdown::new();
+        let (global, mine) = (self.inner.shutdown.clone(), stop.clone());
+        let linked = std::thread::Builder::new()
+            .name("download-stop".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().build();
+                match rt {
+                    Ok(rt) => rt.block_on(async {
+                        tokio::select! {
+                            _ = global.wait() => mine.trigger(),
+                            _ = mine.wait() => {}
+                        }
+                    }),
+                    // Without the link only SIGTERM can stop the download.
+                    Err(e) => tracing::warn!("cannot watch the download's stop flag: {e}"),
+                }
+            });
+        match linked {
+            Ok(_) => {
+                *lock(&self.inner.job_stop) = Some(stop.clone());
+                stop
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch the download's stop flag: {e}");
+                self.inner.shutdown.clone()
             }
         }
     }
 
     /// The file is complete and `md5` is its digest: `verifying` -> `toInstall` or `failed`.
     fn finish_verification(&self, spec: &PackageSpec, md5: &str) {
-        self.change(|l| {
-            if let Err(e) = l.transition(Stage::Verifying) {
-                tracing::error!("{e}");
-            }
-            l.bytes_done = spec.package_size;
-        });
+        if let Err(e) = self.advance(|l| l.begin_verify()) {
+            self.fail(e, Discard::Nothing);
+            return;
+        }
         self.conclude_verification(spec, md5);
     }
 
@@ -332,12 +383,9 @@ impl Updater {
     fn conclude_verification(&self, spec: &PackageSpec, md5: &str) {
         if md5 == spec.package_md5 {
             tracing::info!("{} verified (md5 {md5})", spec.package_name);
-            self.change(|l| {
-                if let Err(e) = l.transition(Stage::ToInstall) {
-                    tracing::error!("{e}");
-                }
-                l.verified_at = Some(OffsetDateTime::now_utc());
-            });
+            if let Err(e) = self.advance(|l| l.verified(OffsetDateTime::now_utc())) {
+                self.fail(e, Discard::Nothing);
+            }
         } else {
             self.reject_mismatch(spec, md5, "");
         }
@@ -351,7 +399,7 @@ impl Updater {
                 "{}{how}: expected {}, got {md5}; the file was deleted",
                 spec.package_name, spec.package_md5
             )),
-            |l| l.bytes_done = 0,
+            Discard::File,
         );
     }
 
@@ -359,21 +407,21 @@ impl Updater {
     fn run_verify(&self, spec: PackageSpec) {
         let path = self.package_path(&spec.package_name);
         let res = download::md5_file(&path, Some(&self.inner.shutdown), &mut |n| {
-            lock(&self.inner.life).bytes_done = n;
+            lock(&self.inner.life).verify_progress(n);
         });
         match res {
             Ok(Some(md5)) => self.conclude_verification(&spec, &md5),
             Ok(None) => {}
             Err(e) => self.fail(
                 error::internal(format!("cannot read {}: {e}", path.display())),
-                |l| l.bytes_done = 0,
+                Discard::File,
             ),
         }
     }
 
     fn run_install(&self) {
-        let Some(spec) = lock(&self.inner.life).package.clone() else {
-            self.fail(error::internal("no package to install"), |_| {});
+        let Some(spec) = lock(&self.inner.life).package().cloned() else {
+            self.fail(error::internal("no package to install"), Discard::Nothing);
             return;
         };
         let path = self.package_path(&spec.package_name);
@@ -391,7 +439,7 @@ impl Updater {
                         "cannot read {} to check it again: {e}",
                         path.display()
                     )),
-                    |l| l.bytes_done = 0,
+                    Discard::File,
                 );
                 return;
             }
@@ -411,19 +459,23 @@ impl Updater {
         match deploy::install(&path, &spec.version, &opts, &mut on_event) {
             Ok(InstallOutcome::Done) => {
                 tracing::info!("update to {} completed", spec.version);
-                self.change(|l| {
-                    if l.stage() == Stage::Installing {
-                        l.install.done = l.install.total;
+                match self.conclude(|l| l.succeeded()) {
+                    Ok(()) => {
+                        // The outcome is durable: now the journal may go.
+                        deploy::finish(&backups);
+                        if let Err(e) = fsutil::remove_durable(&path) {
+                            tracing::warn!("cannot remove {}: {e}", path.display());
+                        }
                     }
-                    if let Err(e) = l.transition(Stage::Success) {
-                        tracing::error!("{e}");
-                    }
-                    l.note = format!("Update to {} completed", spec.version);
-                });
-                // The outcome is durable (state.json removed): now the journal may go.
-                deploy::finish(&backups);
-                if let Err(e) = fsutil::remove_durable(&path) {
-                    tracing::warn!("cannot remove {}: {e}", path.display());
+                    Err(e) => self.fail(
+                        error::internal(format!(
+                            "version {} is installed but its outcome cannot be recorded ({}); \
+                             the committed journal is kept, so the next start reports the \
+                             success",
+                            spec.version, e.detail
+                        )),
+                        Discard::Nothing,
+                    ),
                 }
             }
             Ok(InstallOutcome::Interrupted) => {
@@ -439,65 +491,61 @@ impl Updater {
                 if unusable {
                     let _ = fsutil::remove_durable(&path);
                 }
-                self.fail(err, |l| {
-                    if unusable {
-                        l.bytes_done = 0;
-                    }
-                });
+                let discard = if unusable {
+                    Discard::File
+                } else {
+                    Discard::Nothing
+                };
+                self.fail(err, discard);
             }
         }
     }
 
     fn on_install_event(&self, ev: InstallEvent<'_>) {
-        match ev {
-            InstallEvent::Stopping { module } => {
-                tracing::info!("stopping processes of module {module}");
-                lock(&self.inner.life).note = format!("Stopping processes of module {module}");
-            }
-            InstallEvent::Deploying {
-                module,
-                index,
-                total,
-            } => {
-                tracing::info!("deploying module {module} ({index}/{total})");
-                {
-                    let mut l = lock(&self.inner.life);
-                    l.install.done = index.saturating_sub(1);
-                    l.install.total = total;
-                    l.note = format!("Deploying module {module} ({index}/{total})");
+        let mut stage_changed = false;
+        let res = {
+            let mut l = lock(&self.inner.life);
+            match ev {
+                InstallEvent::Stopping { module } => {
+                    tracing::info!("stopping processes of module {module}");
+                    l.stopping(module)
                 }
-                // Nothing the state file keeps has changed (still `installing`): report only.
-                self.report_now();
-            }
-            InstallEvent::Restarting { module } => {
-                tracing::info!("restarting module {module}");
-                let changed = {
-                    let mut l = lock(&self.inner.life);
-                    l.note = format!("Restarting module {module}");
-                    if l.stage() == Stage::Installing {
-                        l.install.done = l.install.total;
-                        let _ = l.transition(Stage::Rebooting);
-                        true
-                    } else {
-                        false
-                    }
-                };
-                if changed {
-                    self.persist();
+                InstallEvent::Deploying {
+                    module,
+                    index,
+                    total,
+                } => {
+                    tracing::info!("deploying module {module} ({index}/{total})");
+                    l.deploying(module, index, total)
                 }
-                self.report_now();
+                InstallEvent::Restarting { module } => {
+                    tracing::info!("restarting module {module}");
+                    l.restarting(module).map(|changed| stage_changed = changed)
+                }
+                InstallEvent::Checking { modules } => {
+                    tracing::info!("checking the health of {modules}");
+                    l.checking(modules).map(|changed| stage_changed = changed)
+                }
+                InstallEvent::RollingBack { reason } => {
+                    tracing::warn!("rolling back: {reason}");
+                    l.rolling_back(reason)
+                }
             }
-            InstallEvent::Checking { modules } => {
-                tracing::info!("checking the health of {modules}");
-                lock(&self.inner.life).note = format!("Checking module {modules}");
-                self.report_now();
-            }
-            InstallEvent::RollingBack { reason } => {
-                tracing::warn!("rolling back: {reason}");
-                lock(&self.inner.life).note = format!("Rolling back: {reason}");
-                self.report_now();
+        };
+        if let Err(e) = res {
+            tracing::error!("{e}");
+        }
+        if stage_changed {
+            // `rebooting` on disk changes nothing a restart decides (the journal does), so a
+            // failed write is retried later and does not stop the installation.
+            if let Err(e) = self.persist() {
+                tracing::error!("{e}");
             }
         }
+        if matches!(ev, InstallEvent::Stopping { .. }) {
+            return;
+        }
+        self.report_now();
     }
 
     /// Start ota-gui if it exists and is not running; never let it affect the update.
@@ -519,124 +567,6 @@ impl Updater {
             Err(e) => tracing::warn!("cannot start ota-gui: {e}"),
         }
     }
-
-    // ---------------------------------------------------------------- start-up
-
-    /// Before the API answers: finish or roll back an interrupted installation, read the state
-    /// file, and resume what was running. Blocking.
-    pub fn recover(&self) {
-        let cfg = &self.inner.cfg;
-        let recovery = deploy::recover(&cfg.backups_dir(), Duration::from_secs(cfg.stop_timeout_s));
-        let loaded = match state::load(&cfg.state_path()) {
-            LoadOutcome::Loaded(st) => Some(st),
-            LoadOutcome::Missing => None,
-            LoadOutcome::Unusable(why) => {
-                tracing::warn!(
-                    "ignoring {}: {why}; starting fresh",
-                    cfg.state_path().display()
-                );
-                let _ = fsutil::remove_durable(&cfg.state_path());
-                None
-            }
-        };
-        let spec = loaded.as_ref().map(|s| s.spec());
-        let stage = loaded
-            .as_ref()
-            .and_then(|s| s.stage())
-            .unwrap_or(Stage::Idle);
-        let bytes = loaded.as_ref().map_or(0, |s| s.bytes_downloaded);
-        let mut l = Lifecycle::restored(stage, spec.clone(), bytes);
-        if let Some(st) = &loaded {
-            l.validator = st.validator();
-            l.verified_at = st.verified_at.as_deref().and_then(lifecycle::parse_iso8601);
-        }
-        let file_len = spec
-            .as_ref()
-            .and_then(|s| std::fs::metadata(self.package_path(&s.package_name)).ok())
-            .map(|m| m.len());
-
-        enum Next {
-            Nothing,
-            Download(PackageSpec, u64, Validator),
-            Verify(PackageSpec),
-        }
-        let mut next = Next::Nothing;
-        match recovery {
-            Ok(Recovery::RolledBack { version }) => {
-                l.restored_failed(error::deployment_failed(format!(
-                    "installation of {version} was interrupted (restart or power loss) and has been rolled back"
-                )));
-            }
-            Ok(Recovery::Completed { version }) => {
-                tracing::info!("installation of {version} had completed before the restart");
-                l = Lifecycle::restored(Stage::Success, spec.clone(), bytes);
-                l.note = format!("Update to {version} completed");
-                if let Some(s) = &spec {
-                    let _ = fsutil::remove_durable(&self.package_path(&s.package_name));
-                }
-            }
-            Err(e) => {
-                tracing::error!("recovery of an interrupted installation failed: {e}");
-                l.restored_failed(e);
-            }
-            Ok(Recovery::Nothing) => match (stage, spec) {
-                (Stage::Downloading, Some(s)) => {
-                    next = Next::Download(s, bytes, l.validator.clone());
-                }
-                (Stage::Verifying, Some(s)) => {
-                    if file_len == Some(s.package_size) {
-                        l.bytes_done = 0;
-                        next = Next::Verify(s);
-                    } else {
-                        next = Next::Download(s, bytes, l.validator.clone());
-                        l.restored_stage(Stage::Downloading);
-                    }
-                }
-                (Stage::ToInstall, Some(s)) => {
-                    if file_len != Some(s.package_size) {
-                        tracing::warn!("verified package {} is gone; back to idle", s.package_name);
-                        l = Lifecycle::new();
-                    } else if l.verified_at.is_none() {
-                        l.restored_stage(Stage::Verifying);
-                        l.bytes_done = 0;
-                        next = Next::Verify(s);
-                    }
-                }
-                (Stage::Installing | Stage::Rebooting, Some(_)) => {
-                    l.restored_failed(error::deployment_failed(
-                        "installation was interrupted (restart or power loss) before any file was changed",
-                    ));
-                }
-                (Stage::Failed, Some(_)) => {
-                    let err = loaded
-                        .as_ref()
-                        .and_then(|s| s.error.as_deref())
-                        .map(OtaError::parse)
-                        .unwrap_or_else(|| error::internal("failed before the restart"));
-                    l.restored_failed(err);
-                }
-                (Stage::Success, _) => {}
-                _ => l = Lifecycle::new(),
-            },
-        }
-        tracing::info!("starting in stage {}", l.stage());
-        let idle = l.stage() == Stage::Idle;
-        *lock(&self.inner.life) = l;
-        self.persist();
-        // What a restart found (an outcome, a resumed download) is news for device-api;
-        // an idle start is not a stage change.
-        if !idle {
-            self.report_now();
-        }
-        match next {
-            Next::Nothing => {}
-            Next::Download(s, from, v) => {
-                tracing::info!("resuming the download of {} at byte {from}", s.package_name);
-                self.spawn_job("download", move |u| u.run_download(s, from, v));
-            }
-            Next::Verify(s) => self.spawn_job("verify", move |u| u.run_verify(s)),
-        }
-    }
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -653,7 +583,7 @@ impl DownloadSink for Updater {
     fn progress(&self, bytes: u64) {
         let (from, to, status) = {
             let mut l = lock(&self.inner.life);
-            l.bytes_done = bytes;
+            l.download_progress(bytes);
             let step = report_step(l.progress());
             let mut last = lock(&self.inner.last_step);
             let from = match *last {
@@ -674,13 +604,20 @@ impl DownloadSink for Updater {
     }
 
     /// Called from the checkpoint thread, possibly while newer chunks are already counted in
-    /// `bytes_done`: only the durable count moves, so `/progress` never goes backwards.
+    /// `bytes_done`: only the durable count moves, so `/progress` never goes backwards. A
+    /// state file that cannot be written ends the download with INTERNAL_ERROR (a resume after
+    /// a restart would start from a stale position).
     fn checkpoint(&self, bytes: u64, validator: &Validator) {
-        {
-            let mut l = lock(&self.inner.life);
-            l.bytes_durable = bytes;
-            l.validator = validator.clone();
+        lock(&self.inner.life).checkpointed(bytes, validator.clone());
+        if let Err(e) = self.persist() {
+            let mut slot = lock(&self.inner.job_error);
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+            drop(slot);
+            if let Some(stop) = lock(&self.inner.job_stop).as_ref() {
+                stop.trigger();
+            }
         }
-        self.persist();
     }
 }

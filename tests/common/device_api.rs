@@ -1,5 +1,6 @@
 //! A stand-in for device-api: records every `POST /api/v1.0/ota/report` in arrival order and
-//! can be taken down (its port closed, connections refused) and brought back on the same port.
+//! can be taken down (its port closed, connections refused) and brought back on the same port,
+//! start down, and answer with another HTTP status than 200 (a device-api that is starting).
 
 use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,8 @@ struct Inner {
     reports: Mutex<Vec<Report>>,
     /// How long each answer is held back (a slow or hanging device-api).
     delay_ms: std::sync::atomic::AtomicU64,
+    /// The HTTP status of every answer; 0 means 200.
+    status: std::sync::atomic::AtomicU16,
 }
 
 type Shared = Arc<Inner>;
@@ -48,7 +51,10 @@ pub struct FakeDeviceApi {
     server: Option<ServerThread>,
 }
 
-async fn report(State(inner): State<Shared>, body: axum::body::Bytes) -> Json<Value> {
+async fn report(
+    State(inner): State<Shared>,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, Json<Value>) {
     let value = serde_json::from_slice(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     inner.reports.lock().unwrap().push(Report {
@@ -59,7 +65,14 @@ async fn report(State(inner): State<Shared>, body: axum::body::Bytes) -> Json<Va
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    Json(json!({"code": 200, "msg": "success", "data": {"status": "received"}}))
+    let status = match inner.status.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => axum::http::StatusCode::OK,
+        n => axum::http::StatusCode::from_u16(n).expect("valid HTTP status"),
+    };
+    (
+        status,
+        Json(json!({"code": 200, "msg": "success", "data": {"status": "received"}})),
+    )
 }
 
 fn spawn_server(port: u16, reports: Shared) -> ServerThread {
@@ -117,6 +130,23 @@ impl FakeDeviceApi {
             reports,
             server: Some(server),
         }
+    }
+
+    /// A device-api that is down from the start (its port chosen, nothing listening): `up()`
+    /// brings it up on that port.
+    pub fn start_down() -> FakeDeviceApi {
+        FakeDeviceApi {
+            port: super::free_port(),
+            reports: Arc::default(),
+            server: None,
+        }
+    }
+
+    /// Answer every report with HTTP `status` from now on (200 again with `set_status(200)`).
+    pub fn set_status(&self, status: u16) {
+        self.reports
+            .status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The value for the daemon's `device_api_url`.

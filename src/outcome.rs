@@ -1,0 +1,340 @@
+//! The outcome of the last operation (`./tmp/outcome.json`) and the install history
+//! (`./tmp/history.jsonl`), CONTRACT.md section 8.5.
+//!
+//! Every `success` or `failed` is written here durably ([`fsutil::write_atomic`]) before it is
+//! reported, with `delivered: false`; once device-api has answered the final report with HTTP
+//! 200 the file is rewritten with `delivered: true`. After a restart the daemon shows the
+//! outcome on `/progress` until the next accepted `/download` and reports it again.
+//!
+//! The history keeps the last [`HISTORY_LEN`] outcomes, one JSON object per line, oldest first,
+//! for `tope-updater status` and for people debugging a printer. It is rewritten atomically on
+//! every outcome (at most a few tens of KiB); a failure to write it is logged, never fatal: the
+//! outcome file is the record that counts.
+
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::fsutil::{self, ReadBack};
+use crate::lifecycle::{self, Lifecycle, Stage};
+
+/// File name of the last outcome inside `./tmp/`.
+pub const OUTCOME_FILE: &str = "outcome.json";
+/// File name of the history inside `./tmp/`.
+pub const HISTORY_FILE: &str = "history.jsonl";
+/// Outcomes kept in the history.
+pub const HISTORY_LEN: usize = 50;
+/// Longest `message` or `error` kept (in bytes); longer ones are cut, so that the history
+/// stays far below [`fsutil::MAX_READ_BACK`].
+const MAX_TEXT: usize = 2048;
+
+/// A finished operation: an installation, or a download, verification or expiry that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Tells this outcome from any other (nanoseconds since the epoch when it was recorded).
+    pub id: u64,
+    /// `success` or `failed`.
+    pub stage: Stage,
+    /// The package version it is about (empty when unknown).
+    pub version: String,
+    /// The `message` of `/progress`.
+    pub message: String,
+    /// `"<CODE>: <detail>"` for `failed`.
+    pub error: Option<String>,
+    /// The `progress` shown with it.
+    pub progress: u8,
+    /// ISO 8601 time it was recorded.
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_md5: Option<String>,
+    /// The installation it ends, when it ends one (see `Lifecycle::install_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_id: Option<u64>,
+    /// device-api answered the final report with HTTP 200.
+    pub delivered: bool,
+}
+
+impl Outcome {
+    /// The outcome the lifecycle shows, if it shows one (`success` or `failed`), recorded now.
+    pub fn of(l: &Lifecycle, now: OffsetDateTime) -> Option<Outcome> {
+        if !matches!(l.stage(), Stage::Success | Stage::Failed) {
+            return None;
+        }
+        let s = l.status();
+        Some(Outcome {
+            id: u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0),
+            stage: s.stage,
+            version: s.version.unwrap_or_default(),
+            message: cut(&s.message),
+            error: s.error.as_deref().map(cut),
+            progress: s.progress,
+            at: lifecycle::iso8601(now),
+            package_name: l.package().map(|p| p.package_name.clone()),
+            package_md5: l.package().map(|p| p.package_md5.clone()),
+            install_id: l.install_id(),
+            delivered: false,
+        })
+    }
+
+    /// Whether this outcome says what the lifecycle shows (same stage, version and error).
+    pub fn describes(&self, l: &Lifecycle) -> bool {
+        self.stage == l.stage()
+            && l.version().unwrap_or_default() == self.version
+            && l.error().map(|e| cut(&e.to_string())) == self.error
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Outcome, String> {
+        let o: Outcome = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if !matches!(o.stage, Stage::Success | Stage::Failed) {
+            return Err(format!("stage {} is not an outcome", o.stage));
+        }
+        Ok(o)
+    }
+}
+
+/// Cut `s` to [`MAX_TEXT`] bytes at a character boundary.
+fn cut(s: &str) -> String {
+    if s.len() <= MAX_TEXT {
+        return s.to_string();
+    }
+    let mut end = MAX_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Read one of the updater's own files; a refused or unparsable one is set aside with a
+/// warning (never blocking start-up) and counts as missing.
+pub fn read_own<T>(path: &Path, parse: impl FnOnce(&[u8]) -> Result<T, String>) -> Option<T> {
+    let why = match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
+        ReadBack::Missing => return None,
+        ReadBack::Data(bytes) => match parse(&bytes) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        },
+        ReadBack::Refused(why) => why,
+    };
+    match set_aside(path) {
+        Ok(aside) => tracing::warn!(
+            "ignoring {}: {why}; set aside as {}",
+            path.display(),
+            aside.display()
+        ),
+        Err(e) => tracing::warn!(
+            "ignoring {}: {why}; cannot set it aside: {e}",
+            path.display()
+        ),
+    }
+    None
+}
+
+/// [`fsutil::set_aside`], and when an older `<name>.unusable` of another kind is in the way
+/// (a file where a directory is to go, or the reverse), that one is removed first.
+pub fn set_aside(path: &Path) -> io::Result<std::path::PathBuf> {
+    fsutil::set_aside(path).or_else(|first| {
+        let mut old = path.as_os_str().to_owned();
+        old.push(".unusable");
+        let old = std::path::PathBuf::from(old);
+        let removed = match std::fs::symlink_metadata(&old) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&old),
+            Ok(_) => std::fs::remove_file(&old),
+            Err(_) => return Err(first),
+        };
+        removed.and_then(|()| fsutil::set_aside(path))
+    })
+}
+
+/// The last outcome, if a usable one is recorded.
+pub fn load(path: &Path) -> Option<Outcome> {
+    read_own(path, Outcome::parse)
+}
+
+/// Read the last outcome without touching anything (for `status`): `Err` says why it is
+/// not usable.
+pub fn peek(path: &Path) -> Result<Option<Outcome>, String> {
+    match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
+        ReadBack::Missing => Ok(None),
+        ReadBack::Data(bytes) => Outcome::parse(&bytes).map(Some),
+        ReadBack::Refused(why) => Err(why),
+    }
+}
+
+/// Write the outcome durably.
+pub fn save(path: &Path, o: &Outcome) -> io::Result<()> {
+    let json = serde_json::to_vec_pretty(o).map_err(io::Error::other)?;
+    fsutil::write_atomic(path, &json)
+}
+
+/// The history, oldest first. Lines that do not parse are skipped.
+pub fn history(path: &Path) -> Vec<Outcome> {
+    match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
+        ReadBack::Data(bytes) => parse_history(&bytes),
+        _ => Vec::new(),
+    }
+}
+
+fn parse_history(bytes: &[u8]) -> Vec<Outcome> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| Outcome::parse(line).ok())
+        .collect()
+}
+
+/// Add `o` to the history, keeping the last [`HISTORY_LEN`]. An entry with the same `id` is
+/// replaced (its `delivered` flag changed).
+pub fn append_history(path: &Path, o: &Outcome) -> io::Result<()> {
+    let mut all = match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
+        ReadBack::Missing => Vec::new(),
+        ReadBack::Data(bytes) => parse_history(&bytes),
+        ReadBack::Refused(why) => {
+            tracing::warn!(
+                "history {} unusable ({why}); starting a new one",
+                path.display()
+            );
+            let _ = fsutil::set_aside(path);
+            Vec::new()
+        }
+    };
+    match all.iter_mut().find(|h| h.id == o.id) {
+        Some(h) => *h = o.clone(),
+        None => all.push(o.clone()),
+    }
+    let skip = all.len().saturating_sub(HISTORY_LEN);
+    let mut out = Vec::new();
+    for h in &all[skip..] {
+        serde_json::to_writer(&mut out, h).map_err(io::Error::other)?;
+        out.push(b'\n');
+    }
+    fsutil::write_atomic(path, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error;
+    use crate::lifecycle::{PackageSpec, Validator};
+
+    fn spec() -> PackageSpec {
+        PackageSpec {
+            version: "1.2.3".into(),
+            package_url: "https://a/p.zip".into(),
+            package_name: "p.zip".into(),
+            package_size: 10,
+            package_md5: "0123456789abcdef0123456789abcdef".into(),
+        }
+    }
+
+    fn failed() -> Lifecycle {
+        let mut l = Lifecycle::restored_to_install(spec(), Validator::default(), now());
+        l.begin_install(7).unwrap();
+        l.failed(error::deployment_failed("post command exited 1"))
+            .unwrap();
+        l
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    #[test]
+    fn contract_8_5_outcome_of_a_failure_roundtrips() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(OUTCOME_FILE);
+        let l = failed();
+        let o = Outcome::of(&l, now()).unwrap();
+        assert_eq!(o.stage, Stage::Failed);
+        assert_eq!(o.version, "1.2.3");
+        assert_eq!(
+            o.error.as_deref(),
+            Some("DEPLOYMENT_FAILED: post command exited 1")
+        );
+        assert_eq!(o.package_name.as_deref(), Some("p.zip"));
+        assert!(!o.delivered);
+        assert!(o.describes(&l));
+        save(&p, &o).unwrap();
+        assert_eq!(load(&p), Some(o.clone()));
+        assert_eq!(peek(&p), Ok(Some(o)));
+        assert!(Outcome::of(&Lifecycle::new(), now()).is_none());
+    }
+
+    #[test]
+    fn an_outcome_describes_only_the_same_stage_version_and_error() {
+        let o = Outcome::of(&failed(), now()).unwrap();
+        assert!(!o.describes(&Lifecycle::restored_success("1.2.3")));
+        let other = Lifecycle::restored_failed(error::internal("x"), None, Some("1.2.3"), 0);
+        assert!(!o.describes(&other));
+        let same = Lifecycle::restored_failed(
+            error::deployment_failed("post command exited 1"),
+            None,
+            Some("1.2.3"),
+            0,
+        );
+        assert!(o.describes(&same));
+    }
+
+    #[test]
+    fn unusable_outcome_files_are_set_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(OUTCOME_FILE);
+        for bad in [&b"{\"stage\": \"succ"[..], b"[]", br#"{"id":1,"stage":"idle","version":"","message":"","error":null,"progress":0,"at":"","delivered":false}"#] {
+            std::fs::write(&p, bad).unwrap();
+            assert!(peek(&p).is_err());
+            assert_eq!(load(&p), None);
+            assert!(!p.exists());
+            assert!(d.path().join("outcome.json.unusable").exists());
+        }
+        std::fs::create_dir(&p).unwrap();
+        assert_eq!(load(&p), None);
+        assert!(d.path().join("outcome.json.unusable").is_dir());
+    }
+
+    #[test]
+    fn contract_8_5_history_keeps_the_last_50() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(HISTORY_FILE);
+        let base = Outcome::of(&failed(), now()).unwrap();
+        for i in 0..60u64 {
+            let o = Outcome {
+                id: i,
+                ..base.clone()
+            };
+            append_history(&p, &o).unwrap();
+        }
+        let h = history(&p);
+        assert_eq!(h.len(), HISTORY_LEN);
+        assert_eq!(h.first().unwrap().id, 10);
+        assert_eq!(h.last().unwrap().id, 59);
+        // Marking one delivered replaces it in place.
+        let mut last = h.last().unwrap().clone();
+        last.delivered = true;
+        append_history(&p, &last).unwrap();
+        let h = history(&p);
+        assert_eq!(h.len(), HISTORY_LEN);
+        assert!(h.last().unwrap().delivered);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), HISTORY_LEN);
+    }
+
+    #[test]
+    fn long_texts_are_cut_so_the_history_stays_small() {
+        let mut l = Lifecycle::restored_to_install(spec(), Validator::default(), now());
+        l.begin_install(7).unwrap();
+        l.failed(error::deployment_failed("é".repeat(10_000)))
+            .unwrap();
+        let o = Outcome::of(&l, now()).unwrap();
+        assert!(o.error.as_ref().unwrap().len() <= MAX_TEXT + 3);
+        assert!(o.message.len() <= MAX_TEXT + 3);
+        assert!(o.describes(&l));
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(HISTORY_FILE);
+        for i in 0..HISTORY_LEN as u64 {
+            append_history(&p, &Outcome { id: i, ..o.clone() }).unwrap();
+        }
+        assert!(std::fs::metadata(&p).unwrap().len() < fsutil::MAX_READ_BACK / 4);
+    }
+}
