@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::checksum::{Algorithm, Checksum, Hasher};
 use crate::config::Config;
 use crate::deploy::{self, InstallEvent, InstallOptions, InstallOutcome, Recovery};
 use crate::download::{self, DownloadOutcome, DownloadParams, DownloadSink};
@@ -47,6 +48,11 @@ struct Inner {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `actual` is the MD5 `/download` announced.
+fn md5_matches(spec: &PackageSpec, actual: &Checksum) -> bool {
+    Checksum::from_hex(Algorithm::Md5, &spec.package_md5).as_ref() == Some(actual)
 }
 
 impl Updater {
@@ -291,19 +297,23 @@ impl Updater {
             path: &path,
             resume_from,
             validator,
+            hasher: Hasher::new(Algorithm::Md5),
             max_bytes_per_s: self.inner.cfg.max_download_bytes_per_s,
             tls: self.inner.tls.clone(),
             allow_http: self.inner.cfg.allow_http,
             shutdown: &self.inner.shutdown,
         };
         match download::download(params, self) {
-            Ok(DownloadOutcome::Complete { md5 }) => self.finish_verification(&spec, &md5),
+            Ok(DownloadOutcome::Complete { checksum }) => {
+                self.finish_verification(&spec, &checksum)
+            }
             Ok(DownloadOutcome::Interrupted { bytes }) => {
                 tracing::info!(
                     "download stopped by shutdown at byte {bytes}; it resumes at the next start"
                 );
             }
             Err(err) => {
+                let err = OtaError::from(err);
                 let keep_partial = err.code == ErrorCode::DownloadFailed;
                 if !keep_partial {
                     let _ = fsutil::remove_durable(&path);
@@ -318,7 +328,7 @@ impl Updater {
     }
 
     /// The file is complete and `md5` is its digest: `verifying` -> `toInstall` or `failed`.
-    fn finish_verification(&self, spec: &PackageSpec, md5: &str) {
+    fn finish_verification(&self, spec: &PackageSpec, md5: &Checksum) {
         self.change(|l| {
             if let Err(e) = l.transition(Stage::Verifying) {
                 tracing::error!("{e}");
@@ -329,8 +339,8 @@ impl Updater {
     }
 
     /// In `verifying` with the file's digest: `toInstall`, or `failed` MD5_MISMATCH.
-    fn conclude_verification(&self, spec: &PackageSpec, md5: &str) {
-        if md5 == spec.package_md5 {
+    fn conclude_verification(&self, spec: &PackageSpec, md5: &Checksum) {
+        if md5_matches(spec, md5) {
             tracing::info!("{} verified (md5 {md5})", spec.package_name);
             self.change(|l| {
                 if let Err(e) = l.transition(Stage::ToInstall) {
@@ -344,7 +354,7 @@ impl Updater {
     }
 
     /// The package's digest is wrong: delete it and fail with MD5_MISMATCH (`how` says when).
-    fn reject_mismatch(&self, spec: &PackageSpec, md5: &str, how: &str) {
+    fn reject_mismatch(&self, spec: &PackageSpec, md5: &Checksum, how: &str) {
         let _ = fsutil::remove_durable(&self.package_path(&spec.package_name));
         self.fail(
             error::md5_mismatch(format!(
@@ -358,9 +368,14 @@ impl Updater {
     /// Hash a complete file left by a previous run (stage `verifying` at start).
     fn run_verify(&self, spec: PackageSpec) {
         let path = self.package_path(&spec.package_name);
-        let res = download::md5_file(&path, Some(&self.inner.shutdown), &mut |n| {
-            lock(&self.inner.life).bytes_done = n;
-        });
+        let res = download::hash_file(
+            &path,
+            Algorithm::Md5,
+            Some(&self.inner.shutdown),
+            &mut |n| {
+                lock(&self.inner.life).bytes_done = n;
+            },
+        );
         match res {
             Ok(Some(md5)) => self.conclude_verification(&spec, &md5),
             Ok(None) => {}
@@ -378,8 +393,8 @@ impl Updater {
         };
         let path = self.package_path(&spec.package_name);
         // The file may have changed since it was verified.
-        match download::md5_file(&path, None, &mut |_| {}) {
-            Ok(Some(md5)) if md5 == spec.package_md5 => {}
+        match download::hash_file(&path, Algorithm::Md5, None, &mut |_| {}) {
+            Ok(Some(md5)) if md5_matches(&spec, &md5) => {}
             Ok(Some(md5)) => {
                 self.reject_mismatch(&spec, &md5, " changed since verification");
                 return;
