@@ -13,7 +13,8 @@ use super::{AttemptFailure, DownloadError, DownloadParams, DownloadSink};
 use crate::lifecycle::{download_percent, report_step, Validator};
 use crate::net::redact_url;
 
-/// A background checkpoint at least this often (with at least `CHECKPOINT_MIN_BYTES` new)...
+/// Between the 5 % steps, a background checkpoint once this long has passed and at least
+/// `CHECKPOINT_MIN_BYTES` arrived since the last one.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 const CHECKPOINT_MIN_BYTES: u64 = 1 << 20;
 
