@@ -61,4 +61,5 @@ echo "test.sh: cargo check --no-default-features"
 cargo check --no-default-features
 echo "test.sh: cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast
+cargo test --test download_long -- --ignored
 echo "test.sh: all checks passed"

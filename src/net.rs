@@ -76,6 +76,33 @@ pub fn download_client(
         .map_err(|e| format!("HTTP client: {e}"))
 }
 
+/// A URL as logs, errors and reports show it: without user info, query string and fragment
+/// (presigned URLs carry their credentials there: `user:pass@host`, `?X-Amz-Signature=...`).
+/// `state.json` keeps the full URL, which a resume needs. A text that is not a URL loses the
+/// same parts, found by their separators.
+pub fn redact_url(url: &str) -> String {
+    if let Ok(mut u) = reqwest::Url::parse(url) {
+        if u.has_host() {
+            u.set_query(None);
+            u.set_fragment(None);
+            if u.set_username("").is_ok() && u.set_password(None).is_ok() {
+                return u.into();
+            }
+        }
+    }
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..end];
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// The device-api callback client: loopback, so never through a proxy.
 pub fn callback_client(tls: &rustls::ClientConfig) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
@@ -90,6 +117,36 @@ pub fn callback_client(tls: &rustls::ClientConfig) -> Result<reqwest::Client, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contract_8_3_redacted_urls_keep_no_credentials() {
+        let cases = [
+            (
+                "https://bucket.s3.example.com/pkg/tope-1.2.3.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+                 &X-Amz-Credential=AKIDEXAMPLE&X-Amz-Signature=deadbeef",
+                "https://bucket.s3.example.com/pkg/tope-1.2.3.zip",
+            ),
+            (
+                "https://user:secret@updates.example.com:8443/p.zip",
+                "https://updates.example.com:8443/p.zip",
+            ),
+            (
+                "http://token@127.0.0.1:9/a/b.zip?sig=1#frag",
+                "http://127.0.0.1:9/a/b.zip",
+            ),
+            (
+                "https://updates.example.com/p.zip",
+                "https://updates.example.com/p.zip",
+            ),
+            // Not URLs: the same parts go all the same.
+            ("https://us er:pw@ho st/p.zip?sig=1", "https://ho st/p.zip"),
+            ("user:pw@host/p.zip?x=1", "host/p.zip"),
+            ("", ""),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn contract_7_ca_file_must_hold_a_certificate() {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::checksum::{Algorithm, Checksum, Hasher};
 use crate::config::Config;
 use crate::deploy::{self, InstallEvent, InstallOptions, InstallOutcome};
 use crate::download::{self, DownloadOutcome, DownloadParams, DownloadSink};
@@ -70,6 +71,11 @@ enum Discard {
     Nothing,
     /// The file was deleted.
     File,
+}
+
+/// Whether `actual` is the MD5 `/download` announced.
+fn md5_matches(spec: &PackageSpec, actual: &Checksum) -> bool {
+    Checksum::from_hex(Algorithm::Md5, &spec.package_md5).as_ref() == Some(actual)
 }
 
 impl Updater {
@@ -301,6 +307,7 @@ impl Updater {
             path: &path,
             resume_from,
             validator,
+            hasher: Hasher::new(Algorithm::Md5),
             max_bytes_per_s: self.inner.cfg.max_download_bytes_per_s,
             tls: self.inner.tls.clone(),
             allow_http: self.inner.cfg.allow_http,
@@ -315,13 +322,16 @@ impl Updater {
             return;
         }
         match result {
-            Ok(DownloadOutcome::Complete { md5 }) => self.finish_verification(&spec, &md5),
+            Ok(DownloadOutcome::Complete { checksum }) => {
+                self.finish_verification(&spec, &checksum)
+            }
             Ok(DownloadOutcome::Interrupted { bytes }) => {
                 tracing::info!(
                     "download stopped by shutdown at byte {bytes}; it resumes at the next start"
                 );
             }
             Err(err) => {
+                let err = OtaError::from(err);
                 let keep_partial = err.code == ErrorCode::DownloadFailed;
                 if !keep_partial {
                     let _ = fsutil::remove_durable(&path);
@@ -371,7 +381,7 @@ impl Updater {
     }
 
     /// The file is complete and `md5` is its digest: `verifying` -> `toInstall` or `failed`.
-    fn finish_verification(&self, spec: &PackageSpec, md5: &str) {
+    fn finish_verification(&self, spec: &PackageSpec, md5: &Checksum) {
         if let Err(e) = self.advance(|l| l.begin_verify()) {
             self.fail(e, Discard::Nothing);
             return;
@@ -380,8 +390,8 @@ impl Updater {
     }
 
     /// In `verifying` with the file's digest: `toInstall`, or `failed` MD5_MISMATCH.
-    fn conclude_verification(&self, spec: &PackageSpec, md5: &str) {
-        if md5 == spec.package_md5 {
+    fn conclude_verification(&self, spec: &PackageSpec, md5: &Checksum) {
+        if md5_matches(spec, md5) {
             tracing::info!("{} verified (md5 {md5})", spec.package_name);
             if let Err(e) = self.advance(|l| l.verified(OffsetDateTime::now_utc())) {
                 self.fail(e, Discard::Nothing);
@@ -392,7 +402,7 @@ impl Updater {
     }
 
     /// The package's digest is wrong: delete it and fail with MD5_MISMATCH (`how` says when).
-    fn reject_mismatch(&self, spec: &PackageSpec, md5: &str, how: &str) {
+    fn reject_mismatch(&self, spec: &PackageSpec, md5: &Checksum, how: &str) {
         let _ = fsutil::remove_durable(&self.package_path(&spec.package_name));
         self.fail(
             error::md5_mismatch(format!(
@@ -406,7 +416,7 @@ impl Updater {
     /// Hash a complete file left by a previous run (stage `verifying` at start).
     fn run_verify(&self, spec: PackageSpec) {
         let path = self.package_path(&spec.package_name);
-        let res = download::md5_file(&path, Some(&self.inner.shutdown), &mut |n| {
+        let res = download::hash_file(&path, Algorithm::Md5, Some(&self.inner.shutdown), &mut |n| {
             lock(&self.inner.life).verify_progress(n);
         });
         match res {
@@ -426,8 +436,8 @@ impl Updater {
         };
         let path = self.package_path(&spec.package_name);
         // The file may have changed since it was verified.
-        match download::md5_file(&path, None, &mut |_| {}) {
-            Ok(Some(md5)) if md5 == spec.package_md5 => {}
+        match download::hash_file(&path, Algorithm::Md5, None, &mut |_| {}) {
+            Ok(Some(md5)) if md5_matches(&spec, &md5) => {}
             Ok(Some(md5)) => {
                 self.reject_mismatch(&spec, &md5, " changed since verification");
                 return;

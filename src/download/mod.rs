@@ -1,0 +1,138 @@
+//! Streaming, resumable download, hashed on the way (CONTRACT.md sections 1, 3, 6 and 8.1).
+//!
+//! The downloader takes its hasher as a parameter and hands back the [`Checksum`] of what it
+//! wrote; whether that is the announced one is the caller's policy (the updater compares it
+//! with `package_md5`).
+//!
+//! Runs on the job thread with a runtime of its own, so the API's runtime never waits on disk
+//! or hashing. Three threads share the work so that none waits for another's slow part: the
+//! job thread receives (TLS, HTTP: [`fetch`]), a write thread hashes and writes each chunk (a
+//! queue of two chunks between them), a checkpoint thread fsyncs and persists the byte count
+//! ([`disk`]).
+//!
+//! - What a response means (resume, start over, complete, retry, fail) is decided from its head
+//!   alone by [`response::interpret`]; a partial file is resumed with `Range: bytes=N-` and
+//!   `If-Range: <ETag or Last-Modified>`, and without a validator there is no resume (it could
+//!   splice two different files).
+//! - Bounds ([`budget`]): 4 attempts (the first, then retries after 1 s, 2 s, 4 s); only an
+//!   attempt that raised the best durable position by at least 1 MiB resets the count, so a
+//!   server that keeps cutting, ignores `Range` or lies in `Content-Range` fails in seconds.
+//!   An attempt that receives under 64 KiB in any 60 s window is abandoned as stalled (and
+//!   reqwest's read timeout stays).
+//! - Durability: `bytes_downloaded` is persisted only after `fdatasync` of the file, at every
+//!   5 % step and at least every 2 s, so a resume after a power cut never trusts unwritten
+//!   bytes.
+//! - Errors are [`DownloadError`] values with their sources; `From<DownloadError> for OtaError`
+//!   gives them their contract code. URLs in them are redacted ([`crate::net::redact_url`]).
+
+pub mod budget;
+mod disk;
+mod error;
+mod fetch;
+pub mod response;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+pub use budget::{RetryBudget, StallWindow, BACKOFF};
+pub use disk::{hash_file, hash_prefix};
+pub use error::{AttemptFailure, DownloadError};
+
+use crate::checksum::{Checksum, Hasher};
+use crate::lifecycle::{PackageSpec, Validator};
+use crate::shutdown::Shutdown;
+
+/// What the download tells the updater while it runs.
+pub trait DownloadSink: Sync {
+    /// Bytes on disk so far (called for every chunk: keep it cheap).
+    fn progress(&self, bytes: u64);
+    /// `bytes` are durable on disk: persist them (and the validator) in the state file.
+    fn checkpoint(&self, bytes: u64, validator: &Validator);
+}
+
+pub struct DownloadParams<'a> {
+    pub spec: &'a PackageSpec,
+    pub path: &'a Path,
+    /// Bytes of a partial file of this same package to keep (0 = start over).
+    pub resume_from: u64,
+    pub validator: Validator,
+    /// A fresh hasher of the algorithm to compute over the whole file.
+    pub hasher: Hasher,
+    pub max_bytes_per_s: u64,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub allow_http: bool,
+    pub shutdown: &'a Shutdown,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DownloadOutcome {
+    /// All bytes are on disk and fsynced; `checksum` is theirs, by the hasher given.
+    Complete { checksum: Checksum },
+    /// SIGTERM: stopped after the current chunk, bytes checkpointed.
+    Interrupted { bytes: u64 },
+}
+
+/// Download the package. Blocking; call it on the job thread.
+pub fn download(
+    p: DownloadParams<'_>,
+    sink: &dyn DownloadSink,
+) -> Result<DownloadOutcome, DownloadError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DownloadError::Setup(format!("runtime: {e}")))?;
+    let Some((file, hasher, keep)) = disk::prepare_file(&p, p.hasher.clone())? else {
+        return Ok(DownloadOutcome::Interrupted {
+            bytes: p.resume_from,
+        });
+    };
+    let synced = file.try_clone().map_err(|e| disk::write_err(p.path, e))?;
+    let ck = disk::Checkpointer::new(synced, sink);
+    let (tx, rx) = std::sync::mpsc::sync_channel(disk::WRITE_QUEUE);
+    let failed = AtomicBool::new(false);
+    let path = p.path;
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn_scoped(scope, || ck.run())
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("write".into())
+                    .spawn_scoped(scope, || {
+                        disk::write_loop(file, hasher, keep, rx, &ck, &failed)
+                    })
+            });
+        let writer = match spawned {
+            Ok(w) => w,
+            Err(e) => {
+                ck.stop();
+                return Err(DownloadError::Setup(format!("threads: {e}")));
+            }
+        };
+        let result = rt.block_on(fetch::run(
+            p,
+            sink,
+            &ck,
+            disk::Writer {
+                tx,
+                failed: &failed,
+            },
+            keep,
+        ));
+        // `run` has dropped its sender: the writer drains the queue and hands the hash back.
+        let joined = writer.join();
+        ck.stop();
+        match (result, joined) {
+            (Ok(fetch::Finished::Complete), Ok((hasher, None))) => Ok(DownloadOutcome::Complete {
+                checksum: hasher.finalize(),
+            }),
+            (Ok(fetch::Finished::Complete), Ok((_, Some(e)))) => Err(disk::write_err(path, e)),
+            (Ok(fetch::Finished::Interrupted(bytes)), _) => {
+                Ok(DownloadOutcome::Interrupted { bytes })
+            }
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(_)) => Err(DownloadError::WriterCrashed),
+        }
+    })
+}
