@@ -416,9 +416,14 @@ impl Updater {
     /// Hash a complete file left by a previous run (stage `verifying` at start).
     fn run_verify(&self, spec: PackageSpec) {
         let path = self.package_path(&spec.package_name);
-        let res = download::hash_file(&path, Algorithm::Md5, Some(&self.inner.shutdown), &mut |n| {
-            lock(&self.inner.life).verify_progress(n);
-        });
+        let res = download::hash_file(
+            &path,
+            Algorithm::Md5,
+            Some(&self.inner.shutdown),
+            &mut |n| {
+                lock(&self.inner.life).verify_progress(n);
+            },
+        );
         match res {
             Ok(Some(md5)) => self.conclude_verification(&spec, &md5),
             Ok(None) => {}
