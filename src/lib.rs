@@ -1,6 +1,7 @@
 //! tope-updater: the OTA updater daemon of the printer. See `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod check_config;
 pub mod checksum;
 pub mod cli;
 pub mod config;
