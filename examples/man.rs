@@ -47,9 +47,14 @@ pub fn write_pages(out: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out)?;
     let mut written = Vec::new();
     let version = tope_updater::cli::VERSION_TEXT;
+    // `demo` is a tool for developers, not part of the printer build: no page for it.
     let mut cmd = tope_updater::cli::Cli::command()
         .version(version)
-        .disable_help_subcommand(true);
+        .disable_help_subcommand(true)
+        .mut_subcommands(|sub| {
+            let demo = sub.get_name() == "demo";
+            sub.hide(demo)
+        });
     cmd.build();
 
     let man = Man::new(cmd.clone());
