@@ -39,7 +39,11 @@ tools() {
     need_deb /usr/arm-linux-gnueabihf/lib/ld-linux-armhf.so.3 libc6-armhf-cross
     need_deb readelf binutils
     need_deb curl curl
-    python3 -c "import ziglang" 2>/dev/null || python3 -m pip install -q ziglang
+    # cargo-zigbuild runs `python3 -m ziglang` when no zig is on PATH.
+    if ! python3 -c "import ziglang" 2>/dev/null; then
+        python3 -m pip install -q ziglang \
+            || python3 -m pip install -q --break-system-packages ziglang
+    fi
     command -v cargo-zigbuild >/dev/null 2>&1 || cargo install --locked cargo-zigbuild
 }
 
