@@ -1,11 +1,16 @@
 #!/bin/sh
-# Install tope-updater on a printer. Idempotent: running it again upgrades the binary and
-# the unit, and keeps an existing configuration.
+# Install tope-updater on a printer without dpkg. Idempotent: running it again upgrades the
+# binary and the unit, and keeps an existing configuration.
 #
 # Usage: deploy/install.sh [--no-systemctl] [path/to/tope-updater]
 #   The binary defaults to ./tope-updater.
-#   DESTDIR=/some/root installs below that directory (implies nothing about systemctl;
-#   combine with --no-systemctl when there is no running systemd, e.g. in a test).
+#   DESTDIR=/some/root installs below that directory; combine with --no-systemctl when no
+#   systemd runs there (e.g. in a test or an image being built).
+#
+# Over the Python updater (a tope-updater.service that runs python or a venv), it first takes
+# over: the old unit is set aside in /var/lib/tope-updater/python-updater/, the Python updater
+# is stopped, and the new daemon works in its working directory (its state.json, logs and
+# backups carry on). To go back: sh /var/lib/tope-updater/python-updater/python-migration.sh revert
 set -eu
 
 usage() {
@@ -26,6 +31,8 @@ done
 
 here=$(cd "$(dirname "$0")" && pwd)
 unit_src="$here/tope-updater.service"
+conf_src="$here/config.toml"
+migration="$here/python-migration.sh"
 destdir=${DESTDIR:-}
 
 bin_dir="$destdir/usr/local/bin"
@@ -33,14 +40,12 @@ conf_dir="$destdir/etc/tope-updater"
 state_dir="$destdir/var/lib/tope-updater"
 unit_dir="$destdir/etc/systemd/system"
 
-if [ ! -f "$binary" ]; then
-    echo "install.sh: binary not found: $binary" >&2
-    exit 1
-fi
-if [ ! -f "$unit_src" ]; then
-    echo "install.sh: unit file not found: $unit_src" >&2
-    exit 1
-fi
+for f in "$binary" "$unit_src" "$conf_src" "$migration"; do
+    if [ ! -f "$f" ]; then
+        echo "install.sh: not found: $f" >&2
+        exit 1
+    fi
+done
 
 # The binary: copy next to the target, then rename, so a running daemon is never
 # left with a half-written executable.
@@ -63,54 +68,23 @@ chmod 0755 "$conf_dir"
 if [ -e "$conf_dir/config.toml" ]; then
     echo "kept existing $conf_dir/config.toml"
 else
-    cat > "$conf_dir/config.toml" <<'CONF'
-# tope-updater configuration. Every key is optional; the values shown are the defaults.
-# Uncomment a line to change it, then: systemctl restart tope-updater
-
-# Address of the HTTP API (/api/v1.0/...). The daemon exits if the port is taken.
-#listen = "127.0.0.1:12315"
-
-# device-api, which receives progress reports at <url>/api/v1.0/ota/report.
-#device_api_url = "http://127.0.0.1:9080"
-
-# Directory holding tmp/, logs/ and backups/ (default: the working directory,
-# /var/lib/tope-updater under systemd).
-#work_dir = "/var/lib/tope-updater"
-
-# Directories a package may write to; a manifest `dst` outside them is refused.
-#allowed_roots = ["/opt/tope"]
-
-# Accept plain http:// package URLs (https only by default).
-#allow_http = false
-
-# An extra PEM CA certificate to trust, e.g. for a private S3/MinIO server.
-#ca_file = "/etc/tope-updater/ca.pem"
-
-# The OTA screen, started when an installation begins (if it exists).
-#ota_gui_path = "/opt/tope/ota-gui"
-
-# Seconds between SIGTERM and SIGKILL when stopping a module's process.
-#stop_timeout_s = 10
-
-# Hours a verified package may wait for /update before it must be downloaded again.
-#trust_window_hours = 24
-
-# Largest package accepted by /download, in bytes (4 GiB).
-#max_package_size = 4294967296
-
-# Download speed cap in bytes per second; 0 means no cap.
-#max_download_bytes_per_s = 0
-
-# debug, info, warn or error.
-#log_level = "info"
-CONF
-    chmod 0644 "$conf_dir/config.toml"
+    cp "$conf_src" "$conf_dir/.config.toml.new"
+    chmod 0644 "$conf_dir/.config.toml.new"
+    mv -f "$conf_dir/.config.toml.new" "$conf_dir/config.toml"
     echo "wrote $conf_dir/config.toml"
 fi
 
-# The systemd unit.
+# The Python updater, if it is installed under the same unit name: stop it, set it aside,
+# keep its working directory.
+migration_args="--root ${destdir:-/}"
+[ "$run_systemctl" -eq 0 ] && migration_args="$migration_args --no-systemctl"
+# shellcheck disable=SC2086
+sh "$migration" take-over $migration_args
+
+# The systemd unit, with the binary where this script puts it.
 mkdir -p "$unit_dir"
-cp "$unit_src" "$unit_dir/.tope-updater.service.new"
+sed 's|^ExecStart=/usr/bin/tope-updater |ExecStart=/usr/local/bin/tope-updater |' "$unit_src" \
+    > "$unit_dir/.tope-updater.service.new"
 chmod 0644 "$unit_dir/.tope-updater.service.new"
 mv -f "$unit_dir/.tope-updater.service.new" "$unit_dir/tope-updater.service"
 echo "installed $unit_dir/tope-updater.service"

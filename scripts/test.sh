@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: installs the tools the integration tests run against
-# (nginx, strace, curl) when they are missing, then runs format check, clippy and all tests.
+# (nginx, strace, curl, ...) when they are missing, then runs format check, clippy and all
+# tests, then the shipping checks: the systemd unit, the third-party notices, the ARM builds
+# under qemu-user and the Debian package in a scratch root (each timed).
 # Usage: scripts/test.sh        (from anywhere; runs in the repository root)
 set -euo pipefail
 
@@ -51,6 +53,11 @@ ensure_tool nginx nginx-light
 ensure_tool strace strace
 ensure_tool curl curl
 ensure_tool unzip unzip
+# The man page check, the network-namespace watchdog test, the unit checks.
+ensure_tool groff groff-base
+ensure_tool ip iproute2
+ensure_tool nsenter util-linux
+ensure_tool systemd-analyze systemd
 
 echo "test.sh: cargo fmt --check"
 cargo fmt --check
@@ -62,4 +69,22 @@ cargo check --no-default-features
 echo "test.sh: cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast
 cargo test --test download_long -- --ignored
+
+# Shipping checks, each timed (they share the CI budget; about 15 minutes together on a
+# fresh 2-core machine, most of it the two ARM release builds and the emulated unit tests).
+timings=()
+step() { # NAME COMMAND...
+    local name=$1 start=$SECONDS
+    shift
+    echo "test.sh: $name"
+    "$@"
+    timings+=("$name: $((SECONDS - start)) s")
+}
+step "systemd unit (verify, security)" scripts/systemd-check.sh target/debug/tope-updater
+step "third-party notices (cargo about)" scripts/licenses.sh --check
+step "ARM builds under qemu-user" scripts/arm.sh
+step "Debian package in a scratch root" scripts/deb.sh
+for t in "${timings[@]}"; do
+    echo "test.sh: took $t"
+done
 echo "test.sh: all checks passed"

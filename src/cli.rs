@@ -6,10 +6,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `--version`: the crate version and the git commit it was built from (build.rs).
+pub const VERSION_TEXT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TOPE_UPDATER_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "tope-updater",
-    version,
+    version = VERSION_TEXT,
     about = "OTA updater daemon of the printer"
 )]
 pub struct Cli {
@@ -31,6 +39,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a configuration file as the daemon would read it and print the effective
+    /// configuration (every key, defaults included). Exit 0, or 2 naming the bad key.
+    CheckConfig,
     /// Run a whole update on this machine in a sandbox: package server, fake device-api,
     /// the real daemon, live progress.
     #[cfg(feature = "demo")]
@@ -43,6 +54,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         None | Some(Command::Serve) => crate::daemon::serve(cli.config.as_deref()),
         Some(Command::Status { json }) => crate::status::run(cli.config.as_deref(), json),
+        Some(Command::CheckConfig) => crate::check_config::run(cli.config.as_deref()),
         #[cfg(feature = "demo")]
         Some(Command::Demo) => crate::demo::run(),
     }

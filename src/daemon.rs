@@ -107,6 +107,7 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
             sig.trigger();
         });
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        crate::systemd::start_health_reporter(listener.local_addr()?, shutdown.clone());
         tracing::info!("API ready on http://{}/api/v1.0", listener.local_addr()?);
         let stop = shutdown.clone();
         axum::serve(listener, crate::api::router(updater.clone()))

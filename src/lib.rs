@@ -1,6 +1,7 @@
 //! tope-updater: the OTA updater daemon of the printer. See `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod check_config;
 pub mod checksum;
 pub mod cli;
 pub mod config;
@@ -23,4 +24,5 @@ pub mod shutdown;
 pub mod startup;
 pub mod state;
 pub mod status;
+pub mod systemd;
 pub mod updater;

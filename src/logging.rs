@@ -2,6 +2,11 @@
 //! (journald under systemd). CONTRACT.md section 5: ISO 8601 UTC timestamps, levels
 //! DEBUG/INFO/WARN/ERROR, rotation at 10 MiB with 3 old files kept.
 //!
+//! When stderr is the journal (`JOURNAL_STREAM` names its device and inode), every stderr
+//! line starts with its syslog priority (`<3>` error, `<4>` warning, `<6>` info, `<7>`
+//! debug), which journald strips and records, so `journalctl -p err -u tope-updater` shows
+//! the errors. The file log is never prefixed.
+//!
 //! A log write error never panics and never stops the daemon: the line is dropped and the
 //! file is reopened on a later write.
 
@@ -38,7 +43,11 @@ pub fn init(level: tracing::Level, logs_dir: &Path) -> io::Result<()> {
     })?;
     let mut file = RotatingFile::new(logs_dir.join(LOG_FILE_NAME), DEFAULT_MAX_BYTES);
     file.ensure_open()?;
-    tracing::subscriber::set_global_default(subscriber(level, file, std::io::stderr))
+    let stderr = Prioritized {
+        inner: std::io::stderr,
+        journal: stderr_is_journal(),
+    };
+    tracing::subscriber::set_global_default(subscriber(level, file, stderr))
         .map_err(|e| io::Error::other(format!("cannot install the log subscriber: {e}")))
 }
 
@@ -64,6 +73,98 @@ where
         .log_internal_errors(false)
         .with_writer(LockedFile(Mutex::new(file)).and(other));
     tracing_subscriber::registry().with(layer).with(filter)
+}
+
+/// The syslog priority prefix journald understands for a level (`sd-daemon(3)`).
+pub fn priority_prefix(level: &tracing::Level) -> &'static [u8] {
+    match *level {
+        tracing::Level::ERROR => b"<3>",
+        tracing::Level::WARN => b"<4>",
+        tracing::Level::INFO => b"<6>",
+        _ => b"<7>",
+    }
+}
+
+/// Whether stderr is connected to the journal: `JOURNAL_STREAM` (`<device>:<inode>`, set by
+/// systemd for a service whose output goes to the journal) names stderr's own file. A child
+/// that inherited the variable but whose stderr was redirected elsewhere does not match.
+pub fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // The field types differ between targets (32-bit ARM), hence the casts.
+    #[allow(clippy::unnecessary_cast)]
+    match rustix::fs::fstat(std::io::stderr()) {
+        Ok(st) => st.st_dev as u64 == dev && st.st_ino as u64 == ino,
+        Err(_) => false,
+    }
+}
+
+/// A `MakeWriter` that, when `journal` is set, starts every line of an event with the
+/// priority prefix of the event's level; otherwise it writes through unchanged.
+#[derive(Debug, Clone)]
+pub struct Prioritized<M> {
+    pub inner: M,
+    pub journal: bool,
+}
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Prioritized<M> {
+    type Writer = PrefixLines<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        PrefixLines::new(self.inner.make_writer(), None)
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        let prefix = self.journal.then(|| priority_prefix(meta.level()));
+        PrefixLines::new(self.inner.make_writer_for(meta), prefix)
+    }
+}
+
+/// The writer of [`Prioritized`] for one event: inserts `prefix` at the start of every line
+/// and hands each write to the inner writer in one piece.
+pub struct PrefixLines<W> {
+    inner: W,
+    prefix: Option<&'static [u8]>,
+    at_line_start: bool,
+}
+
+impl<W> PrefixLines<W> {
+    fn new(inner: W, prefix: Option<&'static [u8]>) -> Self {
+        PrefixLines {
+            inner,
+            prefix,
+            at_line_start: true,
+        }
+    }
+}
+
+impl<W: Write> Write for PrefixLines<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(prefix) = self.prefix else {
+            return self.inner.write(buf);
+        };
+        let mut out = Vec::with_capacity(buf.len() + prefix.len());
+        for line in buf.split_inclusive(|b| *b == b'\n') {
+            if self.at_line_start {
+                out.extend_from_slice(prefix);
+            }
+            out.extend_from_slice(line);
+            self.at_line_start = line.ends_with(b"\n");
+        }
+        self.inner.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// An append-only log file rotated by size.
@@ -305,6 +406,72 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn journal_lines_carry_their_priority_and_the_file_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE_NAME);
+        let other = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = other.clone();
+        let stderr = Prioritized {
+            inner: move || SharedVec(sink.clone()),
+            journal: true,
+        };
+        let sub = subscriber(
+            tracing::Level::DEBUG,
+            RotatingFile::new(&path, DEFAULT_MAX_BYTES),
+            stderr,
+        );
+        tracing::subscriber::with_default(sub, || {
+            tracing::error!("an error");
+            tracing::warn!("a warning");
+            tracing::info!("some news");
+            tracing::debug!("a detail");
+            tracing::error!("two\nlines");
+        });
+        let journal = String::from_utf8(other.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = journal.lines().collect();
+        assert_eq!(lines.len(), 6, "{journal}");
+        for (line, (prefix, level)) in lines.iter().zip([
+            ("<3>", "ERROR"),
+            ("<4>", "WARN"),
+            ("<6>", "INFO"),
+            ("<7>", "DEBUG"),
+            ("<3>", "ERROR"),
+        ]) {
+            assert!(line.starts_with(prefix), "{line}");
+            assert!(line.contains(level), "{line}");
+        }
+        // The continuation line of a multi-line event keeps the event's priority.
+        assert_eq!(lines[5], "<3>lines");
+        let file = read(&path);
+        assert!(
+            !file.contains('<'),
+            "the file log is never prefixed: {file}"
+        );
+        assert_eq!(file.lines().count(), 6);
+    }
+
+    #[test]
+    fn without_the_journal_stderr_is_unchanged() {
+        let out = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let w = Prioritized {
+            inner: move || SharedVec(sink.clone()),
+            journal: false,
+        };
+        w.make_writer().write_all(b"plain\n").unwrap();
+        assert_eq!(out.lock().unwrap().as_slice(), b"plain\n");
+    }
+
+    #[test]
+    fn a_line_written_in_pieces_gets_one_prefix() {
+        let mut w = PrefixLines::new(Vec::new(), Some(priority_prefix(&tracing::Level::WARN)));
+        w.write_all(b"par").unwrap();
+        w.write_all(b"tial\nnext ").unwrap();
+        w.write_all(b"line\n").unwrap();
+        assert_eq!(w.inner, b"<4>partial\n<4>next line\n");
     }
 
     #[test]
