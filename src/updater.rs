@@ -322,7 +322,28 @@ impl Updater {
             return;
         }
         match result {
-            Ok(DownloadOutcome::Complete { checksum }) => {
+            Ok(DownloadOutcome::Complete {
+                checksum,
+                unvalidated_prefix: true,
+            }) if !md5_matches(&spec, &checksum) => {
+                tracing::warn!(
+                    "{} resumed without ETag/Last-Modified does not match its MD5 (the file \
+                     changed on the server since the partial download): downloading it whole",
+                    spec.package_name
+                );
+                // The state file stops vouching for the old bytes before any new one lands.
+                {
+                    let mut l = lock(&self.inner.life);
+                    l.download_progress(0);
+                    l.checkpointed(0, Validator::default());
+                }
+                if let Err(e) = self.persist() {
+                    self.fail(e, Discard::Nothing);
+                    return;
+                }
+                self.run_download(spec, 0, Validator::default());
+            }
+            Ok(DownloadOutcome::Complete { checksum, .. }) => {
                 self.finish_verification(&spec, &checksum)
             }
             Ok(DownloadOutcome::Interrupted { bytes }) => {

@@ -223,3 +223,81 @@ fn contract_6_sigterm_mid_download_exits_zero_and_resumes() {
     assert_eq!(md5_file(&ws.tmp_file("pkg.zip")), md5_hex(&package));
     assert_resumed(&nginx, package.len() as u64);
 }
+
+/// A `state.json` as the Python updater wrote it: its nine fields only, no ETag nor
+/// Last-Modified to validate the partial file with.
+fn python_state(url: &str, package: &[u8], bytes: u64) -> String {
+    serde_json::json!({
+        "version": VERSION, "package_url": url, "package_name": "pkg.zip",
+        "package_size": package.len(), "package_md5": md5_hex(package),
+        "bytes_downloaded": bytes, "last_update": "2026-11-30T10:00:00.123456",
+        "stage": "downloading", "verified_at": null,
+    })
+    .to_string()
+}
+
+/// Section 8.8: the partial download of a printer updated by the Python updater resumes from
+/// its byte position (a range request, 206), though its state keeps no validator; the whole
+/// file is then checked against its MD5.
+#[test]
+fn contract_8_8_python_state_without_a_validator_resumes_from_its_byte_position() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let package = slow_package(&ws, 31);
+    let url = nginx.put("slow/pkg.zip", &package);
+    let kept = package.len() as u64 / 2;
+    std::fs::create_dir_all(ws.work_dir().join("tmp")).unwrap();
+    std::fs::write(ws.tmp_file("pkg.zip"), &package[..kept as usize]).unwrap();
+    std::fs::write(ws.state_file(), python_state(&url, &package, kept)).unwrap();
+
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    d.wait_stage("toInstall", Duration::from_secs(60));
+    assert_eq!(md5_file(&ws.tmp_file("pkg.zip")), md5_hex(&package));
+    let reqs = requests(&nginx);
+    assert_eq!(
+        reqs.len(),
+        1,
+        "one request, from the byte position: {reqs:?}"
+    );
+    assert_eq!(reqs[0].range_start(), Some(kept), "{reqs:?}");
+    assert_eq!(reqs[0].status, 206, "{reqs:?}");
+    assert_eq!(reqs[0].body_bytes_sent, package.len() as u64 - kept);
+}
+
+/// Section 6 for a resume without a validator: the file changed on the server since the
+/// Python updater fetched its first half. The spliced result does not match the announced MD5,
+/// so the file is fetched whole (never verified as a mix of the two, never failed for it).
+#[test]
+fn contract_6_unvalidated_resume_of_a_changed_file_fetches_it_whole() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let old = slow_package(&ws, 32);
+    let new = slow_package(&ws, 33);
+    assert_eq!(old.len(), new.len());
+    let url = nginx.put("slow/pkg.zip", &new);
+    let kept = old.len() as u64 / 4;
+    std::fs::create_dir_all(ws.work_dir().join("tmp")).unwrap();
+    std::fs::write(ws.tmp_file("pkg.zip"), &old[..kept as usize]).unwrap();
+    std::fs::write(ws.state_file(), python_state(&url, &new, kept)).unwrap();
+
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let p = d.wait_for("toInstall or failed", Duration::from_secs(90), |p| {
+        matches!(stage_of(p).as_str(), "toInstall" | "failed")
+    });
+    let reqs = requests(&nginx);
+    assert_eq!(stage_of(&p), "toInstall", "{p}\nrequests: {reqs:?}");
+    assert_eq!(md5_file(&ws.tmp_file("pkg.zip")), md5_hex(&new));
+    assert_eq!(
+        reqs.first().and_then(|r| r.range_start()),
+        Some(kept),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.iter()
+            .skip(1)
+            .any(|r| r.range.is_none() && r.status == 200 && r.body_bytes_sent == new.len() as u64),
+        "after the mismatch the file must be fetched whole: {reqs:?}"
+    );
+}

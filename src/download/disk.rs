@@ -93,11 +93,16 @@ pub(super) fn prepare_file(
         .open(p.path)
         .map_err(|e| write_err(p.path, e))?;
     let on_disk = file.metadata().map_err(|e| write_err(p.path, e))?.len();
-    // Keep only what the state file vouches for, and only with a validator to check it against.
-    let mut keep = p.resume_from.min(on_disk).min(size);
+    // Keep only what the state file vouches for. Without a validator (a state file of the
+    // Python updater keeps none) the prefix is kept all the same: the range request then goes
+    // without If-Range, and the caller checks the whole file against the announced digest and
+    // downloads it whole when it differs (`DownloadOutcome::Complete::unvalidated_prefix`).
+    let keep = p.resume_from.min(on_disk).min(size);
     if keep > 0 && keep < size && p.validator.if_range().is_none() {
-        tracing::info!("no ETag/Last-Modified known for the partial file: downloading from 0");
-        keep = 0;
+        tracing::warn!(
+            "no ETag/Last-Modified known for the partial file: resuming at byte {keep} without \
+             If-Range; the whole file is checked against its MD5 and downloaded again if it differs"
+        );
     }
     file.set_len(keep).map_err(|e| write_err(p.path, e))?;
     let hasher = if keep > 0 {

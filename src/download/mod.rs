@@ -68,7 +68,13 @@ pub struct DownloadParams<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum DownloadOutcome {
     /// All bytes are on disk and fsynced; `checksum` is theirs, by the hasher given.
-    Complete { checksum: Checksum },
+    /// `unvalidated_prefix`: bytes kept from before were resumed without a validator (no ETag or
+    /// Last-Modified known), so the file may splice two versions: if `checksum` is not the one
+    /// expected, the caller must download the file whole rather than call it corrupt.
+    Complete {
+        checksum: Checksum,
+        unvalidated_prefix: bool,
+    },
     /// SIGTERM: stopped after the current chunk, bytes checkpointed.
     Interrupted { bytes: u64 },
 }
@@ -87,6 +93,7 @@ pub fn download(
             bytes: p.resume_from,
         });
     };
+    let unvalidated_prefix = keep > 0 && p.validator.if_range().is_none();
     let synced = file.try_clone().map_err(|e| disk::write_err(p.path, e))?;
     let ck = disk::Checkpointer::new(synced, sink);
     let (tx, rx) = std::sync::mpsc::sync_channel(disk::WRITE_QUEUE);
@@ -126,6 +133,7 @@ pub fn download(
         match (result, joined) {
             (Ok(fetch::Finished::Complete), Ok((hasher, None))) => Ok(DownloadOutcome::Complete {
                 checksum: hasher.finalize(),
+                unvalidated_prefix,
             }),
             (Ok(fetch::Finished::Complete), Ok((_, Some(e)))) => Err(disk::write_err(path, e)),
             (Ok(fetch::Finished::Interrupted(bytes)), _) => {
