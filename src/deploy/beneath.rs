@@ -440,4 +440,62 @@ mod tests {
         );
         assert_eq!(n(r.beneath(Path::new("a"), Path::new("/etc"))), None);
     }
+
+    proptest::proptest! {
+        /// Whatever a symbolic link inside the root points at, a directory reached beneath the
+        /// root (created as needed) really is inside it, and nothing appears outside.
+        #[test]
+        fn contract_8_3_no_link_leads_a_walk_out_of_the_root(
+            target in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("..".to_string()),
+                    proptest::strategy::Just(".".to_string()),
+                    proptest::strategy::Just("a".to_string()),
+                    proptest::strategy::Just("c".to_string()),
+                    proptest::strategy::Just("etc".to_string()),
+                ],
+                0..6,
+            ),
+            absolute in proptest::bool::ANY,
+            below in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("x".to_string()),
+                    proptest::strategy::Just("link".to_string()),
+                ],
+                0..3,
+            ),
+        ) {
+            let (d, root) = setup();
+            let outside = d.path().join("etc");
+            fs::create_dir_all(root.join("a/c")).unwrap();
+            // An empty link target is not allowed: `.` stands for it.
+            let rel_target = if target.is_empty() { ".".to_string() } else { target.join("/") };
+            let link_target = if absolute {
+                d.path().join("opt").join(&rel_target)
+            } else {
+                PathBuf::from(&rel_target)
+            };
+            symlink(&link_target, root.join("a/link")).unwrap();
+            let r = Root::open(&root).unwrap();
+            let real_root = fs::canonicalize(&root).unwrap();
+            let mut rel = PathBuf::from("a/link");
+            rel.extend(&below);
+            if let Ok(dir) = r.dir(&rel, Some(&mut Vec::new())) {
+                let at = fs::read_link(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&dir.fd)
+                ))
+                .unwrap();
+                proptest::prop_assert!(
+                    at.starts_with(&real_root),
+                    "{} -> {} led to {}",
+                    rel.display(),
+                    link_target.display(),
+                    at.display()
+                );
+                proptest::prop_assert_eq!(real_root.join(&dir.rel), at);
+            }
+            proptest::prop_assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        }
+    }
 }
