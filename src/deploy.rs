@@ -74,7 +74,9 @@ use crate::fsutil::{
     available_bytes, create_dirs_durable, fsync_dir, fsync_parent, remove_durable, tmp_sibling,
     write_atomic,
 };
-use crate::package::{existing_ancestor, open_package, Module, Package, PlannedFile};
+use crate::package::{
+    existing_ancestor, open_package, Module, Package, PackagePolicy, PlannedFile,
+};
 use crate::process;
 
 /// File name of the journal inside the backups directory.
@@ -108,7 +110,8 @@ pub enum InstallEvent<'a> {
 
 #[derive(Debug)]
 pub struct InstallOptions<'a> {
-    pub allowed_roots: &'a [PathBuf],
+    /// Roots, trusted keys and signature rule the package is checked against.
+    pub package: PackagePolicy<'a>,
     /// `<work_dir>/backups`.
     pub backups_dir: &'a Path,
     pub stop_timeout: Duration,
@@ -425,10 +428,10 @@ fn fail(
     opts: &InstallOptions,
     on_event: &mut dyn FnMut(InstallEvent),
 ) -> OtaError {
-    let code = if cause.code == ErrorCode::DiskFull {
-        ErrorCode::DiskFull
-    } else {
-        ErrorCode::DeploymentFailed
+    // A full disk and a package that is not what its manifest says keep their own codes.
+    let code = match cause.code {
+        ErrorCode::DiskFull | ErrorCode::InvalidPackage => cause.code,
+        _ => ErrorCode::DeploymentFailed,
     };
     tracing::error!("installation of {} failed: {cause}", j.version);
     on_event(InstallEvent::RollingBack {
@@ -567,7 +570,7 @@ pub fn install(
 ) -> Result<InstallOutcome, OtaError> {
     let backups_dir = opts.backups_dir;
     // 1. Check everything before touching anything.
-    let mut pkg = open_package(package, expected_version, opts.allowed_roots)?;
+    let mut pkg = open_package(package, expected_version, &opts.package)?;
     if journal_path(backups_dir).exists() {
         return Err(error::internal(
             "an earlier installation has not been recovered yet (journal present)",
@@ -693,7 +696,7 @@ pub fn install(
     // 6. Post commands, in start order.
     for &i in &order {
         let md = &journal.modules[i];
-        for cmd in &md.post_cmds {
+        for cmd in &md.post_cmd_argvs() {
             if let Err(e) = process::run_to_completion(cmd, POST_CMD_TIMEOUT) {
                 let cause = error::deployment_failed(format!("module {}: {}", md.name, e.detail));
                 return Err(fail(cause, &journal, opts, on_event));
@@ -817,7 +820,7 @@ mod tests {
         ) -> Result<InstallOutcome, OtaError> {
             let roots = [self.root.clone()];
             let opts = InstallOptions {
-                allowed_roots: &roots,
+                package: PackagePolicy::roots(&roots),
                 backups_dir: &self.backups,
                 stop_timeout: stop,
                 cancel: &self.cancel,
@@ -964,7 +967,7 @@ mod tests {
         two_module_package(&f, "");
         let roots = [f.root.clone()];
         let opts = InstallOptions {
-            allowed_roots: &roots,
+            package: PackagePolicy::roots(&roots),
             backups_dir: &f.backups,
             stop_timeout: Duration::from_secs(1),
             cancel: &f.cancel,
@@ -1265,6 +1268,8 @@ mod tests {
             service: None,
             start_cmd: None,
             post_cmds: vec![],
+            health_cmd: None,
+            health_timeout_s: 30,
         };
         let mods = vec![m(None), m(Some(5)), m(Some(-1)), m(None), m(Some(5))];
         assert_eq!(start_order(&mods), vec![2, 1, 4, 0, 3]);

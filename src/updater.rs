@@ -401,7 +401,7 @@ impl Updater {
         let cfg = &self.inner.cfg;
         let backups = cfg.backups_dir();
         let opts = InstallOptions {
-            allowed_roots: &cfg.allowed_roots,
+            package: crate::package::PackagePolicy::of(cfg),
             backups_dir: &backups,
             stop_timeout: Duration::from_secs(cfg.stop_timeout_s),
             cancel: self.inner.shutdown.flag(),
