@@ -19,4 +19,5 @@ pub mod process;
 pub mod report;
 pub mod shutdown;
 pub mod state;
+pub mod tools;
 pub mod updater;
