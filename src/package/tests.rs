@@ -3,6 +3,7 @@
 
 use super::archive::deploy_mode;
 use super::*;
+use crate::checksum::{Algorithm, Hasher};
 use crate::error::ErrorCode;
 use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
@@ -376,4 +377,219 @@ fn modes_drop_special_bits() {
     assert!(!is_semver("1.2.3.4"));
     assert_eq!(canonical_rel("./a//b/"), Some("a/b".into()));
     assert_eq!(canonical_rel("a/../b"), None);
+}
+
+/// A package of one module (`data/` to `<root>/data`) with two files, its manifest carrying
+/// `extra` top-level JSON (e.g. a sha256 map), and `sig` as manifest.sig.
+/// Makes `manifest.sig` from the manifest's bytes.
+type Signer<'a> = &'a dyn Fn(&[u8]) -> String;
+
+fn signed_fx(f: &Fx, extra: &str, sig: Option<Signer>, b_data: &[u8]) {
+    let m = format!(
+        r#"{{"version": "1.2.3", "modules": [{}]{extra}}}"#,
+        module(&f.root, "data", "data", "data")
+    );
+    let mut entries = vec![
+        E::File("data/a", b"file a", 0o644),
+        E::File("data/b", b_data, 0o755),
+        E::File("manifest.json", m.as_bytes(), 0o644),
+    ];
+    let s = sig.map(|s| s(m.as_bytes()));
+    if let Some(s) = &s {
+        entries.push(E::File("manifest.sig", s.as_bytes(), 0o644));
+    }
+    build_zip(&f.zip, &entries);
+}
+
+fn sha_hex(data: &[u8]) -> String {
+    let mut h = Hasher::new(Algorithm::Sha256);
+    h.update(data);
+    h.finalize().to_hex()
+}
+
+fn full_map() -> String {
+    format!(
+        r#", "sha256": {{"data/a": "{}", "data/b": "{}"}}"#,
+        sha_hex(b"file a"),
+        sha_hex(b"file b")
+    )
+}
+
+fn open_with(f: &Fx, keys: &[PublicKey], require: bool) -> Result<Package, OtaError> {
+    let roots = [f.root.clone()];
+    let policy = PackagePolicy {
+        allowed_roots: Some(&roots),
+        trusted_keys: keys,
+        require_signature: require,
+    };
+    open_package(&f.zip, "1.2.3", &policy)
+}
+
+/// Extract every planned file; the first error.
+fn extract_all(p: &mut Package) -> Result<(), OtaError> {
+    for f in p.files.clone() {
+        p.extract_to(&f, &mut std::io::sink())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn contract_8_6_signed_package_opens_and_every_entry_is_hashed() {
+    let f = fx();
+    let key = SigningKey::generate().unwrap().0;
+    let sign = |m: &[u8]| key.sign_manifest(m);
+    signed_fx(&f, &full_map(), Some(&sign), b"file b");
+    let mut p = open_with(&f, &[key.public_key()], true).unwrap();
+    assert_eq!(p.signed_by, Some(key.public_key()));
+    extract_all(&mut p).unwrap();
+
+    // The same bytes in a tampered entry: the signature still verifies, extraction fails
+    // after the last byte, naming the entry.
+    signed_fx(&f, &full_map(), Some(&sign), b"evil b");
+    let mut p = open_with(&f, &[key.public_key()], true).unwrap();
+    let e = extract_all(&mut p).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}");
+    assert!(
+        e.detail.contains("data/b") && e.detail.contains("sha256"),
+        "{e}"
+    );
+
+    // Signed, but the map lacks a deployed entry.
+    let partial = format!(r#", "sha256": {{"data/a": "{}"}}"#, sha_hex(b"file a"));
+    signed_fx(&f, &partial, Some(&sign), b"file b");
+    let e = open_with(&f, &[key.public_key()], false).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}");
+    assert!(
+        e.detail.contains("data/b") && e.detail.contains("no sha256"),
+        "{e}"
+    );
+    // Unsigned (no keys), the same partial map is fine: only named entries are checked.
+    let mut p = open_with(&f, &[], false).unwrap();
+    assert_eq!(p.signed_by, None);
+    extract_all(&mut p).unwrap();
+}
+
+#[test]
+fn contract_8_6_without_keys_the_signature_is_ignored_but_a_map_is_checked() {
+    let f = fx();
+    let junk = |_: &[u8]| "not a signature".to_string();
+    signed_fx(&f, "", Some(&junk), b"file b");
+    let mut p = open_with(&f, &[], false).unwrap();
+    extract_all(&mut p).unwrap();
+    // With a key, the same junk is refused even when signatures are optional.
+    let key = SigningKey::generate().unwrap().0;
+    let e = open_with(&f, &[key.public_key()], false).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}");
+
+    // No keys, a map that does not match: refused at extraction.
+    let wrong = full_map().replace(&sha_hex(b"file b"), &sha_hex(b"other"));
+    signed_fx(&f, &wrong, None, b"file b");
+    let mut p = open_with(&f, &[], false).unwrap();
+    assert_eq!(
+        extract_all(&mut p).unwrap_err().code,
+        ErrorCode::InvalidPackage
+    );
+}
+
+#[test]
+fn malformed_sha256_maps_are_invalid_package() {
+    let f = fx();
+    let a = sha_hex(b"file a");
+    let cases = [
+        (
+            format!(r#", "sha256": {{"data/a": "{}"}}"#, a.to_uppercase()),
+            "lowercase",
+        ),
+        (r#", "sha256": {"data/a": "abc"}"#.to_string(), "lowercase"),
+        (format!(r#", "sha256": {{"data/zz": "{a}"}}"#), "not a file"),
+        (format!(r#", "sha256": {{"data": "{a}"}}"#), "not a file"),
+        (
+            format!(r#", "sha256": {{"data/a": "{a}", "./data/a": "{a}"}}"#),
+            "twice",
+        ),
+    ];
+    for (map, needle) in cases {
+        signed_fx(&f, &map, None, b"file b");
+        let e = open_with(&f, &[], false).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidPackage, "{map}: {e}");
+        assert!(e.detail.contains(needle), "{needle}: {e}");
+    }
+    signed_fx(&f, r#", "sha256": ["x"]"#, None, b"file b");
+    assert_eq!(
+        open_with(&f, &[], false).unwrap_err().code,
+        ErrorCode::InvalidManifest
+    );
+}
+
+fn small_zip(f: &Fx) {
+    let m = manifest_json("1.2.3", &module(&f.root, "a", "x", "x"));
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("x", b"x", 0o644),
+        ],
+    );
+}
+
+fn cd_check(f: &Fx) -> Result<CentralDirectory, OtaError> {
+    archive::check_central_directory(&File::open(&f.zip).unwrap())
+}
+
+#[test]
+fn contract_8_3_central_directory_is_checked_from_its_end_record() {
+    let f = fx();
+    small_zip(&f);
+    let cd = cd_check(&f).unwrap();
+    assert_eq!(cd.entries, 2);
+    let len = std::fs::metadata(&f.zip).unwrap().len();
+    assert_eq!(cd.offset + cd.size, len - 22);
+    open(&f).unwrap();
+
+    // A directory size above the cap, written into the end record.
+    let mut b = std::fs::read(&f.zip).unwrap();
+    let eocd = b.len() - 22;
+    b[eocd + 12..eocd + 16].copy_from_slice(&(9u32 * 1024 * 1024).to_le_bytes());
+    std::fs::write(&f.zip, &b).unwrap();
+    let e = err(&f);
+    assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}");
+    assert!(
+        e.detail.contains("central directory of 9437184 bytes"),
+        "{e}"
+    );
+
+    // Data before the archive: the central directory no longer ends at its record.
+    small_zip(&f);
+    let mut b = b"junk".to_vec();
+    b.extend(std::fs::read(&f.zip).unwrap());
+    std::fs::write(&f.zip, &b).unwrap();
+    assert!(err(&f).detail.contains("prepended"), "{}", err(&f));
+
+    // A second end record hidden in the comment.
+    let m = manifest_json("1.2.3", &module(&f.root, "a", "x", "x"));
+    let mut w = zip::ZipWriter::new(File::create(&f.zip).unwrap());
+    w.start_file("manifest.json", SimpleFileOptions::default())
+        .unwrap();
+    w.write_all(m.as_bytes()).unwrap();
+    // (A candidate the zip crate would try first: its comment ends before the file does.)
+    let mut fake = b"PK\x05\x06".to_vec();
+    fake.extend([0u8; 18]);
+    fake.extend(b"tail");
+    w.set_raw_comment(fake.into()).unwrap();
+    w.finish().unwrap();
+    assert!(err(&f).detail.contains("ambiguous"), "{}", err(&f));
+
+    // A plain comment is fine; a truncated file is not.
+    let mut w = zip::ZipWriter::new(File::create(&f.zip).unwrap());
+    w.start_file("manifest.json", SimpleFileOptions::default())
+        .unwrap();
+    w.write_all(m.as_bytes()).unwrap();
+    w.set_comment("built by the pipeline").unwrap();
+    w.finish().unwrap();
+    assert_eq!(cd_check(&f).unwrap().entries, 1);
+    let b = std::fs::read(&f.zip).unwrap();
+    std::fs::write(&f.zip, &b[..b.len() - 5]).unwrap();
+    assert_eq!(err(&f).code, ErrorCode::InvalidPackage);
+    std::fs::write(&f.zip, b"PK").unwrap();
+    assert!(err(&f).detail.contains("not a ZIP"), "{}", err(&f));
 }
