@@ -230,3 +230,37 @@ fn contract_8_8_pack_and_verify_accept_string_post_cmds() {
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.contains("module app: post_cmds[0]"), "{r:?}");
 }
+
+/// Incompressible files are stored, the others deflated; both come back intact.
+#[test]
+fn pack_stores_what_does_not_shrink() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let noise = pseudo_random_bytes(300 * 1024, 3);
+    let text = "a line of a configuration file, repeated\n".repeat(8000);
+    pkgkit::package_dir(
+        &src,
+        &simple_manifest(json!({})),
+        &[
+            ("app/noise.bin", &noise, 0o644),
+            ("app/text.conf", text.as_bytes(), 0o644),
+        ],
+    );
+    let out = d.path().join("p.zip");
+    pack(&src, &out, None);
+    let mut a = zip::ZipArchive::new(std::fs::File::open(&out).unwrap()).unwrap();
+    let method =
+        |a: &mut zip::ZipArchive<std::fs::File>, n: &str| a.by_name(n).unwrap().compression();
+    assert_eq!(
+        method(&mut a, "app/noise.bin"),
+        zip::CompressionMethod::Stored
+    );
+    assert_eq!(
+        method(&mut a, "app/text.conf"),
+        zip::CompressionMethod::Deflated
+    );
+    let es = entries(&std::fs::read(&out).unwrap());
+    assert_eq!(es[0].1, noise);
+    assert_eq!(es[1].1, text.as_bytes());
+    assert!(verify(&out, &[]).ok);
+}

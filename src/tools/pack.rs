@@ -2,7 +2,8 @@
 //! directory holding `manifest.json` and the files it names.
 //!
 //! Streaming and single pass: every file is read once, in chunks, hashed (SHA-256) and
-//! compressed into the ZIP as it is read; `manifest.json` (with the `sha256` map when signing)
+//! compressed into the ZIP as it is read (only its first 64 KiB are read once more, to store
+//! rather than deflate what does not shrink); `manifest.json` (with the `sha256` map when signing)
 //! and `manifest.sig` come last. Memory stays flat whatever the size of the files. The ZIP is
 //! written to `FILE.tmp`, checked by the daemon's own [`Package::open`], then renamed to
 //! `FILE`: a failed run never leaves a package behind.
@@ -28,6 +29,8 @@ use crate::package::{
 const CHUNK: usize = 256 * 1024;
 /// Deflate level: 6 is what `zip -r` uses.
 const LEVEL: i64 = 6;
+/// Size of the head of a file compressed to decide whether deflating it is worth it.
+const SAMPLE: usize = 64 * 1024;
 /// Files of at least this size get zip64 headers (deflate may grow incompressible data a
 /// little, and a 4 GiB entry without them is an error).
 const LARGE_FILE: u64 = u32::MAX as u64 - 64 * 1024 * 1024;
@@ -227,7 +230,7 @@ fn write_and_check(
     let mut hashes: BTreeMap<String, Checksum> = BTreeMap::new();
     let mut buf = vec![0u8; CHUNK];
     for s in sources {
-        let opts = options(s.mode).large_file(s.size >= LARGE_FILE);
+        let opts = options(s.mode, method_for(&s.path)?).large_file(s.size >= LARGE_FILE);
         zip.start_file(s.name.as_str(), opts)
             .map_err(|e| werr(&e))?;
         let mut input =
@@ -261,11 +264,11 @@ fn write_and_check(
             original.to_vec()
         }
     };
-    zip.start_file(MANIFEST_NAME, options(0o644))
+    zip.start_file(MANIFEST_NAME, options(0o644, CompressionMethod::Deflated))
         .map_err(|e| werr(&e))?;
     zip.write_all(&manifest_bytes).map_err(|e| werr(&e))?;
     if let Some(k) = key {
-        zip.start_file(SIGNATURE_NAME, options(0o644))
+        zip.start_file(SIGNATURE_NAME, options(0o644, CompressionMethod::Stored))
             .map_err(|e| werr(&e))?;
         zip.write_all(k.sign_manifest(&manifest_bytes).as_bytes())
             .map_err(|e| werr(&e))?;
@@ -288,10 +291,34 @@ fn write_and_check(
         .map_err(|e| format!("the package built is refused: {e}"))
 }
 
-fn options(mode: u32) -> SimpleFileOptions {
+/// Deflate a file only when a sample of its head shrinks: already compressed data (images,
+/// archives, compressed firmware) is stored, which makes packing it several times faster and
+/// the package no bigger.
+fn method_for(path: &Path) -> Result<CompressionMethod, String> {
+    let mut head = Vec::with_capacity(SAMPLE);
+    File::open(path)
+        .and_then(|f| f.take(SAMPLE as u64).read_to_end(&mut head))
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    if head.len() < SAMPLE {
+        return Ok(CompressionMethod::Deflated);
+    }
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    let packed = enc
+        .write_all(&head)
+        .and_then(|()| enc.finish())
+        .map_err(|e| format!("compressing {}: {e}", path.display()))?;
+    Ok(if packed.len() * 100 > head.len() * 95 {
+        CompressionMethod::Stored
+    } else {
+        CompressionMethod::Deflated
+    })
+}
+
+fn options(mode: u32, method: CompressionMethod) -> SimpleFileOptions {
+    let level = (method == CompressionMethod::Deflated).then_some(LEVEL);
     SimpleFileOptions::default()
-        .compression_method(CompressionMethod::Deflated)
-        .compression_level(Some(LEVEL))
+        .compression_method(method)
+        .compression_level(level)
         .unix_permissions(mode)
         .last_modified_time(zip::DateTime::default())
 }
