@@ -74,9 +74,7 @@ use crate::fsutil::{
     available_bytes, create_dirs_durable, fsync_dir, fsync_parent, remove_durable, tmp_sibling,
     write_atomic,
 };
-use crate::package::{
-    existing_ancestor, open_package, Module, Package, PackagePolicy, PlannedFile,
-};
+use crate::package::{existing_ancestor, open_package, Module, Package, PlannedFile, Signatures};
 use crate::process;
 
 /// File name of the journal inside the backups directory.
@@ -110,8 +108,9 @@ pub enum InstallEvent<'a> {
 
 #[derive(Debug)]
 pub struct InstallOptions<'a> {
-    /// Roots, trusted keys and signature rule the package is checked against.
-    pub package: PackagePolicy<'a>,
+    pub allowed_roots: &'a [PathBuf],
+    /// Keys and rule the package's signature is checked with.
+    pub signatures: Signatures<'a>,
     /// `<work_dir>/backups`.
     pub backups_dir: &'a Path,
     pub stop_timeout: Duration,
@@ -570,7 +569,12 @@ pub fn install(
 ) -> Result<InstallOutcome, OtaError> {
     let backups_dir = opts.backups_dir;
     // 1. Check everything before touching anything.
-    let mut pkg = open_package(package, expected_version, &opts.package)?;
+    let mut pkg = open_package(
+        package,
+        expected_version,
+        opts.allowed_roots,
+        opts.signatures,
+    )?;
     if journal_path(backups_dir).exists() {
         return Err(error::internal(
             "an earlier installation has not been recovered yet (journal present)",
@@ -696,7 +700,7 @@ pub fn install(
     // 6. Post commands, in start order.
     for &i in &order {
         let md = &journal.modules[i];
-        for cmd in &md.post_cmd_argvs() {
+        for cmd in &md.post_argvs() {
             if let Err(e) = process::run_to_completion(cmd, POST_CMD_TIMEOUT) {
                 let cause = error::deployment_failed(format!("module {}: {}", md.name, e.detail));
                 return Err(fail(cause, &journal, opts, on_event));
@@ -820,7 +824,8 @@ mod tests {
         ) -> Result<InstallOutcome, OtaError> {
             let roots = [self.root.clone()];
             let opts = InstallOptions {
-                package: PackagePolicy::roots(&roots),
+                allowed_roots: &roots,
+                signatures: Signatures::default(),
                 backups_dir: &self.backups,
                 stop_timeout: stop,
                 cancel: &self.cancel,
@@ -967,7 +972,8 @@ mod tests {
         two_module_package(&f, "");
         let roots = [f.root.clone()];
         let opts = InstallOptions {
-            package: PackagePolicy::roots(&roots),
+            allowed_roots: &roots,
+            signatures: Signatures::default(),
             backups_dir: &f.backups,
             stop_timeout: Duration::from_secs(1),
             cancel: &f.cancel,

@@ -401,7 +401,8 @@ impl Updater {
         let cfg = &self.inner.cfg;
         let backups = cfg.backups_dir();
         let opts = InstallOptions {
-            package: crate::package::PackagePolicy::of(cfg),
+            allowed_roots: &cfg.allowed_roots,
+            signatures: crate::package::Signatures::of(cfg),
             backups_dir: &backups,
             stop_timeout: Duration::from_secs(cfg.stop_timeout_s),
             cancel: self.inner.shutdown.flag(),

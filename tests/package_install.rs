@@ -95,12 +95,14 @@ impl Fx {
         assert!(self.app.exists() && self.conf.is_dir());
     }
 
+    /// The daemon, with `toml` added to its config (no settle time: these modules run no
+    /// process).
     fn daemon(&self, toml: &str) -> Daemon {
         Daemon::start(
             &self.ws,
             &self.api,
             DaemonOptions {
-                extra_toml: toml.to_string(),
+                extra_toml: format!("settle_s = 0\n{toml}"),
                 ..Default::default()
             },
         )

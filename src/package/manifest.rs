@@ -68,7 +68,7 @@ pub struct Module {
     pub service: Option<String>,
     #[serde(default)]
     pub start_cmd: Option<Vec<String>>,
-    /// Run after deployment; use [`Module::post_cmd_argvs`] to run them.
+    /// Run after deployment; use [`Module::post_argvs`] to run them.
     #[serde(default)]
     pub post_cmds: Vec<PostCmd>,
     /// Run after the module started until it exits 0 (section 8.4).
@@ -85,7 +85,7 @@ fn default_health_timeout_s() -> u64 {
 
 impl Module {
     /// The argv of every post command, in order, whatever form the manifest used.
-    pub fn post_cmd_argvs(&self) -> Vec<Vec<String>> {
+    pub fn post_argvs(&self) -> Vec<Vec<String>> {
         self.post_cmds.iter().map(PostCmd::argv).collect()
     }
 
@@ -631,7 +631,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            m.modules[0].post_cmd_argvs(),
+            m.modules[0].post_argvs(),
             vec![
                 vec!["/bin/true".to_string(), "x y".to_string()],
                 vec![

@@ -61,36 +61,32 @@ pub const MAX_RATIO: u64 = 1000;
 /// Slack per file for the free-space check (block rounding, metadata).
 const PER_FILE_SLACK: u64 = 4096;
 
-/// What a package is checked against, besides its own consistency.
-#[derive(Debug, Clone, Copy)]
-pub struct PackagePolicy<'a> {
-    /// Every `dst` must lie inside one of these; `None` applies no root rule (the package
-    /// author's tools without `--config`).
-    pub allowed_roots: Option<&'a [PathBuf]>,
+/// Which signatures a package must carry. The default: no keys, `manifest.sig` ignored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Signatures<'a> {
     /// Keys a `manifest.sig` is verified with (config `trusted_keys`).
     pub trusted_keys: &'a [PublicKey],
     /// Refuse a package without a verified signature (config `require_signature`).
     pub require_signature: bool,
 }
 
-impl<'a> PackagePolicy<'a> {
-    /// The daemon's policy: `allowed_roots`, `trusted_keys`, `require_signature`.
-    pub fn of(cfg: &'a Config) -> PackagePolicy<'a> {
-        PackagePolicy {
-            allowed_roots: Some(&cfg.allowed_roots),
+impl<'a> Signatures<'a> {
+    /// The daemon's: config `trusted_keys` and `require_signature`.
+    pub fn of(cfg: &'a Config) -> Signatures<'a> {
+        Signatures {
             trusted_keys: &cfg.trusted_keys,
             require_signature: cfg.require_signature,
         }
     }
+}
 
-    /// Only a root rule: no keys, signatures ignored.
-    pub fn roots(allowed_roots: &'a [PathBuf]) -> PackagePolicy<'a> {
-        PackagePolicy {
-            allowed_roots: Some(allowed_roots),
-            trusted_keys: &[],
-            require_signature: false,
-        }
-    }
+/// What a package is checked against, besides its own consistency.
+#[derive(Debug, Clone, Copy)]
+pub struct PackagePolicy<'a> {
+    /// Every `dst` must lie inside one of these; `None` applies no root rule (the package
+    /// author's tools without `--config`).
+    pub allowed_roots: Option<&'a [PathBuf]>,
+    pub signatures: Signatures<'a>,
 }
 
 /// One file to deploy: ZIP entry `entry` of module `module` (index in the manifest) to `dst`.
@@ -255,9 +251,14 @@ fn check_space(files: &[PlannedFile]) -> Result<(), OtaError> {
 pub fn open_package(
     path: &Path,
     expected_version: &str,
-    policy: &PackagePolicy,
+    allowed_roots: &[PathBuf],
+    signatures: Signatures,
 ) -> Result<Package, OtaError> {
-    let pkg = Package::open(path, Some(expected_version), policy)?;
+    let policy = PackagePolicy {
+        allowed_roots: Some(allowed_roots),
+        signatures,
+    };
+    let pkg = Package::open(path, Some(expected_version), &policy)?;
     check_space(&pkg.files)?;
     Ok(pkg)
 }
@@ -297,8 +298,12 @@ impl Package {
                 )))
             }
         };
+        let Signatures {
+            trusted_keys,
+            require_signature,
+        } = policy.signatures;
         let sig = match entries.get(SIGNATURE_NAME) {
-            _ if policy.trusted_keys.is_empty() && !policy.require_signature => None,
+            _ if trusted_keys.is_empty() && !require_signature => None,
             Some(info) if !info.is_dir => Some(archive::read_small_entry(
                 &mut archive,
                 info,
@@ -314,12 +319,7 @@ impl Package {
             None => None,
         };
         // Authenticate the bytes before parsing them.
-        let signed_by = check_signature(
-            sig.as_deref(),
-            &bytes,
-            policy.trusted_keys,
-            policy.require_signature,
-        )?;
+        let signed_by = check_signature(sig.as_deref(), &bytes, trusted_keys, require_signature)?;
         let manifest = parse_manifest(&bytes)?;
         validate_manifest(&manifest, expected_version, policy.allowed_roots)?;
         let files = plan(&manifest, &entries)?;

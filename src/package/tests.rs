@@ -65,7 +65,8 @@ fn open(f: &Fx) -> Result<Package, OtaError> {
     open_package(
         &f.zip,
         "1.2.3",
-        &PackagePolicy::roots(std::slice::from_ref(&f.root)),
+        std::slice::from_ref(&f.root),
+        Signatures::default(),
     )
 }
 
@@ -416,13 +417,11 @@ fn full_map() -> String {
 }
 
 fn open_with(f: &Fx, keys: &[PublicKey], require: bool) -> Result<Package, OtaError> {
-    let roots = [f.root.clone()];
-    let policy = PackagePolicy {
-        allowed_roots: Some(&roots),
+    let signatures = Signatures {
         trusted_keys: keys,
         require_signature: require,
     };
-    open_package(&f.zip, "1.2.3", &policy)
+    open_package(&f.zip, "1.2.3", std::slice::from_ref(&f.root), signatures)
 }
 
 /// Extract every planned file; the first error.

@@ -21,8 +21,8 @@ use zip::CompressionMethod;
 
 use crate::checksum::{Algorithm, Checksum, Hasher};
 use crate::package::{
-    parse_manifest, validate_manifest, Manifest, Package, PackagePolicy, PublicKey, SigningKey,
-    MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, SIGNATURE_NAME,
+    parse_manifest, validate_manifest, Manifest, Package, PackagePolicy, PublicKey, Signatures,
+    SigningKey, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, SIGNATURE_NAME,
 };
 
 /// Read and write buffer size.
@@ -283,8 +283,10 @@ fn write_and_check(
     let own: Vec<PublicKey> = key.map(|k| k.public_key()).into_iter().collect();
     let policy = PackagePolicy {
         allowed_roots: roots.as_deref(),
-        trusted_keys: &own,
-        require_signature: key.is_some(),
+        signatures: Signatures {
+            trusted_keys: &own,
+            require_signature: key.is_some(),
+        },
     };
     Package::open(tmp, None, &policy)
         .map(|_| ())

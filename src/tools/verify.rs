@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::package::{Package, PackagePolicy, PublicKey};
+use crate::package::{Package, PackagePolicy, PublicKey, Signatures};
 
 /// Check the package at `file`. The keys are `keys` (base64, as `keygen` prints them) plus,
 /// with `config`, its `trusted_keys`; a signature is required when `--key` is given or the
@@ -24,8 +24,11 @@ pub fn run(file: &Path, keys: &[String], config: Option<&Path>) -> Result<String
     let roots: Option<Vec<PathBuf>> = cfg.as_ref().map(|c| c.allowed_roots.clone());
     let policy = PackagePolicy {
         allowed_roots: roots.as_deref(),
-        trusted_keys: &trusted,
-        require_signature: !keys.is_empty() || cfg.as_ref().is_some_and(|c| c.require_signature),
+        signatures: Signatures {
+            trusted_keys: &trusted,
+            require_signature: !keys.is_empty()
+                || cfg.as_ref().is_some_and(|c| c.require_signature),
+        },
     };
     let mut pkg = Package::open(file, None, &policy).map_err(|e| e.to_string())?;
     let mut bytes = 0;
