@@ -59,7 +59,11 @@ pub fn effective_toml(cfg: &Config) -> String {
         max_download_bytes_per_s,
         log_level,
         settle_s,
+        trusted_keys,
+        require_signature,
+        allow_downgrade,
     } = cfg;
+    let keys: Vec<String> = trusted_keys.iter().map(|k| quote(&k.to_base64())).collect();
     let roots: Vec<String> = allowed_roots.iter().map(|r| path(r)).collect();
     let ca_file = match ca_file {
         Some(p) => path(p),
@@ -82,6 +86,9 @@ pub fn effective_toml(cfg: &Config) -> String {
         ),
         ("log_level", quote(&log_level.as_str().to_ascii_lowercase())),
         ("settle_s", settle_s.to_string()),
+        ("trusted_keys", format!("[{}]", keys.join(", "))),
+        ("require_signature", require_signature.to_string()),
+        ("allow_downgrade", allow_downgrade.to_string()),
     ];
     let mut out = String::new();
     for (key, value) in lines {
@@ -97,6 +104,23 @@ pub fn effective_toml(cfg: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signature_keys_are_printed_and_read_back_unchanged() {
+        let key = "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=";
+        let cfg = Config::from_toml(&format!(
+            "trusted_keys = [\"{key}\"]\nrequire_signature = true\nallow_downgrade = false\n"
+        ))
+        .unwrap();
+        let text = effective_toml(&cfg);
+        assert!(
+            text.contains(&format!("trusted_keys = [\"{key}\"]\n")),
+            "{text}"
+        );
+        assert!(text.contains("require_signature = true\n"), "{text}");
+        assert!(text.contains("allow_downgrade = false\n"), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), cfg);
+    }
 
     #[test]
     fn defaults_are_printed_and_read_back_unchanged() {

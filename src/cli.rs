@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::tools;
+
 /// `--version`: the crate version and the git commit it was built from (build.rs).
 pub const VERSION_TEXT: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -46,16 +48,65 @@ pub enum Command {
     /// the real daemon, live progress.
     #[cfg(feature = "demo")]
     Demo,
+    /// Make a signing key: the private key into FILE (mode 0600), the public key (for the
+    /// config's `trusted_keys`) on stdout.
+    Keygen {
+        /// Where to write the private key (never over an existing file).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Build a package from DIR (manifest.json and the files it names); prints the JSON
+    /// device-api needs for /download. `--config` applies its allowed_roots.
+    Pack {
+        dir: PathBuf,
+        /// The package to write; its file name is the package_name.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Sign with this private key (from `keygen`): adds the sha256 map and manifest.sig.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Check a package as the daemon would; with --key, its signature too. `--config`
+    /// applies its allowed_roots, trusted_keys and require_signature.
+    Verify {
+        file: PathBuf,
+        /// A trusted public key (base64, as keygen printed it); repeatable, any one verifying
+        /// is enough.
+        #[arg(long = "key", value_name = "PUBKEY")]
+        keys: Vec<String>,
+    },
 }
 
 /// Parse the command line and run the command; the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version exit 0; a usage error exits 1 like every other failure.
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let config = cli.config.as_deref();
     match cli.command {
-        None | Some(Command::Serve) => crate::daemon::serve(cli.config.as_deref()),
-        Some(Command::Status { json }) => crate::status::run(cli.config.as_deref(), json),
-        Some(Command::CheckConfig) => crate::check_config::run(cli.config.as_deref()),
+        None | Some(Command::Serve) => crate::daemon::serve(config),
+        Some(Command::Status { json }) => crate::status::run(config, json),
+        Some(Command::CheckConfig) => crate::check_config::run(config),
         #[cfg(feature = "demo")]
         Some(Command::Demo) => crate::demo::run(),
+        Some(Command::Keygen { out }) => tools::finish("keygen", tools::keygen::run(&out)),
+        Some(Command::Pack { dir, out, key }) => tools::finish(
+            "pack",
+            tools::pack::run(&dir, &out, key.as_deref(), config).and_then(|p| {
+                serde_json::to_string(&p).map_err(|e| format!("cannot print the result: {e}"))
+            }),
+        ),
+        Some(Command::Verify { file, keys }) => {
+            tools::finish("verify", tools::verify::run(&file, &keys, config))
+        }
     }
 }

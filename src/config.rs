@@ -5,6 +5,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::package::PublicKey;
+
 /// The daemon's configuration, after defaults and validation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -25,6 +27,12 @@ pub struct Config {
     pub log_level: tracing::Level,
     /// Seconds between the last module start and the health checks (section 8.4).
     pub settle_s: u64,
+    /// Ed25519 keys a package's `manifest.sig` is verified with (section 8.6).
+    pub trusted_keys: Vec<PublicKey>,
+    /// Refuse packages without a signature verified by one of `trusted_keys`.
+    pub require_signature: bool,
+    /// Accept a package older than the installed version (device-api's rollbacks).
+    pub allow_downgrade: bool,
 }
 
 /// The file as written by an operator; every key optional.
@@ -44,6 +52,9 @@ struct RawConfig {
     max_download_bytes_per_s: Option<u64>,
     log_level: Option<String>,
     settle_s: Option<u64>,
+    trusted_keys: Option<Vec<String>>,
+    require_signature: Option<bool>,
+    allow_downgrade: Option<bool>,
 }
 
 /// A configuration problem; the message names the key.
@@ -191,6 +202,23 @@ impl Config {
         if settle_s > 3600 {
             return Err(invalid("settle_s", "must be between 0 and 3600"));
         }
+        let mut trusted_keys = Vec::new();
+        for k in raw.trusted_keys.unwrap_or_default() {
+            let key = PublicKey::from_base64(&k).ok_or_else(|| {
+                invalid(
+                    "trusted_keys",
+                    format!("`{k}` is not the base64 of a 32-byte Ed25519 public key"),
+                )
+            })?;
+            trusted_keys.push(key);
+        }
+        let require_signature = raw.require_signature.unwrap_or(false);
+        if require_signature && trusted_keys.is_empty() {
+            return Err(invalid(
+                "require_signature",
+                "is true but trusted_keys is empty: no package could be installed",
+            ));
+        }
         if let Some(ca) = &raw.ca_file {
             if ca.as_os_str().is_empty() {
                 return Err(invalid("ca_file", "must not be empty"));
@@ -213,6 +241,9 @@ impl Config {
             max_download_bytes_per_s: raw.max_download_bytes_per_s.unwrap_or(0),
             log_level,
             settle_s,
+            trusted_keys,
+            require_signature,
+            allow_downgrade: raw.allow_downgrade.unwrap_or(true),
         })
     }
 
@@ -268,6 +299,9 @@ mod tests {
         assert_eq!(c.max_download_bytes_per_s, 0);
         assert_eq!(c.log_level, tracing::Level::INFO);
         assert_eq!(c.settle_s, 3);
+        assert!(c.trusted_keys.is_empty());
+        assert!(!c.require_signature);
+        assert!(c.allow_downgrade);
     }
 
     #[test]
@@ -287,6 +321,9 @@ max_package_size = 1000
 max_download_bytes_per_s = 500
 log_level = "debug"
 settle_s = 0
+trusted_keys = ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]
+require_signature = true
+allow_downgrade = false
 "#,
         )
         .unwrap();
@@ -306,6 +343,32 @@ settle_s = 0
         assert_eq!(c.max_download_bytes_per_s, 500);
         assert_eq!(c.log_level, tracing::Level::DEBUG);
         assert_eq!(c.settle_s, 0);
+        let key: Vec<u8> = (0..32).collect();
+        assert_eq!(c.trusted_keys.len(), 1);
+        assert_eq!(c.trusted_keys[0].to_base64(), base64_of(&key));
+        assert!(c.require_signature);
+        assert!(!c.allow_downgrade);
+    }
+
+    fn base64_of(b: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    #[test]
+    fn contract_8_6_bad_key_and_signature_without_keys_are_config_errors() {
+        let e = Config::from_toml("trusted_keys = [\"AAAA\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_keys") && e.contains("`AAAA`"), "{e}");
+        let e = Config::from_toml("require_signature = true")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("require_signature"), "{e}");
+        let e = Config::from_toml("trusted_keys = \"AAAA\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_keys"), "{e}");
     }
 
     #[test]

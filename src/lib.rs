@@ -25,4 +25,5 @@ pub mod startup;
 pub mod state;
 pub mod status;
 pub mod systemd;
+pub mod tools;
 pub mod updater;

@@ -24,6 +24,8 @@ use crate::lifecycle::{self, Lifecycle, Stage};
 pub const OUTCOME_FILE: &str = "outcome.json";
 /// File name of the history inside `./tmp/`.
 pub const HISTORY_FILE: &str = "history.jsonl";
+/// File name of the installed version inside `./tmp/` (config `allow_downgrade`).
+pub const INSTALLED_FILE: &str = "installed.json";
 /// Outcomes kept in the history.
 pub const HISTORY_LEN: usize = 50;
 /// Longest `message` or `error` kept (in bytes); longer ones are cut, so that the history
@@ -131,6 +133,26 @@ pub fn read_own<T>(path: &Path, parse: impl FnOnce(&[u8]) -> Result<T, String>) 
         ),
     }
     None
+}
+
+/// The version the last successful installation put in place, as [`save_installed`] wrote it;
+/// `None` when none is known (a new printer, or an unusable file, set aside).
+pub fn installed(path: &Path) -> Option<String> {
+    read_own(path, |bytes| {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        v.get("version")
+            .and_then(serde_json::Value::as_str)
+            .filter(|v| crate::package::is_semver(v))
+            .map(str::to_string)
+            .ok_or_else(|| "no x.y.z `version`".to_string())
+    })
+}
+
+/// Record durably that `version` is installed (at each success; the downgrade policy reads it).
+pub fn save_installed(path: &Path, version: &str, now: OffsetDateTime) -> io::Result<()> {
+    let body = serde_json::json!({"version": version, "at": lifecycle::iso8601(now)});
+    fsutil::write_atomic(path, body.to_string().as_bytes())
 }
 
 /// [`fsutil::set_aside`], and when an older `<name>.unusable` of another kind is in the way

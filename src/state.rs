@@ -176,16 +176,18 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
 }
 
 /// File names the updater itself uses in `./tmp/` besides packages: the state file, the last
-/// outcome, the start-up recovery counter (crash-loop guard) and the install history. With
+/// outcome, the start-up recovery counter (crash-loop guard), the install history and the
+/// installed version (for `allow_downgrade`). With
 /// every `*.tmp` (atomic writes) and `*.unusable` (files set aside by
 /// [`crate::fsutil::set_aside`]) they are refused as a `package_name` (CONTRACT.md section
 /// 8.3). At start every other entry of `./tmp/` but the package a state refers to (and the
 /// `*.unusable` files) is removed (section 8.5).
-pub const OWN_TMP_FILES: [&str; 4] = [
+pub const OWN_TMP_FILES: [&str; 5] = [
     "state.json",
     "outcome.json",
     "recovery.json",
     "history.jsonl",
+    "installed.json",
 ];
 
 /// Whether `name` is, or could become, one of the updater's own files in `./tmp/`.

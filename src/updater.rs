@@ -480,12 +480,23 @@ impl Updater {
                 return;
             }
         }
+        let cfg = &self.inner.cfg;
+        let installed = crate::outcome::installed(&self.installed_path());
+        if let Err(e) = crate::package::check_downgrade(
+            installed.as_deref(),
+            &spec.version,
+            cfg.allow_downgrade,
+        ) {
+            let _ = fsutil::remove_durable(&path);
+            self.fail(e, Discard::File);
+            return;
+        }
         self.start_ota_gui();
 
-        let cfg = &self.inner.cfg;
         let backups = cfg.backups_dir();
         let opts = InstallOptions {
             allowed_roots: &cfg.allowed_roots,
+            signatures: crate::package::Signatures::of(cfg),
             backups_dir: &backups,
             stop_timeout: Duration::from_secs(cfg.stop_timeout_s),
             settle: Duration::from_secs(cfg.settle_s),

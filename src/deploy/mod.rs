@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::error::{self, ErrorCode, OtaError};
-use crate::package::{open_package, Module};
+use crate::package::{open_package, Module, Signatures};
 use crate::process;
 
 pub use health::HealthCmd;
@@ -74,6 +74,8 @@ pub enum InstallEvent<'a> {
 #[derive(Debug)]
 pub struct InstallOptions<'a> {
     pub allowed_roots: &'a [PathBuf],
+    /// How `manifest.sig` is checked (config `trusted_keys`, `require_signature`).
+    pub signatures: Signatures<'a>,
     /// `<work_dir>/backups`.
     pub backups_dir: &'a Path,
     pub stop_timeout: Duration,
@@ -156,7 +158,12 @@ pub fn install(
     let backups_dir = opts.backups_dir;
     let cancelled = || opts.cancel.load(Ordering::SeqCst);
     // Check everything before touching anything.
-    let mut pkg = open_package(package, expected_version, opts.allowed_roots)?;
+    let mut pkg = open_package(
+        package,
+        expected_version,
+        opts.allowed_roots,
+        opts.signatures,
+    )?;
     if journal::path(backups_dir).exists() {
         return Err(error::internal(
             "an earlier installation has not been recovered yet (journal present)",

@@ -51,6 +51,7 @@ impl Fx {
         let roots = [self.root.clone()];
         let opts = InstallOptions {
             allowed_roots: &roots,
+            signatures: Default::default(),
             backups_dir: &self.backups,
             stop_timeout: stop,
             settle: self.settle,
@@ -229,6 +230,7 @@ fn invalid_package_changes_nothing() {
     let roots = [f.root.clone()];
     let opts = InstallOptions {
         allowed_roots: &roots,
+        signatures: Default::default(),
         backups_dir: &f.backups,
         stop_timeout: Duration::from_secs(1),
         settle: Duration::ZERO,
@@ -275,6 +277,7 @@ fn destination_inside_backups_is_refused() {
     );
     let opts = InstallOptions {
         allowed_roots: &roots,
+        signatures: Default::default(),
         backups_dir: &f.backups,
         stop_timeout: Duration::from_secs(1),
         settle: Duration::ZERO,
@@ -810,6 +813,7 @@ fn committed_journal_completes_cleanup() {
     let roots = [f.root.clone()];
     let opts = InstallOptions {
         allowed_roots: &roots,
+        signatures: Default::default(),
         backups_dir: &f.backups,
         stop_timeout: Duration::from_secs(1),
         settle: Duration::ZERO,

@@ -48,6 +48,10 @@ impl Updater {
         self.inner.cfg.tmp_dir().join(OUTCOME_FILE)
     }
 
+    pub(super) fn installed_path(&self) -> std::path::PathBuf {
+        self.inner.cfg.tmp_dir().join(outcome::INSTALLED_FILE)
+    }
+
     fn history_path(&self) -> std::path::PathBuf {
         self.inner.cfg.tmp_dir().join(HISTORY_FILE)
     }
@@ -146,6 +150,15 @@ impl Updater {
         *lock(&self.inner.outcome) = Some(o.clone());
         lock(&self.inner.pending).outcome = false;
         self.write_history(o);
+        if o.stage == Stage::Success && !o.version.is_empty() {
+            let installed = self.installed_path();
+            // Not fatal: a stale record only lets more through (config `allow_downgrade`).
+            if let Err(e) =
+                outcome::save_installed(&installed, &o.version, OffsetDateTime::now_utc())
+            {
+                tracing::error!("cannot write {}: {e}", installed.display());
+            }
+        }
         Ok(())
     }
 

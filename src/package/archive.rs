@@ -1,0 +1,387 @@
+//! The ZIP reader's safety rules: the size of the central directory before the zip crate loads
+//! it, then every entry's name, type, compression and size (see the rules in `package/mod.rs`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+
+use zip::CompressionMethod;
+
+use super::{MAX_ENTRIES, MAX_RATIO, MAX_TOTAL_UNCOMPRESSED, RATIO_CHECK_MIN};
+use crate::error::{self, OtaError};
+
+/// Largest central directory accepted: room for [`MAX_ENTRIES`] entries with names of about
+/// 80 bytes. The zip crate holds the whole directory (parsed) in memory.
+pub const MAX_CENTRAL_DIRECTORY: u64 = 8 * 1024 * 1024;
+/// Largest "extensible data" of a zip64 end record (the zip crate reads it into memory; real
+/// archives leave it empty).
+const MAX_ZIP64_EXTENSIBLE: u64 = 64 * 1024;
+
+/// Mode of a deployed file whose entry carries no permission bits.
+pub const DEFAULT_MODE: u32 = 0o644;
+
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const S_IFDIR: u32 = 0o040000;
+
+const EOCD_SIG: [u8; 4] = *b"PK\x05\x06";
+const EOCD_LEN: usize = 22;
+const ZIP64_LOCATOR_SIG: [u8; 4] = *b"PK\x06\x07";
+const ZIP64_LOCATOR_LEN: u64 = 20;
+const ZIP64_EOCD_SIG: [u8; 4] = *b"PK\x06\x06";
+/// Fixed part of the zip64 end record, signature and size field included.
+const ZIP64_EOCD_LEN: usize = 56;
+const CDFH_SIG: [u8; 4] = *b"PK\x01\x02";
+/// Smallest central directory file header.
+const CDFH_MIN_LEN: u64 = 46;
+
+/// What the end records say about the central directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CentralDirectory {
+    pub entries: u64,
+    pub size: u64,
+    pub offset: u64,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u64 {
+    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, OtaError> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| error::invalid_package(format!("not a readable ZIP: {e}")))?;
+    Ok(buf)
+}
+
+/// Read the end-of-central-directory record (and the zip64 one) and refuse, before anything
+/// big is read, an archive whose central directory holds more than [`MAX_ENTRIES`] entries or
+/// more than [`MAX_CENTRAL_DIRECTORY`] bytes (CONTRACT.md section 8.3).
+///
+/// Hand-written because the zip crate has no such cap: `ZipArchive::new` parses the whole
+/// central directory into memory, so a package of 300 000 empty entries or 100 MB of names
+/// would cost hundreds of MB before any of our checks could run. Only the standard layout is
+/// accepted, so that the record read here is the one the zip crate uses: the end record ends
+/// the file exactly (with its comment), no second end signature follows it, and the central
+/// directory ends where its end record (or the zip64 one) begins, which also means nothing
+/// was prepended to the archive. `zip -r`, Python's zipfile and `tope-updater pack` all write
+/// that layout.
+pub fn check_central_directory(file: &File) -> Result<CentralDirectory, OtaError> {
+    let bad = |msg: String| Err(error::invalid_package(msg));
+    let len = file
+        .metadata()
+        .map_err(|e| error::invalid_package(format!("cannot read the package: {e}")))?
+        .len();
+    if len < EOCD_LEN as u64 {
+        return bad(format!("not a ZIP: {len} bytes"));
+    }
+    let tail_len = len.min((EOCD_LEN + usize::from(u16::MAX)) as u64) as usize;
+    let tail_start = len - tail_len as u64;
+    let tail = read_at(file, tail_start, tail_len)?;
+    // An end record candidate: its signature, and its comment ends at or before the end of
+    // the file (the zip crate tolerates bytes after the comment).
+    let end_of = |i: usize| {
+        (tail[i..i + 4] == EOCD_SIG).then(|| i + EOCD_LEN + u16_at(&tail, i + 20) as usize)
+    };
+    let candidates = || {
+        (0..=tail_len - EOCD_LEN)
+            .rev()
+            .filter_map(|i| Some((i, end_of(i)?)))
+    };
+    // Ours: the last one whose comment ends exactly at the end of the file. The zip crate
+    // tries candidates from the end backwards, so any later one it would accept comes first.
+    let Some(at) = candidates()
+        .find(|&(_, end)| end == tail_len)
+        .map(|(i, _)| i)
+    else {
+        return bad("not a ZIP: no end-of-central-directory record at the end of the file".into());
+    };
+    if candidates().any(|(i, end)| i > at && end <= tail_len) {
+        return bad(
+            "ambiguous ZIP: a second end-of-central-directory record follows the first".into(),
+        );
+    }
+    let eocd = &tail[at..at + EOCD_LEN];
+    let eocd_pos = tail_start + at as u64;
+    let (disk, cd_disk) = (u16_at(eocd, 4), u16_at(eocd, 6));
+    let (entries_here, entries) = (u16_at(eocd, 8), u16_at(eocd, 10));
+    let (size, offset) = (u32_at(eocd, 12), u32_at(eocd, 16));
+    // The zip crate's own test for "maybe zip64": it then uses the zip64 record.
+    let zip64 = entries == 0xFFFF || size == 0xFFFF_FFFF || offset == 0xFFFF_FFFF;
+    let (cd, end_pos) = if zip64 {
+        zip64_record(file, eocd_pos)?
+    } else {
+        if disk != 0 || cd_disk != 0 || entries_here != entries {
+            return bad("multi-disk ZIP archives are not supported".into());
+        }
+        (
+            CentralDirectory {
+                entries,
+                size,
+                offset,
+            },
+            eocd_pos,
+        )
+    };
+    if cd.entries > MAX_ENTRIES as u64 {
+        return bad(format!(
+            "{} entries, more than the {MAX_ENTRIES} allowed",
+            cd.entries
+        ));
+    }
+    if cd.size > MAX_CENTRAL_DIRECTORY {
+        return bad(format!(
+            "central directory of {} bytes, more than the {MAX_CENTRAL_DIRECTORY} allowed",
+            cd.size
+        ));
+    }
+    if cd.offset.checked_add(cd.size) != Some(end_pos) {
+        return bad(
+            "the central directory does not end where its end record begins \
+             (data prepended or inserted: not a plain ZIP)"
+                .into(),
+        );
+    }
+    if cd.entries.saturating_mul(CDFH_MIN_LEN) > cd.size {
+        return bad(format!(
+            "{} entries cannot fit in a central directory of {} bytes",
+            cd.entries, cd.size
+        ));
+    }
+    if cd.entries > 0 && read_at(file, cd.offset, 4)? != CDFH_SIG {
+        return bad("corrupt ZIP: no central directory at the offset its end record names".into());
+    }
+    Ok(cd)
+}
+
+/// The zip64 end record located just before the end record at `eocd_pos`; returns it and its
+/// position (where the central directory must end).
+fn zip64_record(file: &File, eocd_pos: u64) -> Result<(CentralDirectory, u64), OtaError> {
+    let bad = |msg: &str| Err(error::invalid_package(format!("corrupt zip64 ZIP: {msg}")));
+    let Some(loc_pos) = eocd_pos.checked_sub(ZIP64_LOCATOR_LEN) else {
+        return bad("no zip64 end record locator");
+    };
+    let loc = read_at(file, loc_pos, ZIP64_LOCATOR_LEN as usize)?;
+    if loc[..4] != ZIP64_LOCATOR_SIG {
+        return bad("no zip64 end record locator");
+    }
+    if u32_at(&loc, 4) != 0 || u32_at(&loc, 16) > 1 {
+        return bad("multi-disk ZIP archives are not supported");
+    }
+    let rec_pos = u64_at(&loc, 8);
+    if rec_pos.saturating_add(ZIP64_EOCD_LEN as u64) > loc_pos {
+        return bad("the zip64 end record is not before its locator");
+    }
+    let rec = read_at(file, rec_pos, ZIP64_EOCD_LEN)?;
+    if rec[..4] != ZIP64_EOCD_SIG {
+        return bad("no zip64 end record where the locator points");
+    }
+    // The record's size field counts what follows it (the 12 first bytes excluded).
+    let extensible = u64_at(&rec, 4).checked_sub(ZIP64_EOCD_LEN as u64 - 12);
+    match extensible {
+        Some(x) if x <= MAX_ZIP64_EXTENSIBLE && rec_pos + ZIP64_EOCD_LEN as u64 + x == loc_pos => {}
+        _ => return bad("the zip64 end record's size is wrong"),
+    }
+    if u32_at(&rec, 16) != 0 || u32_at(&rec, 20) != 0 || u64_at(&rec, 24) != u64_at(&rec, 32) {
+        return bad("multi-disk ZIP archives are not supported");
+    }
+    let cd = CentralDirectory {
+        entries: u64_at(&rec, 32),
+        size: u64_at(&rec, 40),
+        offset: u64_at(&rec, 48),
+    };
+    Ok((cd, rec_pos))
+}
+
+/// The components of a relative ZIP path or manifest `src`, with empty and `.` components
+/// dropped. `None` when it is absolute, contains `..`, `\` or NUL, or names nothing.
+pub fn canonical_rel(name: &str) -> Option<String> {
+    if name.starts_with('/') || name.contains('\\') || name.contains('\0') {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return None,
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+/// What the scan of the central directory keeps of an entry.
+pub struct EntryInfo {
+    pub index: usize,
+    pub is_dir: bool,
+    pub size: u64,
+    pub mode: u32,
+}
+
+/// The mode a file gets: the entry's permission bits without setuid, setgid and sticky (a
+/// package must not be able to plant a setuid-root program through the updater), or
+/// [`DEFAULT_MODE`] when the entry carries none.
+pub fn deploy_mode(unix_mode: Option<u32>) -> u32 {
+    match unix_mode.map(|m| m & 0o777) {
+        Some(m) if m != 0 => m,
+        _ => DEFAULT_MODE,
+    }
+}
+
+/// Scan the central directory: every safety rule on entries, and the map from canonical name
+/// to entry.
+pub fn scan_entries(
+    archive: &mut zip::ZipArchive<File>,
+) -> Result<HashMap<String, EntryInfo>, OtaError> {
+    let bad = |msg: String| Err(error::invalid_package(msg));
+    if archive.len() > MAX_ENTRIES {
+        return bad(format!(
+            "{} entries, more than the {MAX_ENTRIES} allowed",
+            archive.len()
+        ));
+    }
+    if archive.has_duplicate_names() {
+        return bad("two entries have the same name".into());
+    }
+    match archive.has_overlapping_entries() {
+        Ok(false) => {}
+        Ok(true) => return bad("entries overlap each other (zip bomb or corrupt ZIP)".into()),
+        Err(e) => return bad(format!("corrupt ZIP: {e}")),
+    }
+    let mut entries: HashMap<String, EntryInfo> = HashMap::new();
+    let mut total: u64 = 0;
+    for index in 0..archive.len() {
+        let e = archive
+            .by_index_data(index)
+            .map_err(|e| error::invalid_package(format!("entry {index}: {e}")))?;
+        let raw = String::from_utf8_lossy(e.name_raw()).into_owned();
+        let name = match e.name() {
+            Ok(n) => n.into_owned(),
+            Err(err) => return bad(format!("entry {index} ({raw}): unreadable name: {err}")),
+        };
+        if e.encrypted() {
+            return bad(format!("entry {name}: encrypted entries are not supported"));
+        }
+        if e.is_symlink() {
+            return bad(format!("entry {name}: symbolic links are not allowed"));
+        }
+        if e.enclosed_name().is_none() {
+            return bad(format!("entry {name}: path escapes the package root"));
+        }
+        if name.starts_with('/') || name.contains('\\') || name.split('/').any(|c| c == "..") {
+            return bad(format!(
+                "entry {name}: absolute paths, `..` and `\\` are not allowed"
+            ));
+        }
+        let Some(canon) = canonical_rel(&name) else {
+            return bad(format!("entry {name}: not a path inside the package"));
+        };
+        let is_dir = e.is_dir();
+        let mode = e.unix_mode();
+        if let Some(m) = mode {
+            let kind = m & S_IFMT;
+            let ok = match kind {
+                0 => true,
+                S_IFDIR => is_dir,
+                S_IFREG => !is_dir,
+                _ => false,
+            };
+            if !ok {
+                return bad(format!(
+                    "entry {name}: file type {kind:o} is not a plain file or directory"
+                ));
+            }
+        }
+        if !is_dir {
+            let method = e.compression();
+            if method != CompressionMethod::Stored && method != CompressionMethod::Deflated {
+                return bad(format!(
+                    "entry {name}: compression method {method:?} is not supported"
+                ));
+            }
+        }
+        let size = e.size();
+        total = match total.checked_add(size) {
+            Some(t) if t <= MAX_TOTAL_UNCOMPRESSED => t,
+            _ => {
+                return bad(format!(
+                    "more than {MAX_TOTAL_UNCOMPRESSED} bytes uncompressed in total"
+                ))
+            }
+        };
+        if size > RATIO_CHECK_MIN && size / e.compressed_size().max(1) > MAX_RATIO {
+            return bad(format!(
+                "entry {name}: compression ratio above {MAX_RATIO} (zip bomb)"
+            ));
+        }
+        let info = EntryInfo {
+            index,
+            is_dir,
+            size,
+            mode: deploy_mode(mode),
+        };
+        if entries.insert(canon.clone(), info).is_some() {
+            return bad(format!(
+                "entry {name}: another entry has the same path {canon}"
+            ));
+        }
+    }
+    // A path may not be a file and a directory at once (`a` and `a/b`).
+    for name in entries.keys() {
+        let mut cur = name.as_str();
+        while let Some((parent, _)) = cur.rsplit_once('/') {
+            if entries.get(parent).is_some_and(|p| !p.is_dir) {
+                return bad(format!("entry {name}: its parent {parent} is a file"));
+            }
+            cur = parent;
+        }
+    }
+    Ok(entries)
+}
+
+/// The whole content of a small entry (`manifest.json`, `manifest.sig`), at most `max` bytes.
+/// Its size is checked against the central directory and the reader checks its CRC32.
+pub fn read_small_entry(
+    archive: &mut zip::ZipArchive<File>,
+    info: &EntryInfo,
+    name: &str,
+    max: u64,
+    too_big: fn(String) -> OtaError,
+) -> Result<Vec<u8>, OtaError> {
+    if info.size > max {
+        return Err(too_big(format!(
+            "{name} is {} bytes, more than {max}",
+            info.size
+        )));
+    }
+    let entry = archive
+        .by_index(info.index)
+        .map_err(|e| error::invalid_package(format!("{name}: {e}")))?;
+    let mut bytes = Vec::new();
+    entry
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| error::invalid_package(format!("{name}: {e}")))?;
+    if bytes.len() as u64 != info.size {
+        return Err(error::invalid_package(format!(
+            "{name}: {} bytes read, {} declared",
+            bytes.len(),
+            info.size
+        )));
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,390 @@
+//! `tope-updater pack DIR --out FILE [--key FILE] [--config PATH]`: build a package from a
+//! directory holding `manifest.json` and the files it names.
+//!
+//! Streaming and single pass: every file is read once, in chunks, hashed (SHA-256) and
+//! compressed into the ZIP as it is read (only its first 64 KiB are read once more, to store
+//! rather than deflate what does not shrink); `manifest.json` (with the `sha256` map when signing)
+//! and `manifest.sig` come last. Memory stays flat whatever the size of the files. The ZIP is
+//! written to `FILE.tmp`, checked by the daemon's own [`Package::open`], then renamed to
+//! `FILE`: a failed run never leaves a package behind.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+use zip::write::SimpleFileOptions;
+use zip::CompressionMethod;
+
+use crate::checksum::{Algorithm, Checksum, Hasher};
+use crate::package::{
+    parse_manifest, validate_manifest, Manifest, Package, PackagePolicy, PublicKey, Signatures,
+    SigningKey, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, SIGNATURE_NAME,
+};
+
+/// Read and write buffer size.
+const CHUNK: usize = 256 * 1024;
+/// Deflate level: 6 is what `zip -r` uses.
+const LEVEL: i64 = 6;
+/// Size of the head of a file compressed to decide whether deflating it is worth it.
+const SAMPLE: usize = 64 * 1024;
+/// Files of at least this size get zip64 headers (deflate may grow incompressible data a
+/// little, and a 4 GiB entry without them is an error).
+const LARGE_FILE: u64 = u32::MAX as u64 - 64 * 1024 * 1024;
+/// Largest private key file read.
+const MAX_KEY_BYTES: u64 = 64 * 1024;
+
+/// The line `pack` prints: the body of a `/download` without `package_url`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Packed {
+    pub version: String,
+    pub package_name: String,
+    pub package_size: u64,
+    pub package_md5: String,
+}
+
+/// A file of DIR to put in the package.
+#[derive(Debug)]
+struct Source {
+    /// Entry name in the ZIP (`/`-separated, relative).
+    name: String,
+    path: PathBuf,
+    mode: u32,
+    size: u64,
+}
+
+/// Build the package (see the module documentation).
+pub fn run(
+    dir: &Path,
+    out: &Path,
+    key: Option<&Path>,
+    config: Option<&Path>,
+) -> Result<Packed, String> {
+    let cfg = super::load_config(config)?;
+    let roots = cfg.as_ref().map(|c| c.allowed_roots.clone());
+    let key = key.map(read_key).transpose()?;
+    let manifest_path = dir.join(MANIFEST_NAME);
+    let original = read_bounded(&manifest_path, MAX_MANIFEST_BYTES)?;
+    let manifest = parse_manifest(&original).map_err(|e| e.to_string())?;
+    validate_manifest(&manifest, None, roots.as_deref()).map_err(|e| e.to_string())?;
+    let package_name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| crate::state::valid_package_name(n) && !crate::state::is_own_tmp_name(n))
+        .ok_or_else(|| {
+            format!(
+                "--out {}: its file name is the package_name device-api sends, and /download \
+                 would refuse it (a plain UTF-8 name of at most 255 bytes, not ending in .tmp)",
+                out.display()
+            )
+        })?
+        .to_string();
+    let sources = collect(dir, &manifest)?;
+
+    let tmp = crate::fsutil::tmp_sibling(out);
+    let result = write_and_check(&tmp, &sources, &original, &manifest, key.as_ref(), roots);
+    let outcome = result.and_then(|()| {
+        let (size, md5) = md5_of(&tmp)?;
+        std::fs::rename(&tmp, out)
+            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), out.display()))?;
+        crate::fsutil::fsync_parent(out)
+            .map_err(|e| format!("cannot sync the directory of {}: {e}", out.display()))?;
+        Ok((size, md5))
+    });
+    let (package_size, package_md5) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    Ok(Packed {
+        version: manifest.version,
+        package_name,
+        package_size,
+        package_md5,
+    })
+}
+
+fn read_key(path: &Path) -> Result<SigningKey, String> {
+    let text = read_bounded(path, MAX_KEY_BYTES)?;
+    SigningKey::from_pem(&text).map_err(|e| format!("--key {}: {e}", path.display()))
+}
+
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    Ok(bytes)
+}
+
+/// Every file the modules name, each once, in a stable order. Symbolic links and special
+/// files are refused (the daemon refuses them in a package).
+fn collect(dir: &Path, manifest: &Manifest) -> Result<Vec<Source>, String> {
+    let mut out: BTreeMap<String, Source> = BTreeMap::new();
+    for md in &manifest.modules {
+        // validate_manifest has checked that src is a relative path without `..`.
+        let name = crate::package::canonical_rel(&md.src)
+            .ok_or_else(|| format!("module {}: src `{}` is not a path", md.name, md.src))?;
+        if name == MANIFEST_NAME || name == SIGNATURE_NAME {
+            return Err(format!(
+                "module {}: src `{name}` is the package's own {name}",
+                md.name
+            ));
+        }
+        let path = dir.join(&name);
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| format!("module {}: src {}: {e}", md.name, path.display()))?;
+        add(&mut out, name, path, &meta)?;
+    }
+    if out.len() + 2 > MAX_ENTRIES {
+        return Err(format!(
+            "{} files, more than a package may hold ({MAX_ENTRIES} entries)",
+            out.len()
+        ));
+    }
+    Ok(out.into_values().collect())
+}
+
+fn add(
+    out: &mut BTreeMap<String, Source>,
+    name: String,
+    path: PathBuf,
+    meta: &std::fs::Metadata,
+) -> Result<(), String> {
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        return Err(format!(
+            "{} is a symbolic link: packages may not hold links (copy the file instead)",
+            path.display()
+        ));
+    }
+    if kind.is_file() {
+        out.entry(name.clone()).or_insert(Source {
+            name,
+            path,
+            mode: meta.permissions().mode() & 0o7777,
+            size: meta.size(),
+        });
+        return Ok(());
+    }
+    if !kind.is_dir() {
+        return Err(format!(
+            "{} is not a regular file or directory",
+            path.display()
+        ));
+    }
+    if out.len() > MAX_ENTRIES {
+        return Err(format!("more than {MAX_ENTRIES} files"));
+    }
+    let mut children = Vec::new();
+    for e in std::fs::read_dir(&path).map_err(|e| format!("{}: {e}", path.display()))? {
+        let e = e.map_err(|e| format!("{}: {e}", path.display()))?;
+        let child = e
+            .file_name()
+            .into_string()
+            .map_err(|n| format!("{}: the name {n:?} is not UTF-8", path.display()))?;
+        if child.contains('\\') {
+            return Err(format!(
+                "{}: the name {child} holds a `\\`, which packages may not",
+                path.display()
+            ));
+        }
+        children.push(child);
+    }
+    children.sort();
+    for child in children {
+        let p = path.join(&child);
+        let meta = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        add(out, format!("{name}/{child}"), p, &meta)?;
+    }
+    Ok(())
+}
+
+/// Write the ZIP to `tmp` and check it as the daemon would.
+fn write_and_check(
+    tmp: &Path,
+    sources: &[Source],
+    original: &[u8],
+    manifest: &Manifest,
+    key: Option<&SigningKey>,
+    roots: Option<Vec<PathBuf>>,
+) -> Result<(), String> {
+    let _ = std::fs::remove_file(tmp);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(tmp)
+        .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let werr = |e: &dyn std::fmt::Display| format!("writing {}: {e}", tmp.display());
+    let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(CHUNK, file));
+    let mut hashes: BTreeMap<String, Checksum> = BTreeMap::new();
+    let mut buf = vec![0u8; CHUNK];
+    for s in sources {
+        let opts = options(s.mode, method_for(&s.path)?).large_file(s.size >= LARGE_FILE);
+        zip.start_file(s.name.as_str(), opts)
+            .map_err(|e| werr(&e))?;
+        let mut input =
+            File::open(&s.path).map_err(|e| format!("cannot open {}: {e}", s.path.display()))?;
+        let mut hasher = Hasher::new(Algorithm::Sha256);
+        let mut done: u64 = 0;
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("reading {}: {e}", s.path.display())),
+            };
+            hasher.update(&buf[..n]);
+            zip.write_all(&buf[..n]).map_err(|e| werr(&e))?;
+            done += n as u64;
+        }
+        if done != s.size {
+            return Err(format!(
+                "{} changed while it was packed ({} bytes, then {done})",
+                s.path.display(),
+                s.size
+            ));
+        }
+        hashes.insert(s.name.clone(), hasher.finalize());
+    }
+    let manifest_bytes = match key {
+        Some(_) => with_hashes(original, &hashes)?,
+        None => {
+            check_stale_hashes(manifest, &hashes)?;
+            original.to_vec()
+        }
+    };
+    zip.start_file(MANIFEST_NAME, options(0o644, CompressionMethod::Deflated))
+        .map_err(|e| werr(&e))?;
+    zip.write_all(&manifest_bytes).map_err(|e| werr(&e))?;
+    if let Some(k) = key {
+        zip.start_file(SIGNATURE_NAME, options(0o644, CompressionMethod::Stored))
+            .map_err(|e| werr(&e))?;
+        zip.write_all(k.sign_manifest(&manifest_bytes).as_bytes())
+            .map_err(|e| werr(&e))?;
+    }
+    let mut w = zip.finish().map_err(|e| werr(&e))?;
+    w.flush().map_err(|e| werr(&e))?;
+    let file = w.into_inner().map_err(|e| werr(e.error()))?;
+    file.sync_all().map_err(|e| werr(&e))?;
+    drop(file);
+
+    // The daemon's own checks, on the file just written.
+    let own: Vec<PublicKey> = key.map(|k| k.public_key()).into_iter().collect();
+    let policy = PackagePolicy {
+        allowed_roots: roots.as_deref(),
+        signatures: Signatures {
+            trusted_keys: &own,
+            require_signature: key.is_some(),
+        },
+    };
+    Package::open(tmp, None, &policy)
+        .map(|_| ())
+        .map_err(|e| format!("the package built is refused: {e}"))
+}
+
+/// Deflate a file only when a sample of its head shrinks: already compressed data (images,
+/// archives, compressed firmware) is stored, which makes packing it several times faster and
+/// the package no bigger.
+fn method_for(path: &Path) -> Result<CompressionMethod, String> {
+    let mut head = Vec::with_capacity(SAMPLE);
+    File::open(path)
+        .and_then(|f| f.take(SAMPLE as u64).read_to_end(&mut head))
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    if head.len() < SAMPLE {
+        return Ok(CompressionMethod::Deflated);
+    }
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    let packed = enc
+        .write_all(&head)
+        .and_then(|()| enc.finish())
+        .map_err(|e| format!("compressing {}: {e}", path.display()))?;
+    Ok(if packed.len() * 100 > head.len() * 95 {
+        CompressionMethod::Stored
+    } else {
+        CompressionMethod::Deflated
+    })
+}
+
+fn options(mode: u32, method: CompressionMethod) -> SimpleFileOptions {
+    let level = (method == CompressionMethod::Deflated).then_some(LEVEL);
+    SimpleFileOptions::default()
+        .compression_method(method)
+        .compression_level(level)
+        .unix_permissions(mode)
+        .last_modified_time(zip::DateTime::default())
+}
+
+/// `manifest.json` with its `sha256` map set to the files packed (the author's keys and
+/// values otherwise kept).
+fn with_hashes(original: &[u8], hashes: &BTreeMap<String, Checksum>) -> Result<Vec<u8>, String> {
+    let mut v: Value =
+        serde_json::from_slice(original).map_err(|e| format!("{MANIFEST_NAME}: {e}"))?;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(format!("{MANIFEST_NAME}: not a JSON object"));
+    };
+    let map = hashes
+        .iter()
+        .map(|(k, c)| (k.clone(), Value::String(c.to_hex())))
+        .collect();
+    obj.insert("sha256".to_string(), Value::Object(map));
+    let mut bytes = serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Unsigned, the author's manifest is packed as it is: a `sha256` map it already holds must
+/// match the files (the daemon checks it).
+fn check_stale_hashes(
+    manifest: &Manifest,
+    hashes: &BTreeMap<String, Checksum>,
+) -> Result<(), String> {
+    for (name, hex) in manifest.sha256.iter().flatten() {
+        let actual = crate::package::canonical_rel(name).and_then(|n| hashes.get(&n));
+        match actual {
+            Some(c) if c.to_hex() == *hex => {}
+            Some(c) => {
+                return Err(format!(
+                    "{MANIFEST_NAME}: the sha256 of {name} is {hex}, the file's is {c} \
+                     (pack with --key to have the map written, or fix it)"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{MANIFEST_NAME}: the sha256 map names {name}, which no module packs"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Size and MD5 of the package (what device-api announces in `/download`).
+fn md5_of(path: &Path) -> Result<(u64, String), String> {
+    let mut f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut h = Hasher::new(Algorithm::Md5);
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                size += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        }
+    }
+    Ok((size, h.finalize().to_hex()))
+}
