@@ -223,7 +223,12 @@ fn start_modules(
             process::systemctl("start", s, SYSTEMCTL_TIMEOUT)
         } else if let Some(cmd) = &md.start_cmd {
             if let Some(p) = &md.process_name {
-                if !names.insert(p.as_str()) || !process::find_processes(p).is_empty() {
+                let running = |p: &str| {
+                    process::is_running(p).map_err(|e| {
+                        error::deployment_failed(format!("cannot tell whether {p} runs: {e}"))
+                    })
+                };
+                if !names.insert(p.as_str()) || running(p)? {
                     tracing::info!("module {}: process {p} already running", md.name);
                     continue;
                 }
@@ -694,7 +699,11 @@ pub fn install(
     for &i in &order {
         let md = &journal.modules[i];
         for cmd in &md.post_cmds {
-            if let Err(e) = process::run_to_completion(cmd, POST_CMD_TIMEOUT) {
+            if let Err(e) = process::run_to_completion(cmd, POST_CMD_TIMEOUT, opts.cancel) {
+                if opts.cancel.load(Ordering::SeqCst) {
+                    // SIGTERM: the command's group is gone; the next start rolls back.
+                    return Ok(InstallOutcome::Interrupted);
+                }
                 let cause = error::deployment_failed(format!("module {}: {}", md.name, e.detail));
                 return Err(fail(cause, &journal, opts, on_event));
             }
