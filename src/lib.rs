@@ -17,6 +17,7 @@ pub mod net;
 pub mod package;
 pub mod process;
 pub mod report;
+pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod updater;
