@@ -51,7 +51,7 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
         }
     };
     // Bind before anything else happens: a taken port is an error, never another port.
-    let listener = match std::net::TcpListener::bind(cfg.listen) {
+    let listener = match crate::server::bind(cfg.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("tope-updater: cannot listen on {}: {e}", cfg.listen);

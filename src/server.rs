@@ -61,6 +61,20 @@ const MAX_BUF: usize = 16 * 1024;
 /// Least time between two warnings about connections being closed.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// Pending connections the kernel may queue for `accept` (it caps this at
+/// `net.core.somaxconn`, 4096 on current kernels). std's 128 overflows when a flood of
+/// connections arrives at once: a legitimate client's SYN is then dropped and retried 1 s
+/// later, which is exactly the wait the accept loop exists to prevent.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Bind the API's listening socket with a backlog of [`LISTEN_BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    // Calling listen again on a listening socket only changes its backlog.
+    rustix::net::listen(&listener, LISTEN_BACKLOG)?;
+    Ok(listener)
+}
+
 /// The limits one server applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -423,9 +437,24 @@ async fn serve_connection(
     registry: Arc<Registry>,
     stop: Shutdown,
 ) {
+    let limits = registry.limits;
+    // Nothing is built for a connection until it sends something: in a flood of silent
+    // connections each one costs only its socket.
+    let first_bytes = tokio::select! {
+        r = stream.readable() => r.is_ok(),
+        () = tokio::time::sleep_until(conn.timing().deadline(&limits)) => {
+            registry.note(Event::TimedOut);
+            false
+        }
+        () = conn.close.notified() => false,
+        () = stop.wait() => false,
+    };
+    if !first_bytes {
+        registry.remove(conn.id);
+        return;
+    }
     // Answers are small: never hold one back waiting for an ACK.
     let _ = stream.set_nodelay(true);
-    let limits = registry.limits;
     let io = TokioIo::new(Tracked {
         inner: stream,
         conn: conn.clone(),
@@ -543,6 +572,10 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
                         registry.clone(),
                         stop.clone(),
                     ));
+                    // Let the new connection read its request before the next accept: in a
+                    // flood, a client whose head is already here is answered instead of
+                    // being closed for room by the newcomers queued behind it.
+                    tokio::task::yield_now().await;
                 }
                 Err(e) => after_accept_error(e, &registry).await,
             },
@@ -632,7 +665,7 @@ mod tests {
 
     /// A server on a thread of its own with a one-route router; its address and stop flag.
     fn start(limits: Limits) -> (std::net::SocketAddr, Shutdown, std::thread::JoinHandle<()>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Shutdown::new();
