@@ -57,10 +57,19 @@ fn systemd_run_program() -> Option<PathBuf> {
     #[cfg(test)]
     return SYSTEMD_RUN_OVERRIDE.with(|o| o.borrow().clone());
     #[cfg(not(test))]
-    match std::env::var_os("TOPE_SYSTEMD_RUN") {
+    choose_launcher(
+        std::env::var_os("TOPE_SYSTEMD_RUN"),
+        Path::new(SYSTEMD_RUNTIME_DIR).is_dir(),
+    )
+}
+
+/// `TOPE_SYSTEMD_RUN` (set: that program, or a plain start when empty), else `systemd-run`
+/// when systemd runs, else a plain start.
+fn choose_launcher(env: Option<std::ffi::OsString>, systemd_runs: bool) -> Option<PathBuf> {
+    match env {
         Some(p) if p.is_empty() => None,
         Some(p) => Some(PathBuf::from(p)),
-        None if Path::new(SYSTEMD_RUNTIME_DIR).is_dir() => Some(PathBuf::from("systemd-run")),
+        None if systemd_runs => Some(PathBuf::from("systemd-run")),
         None => None,
     }
 }
@@ -270,6 +279,20 @@ mod tests {
         let e = spawn_detached(&[path.display().to_string()]).unwrap_err();
         assert!(e.detail.contains("Unit exists"), "{e}");
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = None);
+    }
+
+    #[test]
+    fn issue_9_systemd_run_exactly_when_systemd_runs() {
+        assert_eq!(
+            choose_launcher(None, true),
+            Some(PathBuf::from("systemd-run"))
+        );
+        assert_eq!(choose_launcher(None, false), None);
+        assert_eq!(choose_launcher(Some("".into()), true), None);
+        assert_eq!(
+            choose_launcher(Some("/x/fake".into()), false),
+            Some(PathBuf::from("/x/fake"))
+        );
     }
 
     #[test]
