@@ -39,7 +39,7 @@ fn contract_8_3_fifo_state_json_does_not_block_start_up() {
     std::fs::create_dir_all(ws.work_dir().join("tmp")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &ws.state_file(),
+        ws.state_file(),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
