@@ -23,24 +23,20 @@
 //!
 //! An operator sees a `WARN` line at most every 10 s while this happens, with the counts.
 
-use std::collections::HashMap;
+mod connection;
+mod registry;
+
 use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use rustix::io::Errno;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::net::TcpListener;
 
 use crate::shutdown::Shutdown;
+use connection::serve_connection;
+use registry::{Conn, Event, Registry};
 
 /// Time to send a complete request head (CONTRACT.md 8.2).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,383 +132,6 @@ pub fn raise_fd_limit() -> (FdLimits, Option<io::Error>) {
         Err(e) => (limits, Some(e.into())),
     }
 }
-
-/// Where a connection is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for (the rest of) a request head.
-    Head,
-    /// A request is being read or answered.
-    Busy,
-    /// Between requests, nothing received yet.
-    Idle,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Timing {
-    phase: Phase,
-    /// When the phase began.
-    since: Instant,
-    /// When the last request was answered (the accept time before that).
-    last_done: Instant,
-    /// Whether any request was answered on this connection.
-    served: bool,
-}
-
-impl Timing {
-    fn deadline(&self, l: &Limits) -> Instant {
-        self.since
-            + match self.phase {
-                Phase::Head => l.head,
-                // The service's own timeout ends the request; this is a backstop.
-                Phase::Busy => l.request + Duration::from_secs(1),
-                Phase::Idle => l.idle,
-            }
-    }
-}
-
-/// One live connection, shared by its task, its I/O, its service and the registry.
-struct Conn {
-    id: u64,
-    timing: Mutex<Timing>,
-    /// Notified when the registry closes this connection to make room.
-    close: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Conn {
-    fn new(id: u64) -> Conn {
-        let now = Instant::now();
-        Conn {
-            id,
-            timing: Mutex::new(Timing {
-                phase: Phase::Head,
-                since: now,
-                last_done: now,
-                served: false,
-            }),
-            close: Notify::new(),
-        }
-    }
-
-    fn timing(&self) -> Timing {
-        *lock(&self.timing)
-    }
-
-    /// Bytes arrived: on an idle connection they start the next request head.
-    fn on_bytes(&self) {
-        let mut t = lock(&self.timing);
-        if t.phase == Phase::Idle {
-            t.phase = Phase::Head;
-            t.since = Instant::now();
-        }
-    }
-
-    fn request_started(&self) {
-        let mut t = lock(&self.timing);
-        t.phase = Phase::Busy;
-        t.since = Instant::now();
-    }
-
-    fn request_done(&self) {
-        let mut t = lock(&self.timing);
-        let now = Instant::now();
-        t.phase = Phase::Idle;
-        t.since = now;
-        t.last_done = now;
-        t.served = true;
-    }
-}
-
-/// The connection to close to make room, if any: no request in progress; those that never
-/// completed a request before those that did; the oldest first.
-fn pick_victim<'a>(conns: impl Iterator<Item = (u64, &'a Timing)>) -> Option<u64> {
-    conns
-        .filter(|(_, t)| t.phase != Phase::Busy)
-        .min_by_key(|(id, t)| (t.served, t.last_done, *id))
-        .map(|(id, _)| id)
-}
-
-/// Counts shown in the periodic warning.
-#[derive(Debug, Default)]
-struct Pressure {
-    evicted: u64,
-    refused: u64,
-    timed_out: u64,
-    accept_errors: u64,
-    last_accept_error: Option<String>,
-    last_warning: Option<Instant>,
-}
-
-enum Event {
-    Evicted,
-    Refused,
-    TimedOut,
-    AcceptError(String),
-}
-
-/// The live connections.
-struct Registry {
-    limits: Limits,
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
-    pressure: Mutex<Pressure>,
-}
-
-impl Registry {
-    fn new(limits: Limits) -> Registry {
-        Registry {
-            limits,
-            conns: Mutex::new(HashMap::new()),
-            pressure: Mutex::new(Pressure::default()),
-        }
-    }
-
-    /// Register a new connection, closing another one at the cap. `false`: every connection
-    /// is busy, the newcomer must be closed.
-    fn admit(&self, conn: Arc<Conn>) -> bool {
-        let mut conns = lock(&self.conns);
-        let event = if conns.len() < self.limits.max_connections {
-            None
-        } else if Self::evict_locked(&mut conns).is_some() {
-            Some(Event::Evicted)
-        } else {
-            Some(Event::Refused)
-        };
-        let admitted = !matches!(event, Some(Event::Refused));
-        if admitted {
-            conns.insert(conn.id, conn);
-        }
-        drop(conns);
-        if let Some(ev) = event {
-            self.note(ev);
-        }
-        admitted
-    }
-
-    fn evict_locked(conns: &mut HashMap<u64, Arc<Conn>>) -> Option<Arc<Conn>> {
-        let timings: Vec<(u64, Timing)> = conns.iter().map(|(id, c)| (*id, c.timing())).collect();
-        let id = pick_victim(timings.iter().map(|(id, t)| (*id, t)))?;
-        let victim = conns.remove(&id)?;
-        victim.close.notify_one();
-        Some(victim)
-    }
-
-    /// Close the connection [`pick_victim`] chooses (descriptors ran out). Whether one was.
-    fn evict_one(&self) -> bool {
-        let evicted = Self::evict_locked(&mut lock(&self.conns)).is_some();
-        if evicted {
-            self.note(Event::Evicted);
-        }
-        evicted
-    }
-
-    fn remove(&self, id: u64) {
-        lock(&self.conns).remove(&id);
-    }
-
-    fn len(&self) -> usize {
-        lock(&self.conns).len()
-    }
-
-    fn note(&self, ev: Event) {
-        let mut p = lock(&self.pressure);
-        match ev {
-            Event::Evicted => p.evicted += 1,
-            Event::Refused => p.refused += 1,
-            Event::TimedOut => p.timed_out += 1,
-            Event::AcceptError(e) => {
-                p.accept_errors += 1;
-                p.last_accept_error = Some(e);
-            }
-        }
-        let due = p.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY);
-        if due {
-            drop(p);
-            self.warn_now();
-        }
-    }
-
-    /// Log what happened since the last warning, if anything did.
-    fn warn_now(&self) {
-        let mut p = lock(&self.pressure);
-        if p.evicted + p.refused + p.timed_out + p.accept_errors == 0 {
-            return;
-        }
-        let open = lock(&self.conns).len();
-        tracing::warn!(
-            "API connections: {open} open (limit {}); since the last report {} closed to make \
-             room, {} refused (all busy), {} closed for not sending a request within {} s or \
-             idling {} s, {} accept errors{}",
-            self.limits.max_connections,
-            p.evicted,
-            p.refused,
-            p.timed_out,
-            self.limits.head.as_secs(),
-            self.limits.idle.as_secs(),
-            p.accept_errors,
-            p.last_accept_error
-                .as_deref()
-                .map(|e| format!(" (last: {e})"))
-                .unwrap_or_default()
-        );
-        *p = Pressure {
-            last_warning: Some(Instant::now()),
-            ..Pressure::default()
-        };
-    }
-}
-
-/// The socket, telling its connection when bytes arrive.
-struct Tracked {
-    inner: TcpStream,
-    conn: Arc<Conn>,
-}
-
-impl AsyncRead for Tracked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.conn.on_bytes();
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A request that was not answered within [`Limits::request`]: hyper closes the connection.
-#[derive(Debug)]
-struct RequestTimedOut;
-
-impl std::fmt::Display for RequestTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request not complete in time")
-    }
-}
-
-impl std::error::Error for RequestTimedOut {}
-
-/// Serve one connection until it ends, times out, is closed to make room, or the server
-/// stops.
-async fn serve_connection(
-    stream: TcpStream,
-    conn: Arc<Conn>,
-    router: Router,
-    registry: Arc<Registry>,
-    stop: Shutdown,
-) {
-    let limits = registry.limits;
-    // Nothing is built for a connection until it sends something: in a flood of silent
-    // connections each one costs only its socket.
-    let first_bytes = tokio::select! {
-        r = stream.readable() => r.is_ok(),
-        () = tokio::time::sleep_until(conn.timing().deadline(&limits)) => {
-            registry.note(Event::TimedOut);
-            false
-        }
-        () = conn.close.notified() => false,
-        () = stop.wait() => false,
-    };
-    if !first_bytes {
-        registry.remove(conn.id);
-        return;
-    }
-    // Answers are small: never hold one back waiting for an ACK.
-    let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(Tracked {
-        inner: stream,
-        conn: conn.clone(),
-    });
-    let svc_conn = conn.clone();
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let mut router = router.clone();
-        let conn = svc_conn.clone();
-        async move {
-            conn.request_started();
-            let call = tower_service::Service::call(&mut router, req);
-            let answer = tokio::time::timeout(limits.request, call).await;
-            conn.request_done();
-            match answer {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(never)) => match never {},
-                Err(_) => Err(RequestTimedOut),
-            }
-        }
-    });
-    let http = http1::Builder::new()
-        .keep_alive(true)
-        // Timed here (see the module documentation), so no timer is handed to hyper.
-        .header_read_timeout(None)
-        .max_buf_size(MAX_BUF)
-        .serve_connection(io, service);
-    tokio::pin!(http);
-    let mut draining = false;
-    loop {
-        let deadline = conn.timing().deadline(&limits);
-        tokio::select! {
-            r = http.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!("API connection {} ended: {e}", conn.id);
-                }
-                break;
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                let t = conn.timing();
-                if Instant::now() >= t.deadline(&limits) {
-                    tracing::debug!("API connection {} closed: {:?} for too long", conn.id, t.phase);
-                    registry.note(Event::TimedOut);
-                    break;
-                }
-            }
-            () = conn.close.notified() => {
-                tracing::debug!("API connection {} closed to make room", conn.id);
-                break;
-            }
-            () = stop.wait(), if !draining => {
-                draining = true;
-                http.as_mut().graceful_shutdown();
-            }
-        }
-    }
-    registry.remove(conn.id);
-}
-
 /// What to do after a failed `accept`.
 async fn after_accept_error(e: io::Error, registry: &Registry) {
     let errno = e.raw_os_error().map(Errno::from_raw_os_error);
@@ -549,14 +168,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
         tokio::select! {
             () = stop.wait() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = report.tick() => {
-                let due = lock(&registry.pressure)
-                    .last_warning
-                    .is_some_and(|t| t.elapsed() >= WARN_EVERY);
-                if due {
-                    registry.warn_now();
-                }
-            }
+            _ = report.tick() => registry.report_if_due(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     next_id += 1;
@@ -599,7 +211,6 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
     }
     tasks.shutdown().await;
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,35 +234,6 @@ mod tests {
             (l.head, l.idle),
             (Duration::from_secs(10), Duration::from_secs(60))
         );
-    }
-
-    #[test]
-    fn victim_is_the_oldest_connection_without_a_request_in_progress() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let timing = |phase, last_done, served| Timing {
-            phase,
-            since: last_done,
-            last_done,
-            served,
-        };
-        let conns = [
-            (1, timing(Phase::Busy, at(0), false)),
-            (2, timing(Phase::Idle, at(1), true)),
-            (3, timing(Phase::Head, at(5), false)),
-            (4, timing(Phase::Head, at(3), false)),
-        ];
-        // Never-served first, oldest first, busy never.
-        assert_eq!(pick_victim(conns.iter().map(|(i, t)| (*i, t))), Some(4));
-        assert_eq!(
-            pick_victim(conns[..3].iter().map(|(i, t)| (*i, t))),
-            Some(3)
-        );
-        assert_eq!(
-            pick_victim(conns[..2].iter().map(|(i, t)| (*i, t))),
-            Some(2)
-        );
-        assert_eq!(pick_victim(conns[..1].iter().map(|(i, t)| (*i, t))), None);
     }
 
     fn small_limits(max_connections: usize) -> Limits {
