@@ -196,6 +196,16 @@ fn fd_soft_limit_of(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// `VmHWM` of a process, in KiB (0 when unreadable).
+fn peak_rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn open_fds_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -283,13 +293,14 @@ fn contract_8_2_1100_connections_under_1024_fds_progress_fast_and_install_succee
     std::thread::sleep(Duration::from_secs(2));
     let (mut times, failures) = poller.stop();
     let counts = attack.stop();
+    let peak_rss_kib = peak_rss_kib_of(pid);
 
     times.sort();
     let max = times.last().copied().unwrap_or_default();
     eprintln!(
         "progress under attack: {} answers, p50 {:?}, p99 {:?}, max {:?}; {} failures; \
          hostile connections opened {}, opened again after being closed {}, connect errors {}; \
-         daemon descriptors in use {}",
+         daemon descriptors in use {}, peak RSS {} KiB",
         times.len(),
         percentile(&times, 0.5),
         percentile(&times, 0.99),
@@ -298,7 +309,8 @@ fn contract_8_2_1100_connections_under_1024_fds_progress_fast_and_install_succee
         counts.opened.load(Ordering::SeqCst),
         counts.reopened.load(Ordering::SeqCst),
         counts.connect_errors.load(Ordering::SeqCst),
-        fds_under_attack
+        fds_under_attack,
+        peak_rss_kib
     );
     assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
     assert!(has_marker(&dst, "new"));
@@ -318,6 +330,10 @@ fn contract_8_2_1100_connections_under_1024_fds_progress_fast_and_install_succee
     assert!(
         fds_under_attack < 400,
         "the daemon held {fds_under_attack} descriptors under attack"
+    );
+    assert!(
+        peak_rss_kib < 50 * 1024,
+        "peak RSS {peak_rss_kib} KiB under attack"
     );
     assert!(
         counts.reopened.load(Ordering::SeqCst) > 0,
