@@ -415,7 +415,7 @@ mod tests {
         .unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
         assert!(e.detail.contains("did not finish"), "{e}");
-        assert!(super::super::find_processes(&name).unwrap().is_empty());
+        assert!(super::super::scan(&name).unwrap().is_empty());
     }
 
     #[test]
@@ -442,7 +442,7 @@ mod tests {
         let took = cancelled_at.elapsed();
         assert!(e.detail.contains("shutting down"), "{e}");
         assert!(took < GROUP_GRACE + Duration::from_secs(2), "{took:?}");
-        assert!(super::super::find_processes(&name).unwrap().is_empty());
+        assert!(super::super::scan(&name).unwrap().is_empty());
     }
 
     #[test]
@@ -457,7 +457,7 @@ mod tests {
             &no_cancel(),
         )
         .unwrap();
-        assert!(super::super::find_processes(&name).unwrap().is_empty());
+        assert!(super::super::scan(&name).unwrap().is_empty());
     }
 
     #[test]

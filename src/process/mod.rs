@@ -28,7 +28,8 @@ use std::time::Duration;
 pub(crate) use command::SYSTEMCTL_OVERRIDE;
 pub use command::{run_to_completion, set_children_fd_limit, systemctl};
 pub use procfs::{
-    find_processes, is_alive, is_running, liveness, scan, Liveness, ProcId, RunningProcess,
+    describe, find_processes, is_alive, is_running, liveness, scan, Liveness, ProcId,
+    RunningProcess,
 };
 pub use spawn::{spawn_detached, Started};
 pub use stop::{stop_by_name, stop_processes};
@@ -78,11 +79,11 @@ pub(crate) mod tests {
         (name, path)
     }
 
-    /// Poll until `find_processes(name)` returns `n` processes.
+    /// Poll until a scan for `name` finds `n` processes.
     pub(crate) fn wait_found(name: &str, n: usize) -> Vec<ProcId> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let f = find_processes(name).unwrap();
+            let f: Vec<ProcId> = scan(name).unwrap().into_iter().map(|p| p.id).collect();
             if f.len() == n || Instant::now() > deadline {
                 return f;
             }
@@ -111,7 +112,8 @@ pub(crate) mod tests {
     fn own_process_is_never_found() {
         let me = std::process::id() as i32;
         let comm = fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
-        let found = find_processes(comm.trim_end()).unwrap();
-        assert!(found.iter().all(|p| p.pid != me));
+        let found = scan(comm.trim_end()).unwrap();
+        assert!(found.iter().all(|p| p.id.pid != me));
+        assert!(find_processes(comm.trim_end()).iter().all(|p| p.pid != me));
     }
 }

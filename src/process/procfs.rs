@@ -16,6 +16,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 
 use rustix::io::Errno;
 use rustix::process::Pid;
@@ -42,6 +43,8 @@ pub struct RunningProcess {
     pub id: ProcId,
     /// `/proc/<pid>/cmdline` split at its NUL bytes (any bytes, not only UTF-8).
     pub argv: Vec<OsString>,
+    /// Its working directory, when it can be read.
+    pub cwd: Option<PathBuf>,
 }
 
 impl RunningProcess {
@@ -244,6 +247,7 @@ pub(crate) fn scan_with(fs: &dyn Procfs, name: &str) -> io::Result<Vec<Found>> {
                     start_time: stat.start_time,
                 },
                 argv: split_cmdline(&cmdline),
+                cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
             },
             stat: stat_file,
         });
@@ -271,9 +275,39 @@ pub fn scan(name: &str) -> io::Result<Vec<RunningProcess>> {
         .collect())
 }
 
-/// The processes named `name` (see [`scan`]).
-pub fn find_processes(name: &str) -> io::Result<Vec<ProcId>> {
-    Ok(scan(name)?.into_iter().map(|p| p.id).collect())
+/// The processes named `name`, in the form callers used before [`scan`] existed: when `/proc`
+/// cannot be read, the error is logged and the list is empty. So this must never decide that
+/// a process is not running where that matters: stopping goes through
+/// [`super::stop_processes`] (which fails instead), and new code uses [`scan`] or
+/// [`is_running`].
+pub fn find_processes(name: &str) -> Vec<ProcId> {
+    match scan(name) {
+        Ok(found) => found.into_iter().map(|p| p.id).collect(),
+        Err(e) => {
+            tracing::error!("cannot look for process {name}: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// How process `id` runs: its argv (from `/proc/<pid>/cmdline`, non-UTF-8 bytes replaced) and
+/// working directory. `None` when it is gone, unreadable, or has no command line (a kernel
+/// thread). [`scan`] gives the same without a second look.
+pub fn describe(id: &ProcId) -> Option<(Vec<String>, Option<PathBuf>)> {
+    let cmdline = RealProcfs
+        .open(id.pid, "cmdline")
+        .and_then(|f| RealProcfs.reread(&f))
+        .ok()?;
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", id.pid)).ok();
+    // Read before the check, so what was read belongs to this very process.
+    if cmdline.is_empty() || !matches!(liveness(id), Liveness::Alive) {
+        return None;
+    }
+    let argv = split_cmdline(&cmdline)
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    Some((argv, cwd))
 }
 
 /// Whether a process named `name` runs. An error when `/proc` cannot be read.
@@ -455,6 +489,7 @@ pub(crate) mod tests {
                 start_time: 1,
             },
             argv: raw,
+            cwd: None,
         };
         assert_eq!(p.argv_utf8(), None);
     }
@@ -510,7 +545,11 @@ pub(crate) mod tests {
             Some(Errno::SRCH.raw_os_error())
         );
         let found = Found {
-            info: RunningProcess { id, argv: vec![] },
+            info: RunningProcess {
+                id,
+                argv: vec![],
+                cwd: None,
+            },
             stat,
         };
         assert!(matches!(liveness_held(&RealProcfs, &found), Liveness::Gone));

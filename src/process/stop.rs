@@ -152,6 +152,12 @@ mod tests {
         let found = wait_found(&name, 1);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].pid, child.id() as i32);
+        let (argv, cwd) = super::super::describe(&found[0]).unwrap();
+        assert_eq!(
+            argv,
+            vec![path.display().to_string(), "100".into(), "0".into()]
+        );
+        assert_eq!(cwd, Some(std::env::current_dir().unwrap()));
         let t = Instant::now();
         let stopped = stop_processes(&name, Duration::from_secs(5)).unwrap();
         assert!(t.elapsed() < Duration::from_secs(3));
@@ -162,9 +168,11 @@ mod tests {
             stopped[0].argv_utf8().unwrap(),
             vec![path.display().to_string(), "100".into(), "0".into()]
         );
+        assert_eq!(stopped[0].cwd, Some(std::env::current_dir().unwrap()));
+        assert_eq!(super::super::describe(&found[0]), None);
         // Our own child is a zombie now: dead for liveness, not listed by a scan.
         assert!(!super::super::is_alive(&found[0]));
-        assert!(super::super::find_processes(&name).unwrap().is_empty());
+        assert!(super::super::scan(&name).unwrap().is_empty());
         child.wait().unwrap();
         assert!(stop_by_name(&name, Duration::from_secs(1))
             .unwrap()
@@ -252,7 +260,7 @@ mod tests {
         assert!(!is_protected(me + 1) || me + 1 == parent);
         // A scan never lists PID 1, whatever the name asked for.
         let init = std::fs::read_to_string("/proc/1/comm").unwrap();
-        let found = super::super::find_processes(init.trim_end()).unwrap();
-        assert!(found.iter().all(|p| p.pid != 1), "{found:?}");
+        let found = super::super::scan(init.trim_end()).unwrap();
+        assert!(found.iter().all(|p| p.id.pid != 1), "{found:?}");
     }
 }
