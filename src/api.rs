@@ -31,7 +31,8 @@ pub struct DownloadRequest {
     /// `https://` URL (plain `http://` only with config `allow_http = true`).
     #[schema(example = "https://updates.example.com/tope-1.2.3.zip")]
     pub package_url: String,
-    /// Plain file name stored as `./tmp/<package_name>`.
+    /// Plain file name stored as `./tmp/<package_name>`; not one of the updater's own names
+    /// there (`state.json`, `outcome.json`, `recovery.json`, `*.tmp`, `*.unusable`).
     #[schema(example = "tope-1.2.3.zip")]
     pub package_name: String,
     /// Size in bytes, >= 1 and <= config `max_package_size`.
@@ -212,6 +213,12 @@ pub fn validate_download(
             "package_name must be a plain file name (no `/`, `\\`, NUL, not `.` or `..`, at most 255 bytes)",
         ));
     }
+    if crate::state::is_own_tmp_name(&r.package_name) {
+        return Err(error::validation(format!(
+            "package_name `{}` is reserved: the updater uses that name in ./tmp/ for its own files",
+            r.package_name
+        )));
+    }
     if r.package_size == 0 {
         return Err(error::validation("package_size must be at least 1"));
     }
@@ -347,6 +354,11 @@ mod tests {
             req("1.2.3", "https://h/p.zip", "a\0b", 10, MD5),
             req("1.2.3", "https://h/p.zip", &"x".repeat(256), 10, MD5),
             req("1.2.3", "https://h/p.zip", "", 10, MD5),
+            req("1.2.3", "https://h/p.zip", "state.json", 10, MD5),
+            req("1.2.3", "https://h/p.zip", "outcome.json", 10, MD5),
+            req("1.2.3", "https://h/p.zip", "recovery.json", 10, MD5),
+            req("1.2.3", "https://h/p.zip", "p.zip.tmp", 10, MD5),
+            req("1.2.3", "https://h/p.zip", "state.json.unusable", 10, MD5),
             req("1.2.3", "https://h/p.zip", "p.zip", 0, MD5),
             req("1.2.3", "https://h/p.zip", "p.zip", 101, MD5),
             req("1.2.3", "https://h/p.zip", "p.zip", 10, &MD5[..31]),

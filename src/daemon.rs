@@ -51,7 +51,7 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
         }
     };
     // Bind before anything else happens: a taken port is an error, never another port.
-    let listener = match std::net::TcpListener::bind(cfg.listen) {
+    let listener = match crate::server::bind(cfg.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("tope-updater: cannot listen on {}: {e}", cfg.listen);
@@ -86,6 +86,7 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
         cfg.listen,
         cfg.work_dir.display()
     );
+    let limits = raise_fd_limit();
     let shutdown = Shutdown::new();
     let reporter = Arc::new(Reporter::new());
     let device_api = cfg.device_api_url.clone();
@@ -109,10 +110,8 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         crate::systemd::start_health_reporter(listener.local_addr()?, shutdown.clone());
         tracing::info!("API ready on http://{}/api/v1.0", listener.local_addr()?);
-        let stop = shutdown.clone();
-        axum::serve(listener, crate::api::router(updater.clone()))
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await?;
+        let router = crate::api::router(updater.clone());
+        crate::server::serve(listener, router, limits, shutdown.clone()).await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let u = updater.clone();
         tokio::task::spawn_blocking(move || u.join_job())
@@ -131,6 +130,31 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Raise the descriptor soft limit to the hard one, log both, and derive the API's limits.
+fn raise_fd_limit() -> crate::server::Limits {
+    let (fd, err) = crate::server::raise_fd_limit();
+    if let Some(e) = err {
+        tracing::warn!(
+            "cannot raise the file descriptor soft limit {} to the hard limit {}: {e}",
+            fd.soft_before,
+            fd.hard
+        );
+    }
+    if fd.soft != fd.soft_before {
+        // Programs the updater starts get the limit it was started with.
+        crate::process::set_children_fd_limit(fd.soft_before);
+    }
+    let limits = crate::server::Limits::for_fd_limit(fd.soft);
+    tracing::info!(
+        "file descriptors: soft limit {} (was {}), hard limit {}; at most {} API connections",
+        fd.soft,
+        fd.soft_before,
+        fd.hard,
+        limits.max_connections
+    );
+    limits
 }
 
 async fn wait_for_signal() {

@@ -20,6 +20,7 @@ pub mod outcome;
 pub mod package;
 pub mod process;
 pub mod report;
+pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod state;

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::fsutil;
+use crate::fsutil::{self, ReadBack};
 use crate::lifecycle::{self, Lifecycle, PackageSpec, Stage, Validator};
 
 /// The file's content.
@@ -94,14 +94,29 @@ impl PersistedState {
     }
 }
 
-/// Read the state file. Never fails: anything unusable is reported as such.
+/// Read the state file. Never fails and never blocks: it is read only when it is a regular
+/// file of at most [`fsutil::MAX_READ_BACK`] bytes (CONTRACT.md 8.3). Anything else (a FIFO, a
+/// directory, a symlink, a huge file) is set aside as `state.json.unusable` with a warning and
+/// reported unusable; so is a file that cannot be parsed or read, which is left in place.
 pub fn load(path: &Path) -> LoadOutcome {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LoadOutcome::Missing,
-        Err(e) => return LoadOutcome::Unusable(format!("cannot read: {e}")),
-    };
-    parse(&bytes)
+    match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
+        ReadBack::Missing => LoadOutcome::Missing,
+        ReadBack::Data(bytes) => parse(&bytes),
+        ReadBack::Refused(why) => {
+            // Only a file of the wrong kind or size is moved; a read error is not the file's.
+            let wrong_kind = std::fs::symlink_metadata(path)
+                .is_ok_and(|m| !m.is_file() || m.len() > fsutil::MAX_READ_BACK);
+            if wrong_kind {
+                match fsutil::set_aside(path) {
+                    Ok(aside) => {
+                        tracing::warn!("{} {why}: set aside as {}", path.display(), aside.display())
+                    }
+                    Err(e) => tracing::warn!("{} {why}; cannot set it aside: {e}", path.display()),
+                }
+            }
+            LoadOutcome::Unusable(why)
+        }
+    }
 }
 
 /// Parse leniently where the Python updater may have differed (numbers written as floats,
@@ -169,7 +184,7 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
             st.bytes_downloaded, st.package_size
         ));
     }
-    if !valid_package_name(&st.package_name) {
+    if !valid_package_name(&st.package_name) || is_own_tmp_name(&st.package_name) {
         return LoadOutcome::Unusable(format!("unsafe package_name `{}`", st.package_name));
     }
     LoadOutcome::Loaded(Box::new(st))
@@ -249,6 +264,50 @@ mod tests {
         ] {
             assert!(matches!(parse(bad), LoadOutcome::Unusable(_)), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn contract_8_3_reserved_package_name_in_state_is_unusable() {
+        for name in ["state.json", "outcome.json", "x.tmp", "state.json.unusable"] {
+            let text = sample().replace("\"p.zip\"", &format!("\"{name}\""));
+            assert!(
+                matches!(parse(text.as_bytes()), LoadOutcome::Unusable(_)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn contract_8_3_fifo_or_huge_state_is_set_aside_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // A FIFO without a writer would block a plain read forever.
+        assert!(matches!(load(&p), LoadOutcome::Unusable(_)));
+        assert!(!p.exists());
+        use std::os::unix::fs::FileTypeExt;
+        let aside = d.path().join("state.json.unusable");
+        assert!(std::fs::symlink_metadata(&aside)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        // Valid JSON padded past the limit: still refused, never parsed.
+        let mut big = sample().as_bytes().to_vec();
+        big.resize(2 * 1024 * 1024, b' ');
+        std::fs::write(&p, &big).unwrap();
+        assert!(matches!(load(&p), LoadOutcome::Unusable(_)));
+        assert!(!p.exists());
+        assert_eq!(std::fs::metadata(&aside).unwrap().len(), big.len() as u64);
+        // A good file is read as before.
+        std::fs::write(&p, sample()).unwrap();
+        assert!(matches!(load(&p), LoadOutcome::Loaded(_)));
     }
 
     #[test]

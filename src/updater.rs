@@ -606,11 +606,16 @@ impl Updater {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if !name.is_empty() && !crate::process::find_processes(&name).is_empty() {
-            return;
+        match crate::process::is_running(&name) {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => {
+                tracing::warn!("cannot tell whether ota-gui runs, not starting it: {e}");
+                return;
+            }
         }
-        match crate::process::spawn_detached(&[gui.to_string_lossy().into_owned()]) {
-            Ok(pid) => tracing::info!("started ota-gui (pid {pid})"),
+        match crate::process::spawn_detached(&[gui.as_os_str()]) {
+            Ok(started) => tracing::info!("started ota-gui ({started})"),
             Err(e) => tracing::warn!("cannot start ota-gui: {e}"),
         }
     }

@@ -204,6 +204,57 @@ fn contract_1_download_rejects_every_invalid_request() {
     );
 }
 
+/// Section 8.3: a `package_name` the updater uses in ./tmp/ itself (the state file, the
+/// outcome, any `*.tmp` of an atomic write, a file set aside) is a validation error, and
+/// nothing in ./tmp/ changes.
+#[test]
+fn contract_8_3_reserved_package_name_is_refused() {
+    let (ws, api, d) = start(DaemonOptions::default());
+    let names = [
+        "state.json",
+        "outcome.json",
+        "recovery.json",
+        "state.json.tmp",
+        "pkg.zip.tmp",
+        "state.json.unusable",
+    ];
+    let answers: Vec<(&str, (u16, Value))> = names
+        .iter()
+        .map(|n| {
+            (
+                *n,
+                d.post_json("/download", &with("package_name", json!(n))),
+            )
+        })
+        .collect();
+    for (name, (_, v)) in &answers {
+        let msg = v["msg"].as_str().unwrap_or("");
+        assert!(
+            !msg.starts_with("VALIDATION_ERROR") || msg.contains(name),
+            "the message should name `{name}`: {v}"
+        );
+    }
+    let failures = not_validation_errors(answers);
+    assert!(
+        failures.is_empty(),
+        "reserved package names not refused with code 400 VALIDATION_ERROR:\n{}",
+        failures.join("\n")
+    );
+    assert_idle(&d);
+    let left: Vec<_> = files_below(&ws.work_dir().join("tmp"));
+    assert!(
+        left.is_empty(),
+        "nothing may be written to ./tmp/: {left:?}"
+    );
+    assert!(api.bodies().iter().all(|b| b["stage"] == "idle"));
+    // An ordinary name that merely contains a reserved one is fine.
+    assert_ok_status(
+        &d.post_json("/download", &with("package_name", json!("state.json.zip"))),
+        "downloading",
+        "state.json.zip",
+    );
+}
+
 /// Section 1: bodies above 64 KiB are refused (400), even when otherwise valid JSON.
 #[test]
 fn contract_1_body_above_64_kib_is_refused() {

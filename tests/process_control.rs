@@ -259,3 +259,357 @@ fn contract_3_deployment_failed_rolls_back_everything() {
         |b| b["error"].as_str() == Some(err),
     );
 }
+
+/// Section 8.2: with the daemon's descriptors exhausted while it stops a process that ignores
+/// SIGTERM, the process is still killed (SIGKILL after `stop_timeout_s`), or the result is
+/// PROCESS_KILL_FAILED: never "stopped" while it lives. The descriptor limit is lowered under
+/// the running daemon (prlimit on its pid) once it has started stopping the module, and
+/// restored once the process is gone (or after the stop must have ended either way).
+#[test]
+fn contract_8_2_fds_exhausted_term_ignoring_process_killed_or_kill_failed() {
+    use rustix::process::{getrlimit, prlimit, Pid, Resource, Rlimit};
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let name = unique_name("emf");
+    let _kill = KillOnDrop::names(&[&name]);
+    let dir = ws.root().join("stubborn");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dst = looping_script(&dir, &name, "old-stubborn", true, None);
+    let stubborn = Spawned::spawn(&mut Command::new(&dst));
+    procs::wait_for_named(&name, Duration::from_secs(5));
+    let m = manifest(
+        VERSION,
+        vec![json!({"name": "stubborn", "src": "stubborn",
+                    "dst": dst.display().to_string(), "process_name": name,
+                    "start_cmd": [dst.display().to_string()], "restart_order": 1})],
+    );
+    let package = build_package(
+        &m,
+        &[Entry::file(
+            "stubborn",
+            &looping_script_text("new-stubborn", true, None),
+            0o755,
+        )],
+    );
+    let stop_timeout = Duration::from_secs(4);
+    let d = Daemon::start(
+        &ws,
+        &api,
+        DaemonOptions {
+            stop_timeout_s: stop_timeout.as_secs(),
+            ..Default::default()
+        },
+    );
+    d.download_package(&nginx, "pkg.zip", VERSION, &package);
+    d.post_update(VERSION);
+    d.wait_for("the stop of the module", Duration::from_secs(30), |p| {
+        p["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Stopping"))
+    });
+    // The scan has run and SIGTERM was sent (ignored); now no descriptor is left.
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = Pid::from_raw(d.pid()).unwrap();
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let exhausted = Rlimit {
+        current: Some(3),
+        maximum: hard,
+    };
+    let before = prlimit(Some(pid), Resource::Nofile, exhausted).unwrap();
+    let lowered_at = std::time::Instant::now();
+    // Within stop_timeout_s and the 5 s confirmation (and a margin), the process must be
+    // gone, or the daemon must have given up on it.
+    let killed = wait_until_or_none(stop_timeout + Duration::from_secs(8), || {
+        stubborn.has_exited().then_some(())
+    })
+    .is_some();
+    let restored = prlimit(Some(pid), Resource::Nofile, before).unwrap();
+    assert_eq!(restored.current, Some(3));
+    eprintln!(
+        "descriptors exhausted for {:?}; process killed: {killed}",
+        lowered_at.elapsed()
+    );
+    let p = d.wait_outcome();
+    eprintln!("outcome: {}", p["data"]);
+    let error = p["data"]["error"].as_str().unwrap_or("").to_string();
+    if killed {
+        // Killed by SIGKILL after stop_timeout_s: the installation went on (and may have
+        // failed on the exhausted descriptors meanwhile, rolling back).
+        assert!(stage_of(&p) == "success" || stage_of(&p) == "failed", "{p}");
+    } else {
+        assert!(
+            error.starts_with("PROCESS_KILL_FAILED: "),
+            "the process is alive, so the only acceptable outcome is PROCESS_KILL_FAILED: {p}"
+        );
+        assert!(contains(&dst, "old-stubborn"), "nothing may be deployed");
+    }
+    if stage_of(&p) == "success" {
+        assert!(contains(&dst, "new-stubborn"));
+    } else {
+        assert!(contains(&dst, "old-stubborn"), "rolled back: {p}");
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+fn wait_until_or_none<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Section 8.2: PID 1 is never signalled, whatever its name. Inside a PID namespace of its
+/// own (never against this machine's PID 1), PID 1 is a script with the name of the module's
+/// process that logs every SIGTERM it gets; the daemon runs inside the namespace, started by
+/// an intermediate shell (so PID 1 is not its parent, which it would skip anyway). The
+/// installation must succeed without signalling it.
+#[test]
+fn contract_8_2_pid_1_is_never_signalled_in_a_pid_namespace() {
+    if !procs::require_tool("unshare", "util-linux, for a PID namespace") {
+        return;
+    }
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let name = unique_name("ini");
+    let signals = ws.path().join("pid1-signals.log");
+    let (config, port) = common::daemon::write_config(&ws, &api, &DaemonOptions::default());
+    let init = ws.bin_dir().join(&name);
+    write_file(
+        &init,
+        format!(
+            "#!/bin/sh\n\
+             trap 'echo TERM >> {signals}' TERM\n\
+             trap 'echo HUP >> {signals}' HUP\n\
+             /bin/sh -c '\"$0\" serve --config \"$1\" > {out}/ns.stdout 2> {out}/ns.stderr; :' \
+             '{bin}' '{config}' &\n\
+             while :; do sleep 1 & wait $!; done\n",
+            signals = signals.display(),
+            out = ws.path().display(),
+            bin = common::daemon::BIN,
+            config = config.display(),
+        )
+        .as_bytes(),
+        0o755,
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(&init)
+        .stdin(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().expect("spawn unshare");
+    let d = procs::WrappedDaemon::wait_ready(child, port, &ws.work_dir(), ws.path(), "ns");
+    let dst = ws.root().join("svc").join(&name);
+    let m = manifest(
+        VERSION,
+        vec![
+            json!({"name": "svc", "src": "svc", "dst": dst.display().to_string(),
+                    "process_name": name}),
+        ],
+    );
+    let package = build_package(&m, &[Entry::file("svc", b"new\n", 0o644)]);
+    let url = nginx.put("pkg.zip", &package);
+    let p = d.install(&url, VERSION, &package);
+    let got = std::fs::read_to_string(&signals).unwrap_or_default();
+    assert!(got.is_empty(), "PID 1 was signalled: {got:?}");
+    assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
+    assert_eq!(std::fs::read(&dst).unwrap(), b"new\n");
+}
+
+/// Section 8.1: a long post command (and a child it put in the background) is killed with
+/// its process group when the daemon gets SIGTERM: the daemon exits promptly (0), both pids
+/// are gone, and the next start rolls the installation back.
+#[test]
+fn contract_8_1_post_cmd_group_killed_on_sigterm_next_start_rolls_back() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let sleeper = unique_name("pst");
+    let sleep_bin = ws.sleep_copy(&sleeper);
+    let leader_pid = ws.path().join("leader.pid");
+    let bg_pid = ws.path().join("background.pid");
+    let _kill = KillOnDrop::names(&[&sleeper])
+        .pid_file(&leader_pid)
+        .pid_file(&bg_pid);
+    let dst = ws.root().join("conf").join("main.conf");
+    write_file(&dst, b"old\n", 0o644);
+    let script = format!(
+        "echo $$ > '{}'; '{}' 300 & echo $! > '{}'; sleep 300",
+        leader_pid.display(),
+        sleep_bin.display(),
+        bg_pid.display()
+    );
+    let m = manifest(
+        VERSION,
+        vec![
+            json!({"name": "conf", "src": "conf", "dst": ws.root().join("conf").display().to_string(),
+                    "post_cmds": [["/bin/sh", "-c", script]]}),
+        ],
+    );
+    let package = build_package(&m, &[Entry::file("conf/main.conf", b"new\n", 0o644)]);
+    let mut d = Daemon::start(&ws, &api, DaemonOptions::default());
+    d.download_package(&nginx, "pkg.zip", VERSION, &package);
+    d.post_update(VERSION);
+    let read_pid = |f: &Path| {
+        std::fs::read_to_string(f)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+    };
+    let (leader, background) = wait_until(
+        "the post command and its background child",
+        Duration::from_secs(30),
+        || Some((read_pid(&leader_pid)?, read_pid(&bg_pid)?)),
+    );
+    assert!(procs::is_alive(leader) && procs::is_alive(background));
+    assert_eq!(
+        std::fs::read(&dst).unwrap(),
+        b"new\n",
+        "deployed before post_cmds"
+    );
+    let t = std::time::Instant::now();
+    let status = d.sigterm_and_wait(Duration::from_secs(15));
+    let took = t.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the daemon took {took:?} to stop"
+    );
+    wait_until("both pids gone", Duration::from_secs(2), || {
+        (!procs::is_alive(leader) && !procs::is_alive(background)).then_some(())
+    });
+    assert!(procs::pids_named(&sleeper).is_empty());
+    d.restart();
+    let p = d.first_progress.clone().unwrap();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    let err = p["data"]["error"].as_str().unwrap_or("");
+    assert!(err.starts_with("DEPLOYMENT_FAILED: "), "{p}");
+    assert!(err.contains("rolled back"), "{p}");
+    assert_eq!(std::fs::read(&dst).unwrap(), b"old\n", "rolled back");
+}
+
+/// A fake `systemd-run` in `dir`: records its arguments, one per line, in `<dir>/systemd-run.log`,
+/// and starts the command after `--` in a session of its own (out of the caller's process
+/// group), returning once it has left the group, as systemd would.
+fn fake_systemd_run(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("fake-systemd-run");
+    let log = dir.join("systemd-run.log");
+    let ready = dir.join("systemd-run.ready");
+    write_file(
+        &p,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\" >> '{log}'; done\n\
+             while [ \"$1\" != -- ]; do shift; done; shift\nrm -f '{ready}'\n\
+             setsid sh -c 'echo > \"$0\"; exec \"$@\"' '{ready}' \"$@\" </dev/null >/dev/null 2>&1 &\n\
+             while [ ! -e '{ready}' ]; do sleep 0.05; done\nexit 0\n",
+            log = log.display(),
+            ready = ready.display()
+        )
+        .as_bytes(),
+        0o755,
+    );
+    p
+}
+
+/// The parent pid of a process (field 4 of /proc/<pid>/stat).
+fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Installs a program module with a start_cmd through a daemon started with `env`; returns
+/// the daemon's pid and the parent pid of the program started again, seen while both run.
+fn install_with_start_cmd(env: &[(&str, &std::ffi::OsStr)], ws: &Workspace) -> (i32, i32) {
+    let nginx = ws.nginx().expect("nginx");
+    let api = FakeDeviceApi::start();
+    let name = unique_name("sta");
+    let _kill = KillOnDrop::names(&[&name]);
+    let dst = ws.root().join("prog").join(&name);
+    write_file(&dst, &sleep_binary_with_marker("old"), 0o755);
+    let _old = Spawned::spawn(Command::new(&dst).arg("1000"));
+    procs::wait_for_named(&name, Duration::from_secs(5));
+    let m = manifest(
+        VERSION,
+        vec![
+            json!({"name": "prog", "src": "prog", "dst": dst.display().to_string(),
+                    "process_name": name, "start_cmd": [dst.display().to_string(), "1000"],
+                    "restart_order": 1}),
+        ],
+    );
+    let package = build_package(
+        &m,
+        &[Entry::file("prog", &sleep_binary_with_marker("new"), 0o755)],
+    );
+    let (config, port) = common::daemon::write_config(ws, &api, &DaemonOptions::default());
+    let d = procs::WrappedDaemon::start(&[], env, &config, port, &ws.work_dir(), ws.path(), "env");
+    let url = nginx.put("pkg.zip", &package);
+    let p = d.install(&url, VERSION, &package);
+    assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
+    let again = procs::wait_for_named(&name, Duration::from_secs(10));
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(procs::exe_of(again[0]).as_deref(), Some(dst.as_path()));
+    let log = std::fs::read_to_string(ws.bin_dir().join("systemd-run.log")).unwrap_or_default();
+    if !log.is_empty() {
+        let args: Vec<&str> = log.lines().collect();
+        assert!(
+            args[0].starts_with(&format!("--unit=tope-{name}-")) && args[0].ends_with(".service"),
+            "{args:?}"
+        );
+        let dst_s = dst.display().to_string();
+        assert_eq!(
+            &args[1..],
+            &[
+                "--working-directory=/",
+                "--collect",
+                "--quiet",
+                "--no-ask-password",
+                "--",
+                dst_s.as_str(),
+                "1000"
+            ],
+        );
+    }
+    let parent = ppid_of(again[0]).expect("the started program's parent");
+    (d.child.id() as i32, parent)
+}
+
+/// Issue 9: when systemd runs, a start_cmd is started by `systemd-run` as a transient unit
+/// (here a recording fake named by TOPE_SYSTEMD_RUN), so it lives outside the updater's
+/// cgroup and is not the updater's child.
+#[test]
+fn issue_9_start_cmd_runs_through_systemd_run_when_systemd_runs() {
+    let ws = Workspace::new();
+    if ws.nginx().is_none() {
+        return;
+    }
+    let fake = fake_systemd_run(&ws.bin_dir());
+    let (daemon, parent) = install_with_start_cmd(&[("TOPE_SYSTEMD_RUN", fake.as_os_str())], &ws);
+    assert!(
+        ws.bin_dir().join("systemd-run.log").exists(),
+        "systemd-run was not used"
+    );
+    assert_ne!(parent, daemon, "started by systemd-run, not by the updater");
+}
+
+/// Issue 9: without systemd (TOPE_SYSTEMD_RUN empty forces it; this machine runs no systemd
+/// anyway) a start_cmd is a plain child of the updater.
+#[test]
+fn issue_9_start_cmd_is_a_plain_child_without_systemd() {
+    let ws = Workspace::new();
+    if ws.nginx().is_none() {
+        return;
+    }
+    let (daemon, parent) = install_with_start_cmd(&[("TOPE_SYSTEMD_RUN", "".as_ref())], &ws);
+    assert_eq!(parent, daemon);
+    assert!(!ws.bin_dir().join("systemd-run.log").exists());
+}

@@ -46,19 +46,23 @@ fn pause(d: Duration, cancel: &AtomicBool) -> bool {
 /// Quick: run on the caller's thread.
 fn check_started(started: &Started) -> Result<(), String> {
     match started {
-        Started::Process(name, p) => {
-            if !process::is_alive(p) {
-                let now = process::find_processes(name);
-                return Err(match now.first() {
+        Started::Process(name, p) => match process::liveness(p) {
+            process::Liveness::Alive => Ok(()),
+            process::Liveness::Unknown(e) => Err(format!(
+                "process {name} (pid {}) cannot be checked: {e}",
+                p.pid
+            )),
+            process::Liveness::Gone => {
+                let now = process::scan(name).unwrap_or_default();
+                Err(match now.first() {
                     Some(q) => format!(
                         "process {name} (pid {}) exited and was replaced by pid {} (crash and respawn)",
-                        p.pid, q.pid
+                        p.pid, q.id.pid
                     ),
                     None => format!("process {name} (pid {}) is no longer running", p.pid),
-                });
+                })
             }
-            Ok(())
-        }
+        },
         Started::Service(s) => process::systemctl("is-active", s, SYSTEMCTL_TIMEOUT)
             .map_err(|e| format!("service {s} is not active: {}", e.detail)),
         Started::Nothing => Ok(()),
@@ -78,7 +82,7 @@ fn run_health_cmd(h: &HealthCmd, cancel: &AtomicBool) -> Result<(), String> {
                 h.timeout.as_secs()
             ));
         }
-        match process::run_to_completion(&h.argv, left) {
+        match process::run_to_completion(&h.argv, left, cancel) {
             Ok(()) => return Ok(()),
             Err(e) => last = e.detail,
         }

@@ -242,7 +242,11 @@ pub fn install(
     for &i in &order {
         let m = &pkg.manifest.modules[i];
         for cmd in m.post_argvs() {
-            if let Err(e) = process::run_to_completion(&cmd, POST_CMD_TIMEOUT) {
+            if let Err(e) = process::run_to_completion(&cmd, POST_CMD_TIMEOUT, opts.cancel) {
+                // SIGTERM: the command's group is gone; the next start rolls back.
+                if cancelled() {
+                    return Ok(InstallOutcome::Interrupted);
+                }
                 let cause = error::deployment_failed(format!("module {}: {}", m.name, e.detail));
                 return Err(fail(cause, &j, opts, on_event));
             }

@@ -18,23 +18,35 @@ pub const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(50);
 
 /// Record how the processes of every module that is about to be stopped run (argv and working
-/// directory from `/proc`), so a rollback can start them again exactly so.
+/// directory from `/proc`), so a rollback can start them again exactly so. A `/proc` that
+/// cannot be read is `PROCESS_KILL_FAILED`: nothing is stopped on a guess.
 pub fn record(j: &mut Journal, order: &[usize]) -> Result<(), OtaError> {
     let mut seen = HashSet::new();
     for &i in order {
         let Some(name) = &j.modules[i].process_name else {
             continue;
         };
-        for p in process::find_processes(name) {
-            if !seen.insert(p) {
+        let found = process::scan(name).map_err(|e| {
+            error::kill_failed(format!(
+                "module {}: cannot tell whether process {name} runs, so it cannot be stopped: {e}",
+                j.modules[i].name
+            ))
+        })?;
+        for p in found {
+            if !seen.insert(p.id) {
                 continue;
             }
-            match process::describe(&p) {
-                Some((argv, cwd)) if !argv.is_empty() => j.stopped.push(Stopped { module: i, argv, cwd }),
+            match p.argv_utf8() {
+                Some(argv) if !argv.is_empty() => j.stopped.push(Stopped {
+                    module: i,
+                    argv,
+                    cwd: p.cwd.clone(),
+                }),
                 _ => tracing::warn!(
-                    "module {}: cannot read how process {name} (pid {}) runs; it is not restarted by a rollback",
+                    "module {}: process {name} (pid {}) has no command line the journal can \
+                     keep; a rollback does not start it again",
                     j.modules[i].name,
-                    p.pid
+                    p.id.pid
                 ),
             }
         }
@@ -91,12 +103,16 @@ pub enum Started {
     Nothing,
 }
 
-/// Wait until a process named `name` runs (at most `limit`).
+/// Wait until a process named `name` runs (at most `limit`); a `/proc` that cannot be read
+/// counts as "not yet".
 fn wait_running(name: &str, limit: Duration) -> Option<ProcId> {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(p) = process::find_processes(name).first() {
-            return Some(*p);
+        if let Some(p) = process::scan(name)
+            .ok()
+            .and_then(|f| f.first().map(|p| p.id))
+        {
+            return Some(p);
         }
         if Instant::now() >= deadline {
             return None;
@@ -130,9 +146,11 @@ pub fn start_new(
             started[i] = Started::Service(s.clone());
         } else if let Some(cmd) = &m.start_cmd {
             if let Some(p) = &m.process_name {
-                if let Some(running) = process::find_processes(p).first() {
+                let running = process::scan(p)
+                    .map_err(|e| fail(format!("cannot tell whether process {p} runs: {e}")))?;
+                if let Some(running) = running.first() {
                     tracing::info!("module {}: process {p} already running", m.name);
-                    started[i] = Started::Process(p.clone(), *running);
+                    started[i] = Started::Process(p.clone(), running.id);
                     continue;
                 }
             }
@@ -182,14 +200,22 @@ pub fn start_old(
             continue;
         };
         let olds: Vec<&Stopped> = j.stopped.iter().filter(|s| s.module == i).collect();
-        if olds.is_empty() || !process::find_processes(name).is_empty() {
+        if olds.is_empty() {
             continue;
+        }
+        match process::is_running(name) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                "rollback: module {}: cannot tell whether process {name} runs ({e}); starting it",
+                m.name
+            ),
         }
         on_event(InstallEvent::Restarting { module: &m.name });
         for old in olds {
-            match process::spawn_detached(&old.argv) {
-                Ok(pid) => tracing::info!(
-                    "rollback: module {}: old process started again (pid {pid})",
+            match process::spawn_detached_in(&old.argv, old.cwd.as_deref()) {
+                Ok(how) => tracing::info!(
+                    "rollback: module {}: old process started again ({how})",
                     m.name
                 ),
                 Err(e) => tracing::error!("rollback: module {}: {e}", m.name),

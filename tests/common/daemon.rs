@@ -105,6 +105,11 @@ pub fn serve_command<'a>(
     ] {
         cmd.env_remove(v);
     }
+    // Programs the daemon starts are plain children here, also on a host where systemd runs
+    // (a test must not leave transient units behind); tests of systemd-run name a fake.
+    if !cmd.get_envs().any(|(k, _)| k == "TOPE_SYSTEMD_RUN") {
+        cmd.env("TOPE_SYSTEMD_RUN", "");
+    }
     std::os::unix::process::CommandExt::process_group(cmd, 0);
     cmd
 }

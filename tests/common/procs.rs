@@ -204,3 +204,204 @@ pub fn looping_script_text(marker: &str, ignore_term: bool, start_log: Option<&P
     t.push_str("while :; do sleep 1; done\n");
     t.into_bytes()
 }
+
+/// The daemon started through a wrapper program (`prlimit ...`, `unshare ...`, a script)
+/// and/or with extra environment variables, for what `Daemon` cannot do. Its whole process
+/// group is SIGKILLed on drop.
+pub struct WrappedDaemon {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub work_dir: PathBuf,
+    out_dir: PathBuf,
+    stem: String,
+}
+
+impl WrappedDaemon {
+    /// `wrapper` (possibly empty) then the binary with `serve --config <config>`, or, with
+    /// `direct = false`, only `wrapper` (a program that starts the daemon itself). Returns
+    /// once GET /progress answers (30 s).
+    pub fn start(
+        wrapper: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+        config: &Path,
+        port: u16,
+        work_dir: &Path,
+        out_dir: &Path,
+        stem: &str,
+    ) -> WrappedDaemon {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(super::daemon::BIN);
+                c
+            }
+            None => Command::new(super::daemon::BIN),
+        };
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        super::daemon::serve_command(&mut cmd, config, out_dir, stem);
+        let child = cmd.spawn().expect("spawn the wrapped daemon");
+        Self::wait_ready(child, port, work_dir, out_dir, stem)
+    }
+
+    /// A daemon started by `cmd` (already set up: output, process group) some other way.
+    pub fn wait_ready(
+        child: std::process::Child,
+        port: u16,
+        work_dir: &Path,
+        out_dir: &Path,
+        stem: &str,
+    ) -> WrappedDaemon {
+        let mut d = WrappedDaemon {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+            work_dir: work_dir.to_path_buf(),
+            out_dir: out_dir.to_path_buf(),
+            stem: stem.to_string(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = d.try_request("GET", "/progress", None, b"") {
+                if r.status == 200 {
+                    return d;
+                }
+            }
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("the daemon exited ({st}) before answering:\n{}", d.output());
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!("the daemon did not answer within 30 s:\n{}", d.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        ct: Option<&str>,
+        body: &[u8],
+    ) -> std::io::Result<super::http::Response> {
+        let full = format!("{}{path}", super::daemon::API);
+        super::http::request(self.addr, method, &full, ct, body)
+    }
+
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .try_request(
+                "POST",
+                path,
+                Some("application/json"),
+                body.to_string().as_bytes(),
+            )
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.output()));
+        (r.status, r.json())
+    }
+
+    pub fn progress(&self) -> serde_json::Value {
+        let r = self
+            .try_request("GET", "/progress", None, b"")
+            .unwrap_or_else(|e| panic!("GET /progress: {e}\n{}", self.output()));
+        assert_eq!(r.status, 200);
+        r.json()
+    }
+
+    /// Polls /progress every 50 ms until `cond` holds.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let p = self.progress();
+            if cond(&p) {
+                return p;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out waiting for {what}; last /progress {p}\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Downloads `package` from `url` as `version` (30 s to `toInstall`), then installs it;
+    /// returns the final /progress (`success` or `failed`, 60 s).
+    pub fn install(&self, url: &str, version: &str, package: &[u8]) -> serde_json::Value {
+        let body = super::download_body(version, url, "pkg.zip", package);
+        super::daemon::assert_ok_status(
+            &self.post_json("/download", &body),
+            "downloading",
+            "/download",
+        );
+        self.wait_for("toInstall", Duration::from_secs(30), |p| {
+            p["data"]["stage"] == "toInstall"
+        });
+        super::daemon::assert_ok_status(
+            &self.post_json("/update", &serde_json::json!({ "version": version })),
+            "installing",
+            "/update",
+        );
+        self.wait_for("the outcome", Duration::from_secs(60), |p| {
+            matches!(p["data"]["stage"].as_str(), Some("success" | "failed"))
+        })
+    }
+
+    /// stdout, stderr and the tail of the updater log.
+    pub fn output(&self) -> String {
+        let mut s = String::new();
+        for kind in ["stdout", "stderr"] {
+            let p = self.out_dir.join(format!("{}.{kind}", self.stem));
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            s.push_str(&format!(
+                "--- {} {kind} ---\n{}\n",
+                self.stem,
+                super::nginx::tail(&text, 40)
+            ));
+        }
+        let log =
+            std::fs::read_to_string(self.work_dir.join("logs/updater.log")).unwrap_or_default();
+        s.push_str(&format!(
+            "--- logs/updater.log (tail) ---\n{}\n",
+            super::nginx::tail(&log, 60)
+        ));
+        s
+    }
+}
+
+impl Drop for WrappedDaemon {
+    fn drop(&mut self) {
+        if let Some(p) = Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(p, Signal::KILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("{}", self.output());
+        }
+    }
+}
+
+/// Whether `program` can be run (found on PATH or a path that exists). Without it: a panic
+/// under CI (the environment must provide it), else `false` after saying why.
+pub fn require_tool(program: &str, why: &str) -> bool {
+    let found = if program.contains('/') {
+        Path::new(program).exists()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+    };
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{program} not found: CI must provide it ({why})");
+        }
+        eprintln!("skipping: {program} not found ({why})");
+    }
+    found
+}

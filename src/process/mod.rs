@@ -1,0 +1,119 @@
+//! Process control for deployment: find, stop, start and run the printer's processes.
+//!
+//! Everything here is synchronous and meant to run on a blocking thread.
+//!
+//! - `procfs`: processes are found by reading `/proc` (no pidfd: some printer kernels are older
+//!   than 5.3). A [`ProcId`] pairs a pid with the process's start time, so a pid reused by an
+//!   unrelated process is never mistaken for the one we stopped; a scan also gives each
+//!   process's argv, to start it again exactly as it ran. "Gone" is concluded only from
+//!   `ENOENT`/`ESRCH`: an unreadable `/proc` is an error, never "not running".
+//! - `stop`: SIGTERM, a grace period, SIGKILL, then confirmation. PID 1, the updater and its
+//!   parent are never signalled.
+//! - `command`: commands run to completion (`post_cmds`, `systemctl`) under a time limit, in a
+//!   process group of their own that is emptied before the call returns (at the end, on a
+//!   timeout, or when the updater shuts down). `systemctl` is found on `PATH`; tests may name
+//!   another program in `TOPE_SYSTEMCTL` (read at every call); unit tests of this crate use a
+//!   per-thread override instead, because the environment is process-global.
+//! - `spawn`: long-running starts (`start_cmd`, ota-gui), through `systemd-run` when systemd
+//!   runs so they live outside the updater's cgroup (`TOPE_SYSTEMD_RUN` overrides).
+
+mod command;
+mod procfs;
+mod spawn;
+mod stop;
+
+use std::time::Duration;
+
+#[cfg(test)]
+pub(crate) use command::SYSTEMCTL_OVERRIDE;
+pub use command::{run_to_completion, set_children_fd_limit, systemctl};
+pub use procfs::{
+    describe, find_processes, is_alive, is_running, liveness, scan, Liveness, ProcId,
+    RunningProcess,
+};
+pub use spawn::{spawn_detached, spawn_detached_in, Started};
+pub use stop::{stop_by_name, stop_processes};
+
+/// Polling period while waiting for processes to exit.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A command line for messages: `` `a b c` ``.
+fn show(argv: &[String]) -> String {
+    format!("`{}`", argv.join(" "))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::fs;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+
+    /// A unique short process name (<= 15 bytes, so `comm` holds it whole).
+    pub(crate) fn unique_name() -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        format!(
+            "tu{:05x}{:03x}{:02x}",
+            std::process::id() & 0xfffff,
+            t & 0xfff,
+            n & 0xff
+        )
+    }
+
+    /// A `sleep` program under a unique name in `dir` (a symlink: the kernel takes `comm` from
+    /// the name that was executed, and nothing is ever open for writing, so no ETXTBSY).
+    pub(crate) fn named_sleep(dir: &Path) -> (String, PathBuf) {
+        let name = unique_name();
+        let path = dir.join(&name);
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap();
+        std::os::unix::fs::symlink(sleep, &path).unwrap();
+        (name, path)
+    }
+
+    /// Poll until a scan for `name` finds `n` processes.
+    pub(crate) fn wait_found(name: &str, n: usize) -> Vec<ProcId> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let f: Vec<ProcId> = scan(name).unwrap().into_iter().map(|p| p.id).collect();
+            if f.len() == n || Instant::now() > deadline {
+                return f;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A fake `systemctl` that logs its arguments to `<dir>/log` and exits 1 for `fail_on`.
+    pub(crate) fn fake_systemctl(dir: &Path, fail_on: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("fake-systemctl");
+        let log = dir.join("log");
+        fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho \"$1 $2\" >> '{}'\ncase \"$1 $2\" in\n  '{fail_on}') echo \"unit $2 refused\" >&2; exit 1;;\nesac\nexit 0\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn own_process_is_never_found() {
+        let me = std::process::id() as i32;
+        let comm = fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
+        let found = scan(comm.trim_end()).unwrap();
+        assert!(found.iter().all(|p| p.id.pid != me));
+        assert!(find_processes(comm.trim_end()).iter().all(|p| p.pid != me));
+    }
+}

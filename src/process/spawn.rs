@@ -1,0 +1,330 @@
+//! Starting long-running processes (a module's `start_cmd`, ota-gui) so that they outlive the
+//! updater and never depend on it.
+//!
+//! When systemd runs (`/run/systemd/system` exists), the process is started with `systemd-run`
+//! as a transient service of its own: it lives outside the updater's cgroup, so stopping or
+//! restarting `tope-updater.service` never touches it, and its output goes to the journal.
+//! Otherwise it is a plain child in a process group of its own, reaped by a small thread.
+//!
+//! `TOPE_SYSTEMD_RUN` (read at every call) overrides the choice: a program to run as
+//! `systemd-run` (tests use a recording fake), or empty for a plain start.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::command::{run_command, spawn};
+use crate::error::{self, OtaError};
+
+/// Time limit of one `systemd-run` launch (it returns once the unit has started).
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where systemd says it is the running init system (`sd_booted()`).
+#[cfg_attr(test, allow(dead_code))]
+const SYSTEMD_RUNTIME_DIR: &str = "/run/systemd/system";
+
+/// How a detached process was started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// A child of the updater.
+    Process { pid: u32 },
+    /// A transient systemd service (`systemctl status <name>` shows it).
+    Unit { name: String },
+}
+
+impl fmt::Display for Started {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Started::Process { pid } => write!(f, "pid {pid}"),
+            Started::Unit { name } => write!(f, "unit {name}"),
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Unit tests: the program to run as `systemd-run`, for this thread only; without one,
+    /// unit tests always start processes plainly (also on a machine where systemd runs).
+    pub(crate) static SYSTEMD_RUN_OVERRIDE: std::cell::RefCell<Option<PathBuf>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The `systemd-run` to use, or `None` for a plain start (see the module documentation).
+fn systemd_run_program() -> Option<PathBuf> {
+    #[cfg(test)]
+    return SYSTEMD_RUN_OVERRIDE.with(|o| o.borrow().clone());
+    #[cfg(not(test))]
+    choose_launcher(
+        std::env::var_os("TOPE_SYSTEMD_RUN"),
+        Path::new(SYSTEMD_RUNTIME_DIR).is_dir(),
+    )
+}
+
+/// `TOPE_SYSTEMD_RUN` (set: that program, or a plain start when empty), else `systemd-run`
+/// when systemd runs, else a plain start.
+fn choose_launcher(env: Option<std::ffi::OsString>, systemd_runs: bool) -> Option<PathBuf> {
+    match env {
+        Some(p) if p.is_empty() => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None if systemd_runs => Some(PathBuf::from("systemd-run")),
+        None => None,
+    }
+}
+
+/// Start a long-running process and return how (see the module documentation).
+///
+/// A plain start gets a process group of its own, `/` as working directory and `/dev/null`
+/// for stdin, stdout and stderr. `DEPLOYMENT_FAILED` when `argv` is empty or the program cannot
+/// be started (or `systemd-run` fails or takes longer than 60 s).
+pub fn spawn_detached<S: AsRef<OsStr>>(argv: &[S]) -> Result<Started, OtaError> {
+    spawn_detached_in(argv, None)
+}
+
+/// [`spawn_detached`] with `cwd` as the working directory (`/` when `None`, or when `cwd` is
+/// no longer a directory): a process stopped for an installation is started again by a
+/// rollback where it ran, so that a relative program path or file still resolves.
+pub fn spawn_detached_in<S: AsRef<OsStr>>(
+    argv: &[S],
+    cwd: Option<&Path>,
+) -> Result<Started, OtaError> {
+    let cwd = cwd.filter(|d| d.is_dir()).unwrap_or(Path::new("/"));
+    let argv: Vec<&OsStr> = argv.iter().map(AsRef::as_ref).collect();
+    let Some((program, args)) = argv.split_first() else {
+        return Err(error::deployment_failed(
+            "cannot start a process: empty command",
+        ));
+    };
+    let shown = show_os(&argv);
+    if let Some(systemd_run) = systemd_run_program() {
+        return launch_unit(&systemd_run, &argv, cwd, &shown);
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let child = spawn(&mut cmd)
+        .map_err(|e| error::deployment_failed(format!("cannot start {shown}: {e}")))?;
+    let pid = child.id();
+    tracing::info!("started {shown} (pid {pid})");
+    reap_in_background(child);
+    Ok(Started::Process { pid })
+}
+
+/// Start `argv` as a transient service through `systemd-run`.
+fn launch_unit(
+    systemd_run: &Path,
+    argv: &[&OsStr],
+    cwd: &Path,
+    shown: &str,
+) -> Result<Started, OtaError> {
+    // systemd-run only reports that the unit started, not that the program could be executed:
+    // a path that is no executable file is refused here, as a plain start would refuse it.
+    let program = Path::new(argv[0]);
+    let resolved = cwd.join(program);
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') && !is_executable(&resolved) {
+        return Err(error::deployment_failed(format!(
+            "cannot start {shown}: {} is not an executable file",
+            program.display()
+        )));
+    }
+    let unit = unit_name(program);
+    let mut cmd = Command::new(systemd_run);
+    let mut workdir = std::ffi::OsString::from("--working-directory=");
+    workdir.push(cwd);
+    cmd.arg(format!("--unit={unit}"))
+        .arg(workdir)
+        .args(["--collect", "--quiet", "--no-ask-password", "--"])
+        .args(argv);
+    let what = format!("systemd-run of {shown}");
+    run_command(cmd, &what, LAUNCH_TIMEOUT, None)
+        .map_err(|f| error::deployment_failed(format!("cannot start {shown}: {}", f.detail)))?;
+    tracing::info!("started {shown} as unit {unit}");
+    Ok(Started::Unit { name: unit })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A unit name no other start takes: `tope-<program>-<ms since epoch>-<n>.service`, the
+/// program's file name reduced to the characters systemd allows.
+fn unit_name(program: &Path) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let base: String = program
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default()
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let base = if base.is_empty() { "cmd".into() } else { base };
+    format!("tope-{base}-{ms}-{n}.service")
+}
+
+/// A command line for messages: `` `a b c` ``.
+fn show_os(argv: &[&OsStr]) -> String {
+    let parts: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!("`{}`", parts.join(" "))
+}
+
+/// Wait for `child` on a thread of its own so that it is reaped whenever it exits.
+fn reap_in_background(mut child: Child) {
+    let pid = child.id();
+    let spawned = std::thread::Builder::new()
+        .name(format!("reap-{pid}"))
+        .spawn(move || match child.wait() {
+            Ok(status) => tracing::info!("process {pid} exited: {status}"),
+            Err(e) => tracing::warn!("waiting for process {pid} failed: {e}"),
+        });
+    if let Err(e) = spawned {
+        // The child keeps running; it stays a zombie after it exits, until the updater exits.
+        tracing::warn!("cannot start a thread to reap process {pid}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{named_sleep, wait_found};
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn plain_start_runs_detached_and_is_found() {
+        let d = tempfile::tempdir().unwrap();
+        let (name, path) = named_sleep(d.path());
+        let started = spawn_detached(&[path.display().to_string(), "100".into()]).unwrap();
+        let Started::Process { pid } = started else {
+            panic!("{started:?}")
+        };
+        let found = wait_found(&name, 1);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pid as u32, pid);
+        let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+        assert_eq!(cwd, Path::new("/"));
+        super::super::stop_by_name(&name, Duration::from_secs(5)).unwrap();
+        assert!(spawn_detached::<String>(&[]).is_err());
+        assert!(spawn_detached(&["/nonexistent/x"]).is_err());
+        SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = None);
+    }
+
+    /// A fake `systemd-run` that records its arguments, one per line, to `<dir>/log`, and
+    /// starts the command after `--` in a session of its own (out of the launcher's process
+    /// group, as systemd would), returning once it has left the group.
+    fn fake_systemd_run(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("fake-systemd-run");
+        let log = dir.join("log");
+        let ready = dir.join("ready");
+        fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\" >> '{log}'; done\n\
+                 while [ \"$1\" != -- ]; do shift; done; shift\nrm -f '{ready}'\n\
+                 setsid sh -c 'echo > \"$0\"; exec \"$@\"' '{ready}' \"$@\" \
+                 </dev/null >/dev/null 2>&1 &\n\
+                 while [ ! -e '{ready}' ]; do sleep 0.05; done\nexit 0\n",
+                log = log.display(),
+                ready = ready.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn issue_9_systemd_start_is_a_transient_unit() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = fake_systemd_run(d.path());
+        SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
+        let (name, path) = named_sleep(d.path());
+        let started =
+            spawn_detached(&[path.display().to_string(), "100".into(), "0".into()]).unwrap();
+        let Started::Unit { name: unit } = &started else {
+            panic!("{started:?}")
+        };
+        assert!(unit.starts_with(&format!("tope-{name}-")), "{unit}");
+        assert!(unit.ends_with(".service"), "{unit}");
+        let found = wait_found(&name, 1);
+        assert_eq!(found.len(), 1);
+        let log = fs::read_to_string(d.path().join("log")).unwrap();
+        let args: Vec<&str> = log.lines().collect();
+        assert_eq!(
+            args,
+            vec![
+                &format!("--unit={unit}"),
+                "--working-directory=/",
+                "--collect",
+                "--quiet",
+                "--no-ask-password",
+                "--",
+                &path.display().to_string(),
+                "100",
+                "0",
+            ]
+        );
+        super::super::stop_by_name(&name, Duration::from_secs(5)).unwrap();
+        // A program that is not there is refused before systemd-run runs.
+        let e = spawn_detached(&["/nonexistent/x"]).unwrap_err();
+        assert!(e.detail.contains("not an executable"), "{e}");
+        assert_eq!(fs::read_to_string(d.path().join("log")).unwrap(), log);
+        // systemd-run failing is a start failure.
+        let failing = d.path().join("failing");
+        fs::write(&failing, "#!/bin/sh\necho 'Unit exists' >&2\nexit 1\n").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&failing, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = Some(failing));
+        let e = spawn_detached(&[path.display().to_string()]).unwrap_err();
+        assert!(e.detail.contains("Unit exists"), "{e}");
+        SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = None);
+    }
+
+    #[test]
+    fn issue_9_systemd_run_exactly_when_systemd_runs() {
+        assert_eq!(
+            choose_launcher(None, true),
+            Some(PathBuf::from("systemd-run"))
+        );
+        assert_eq!(choose_launcher(None, false), None);
+        assert_eq!(choose_launcher(Some("".into()), true), None);
+        assert_eq!(
+            choose_launcher(Some("/x/fake".into()), false),
+            Some(PathBuf::from("/x/fake"))
+        );
+    }
+
+    #[test]
+    fn unit_names_are_valid_and_unique() {
+        let a = unit_name(Path::new("/opt/tope/device api@x"));
+        let b = unit_name(Path::new("/opt/tope/device api@x"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("tope-device_api_x-"), "{a}");
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        assert!(unit_name(Path::new("/")).starts_with("tope-cmd-"));
+    }
+}

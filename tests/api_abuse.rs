@@ -1,0 +1,449 @@
+//! CONTRACT.md 8.2, nobody can starve the API: request-head and idle timeouts, and a
+//! connection cap that keeps `/progress` fast and an installation working while a thousand
+//! connections idle or trickle, under the usual 1024-descriptor limit.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::daemon::{stage_of, write_config, API};
+use common::procs::{self, require_tool, KillOnDrop, Spawned, WrappedDaemon};
+use common::*;
+use serde_json::json;
+
+/// A request head that never ends (no empty line), sent a byte at a time.
+const ENDLESS_HEAD: &[u8] = b"GET /api/v1.0/progress HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ";
+
+/// How many connections an attack keeps open, how many it had to open again after the
+/// daemon closed them, and how many connects failed.
+#[derive(Debug, Default)]
+struct AttackCounts {
+    opened: AtomicU64,
+    reopened: AtomicU64,
+    connect_errors: AtomicU64,
+}
+
+/// `idle` connections that send nothing and `trickling` ones that send one byte of an endless
+/// request head per second, spread over a few threads; every connection the daemon closes is
+/// opened again (each is checked once a second, a tenth of them every 100 ms), so the pressure
+/// never lets up.
+struct Attack {
+    stop: Arc<AtomicBool>,
+    counts: Arc<AttackCounts>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+struct Hostile {
+    stream: Option<TcpStream>,
+    /// Opened at least once.
+    opened: bool,
+    trickle: bool,
+    sent: usize,
+}
+
+fn connect(addr: SocketAddr) -> Option<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_nonblocking(true).ok()?;
+    Some(s)
+}
+
+/// Whether the daemon closed `s` (EOF, reset); never blocks.
+fn is_closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 512];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+impl Attack {
+    fn start(addr: SocketAddr, idle: usize, trickling: usize, threads: usize) -> Attack {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(AttackCounts::default());
+        let total = idle + trickling;
+        let handles = (0..threads)
+            .map(|t| {
+                let stop = stop.clone();
+                let counts = counts.clone();
+                std::thread::spawn(move || {
+                    let mut mine: Vec<Hostile> = (0..total)
+                        .filter(|i| i % threads == t)
+                        .map(|i| Hostile {
+                            stream: None,
+                            opened: false,
+                            trickle: i >= idle,
+                            sent: 0,
+                        })
+                        .collect();
+                    // Each socket is visited once a second, a tenth of them every 100 ms.
+                    const SLICES: usize = 10;
+                    let mut slice = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        let round = Instant::now();
+                        for h in mine.iter_mut().skip(slice).step_by(SLICES) {
+                            if h.stream.as_mut().is_some_and(is_closed) {
+                                h.stream = None;
+                            }
+                            if h.stream.is_none() {
+                                match connect(addr) {
+                                    Some(s) => {
+                                        h.stream = Some(s);
+                                        let c = if h.opened {
+                                            &counts.reopened
+                                        } else {
+                                            &counts.opened
+                                        };
+                                        h.opened = true;
+                                        h.sent = 0;
+                                        c.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    None => {
+                                        counts.connect_errors.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                }
+                            } else if h.trickle {
+                                let byte = ENDLESS_HEAD.get(h.sent).copied().unwrap_or(b'a');
+                                if let Some(s) = h.stream.as_mut() {
+                                    if s.write(&[byte]).is_ok() {
+                                        h.sent += 1;
+                                    }
+                                }
+                            }
+                        }
+                        slice = (slice + 1) % SLICES;
+                        let left = Duration::from_millis(100).saturating_sub(round.elapsed());
+                        std::thread::sleep(left);
+                    }
+                })
+            })
+            .collect();
+        Attack {
+            stop,
+            counts,
+            threads: handles,
+        }
+    }
+
+    fn stop(self) -> Arc<AttackCounts> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        self.counts
+    }
+}
+
+/// `/progress` asked every 100 ms, each time on a new connection, until stopped: the time of
+/// every answer, and the failures.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<Duration>, Vec<String>)>,
+}
+
+impl Poller {
+    fn start(addr: SocketAddr) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut times = Vec::new();
+            let mut failures = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                match http::request(addr, "GET", &format!("{API}/progress"), None, b"") {
+                    Ok(r) if r.status == 200 && r.json()["data"]["stage"].is_string() => {
+                        times.push(t.elapsed())
+                    }
+                    Ok(r) => failures.push(format!("HTTP {}: {}", r.status, r.text())),
+                    Err(e) => failures.push(format!("{e} after {:?}", t.elapsed())),
+                }
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
+            }
+            (times, failures)
+        });
+        Poller { stop, thread }
+    }
+
+    fn stop(self) -> (Vec<Duration>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// This test process needs more than 1100 descriptors: raise its soft limit to the hard one.
+fn raise_own_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    );
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// The daemon's `Max open files` soft limit, from /proc/<pid>/limits.
+fn fd_soft_limit_of(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// `VmHWM` of a process, in KiB (0 when unreadable).
+fn peak_rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// Section 8.2: 1100 connections, half idle and half trickling a request head at a byte per
+/// second (every one the daemon closes is opened again), against a daemon started with a
+/// descriptor limit of 1024 (soft and hard): `/progress`, polled every 100 ms on fresh
+/// connections, answers every time in under 100 ms, and a full download and installation
+/// (stopping and restarting a program) succeeds.
+#[test]
+fn contract_8_2_1100_connections_under_1024_fds_progress_fast_and_install_succeeds() {
+    if !require_tool(
+        "prlimit",
+        "util-linux, to start the daemon with 1024 descriptors",
+    ) {
+        return;
+    }
+    let own = raise_own_fd_limit();
+    assert!(
+        own >= 1300,
+        "this test needs 1300 descriptors, the hard limit is {own}"
+    );
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    const VERSION: &str = "8.2.0";
+
+    // A program the installation stops and starts again, and 1 MiB of data.
+    let prog = unique_name("fdp");
+    let _kill = KillOnDrop::names(&[&prog]);
+    let dst = ws.root().join("prog").join(&prog);
+    write_file(&dst, &sleep_binary_with_marker("old"), 0o755);
+    let _old = Spawned::spawn(Command::new(&dst).arg("1000"));
+    procs::wait_for_named(&prog, Duration::from_secs(5));
+    let blob = pseudo_random_bytes(1024 * 1024, 82);
+    let package = build_package(
+        &manifest(
+            VERSION,
+            vec![
+                json!({"name": "prog", "src": "prog", "dst": dst.display().to_string(),
+                       "process_name": prog, "start_cmd": [dst.display().to_string(), "1000"],
+                       "restart_order": 1}),
+                json!({"name": "data", "src": "data", "dst": ws.root().join("data").display().to_string()}),
+            ],
+        ),
+        &[
+            Entry::file("prog", &sleep_binary_with_marker("new"), 0o755),
+            Entry::file("data/blob.bin", &blob, 0o644),
+        ],
+    );
+    let url = nginx.put("pkg.zip", &package);
+
+    let (config, port) = write_config(&ws, &api, &DaemonOptions::default());
+    let d = WrappedDaemon::start(
+        &["prlimit".as_ref(), "--nofile=1024".as_ref()],
+        &[],
+        &config,
+        port,
+        &ws.work_dir(),
+        ws.path(),
+        "limited",
+    );
+    let pid = d.child.id();
+    assert_eq!(fd_soft_limit_of(pid), Some(1024), "prlimit must apply");
+
+    let attack = Attack::start(d.addr, 550, 550, 4);
+    wait_until(
+        "1100 hostile connections opened",
+        Duration::from_secs(60),
+        || (attack.counts.opened.load(Ordering::SeqCst) >= 1100).then_some(()),
+    );
+    let poller = Poller::start(d.addr);
+    // Let the flood settle in (trickled heads grow, closed ones are opened again).
+    std::thread::sleep(Duration::from_secs(3));
+    let fds_under_attack = open_fds_of(pid);
+    let p = d.install(&url, VERSION, &package);
+    std::thread::sleep(Duration::from_secs(2));
+    let (mut times, failures) = poller.stop();
+    let counts = attack.stop();
+    let peak_rss_kib = peak_rss_kib_of(pid);
+
+    times.sort();
+    let max = times.last().copied().unwrap_or_default();
+    eprintln!(
+        "progress under attack: {} answers, p50 {:?}, p99 {:?}, max {:?}; {} failures; \
+         hostile connections opened {}, opened again after being closed {}, connect errors {}; \
+         daemon descriptors in use {}, peak RSS {} KiB",
+        times.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        max,
+        failures.len(),
+        counts.opened.load(Ordering::SeqCst),
+        counts.reopened.load(Ordering::SeqCst),
+        counts.connect_errors.load(Ordering::SeqCst),
+        fds_under_attack,
+        peak_rss_kib
+    );
+    assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
+    assert!(has_marker(&dst, "new"));
+    assert_eq!(md5_file(&ws.root().join("data/blob.bin")), md5_hex(&blob));
+    let again = procs::wait_for_named(&prog, Duration::from_secs(10));
+    assert_eq!(procs::exe_of(again[0]).as_deref(), Some(dst.as_path()));
+    assert!(
+        failures.is_empty(),
+        "/progress failed under attack: {failures:?}"
+    );
+    assert!(times.len() >= 40, "too few answers: {}", times.len());
+    assert!(
+        max < Duration::from_millis(100),
+        "/progress took {max:?} (p99 {:?})",
+        percentile(&times, 0.99)
+    );
+    assert!(
+        fds_under_attack < 400,
+        "the daemon held {fds_under_attack} descriptors under attack"
+    );
+    assert!(
+        peak_rss_kib < 50 * 1024,
+        "peak RSS {peak_rss_kib} KiB under attack"
+    );
+    assert!(
+        counts.reopened.load(Ordering::SeqCst) > 0,
+        "the daemon must have closed connections beyond its cap"
+    );
+}
+
+/// Time until the daemon closes `s` (EOF or reset), measured from `since`; `None` if it is
+/// still open after `limit`.
+fn closed_after(s: &mut TcpStream, since: Instant, limit: Duration) -> Option<Duration> {
+    let mut b = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            return None;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut b) {
+            Ok(0) => return Some(since.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(since.elapsed())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// Section 8.2: a connection that has not sent a complete request head within 10 s is
+/// closed: one that sends nothing, and one that trickles a head at a byte per second.
+#[test]
+fn contract_8_2_incomplete_request_head_closed_after_10_s() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let t0 = Instant::now();
+    let mut silent = TcpStream::connect(d.addr).unwrap();
+    let mut trickle = TcpStream::connect(d.addr).unwrap();
+    let mut writer = trickle.try_clone().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for b in ENDLESS_HEAD.iter().chain(std::iter::repeat(&b'a')).take(30) {
+            if writer.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let trickle_closed = closed_after(&mut trickle, t0, Duration::from_secs(20));
+    let silent_closed = closed_after(&mut silent, t0, Duration::from_secs(20));
+    for (what, closed) in [("trickling", trickle_closed), ("silent", silent_closed)] {
+        let closed =
+            closed.unwrap_or_else(|| panic!("the {what} connection is still open after 20 s"));
+        assert!(
+            closed >= Duration::from_millis(9500) && closed < Duration::from_secs(12),
+            "the {what} connection was closed after {closed:?}, not about 10 s"
+        );
+    }
+    feeder.join().unwrap();
+    // The daemon still answers.
+    assert_eq!(d.progress()["code"], 200);
+}
+
+/// Section 8.2: an idle keep-alive connection is closed after 60 s (and not long before: a
+/// poller keeps its connection between polls).
+#[test]
+fn contract_8_2_idle_keep_alive_connection_closed_after_60_s() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    let ask = format!("GET {API}/progress HTTP/1.1\r\nHost: {}\r\n\r\n", d.addr);
+    // Two requests on the connection, 15 s apart: it stays usable while idle.
+    for round in 0..2 {
+        if round > 0 {
+            std::thread::sleep(Duration::from_secs(15));
+        }
+        s.write_all(ask.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        while !complete_response(&got) {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "closed before answering (round {round})");
+            got.extend_from_slice(&b[..n]);
+        }
+    }
+    let answered = Instant::now();
+    let closed = closed_after(&mut s, answered, Duration::from_secs(80))
+        .expect("the idle keep-alive connection is still open after 80 s");
+    assert!(
+        closed >= Duration::from_secs(59) && closed < Duration::from_secs(65),
+        "closed after {closed:?} of idling, not about 60 s"
+    );
+}
+
+/// Whether `raw` holds a whole HTTP response with a Content-Length body.
+fn complete_response(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    raw.len() >= end + 4 + len
+}
