@@ -583,11 +583,11 @@ fn install_with_start_cmd(env: &[(&str, &std::ffi::OsStr)], ws: &Workspace) -> (
     (d.child.id() as i32, parent)
 }
 
-/// Issue 9: when systemd runs, a start_cmd is started by `systemd-run` as a transient unit
+/// When systemd runs, a start_cmd is started by `systemd-run` as a transient unit
 /// (here a recording fake named by TOPE_SYSTEMD_RUN), so it lives outside the updater's
 /// cgroup and is not the updater's child.
 #[test]
-fn issue_9_start_cmd_runs_through_systemd_run_when_systemd_runs() {
+fn start_cmd_runs_through_systemd_run_when_systemd_runs() {
     let ws = Workspace::new();
     if ws.nginx().is_none() {
         return;
@@ -601,10 +601,10 @@ fn issue_9_start_cmd_runs_through_systemd_run_when_systemd_runs() {
     assert_ne!(parent, daemon, "started by systemd-run, not by the updater");
 }
 
-/// Issue 9: without systemd (TOPE_SYSTEMD_RUN empty forces it; this machine runs no systemd
+/// Without systemd (TOPE_SYSTEMD_RUN empty forces it; this machine runs no systemd
 /// anyway) a start_cmd is a plain child of the updater.
 #[test]
-fn issue_9_start_cmd_is_a_plain_child_without_systemd() {
+fn start_cmd_is_a_plain_child_without_systemd() {
     let ws = Workspace::new();
     if ws.nginx().is_none() {
         return;

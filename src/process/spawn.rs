@@ -254,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_9_systemd_start_is_a_transient_unit() {
+    fn start_cmd_under_systemd_is_a_transient_unit() {
         let d = tempfile::tempdir().unwrap();
         let fake = fake_systemd_run(d.path());
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
@@ -303,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_9_systemd_run_exactly_when_systemd_runs() {
+    fn systemd_run_exactly_when_systemd_runs() {
         assert_eq!(
             choose_launcher(None, true),
             Some(PathBuf::from("systemd-run"))
