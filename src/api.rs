@@ -197,7 +197,10 @@ pub fn validate_download(
         return Err(error::validation(if lower.starts_with("http://") {
             "package_url must be https:// (plain http:// needs allow_http = true)".to_string()
         } else {
-            format!("package_url `{url}` must be an https:// URL")
+            format!(
+                "package_url `{}` must be an https:// URL",
+                crate::net::redact_url(url)
+            )
         }));
     }
     if reqwest::Url::parse(url)
@@ -205,7 +208,8 @@ pub fn validate_download(
         .unwrap_or(true)
     {
         return Err(error::validation(format!(
-            "package_url `{url}` is not a valid URL"
+            "package_url `{}` is not a valid URL",
+            crate::net::redact_url(url)
         )));
     }
     if !valid_package_name(&r.package_name) {
@@ -335,6 +339,19 @@ mod tests {
         }
     }
     const MD5: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn contract_8_3_validation_errors_do_not_repeat_url_credentials() {
+        for url in [
+            "ftp://u:s3cret@h/p.zip?X-Amz-Signature=abc",
+            "https://u:s3cret@?sig=abc",
+        ] {
+            let e = validate_download(req("1.2.3", url, "p.zip", 10, MD5), false, 100).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ValidationError, "{e}");
+            let text = e.to_string();
+            assert!(!text.contains("s3cret") && !text.contains("abc"), "{text}");
+        }
+    }
 
     #[test]
     fn contract_1_download_validation_rows() {

@@ -86,6 +86,15 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
         cfg.listen,
         cfg.work_dir.display()
     );
+    let cap = cfg.max_download_bytes_per_s;
+    let floor = crate::download::min_steady_rate();
+    if cap > 0 && cap < floor {
+        tracing::warn!(
+            "max_download_bytes_per_s = {cap} is below {floor}: at that rate every download \
+             attempt receives less than the stall rule asks for and is abandoned; downloads will \
+             end in DOWNLOAD_FAILED"
+        );
+    }
     let limits = raise_fd_limit();
     let shutdown = Shutdown::new();
     let reporter = Arc::new(Reporter::new());

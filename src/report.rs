@@ -129,6 +129,8 @@ impl Reporter {
     /// The sender loop; runs for the life of the daemon.
     pub async fn run(self: Arc<Self>, client: reqwest::Client, base_url: String) {
         let url = format!("{base_url}/api/v1.0/ota/report");
+        // Only for the log lines: device_api_url is configuration, but never leak its user info.
+        let shown = crate::net::redact_url(&url);
         let mut backoff = RETRY_MIN;
         let mut failing = false;
         loop {
@@ -152,10 +154,10 @@ impl Reporter {
                 }
                 Err(e) => {
                     if !failing {
-                        tracing::warn!("callback to {url} failed ({e}); keeping the newest report and retrying");
+                        tracing::warn!("callback to {shown} failed ({e}); keeping the newest report and retrying");
                         failing = true;
                     } else {
-                        tracing::debug!("callback to {url} failed again ({e})");
+                        tracing::debug!("callback to {shown} failed again ({e})");
                     }
                     self.collapse();
                     // Wait for the backoff, or for a newer report (tried at once).
