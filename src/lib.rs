@@ -13,6 +13,8 @@ pub mod download;
 pub mod error;
 pub mod fsutil;
 pub mod guard;
+#[cfg(feature = "demo")]
+pub mod kit;
 pub mod lifecycle;
 pub mod logging;
 pub mod net;

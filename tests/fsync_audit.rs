@@ -159,25 +159,13 @@ impl TracedDaemon {
         }
     }
 
-    /// The traced daemon: strace's child named tope-updater.
+    /// The traced daemon: the tope-updater (not strace) running this test's config.
     fn daemon_pid(&self) -> i32 {
-        let strace_pid = self.strace.id() as i32;
+        let config = self.out_dir.join("updater.toml");
         wait_until("the daemon under strace", Duration::from_secs(5), || {
-            std::fs::read_dir("/proc")
-                .ok()?
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .find(|pid| {
-                    let stat =
-                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                    let ppid = stat
-                        .rfind(')')
-                        .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
-                        .and_then(|s| s.parse::<i32>().ok());
-                    ppid == Some(strace_pid)
-                        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                            .is_ok_and(|c| c.trim_end() == "tope-updater")
-                })
+            procs::pids_named_with_arg("tope-updater", config.as_os_str())
+                .first()
+                .copied()
         })
     }
 

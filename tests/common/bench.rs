@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use md5::Digest;
 use serde_json::{json, Value};
-use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, ZipWriter};
+use tope_updater::checksum::{Algorithm, Hasher};
+use tope_updater::kit::package::PackageWriter;
+use tope_updater::kit::Noise;
 
 use super::daemon::STAGES;
 use super::nginx::{Nginx, NginxOptions};
@@ -56,47 +56,9 @@ impl BenchPackage {
     }
 }
 
-/// Deterministic incompressible bytes (xorshift64), produced chunk by chunk.
-pub struct NoiseSource {
-    x: u64,
-}
-
-impl NoiseSource {
-    pub fn new(seed: u64) -> NoiseSource {
-        NoiseSource {
-            x: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-        }
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for word in buf.chunks_mut(8) {
-            self.x ^= self.x << 13;
-            self.x ^= self.x >> 7;
-            self.x ^= self.x << 17;
-            let bytes = self.x.to_le_bytes();
-            word.copy_from_slice(&bytes[..word.len()]);
-        }
-    }
-}
-
-/// Lowercase hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// MD5 of a file, read in 1 MiB blocks.
 pub fn md5_file_streaming(path: &Path) -> String {
-    let mut f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut h = md5::Md5::new();
-    let mut buf = vec![0u8; MIB as usize];
-    loop {
-        let n = f.read(&mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    hex(&h.finalize())
+    tope_updater::kit::md5_file(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 /// Writes a package of about `total_mib` MiB to `path` without holding it in memory: module
@@ -118,23 +80,20 @@ pub fn write_package(path: &Path, total_mib: u64, version: &str, root: &Path) ->
         ],
     });
     let file = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-    let mut w = ZipWriter::new(file);
-    let small = |mode: u32| {
-        SimpleFileOptions::default()
-            .compression_method(CompressionMethod::Deflated)
-            .unix_permissions(mode)
-    };
-    w.start_file("manifest.json", small(0o644)).unwrap();
+    let mut w = PackageWriter::new(file);
+    w.start_file("manifest.json", 0o644, false, false).unwrap();
     w.write_all(serde_json::to_string_pretty(&manifest).unwrap().as_bytes())
         .unwrap();
 
-    let big = SimpleFileOptions::default()
-        .compression_method(CompressionMethod::Stored)
-        .unix_permissions(0o644)
-        .large_file(big_len >= u32::MAX as u64);
-    w.start_file("modules/firmware/firmware.bin", big).unwrap();
-    let mut noise = NoiseSource::new(total_mib ^ 0x7073);
-    let mut h = md5::Md5::new();
+    w.start_file(
+        "modules/firmware/firmware.bin",
+        0o644,
+        true,
+        big_len >= u32::MAX as u64,
+    )
+    .unwrap();
+    let mut noise = Noise::new(total_mib ^ 0x7073);
+    let mut h = Hasher::new(Algorithm::Md5);
     let mut buf = vec![0u8; MIB as usize];
     let mut left = big_len;
     while left > 0 {
@@ -144,23 +103,34 @@ pub fn write_package(path: &Path, total_mib: u64, version: &str, root: &Path) ->
         w.write_all(&buf[..n]).expect("write package");
         left -= n as u64;
     }
-    let big_md5 = hex(&h.finalize());
+    let big_md5 = h.finalize().to_hex();
 
-    w.start_file("modules/firmware/firmware.conf", small(0o644))
-        .unwrap();
-    w.write_all(format!("version = \"{version}\"\nspeed = 42\n").as_bytes())
-        .unwrap();
-    w.start_file("modules/firmware/bin/run.sh", small(0o755))
-        .unwrap();
-    w.write_all(b"#!/bin/sh\nexec ./firmware.bin \"$@\"\n")
-        .unwrap();
-    w.start_file("modules/web-ui/index.html", small(0o644))
-        .unwrap();
-    w.write_all(b"<!doctype html><title>printer</title><script src=app.js></script>\n")
-        .unwrap();
-    w.start_file("modules/web-ui/app.js", small(0o644)).unwrap();
-    w.write_all("console.log('printer ui');\n".repeat(200).as_bytes())
-        .unwrap();
+    let small: [(&str, u32, Vec<u8>); 4] = [
+        (
+            "modules/firmware/firmware.conf",
+            0o644,
+            format!("version = \"{version}\"\nspeed = 42\n").into_bytes(),
+        ),
+        (
+            "modules/firmware/bin/run.sh",
+            0o755,
+            b"#!/bin/sh\nexec ./firmware.bin \"$@\"\n".to_vec(),
+        ),
+        (
+            "modules/web-ui/index.html",
+            0o644,
+            b"<!doctype html><title>printer</title><script src=app.js></script>\n".to_vec(),
+        ),
+        (
+            "modules/web-ui/app.js",
+            0o644,
+            "console.log('printer ui');\n".repeat(200).into_bytes(),
+        ),
+    ];
+    for (name, mode, data) in small {
+        w.start_file(name, mode, false, false).unwrap();
+        w.write_all(&data).unwrap();
+    }
     let file = w.finish().expect("finish zip");
     file.sync_all().ok();
     drop(file);

@@ -1,7 +1,17 @@
 //! Harness for the integration tests: the real `tope-updater` binary against real servers
 //! (nginx over HTTPS, a fake device-api on axum), each test in its own temporary directory
 //! with its own ports and processes.
+//!
+//! The package server of the hostile tests, the fake device-api, the certificates, the ZIP
+//! builder and the digests are the crate's kit (`tope_updater::kit`, shared with `demo`); the
+//! modules here give them the shape of a test (a failure panics, saying what failed).
+//! Processes are found with `tope_updater::process::scan`.
 #![allow(dead_code, unused_imports)]
+
+#[cfg(not(feature = "demo"))]
+compile_error!(
+    "the integration tests use the kit of the `demo` feature: build them with the default features"
+);
 
 pub mod bench;
 pub mod daemon;
@@ -21,13 +31,13 @@ pub use daemon::{Daemon, DaemonOptions};
 pub use device_api::FakeDeviceApi;
 pub use nginx::Nginx;
 pub use package::{build_package, build_zip, manifest, Entry};
-
-use md5::Digest;
+pub use tope_updater::kit::{md5_hex, pseudo_random_bytes};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    tope_updater::kit::free_port()
+        .expect("a free port on 127.0.0.1")
+        .port()
 }
 
 /// A process/file name unique to this test process and call, at most 15 bytes so that it is
@@ -41,29 +51,9 @@ pub fn unique_name(tag: &str) -> String {
     name
 }
 
-/// Lowercase hex MD5 of some bytes.
-pub fn md5_hex(bytes: &[u8]) -> String {
-    let digest = md5::Md5::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Lowercase hex MD5 of a file's contents.
 pub fn md5_file(path: &Path) -> String {
-    md5_hex(&std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
-}
-
-/// Deterministic incompressible bytes (xorshift), so a ZIP does not shrink them.
-pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    tope_updater::kit::md5_file(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.

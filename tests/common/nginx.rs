@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-
 pub const NGINX_BIN: &str = "/usr/sbin/nginx";
 
 /// Bytes per second allowed under `/slow/`.
@@ -57,36 +55,15 @@ impl AccessLine {
     }
 }
 
+/// A fresh CA (written to `ca_out`) and a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key` in `dir`), from the kit.
 pub fn write_tls_material(dir: &Path, ca_out: &Path) -> (PathBuf, PathBuf) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "tope-updater test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().expect("ca key");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("leaf params");
-    leaf.distinguished_name
-        .push(DnType::CommonName, "127.0.0.1");
-    leaf.use_authority_key_identifier_extension = true;
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).expect("leaf cert");
-
+    let tls = tope_updater::kit::Certificates::generate("test").expect("generate certificates");
     let cert_path = dir.join("server.pem");
     let key_path = dir.join("server.key");
-    std::fs::write(&cert_path, leaf_cert.pem()).unwrap();
-    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
-    std::fs::write(ca_out, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_path, &tls.cert_pem).unwrap();
+    std::fs::write(&key_path, &tls.key_pem).unwrap();
+    std::fs::write(ca_out, &tls.ca_pem).unwrap();
     (cert_path, key_path)
 }
 

@@ -1,5 +1,6 @@
 //! Processes the tests start (programs the updater must stop and restart), found by their
-//! unique `comm` in /proc and always killed by pid at the end.
+//! unique name with the crate's own scan (`tope_updater::process::scan`) and always killed
+//! by pid at the end.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use rustix::process::{kill_process, Pid, Signal};
 
-/// Process state letter from /proc/<pid>/stat (`None` when it is gone).
+/// Process state letter from /proc/<pid>/stat (`None` when it is gone). One known pid, for
+/// processes the tests started themselves; finding processes is `pids_named`'s job.
 pub fn proc_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
@@ -22,23 +24,28 @@ pub fn is_alive(pid: i32) -> bool {
     matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
 }
 
-/// Living processes whose `comm` is exactly `name`.
-pub fn pids_named(name: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim_end_matches('\n') == name && is_alive(pid) {
-            out.push(pid);
-        }
-    }
+/// Living processes named `name` (their `comm`, or the file name of their `argv[0]`) whose
+/// command line holds `arg` when given, by `tope_updater::process::scan`: neither zombies nor
+/// the test process itself.
+fn scan_pids(name: &str, arg: Option<&std::ffi::OsStr>) -> std::io::Result<Vec<i32>> {
+    let mut out: Vec<i32> = tope_updater::process::scan(name)?
+        .into_iter()
+        .filter(|p| arg.is_none_or(|arg| p.argv.iter().any(|a| a == arg)))
+        .map(|p| p.id.pid)
+        .collect();
     out.sort();
-    out
+    Ok(out)
+}
+
+/// Living processes named `name`.
+pub fn pids_named(name: &str) -> Vec<i32> {
+    scan_pids(name, None).unwrap_or_else(|e| panic!("scan /proc for {name}: {e}"))
+}
+
+/// Living processes named `name` whose command line holds `arg` (e.g. the config file that
+/// tells one daemon from the others).
+pub fn pids_named_with_arg(name: &str, arg: &std::ffi::OsStr) -> Vec<i32> {
+    scan_pids(name, Some(arg)).unwrap_or_else(|e| panic!("scan /proc for {name}: {e}"))
 }
 
 /// The executable a process runs.
@@ -156,7 +163,8 @@ impl KillOnDrop {
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         for n in &self.names {
-            for pid in pids_named(n) {
+            // Never a panic in a drop (it may run while a failed test unwinds).
+            for pid in scan_pids(n, None).unwrap_or_default() {
                 signal(pid, Signal::KILL);
             }
         }

@@ -1,0 +1,121 @@
+//! The demo's terminal output: whole lines from every task, and one live progress line.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::sync::{Mutex, PoisonError};
+
+use super::client::Progress;
+
+/// Serialises output: whole lines from every task, plus one live progress line that is
+/// redrawn in place on a terminal (and printed at each stage or 10 % step otherwise).
+pub(super) struct Console {
+    tty: bool,
+    /// No output at all (unit tests).
+    quiet: bool,
+    state: Mutex<ConsoleState>,
+}
+
+#[derive(Default)]
+struct ConsoleState {
+    /// The progress line currently on screen (terminal only), empty when none.
+    bar: String,
+    /// Last (stage, tenth) printed when not on a terminal.
+    last: Option<(String, i64)>,
+}
+
+impl Console {
+    /// A console that prints nothing (unit tests).
+    #[cfg(test)]
+    pub(super) fn quiet() -> Console {
+        Console {
+            tty: false,
+            quiet: true,
+            state: Mutex::new(ConsoleState::default()),
+        }
+    }
+
+    pub(super) fn new() -> Console {
+        Console {
+            tty: std::io::stdout().is_terminal(),
+            quiet: false,
+            state: Mutex::new(ConsoleState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConsoleState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Print a whole line above the progress line. Output errors are ignored.
+    pub(super) fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        let st = self.lock();
+        let mut out = std::io::stdout().lock();
+        if self.tty && !st.bar.is_empty() {
+            let _ = write!(out, "\r{}\r", " ".repeat(st.bar.chars().count()));
+        }
+        let _ = writeln!(out, "{text}");
+        if self.tty && !st.bar.is_empty() {
+            let _ = write!(out, "{}", st.bar);
+        }
+        let _ = out.flush();
+    }
+
+    /// Redraw the progress line.
+    pub(super) fn bar(&self, p: &Progress) {
+        if self.quiet {
+            return;
+        }
+        let text = render_bar(p);
+        let mut st = self.lock();
+        let mut out = std::io::stdout().lock();
+        if self.tty {
+            let old = st.bar.chars().count();
+            let new = text.chars().count();
+            let _ = write!(out, "\r{text}{}", " ".repeat(old.saturating_sub(new)));
+            st.bar = text;
+        } else {
+            let key = (p.stage.clone(), p.progress / 10);
+            if st.last.as_ref() != Some(&key) {
+                let _ = writeln!(out, "{text}");
+                st.last = Some(key);
+            }
+        }
+        let _ = out.flush();
+    }
+
+    /// Leave the progress line on screen and continue below it.
+    pub(super) fn end_bar(&self) {
+        let mut st = self.lock();
+        if self.tty && !st.bar.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out);
+            let _ = out.flush();
+        }
+        st.bar.clear();
+        st.last = None;
+    }
+}
+
+fn render_bar(p: &Progress) -> String {
+    const WIDTH: usize = 30;
+    let pct = p.progress.clamp(0, 100) as usize;
+    let filled = pct * WIDTH / 100;
+    let mut s = format!(
+        "[{}{}] {pct:>3}% {:<11} {}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        p.stage,
+        p.message
+    );
+    if let Some(e) = &p.error {
+        let _ = write!(s, " ({e})");
+    }
+    // One terminal line: a wrapped line could not be redrawn with `\r`.
+    if s.chars().count() > 110 {
+        s = s.chars().take(107).collect::<String>() + "...";
+    }
+    s
+}

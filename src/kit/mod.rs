@@ -1,0 +1,76 @@
+//! The kit of `tope-updater demo` and of the integration tests: the stand-ins for what surrounds
+//! the updater on a printer, written once and used by both.
+//!
+//! - [`serve`]: a package server on loopback, plain HTTP or HTTPS, whose every answer is chosen
+//!   by a function of the request: the honest answer of [`range`] (`Range`, `If-Range`, `ETag`,
+//!   206/416) or a hostile one (a cut body, a lying `Content-Range`, a pause, a trickle).
+//! - [`device_api`]: a fake device-api recording the updater's reports; it can be down, come
+//!   back on the same port, answer a chosen status or answer late.
+//! - [`tls`]: a CA and a server certificate for `127.0.0.1`/`localhost`, generated on the spot.
+//! - [`package`]: ZIP packages built in memory or streamed to a file, with incompressible
+//!   pseudo-random content.
+//!
+//! Digests go through [`crate::checksum`] (the crate's one hex helper) and processes are found
+//! with [`crate::process::scan`]: the kit has neither of its own. It is built only with the
+//! `demo` feature; the printer build (`--no-default-features`) leaves it out.
+
+pub mod device_api;
+pub mod package;
+pub mod range;
+pub mod serve;
+pub mod tls;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::checksum::{Algorithm, Hasher};
+
+pub use device_api::FakeDeviceApi;
+pub use package::{build_package, build_zip, manifest, pseudo_random_bytes, Entry, Noise};
+pub use range::{parse_range, RangeAnswer};
+pub use serve::{Answer, Part, Request, Responder, Server};
+pub use tls::Certificates;
+
+/// Lowercase hex MD5 of some bytes (what `/download` announces as `package_md5`).
+pub fn md5_hex(bytes: &[u8]) -> String {
+    let mut h = Hasher::new(Algorithm::Md5);
+    h.update(bytes);
+    h.finalize().to_hex()
+}
+
+/// Lowercase hex MD5 of a file, read in 1 MiB blocks (packages of several GiB included).
+pub fn md5_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Hasher::new(Algorithm::Md5);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(h.finalize().to_hex()),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// An address on 127.0.0.1 whose port was free a moment ago.
+pub fn free_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md5_of_bytes_and_of_a_file_agree() {
+        assert_eq!(md5_hex(b"hello world"), "5eb63bbbe01eeed093cb22bb8f5acdc3");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data = pseudo_random_bytes(3 << 20 | 17, 5);
+        std::fs::write(&p, &data).unwrap();
+        assert_eq!(md5_file(&p).unwrap(), md5_hex(&data));
+        assert!(md5_file(&dir.path().join("missing")).is_err());
+    }
+}
