@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long power-cut soak (tests/soak.rs): SIGKILLs the real daemon at random instants and at
 # every persisted stage of installations and throttled downloads, and restarts it on torn
-# state.json files, checking CONTRACT.md section 6 after every restart.
+# state.json files, checking docs/API.md section 6 after every restart.
 # Usage: scripts/soak.sh [extra libtest args, e.g. a test name]
 #   SOAK_ITERATIONS  iterations per loop (default 100 here, 3 under plain `cargo test`)
 #   SOAK_SEED        replay a run (every loop prints its seed)

@@ -1,4 +1,4 @@
-//! The HTTP API (CONTRACT.md section 1): three endpoints, the envelope, every validation rule,
+//! The HTTP API (docs/API.md section 1): three endpoints, the envelope, every validation rule,
 //! and the OpenAPI document generated from these very types.
 //!
 //! Every answer is HTTP 200 with `{"code", "msg", "data"}`; the body is read by hand (not by an

@@ -1,4 +1,4 @@
-//! Configuration: CONTRACT.md section 7. Every key optional, unknown keys refused.
+//! Configuration: docs/API.md section 7. Every key optional, unknown keys refused.
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};

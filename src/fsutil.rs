@@ -75,7 +75,7 @@ pub fn create_dirs_durable(dir: &Path) -> io::Result<Vec<PathBuf>> {
     for d in &missing {
         match fs::DirBuilder::new().mode(0o755).create(d) {
             Ok(()) => {
-                // Exactly 0755 whatever the umask (CONTRACT.md section 4).
+                // Exactly 0755 whatever the umask (docs/API.md section 4).
                 use std::os::unix::fs::PermissionsExt;
                 fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
             }
@@ -87,7 +87,7 @@ pub fn create_dirs_durable(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(missing)
 }
 
-/// Largest file the updater reads back from its own work dir (CONTRACT.md section 8.3).
+/// Largest file the updater reads back from its own work dir (docs/API.md section 8.3).
 pub const MAX_READ_BACK: u64 = 1024 * 1024;
 
 /// What [`read_back`] found.

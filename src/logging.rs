@@ -1,5 +1,5 @@
 //! Logging: every event goes to `<logs_dir>/updater.log` (size-rotated) and to stderr
-//! (journald under systemd). CONTRACT.md section 5: ISO 8601 UTC timestamps, levels
+//! (journald under systemd). docs/API.md section 5: ISO 8601 UTC timestamps, levels
 //! DEBUG/INFO/WARN/ERROR, rotation at 10 MiB with 3 old files kept.
 //!
 //! When stderr is the journal (`JOURNAL_STREAM` names its device and inode), every stderr
@@ -23,7 +23,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 /// File name of the current log inside the logs directory.
 pub const LOG_FILE_NAME: &str = "updater.log";
-/// Size at which `updater.log` is rotated (CONTRACT.md section 5).
+/// Size at which `updater.log` is rotated (docs/API.md section 5).
 pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
 /// Number of rotated files kept: `updater.log.1` (newest) to `updater.log.3` (oldest).
 pub const KEEP_OLD_FILES: u32 = 3;

@@ -1,5 +1,5 @@
 //! The outcome of the last operation (`./tmp/outcome.json`) and the install history
-//! (`./tmp/history.jsonl`), CONTRACT.md section 8.5.
+//! (`./tmp/history.jsonl`), docs/API.md section 8.5.
 //!
 //! Every `success` or `failed` is written here durably ([`fsutil::write_atomic`]) before it is
 //! reported, with `delivered: false`; once device-api has answered the final report with HTTP

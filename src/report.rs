@@ -1,4 +1,4 @@
-//! Callbacks to device-api (CONTRACT.md section 2).
+//! Callbacks to device-api (docs/API.md section 2).
 //!
 //! The OTA work only pushes a report into a small queue (never waits). One sender task posts
 //! them in order. While device-api is down the queue collapses to the newest report, which is
@@ -8,7 +8,7 @@
 //! A report is delivered only when device-api answers it with HTTP 200 (anything else, or no
 //! answer, is retried). A report carrying an outcome id (`success`/`failed`) calls the hook
 //! set with [`Reporter::on_outcome_delivered`] once delivered, on a blocking thread, so the
-//! updater can record durably that device-api has it (CONTRACT.md section 8.5).
+//! updater can record durably that device-api has it (docs/API.md section 8.5).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

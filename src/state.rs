@@ -95,7 +95,7 @@ impl PersistedState {
 }
 
 /// Read the state file. Never fails and never blocks: it is read only when it is a regular
-/// file of at most [`fsutil::MAX_READ_BACK`] bytes (CONTRACT.md 8.3). Anything else (a FIFO, a
+/// file of at most [`fsutil::MAX_READ_BACK`] bytes (docs/API.md 8.3). Anything else (a FIFO, a
 /// directory, a symlink, a huge file) is set aside as `state.json.unusable` with a warning and
 /// reported unusable; so is a file that cannot be parsed or read, which is left in place.
 pub fn load(path: &Path) -> LoadOutcome {
@@ -194,7 +194,7 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
 /// outcome, the start-up recovery counter (crash-loop guard), the install history and the
 /// installed version (for `allow_downgrade`). With
 /// every `*.tmp` (atomic writes) and `*.unusable` (files set aside by
-/// [`crate::fsutil::set_aside`]) they are refused as a `package_name` (CONTRACT.md section
+/// [`crate::fsutil::set_aside`]) they are refused as a `package_name` (docs/API.md section
 /// 8.3). At start every other entry of `./tmp/` but the package a state refers to (and the
 /// `*.unusable` files) is removed (section 8.5).
 pub const OWN_TMP_FILES: [&str; 5] = [
@@ -210,7 +210,7 @@ pub fn is_own_tmp_name(name: &str) -> bool {
     OWN_TMP_FILES.contains(&name) || name.ends_with(".tmp") || name.ends_with(".unusable")
 }
 
-/// A plain file name: no `/`, no `\`, not `.`/`..`, no NUL, 1 to 255 bytes (CONTRACT.md 1).
+/// A plain file name: no `/`, no `\`, not `.`/`..`, no NUL, 1 to 255 bytes (docs/API.md 1).
 pub fn valid_package_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 255 && n != "." && n != ".." && !n.contains(['/', '\\', '\0'])
 }

@@ -1,4 +1,4 @@
-//! `tope-updater status [--config PATH] [--json]` (CONTRACT.md section 8.7): what the updater
+//! `tope-updater status [--config PATH] [--json]` (docs/API.md section 8.7): what the updater
 //! is doing or last did, for people.
 //!
 //! Everything is read from the work dir (the state file, the last outcome, the history, the

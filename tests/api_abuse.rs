@@ -1,4 +1,4 @@
-//! CONTRACT.md 8.2, nobody can starve the API: request-head and idle timeouts, and a
+//! docs/API.md 8.2, nobody can starve the API: request-head and idle timeouts, and a
 //! connection cap that keeps `/progress` fast and an installation working while a thousand
 //! connections idle or trickle, under the usual 1024-descriptor limit.
 

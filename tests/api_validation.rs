@@ -1,4 +1,4 @@
-//! CONTRACT.md section 1: request validation and the response envelope of the three endpoints,
+//! docs/API.md section 1: request validation and the response envelope of the three endpoints,
 //! and section 3: the served OpenAPI document lists every error code.
 
 mod common;

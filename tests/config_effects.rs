@@ -1,4 +1,4 @@
-//! CONTRACT.md section 7: configuration keys whose effect is seen from outside.
+//! docs/API.md section 7: configuration keys whose effect is seen from outside.
 
 mod common;
 

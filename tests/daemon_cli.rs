@@ -1,4 +1,4 @@
-//! The command line and process behaviour: CONTRACT.md section 1 (a taken port is fatal),
+//! The command line and process behaviour: docs/API.md section 1 (a taken port is fatal),
 //! section 6 (SIGTERM exits cleanly) and section 7 (unknown config keys are refused).
 
 mod common;

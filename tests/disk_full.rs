@@ -1,4 +1,4 @@
-//! CONTRACT.md section 3 DISK_FULL during a download: the disk fills up while the package is
+//! docs/API.md section 3 DISK_FULL during a download: the disk fills up while the package is
 //! being written (another program takes the space after the up-front check passed). The
 //! download fails with DISK_FULL, the partial file is removed, and the daemon stays healthy.
 //! The work directory is a real small tmpfs (mounting needs root: CI runs as root).
@@ -141,7 +141,7 @@ fn contract_3_disk_full_is_checked_up_front_from_package_size() {
     assert!(!ws.tmp_file("huge.zip").exists());
 }
 
-/// CONTRACT.md section 8.1, a full disk at any step: the destination's filesystem fills up
+/// docs/API.md section 8.1, a full disk at any step: the destination's filesystem fills up
 /// while the new files are being written, after the up-front space check passed. To hit that
 /// moment every time, the filesystem runs out of inodes rather than blocks (the same ENOSPC):
 /// a tmpfs with one free inode takes the first temporary and refuses the second. Every file

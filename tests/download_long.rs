@@ -1,4 +1,4 @@
-//! CONTRACT.md 8.1, the slow cases: the stall rule (fewer than 64 KiB in any 60 s window
+//! docs/API.md 8.1, the slow cases: the stall rule (fewer than 64 KiB in any 60 s window
 //! abandons the attempt) needs more than a minute to show either way. Ignored by a plain
 //! `cargo test`; `scripts/test.sh` runs them with `cargo test --test download_long -- --ignored`.
 

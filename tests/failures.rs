@@ -1,4 +1,4 @@
-//! Failures and conflicts: CONTRACT.md sections 1 (409/404 answers, the failed /progress
+//! Failures and conflicts: docs/API.md sections 1 (409/404 answers, the failed /progress
 //! shape), 2 (errors reported) and 3 (failure codes), 4 (manifest and ZIP rules).
 
 mod common;

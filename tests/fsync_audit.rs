@@ -1,4 +1,4 @@
-//! CONTRACT.md section 6, the part SIGKILL cannot show (it does not lose the page cache): the
+//! docs/API.md section 6, the part SIGKILL cannot show (it does not lose the page cache): the
 //! real daemon runs a whole download and installation under `strace`, and the trace must show
 //! the crash-safe write protocol on every file that matters:
 //! - every rename onto `state.json` or the install journal comes after an fsync/fdatasync of

@@ -1,4 +1,4 @@
-//! CONTRACT.md section 8.4, the health-checked commit, against the real daemon and real
+//! docs/API.md section 8.4, the health-checked commit, against the real daemon and real
 //! processes: a new version that does not come up healthy is undone, and the processes that ran
 //! before are started again exactly as they ran.
 

@@ -1,4 +1,4 @@
-//! CONTRACT.md sections 3, 6 and 8.1 against hostile package servers: a body cut halfway is
+//! docs/API.md sections 3, 6 and 8.1 against hostile package servers: a body cut halfway is
 //! resumed from its byte position, a server that ignores Range makes the download start over,
 //! a lying Content-Range is never spliced into the file, and a server that can never deliver
 //! the file (cutting every body, answering every Range with 200, lying in every Content-Range)

@@ -1,4 +1,4 @@
-//! CONTRACT.md section 8.3: a ZIP whose central directory is huge (hundreds of thousands of
+//! docs/API.md section 8.3: a ZIP whose central directory is huge (hundreds of thousands of
 //! entries, or 100 MB of names) is refused before it is held in memory. Measured on the real
 //! daemon: its peak resident memory (`VmHWM`) does not grow while it refuses them.
 

@@ -1,4 +1,4 @@
-//! CONTRACT.md section 8.5 (the outcome survives anything) and the rule of section 8.1 on the
+//! docs/API.md section 8.5 (the outcome survives anything) and the rule of section 8.1 on the
 //! updater's own files: against the real daemon, nginx and a fake device-api that can be down,
 //! come back on the same port, or answer 500.
 

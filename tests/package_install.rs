@@ -1,5 +1,5 @@
 //! Packages made with the package author's tools, installed by the real daemon (nginx over
-//! HTTPS, fake device-api): CONTRACT.md sections 8.6 (signed packages), 8.7 (`pack`'s JSON
+//! HTTPS, fake device-api): docs/API.md sections 8.6 (signed packages), 8.7 (`pack`'s JSON
 //! line is the `/download` body) and 8.8 (`post_cmds` as shell strings).
 
 mod common;

@@ -1,4 +1,4 @@
-//! The commands for package authors, run as a person would (CONTRACT.md section 8.7, and the
+//! The commands for package authors, run as a person would (docs/API.md section 8.7, and the
 //! manifest rules of 8.8 they share with the daemon): `keygen`, `pack`, `verify`.
 
 mod common;

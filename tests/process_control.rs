@@ -1,4 +1,4 @@
-//! CONTRACT.md section 4 process control (SIGTERM, wait stop_timeout_s, SIGKILL, confirm gone;
+//! docs/API.md section 4 process control (SIGTERM, wait stop_timeout_s, SIGKILL, confirm gone;
 //! start_cmd; restart_order) and section 3 DEPLOYMENT_FAILED (rollback of every module).
 
 mod common;

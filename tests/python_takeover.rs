@@ -1,4 +1,4 @@
-//! CONTRACT.md section 8.8, third rule: installing over the Python updater. Each test stages
+//! docs/API.md section 8.8, third rule: installing over the Python updater. Each test stages
 //! a root holding a fake old installation (its unit, venv, program and working directory with
 //! a partial download), runs the real `deploy/install.sh` with DESTDIR into it, then checks
 //! what was set aside, kept and written, and that the real daemon carries on from the old

@@ -1,4 +1,4 @@
-//! CONTRACT.md sections 1 and 6: a download interrupted by a power cut (SIGKILL) resumes by
+//! docs/API.md sections 1 and 6: a download interrupted by a power cut (SIGKILL) resumes by
 //! itself from its byte position, validated with If-Range, and never splices two files.
 
 mod common;

@@ -1,4 +1,4 @@
-//! CONTRACT.md section 4 `service` modules (stopped and started with systemctl instead of
+//! docs/API.md section 4 `service` modules (stopped and started with systemctl instead of
 //! signals) and section 3 PROCESS_KILL_FAILED (nothing deployed over a process that would not
 //! stop). systemd cannot run as PID 1 here, so `systemctl` is a script that records its calls;
 //! the daemon runs it through `TOPE_SYSTEMCTL`. This file holds one test so that the variable,

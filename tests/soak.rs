@@ -1,4 +1,4 @@
-//! CONTRACT.md section 6 under many power cuts (Mender's `Killed_in_<State>` tests): the real
+//! docs/API.md section 6 under many power cuts (Mender's `Killed_in_<State>` tests): the real
 //! daemon is SIGKILLed at random instants and at every persisted stage of an installation and
 //! of a throttled download, and with torn `state.json` files; after each restart the
 //! guarantees must hold.
@@ -425,7 +425,7 @@ impl InstallRig {
         }
     }
 
-    /// Restart after a kill and check CONTRACT.md section 6. Returns the settled stage.
+    /// Restart after a kill and check docs/API.md section 6. Returns the settled stage.
     fn restart_and_check(&mut self, context: &str) -> String {
         let reports_before = self.api.reports().len();
         self.d.restart();
@@ -484,7 +484,7 @@ impl InstallRig {
                 assert!(all_old, "{context}: toInstall with new files: {p}");
                 self.wait_program(FileState::Old, context);
             }
-            // state.json is deleted at success (CONTRACT.md section 5): a restart after the
+            // state.json is deleted at success (docs/API.md section 5): a restart after the
             // outcome was persisted starts idle.
             "idle" => {
                 assert!(all_new, "{context}: idle with old files: {p}");
@@ -640,7 +640,7 @@ fn assert_no_violations(what: &str, failures: &[String]) {
         .map(|f| f.lines().next().unwrap_or(""))
         .collect();
     panic!(
-        "{} {what} broke CONTRACT.md section 6. First:\n{}\nOthers:\n{}",
+        "{} {what} broke docs/API.md section 6. First:\n{}\nOthers:\n{}",
         failures.len(),
         failures[0],
         others.join("\n")
@@ -721,7 +721,7 @@ fn soak_install_killed_at_random_instants() {
 /// The phases of the install journal, in order (src/deploy/journal.rs).
 const JOURNAL_PHASES: [&str; 5] = ["staging", "staged", "stopping", "swapping", "committed"];
 
-/// `/progress` says the health of the modules is being checked (CONTRACT.md section 8.4).
+/// `/progress` says the health of the modules is being checked (docs/API.md section 8.4).
 fn is_checking(p: &Value) -> bool {
     stage_of(p) == "rebooting"
         && p["data"]["message"]
@@ -873,7 +873,7 @@ fn soak_install_killed_in_each_stage() {
     );
 }
 
-/// a) Killed in the health phase (CONTRACT.md section 8.4): the new files are in place and
+/// a) Killed in the health phase (docs/API.md section 8.4): the new files are in place and
 /// the new program runs, but nothing was committed, so the restart rolls everything back and
 /// the old program runs again.
 #[test]

@@ -1,4 +1,4 @@
-//! CONTRACT.md 8.3: the updater reads back its own `state.json` only when it is a regular file
+//! docs/API.md 8.3: the updater reads back its own `state.json` only when it is a regular file
 //! of at most 1 MiB; anything else is set aside with a warning and never blocks start-up.
 
 mod common;

@@ -1,4 +1,4 @@
-//! CONTRACT.md sections 5 and 6: a half-written state.json never stops the daemon, a
+//! docs/API.md sections 5 and 6: a half-written state.json never stops the daemon, a
 //! state.json of the Python updater is understood (trust window, PACKAGE_EXPIRED), and an
 //! installation cut by a power failure is finished or rolled back before the API speaks.
 

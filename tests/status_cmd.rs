@@ -1,4 +1,4 @@
-//! CONTRACT.md section 8.7: `tope-updater status [--config PATH] [--json]` tells what the
+//! docs/API.md section 8.7: `tope-updater status [--config PATH] [--json]` tells what the
 //! updater is doing or last did, from the work dir, with the daemon stopped or running, and
 //! writes nothing.
 

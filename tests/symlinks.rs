@@ -1,4 +1,4 @@
-//! CONTRACT.md sections 8.3 and 8.8 against the real daemon: writes stay inside the allowed
+//! docs/API.md sections 8.3 and 8.8 against the real daemon: writes stay inside the allowed
 //! root whatever links are on the disk, and a printer laid out by the Python updater
 //! (`/opt/tope/versions/<v>` behind relative `current`/`previous` links) updates through them.
 

@@ -1,4 +1,4 @@
-//! The whole OTA flow against real servers: CONTRACT.md sections 1 (API), 2 (callbacks),
+//! The whole OTA flow against real servers: docs/API.md sections 1 (API), 2 (callbacks),
 //! 4 (package, modes, restart order), 5 (files on the device) and 6 (ota-gui).
 
 mod common;

@@ -1,4 +1,4 @@
-//! Paths that stay inside `allowed_roots`, whatever is on the disk (CONTRACT.md section 8.3).
+//! Paths that stay inside `allowed_roots`, whatever is on the disk (docs/API.md section 8.3).
 //!
 //! Two moments:
 //! - **Check time** ([`resolve_dst`]): a `dst` is resolved with the symlinks of every existing
@@ -113,7 +113,7 @@ impl Root {
                         Err(e) => return Err(e.into()),
                     }
                     let next = open_dir_nofollow(fd.as_fd(), &name)?;
-                    // Exactly 0755 whatever the umask (CONTRACT.md section 4).
+                    // Exactly 0755 whatever the umask (docs/API.md section 4).
                     rustix::fs::fchmod(&next, Mode::from_raw_mode(0o755))?;
                     fd = next;
                     at.push(&name);

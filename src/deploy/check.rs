@@ -1,5 +1,5 @@
 //! Checks on the device before anything is touched: where each destination really is
-//! (symlinks followed, CONTRACT.md section 8.3), what is in the way, which directories will be
+//! (symlinks followed, docs/API.md section 8.3), what is in the way, which directories will be
 //! created, and whether there is room for the backups.
 
 use std::collections::HashSet;

@@ -1,4 +1,4 @@
-//! The health phase (CONTRACT.md section 8.4): after every module has been started again, the
+//! The health phase (docs/API.md section 8.4): after every module has been started again, the
 //! checks begin `settle_s` seconds after the last start, one thread per module, and the
 //! installation is committed only when every check passed:
 //! - a module started by its `start_cmd` with a `process_name` (and no `service`): the process

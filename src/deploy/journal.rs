@@ -121,7 +121,7 @@ pub fn encode(j: &Journal) -> Result<Vec<u8>, OtaError> {
 }
 
 /// Write the journal durably. A failure is one of the updater's own files: `INTERNAL_ERROR`
-/// (CONTRACT.md section 8.1), whatever the cause (a full disk included, named in the detail).
+/// (docs/API.md section 8.1), whatever the cause (a full disk included, named in the detail).
 pub fn write(backups_dir: &Path, j: &Journal) -> Result<(), OtaError> {
     let bytes = encode(j)?;
     fsutil::write_atomic(&path(backups_dir), &bytes)

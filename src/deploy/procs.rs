@@ -122,7 +122,7 @@ fn wait_running(name: &str, limit: Duration) -> Option<ProcId> {
 }
 
 /// Start every module in `order`, one after another, each once the previous start completed
-/// (CONTRACT.md section 8.4): a service once `systemctl start` succeeded; a `start_cmd` with a
+/// (docs/API.md section 8.4): a service once `systemctl start` succeeded; a `start_cmd` with a
 /// `process_name` once a process of that name runs (at most `stop_timeout`); a `start_cmd`
 /// without one once spawned. A module whose `process_name` already runs (a supervisor restarted
 /// it) is not started twice.

@@ -1,4 +1,4 @@
-//! The two bounds of CONTRACT.md 8.1 as plain values: how many failed attempts a download may
+//! The two bounds of docs/API.md 8.1 as plain values: how many failed attempts a download may
 //! make without progress ([`RetryBudget`]), and when an attempt is stalled ([`StallWindow`]).
 //! No I/O and no clock of their own: the caller passes the time in, so every rule is tested
 //! without a network.

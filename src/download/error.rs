@@ -40,7 +40,7 @@ impl AttemptFailure {
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    /// The retry budget is spent (CONTRACT.md 8.1). `url` is redacted.
+    /// The retry budget is spent (docs/API.md 8.1). `url` is redacted.
     #[error("{url}: gave up after {attempts} attempts without progress")]
     RetriesExhausted {
         url: String,

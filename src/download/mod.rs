@@ -1,4 +1,4 @@
-//! Streaming, resumable download, hashed on the way (CONTRACT.md sections 1, 3, 6 and 8.1).
+//! Streaming, resumable download, hashed on the way (docs/API.md sections 1, 3, 6 and 8.1).
 //!
 //! The downloader takes its hasher as a parameter and hands back the [`Checksum`] of what it
 //! wrote; whether that is the announced one is the caller's policy (the updater compares it

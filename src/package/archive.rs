@@ -67,7 +67,7 @@ fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, OtaError> {
 
 /// Read the end-of-central-directory record (and the zip64 one) and refuse, before anything
 /// big is read, an archive whose central directory holds more than [`MAX_ENTRIES`] entries or
-/// more than [`MAX_CENTRAL_DIRECTORY`] bytes (CONTRACT.md section 8.3).
+/// more than [`MAX_CENTRAL_DIRECTORY`] bytes (docs/API.md section 8.3).
 ///
 /// Hand-written because the zip crate has no such cap: `ZipArchive::new` parses the whole
 /// central directory into memory, so a package of 300 000 empty entries or 100 MB of names

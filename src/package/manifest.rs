@@ -1,5 +1,5 @@
 //! `manifest.json`: its types, parsing (unknown keys named, with the key probably meant), every
-//! rule of CONTRACT.md sections 4, 8.4 and 8.8 that needs no ZIP, and the version order used by
+//! rule of docs/API.md sections 4, 8.4 and 8.8 that needs no ZIP, and the version order used by
 //! the downgrade policy.
 
 use std::cmp::Ordering;
@@ -15,7 +15,7 @@ use super::MANIFEST_NAME;
 use crate::config::normalize_abs;
 use crate::error::{self, OtaError};
 
-/// Default of a module's `health_timeout_s` (CONTRACT.md section 8.4).
+/// Default of a module's `health_timeout_s` (docs/API.md section 8.4).
 pub const DEFAULT_HEALTH_TIMEOUT_S: u64 = 30;
 /// Largest `health_timeout_s` accepted: a day. Anything longer is a typo that would keep an
 /// installation (and the printer's processes) waiting.
@@ -46,7 +46,7 @@ pub struct Manifest {
     pub version: String,
     pub modules: Vec<Module>,
     /// SHA-256 (64 lowercase hex) of ZIP entries by entry name. Required to cover every
-    /// deployed file when the manifest is signed (CONTRACT.md section 8.6).
+    /// deployed file when the manifest is signed (docs/API.md section 8.6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<BTreeMap<String, String>>,
 }
@@ -279,7 +279,7 @@ fn check_post_cmd(module: &str, k: usize, cmd: &PostCmd) -> Result<(), OtaError>
     }
 }
 
-/// Check every rule of CONTRACT.md sections 4, 8.4 and 8.8 that needs no ZIP. Each error names
+/// Check every rule of docs/API.md sections 4, 8.4 and 8.8 that needs no ZIP. Each error names
 /// the module and the field. `expected_version`: the version asked for in `/download` (`None`
 /// for the package author's tools). `allowed_roots`: `None` applies no root rule (`pack` and
 /// `verify` without a config). Besides the contract's rules: no NUL in any string,

@@ -1,4 +1,4 @@
-//! The update package: a ZIP with `manifest.json` at its root (CONTRACT.md sections 4, 8.3,
+//! The update package: a ZIP with `manifest.json` at its root (docs/API.md sections 4, 8.3,
 //! 8.6 and 8.8). The daemon ([`open_package`]) and the package author's tools (`pack`,
 //! `verify`) check a package through the one path, [`Package::open`]; nothing is deployed
 //! before it passed:

@@ -1,4 +1,4 @@
-//! Signed packages (CONTRACT.md section 8.6): Ed25519 keys (ring), the check of `manifest.sig`
+//! Signed packages (docs/API.md section 8.6): Ed25519 keys (ring), the check of `manifest.sig`
 //! against the trusted keys, and the signed `sha256` map of the entries to deploy.
 //!
 //! The rules, by configuration:

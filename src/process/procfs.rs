@@ -1,7 +1,7 @@
 //! Reading `/proc`: which processes carry a name, with their argv, and whether one is still
 //! alive.
 //!
-//! The rule (CONTRACT.md 8.2): a process is "gone" only when the kernel says so, with
+//! The rule (docs/API.md 8.2): a process is "gone" only when the kernel says so, with
 //! `ENOENT`/`ESRCH` (or by showing a zombie or another start time under its pid). Any other
 //! failure (`EMFILE` when the updater's descriptors are exhausted, `EACCES`, `EIO`...) is an
 //! error or "unknown", never "gone" and never "not running".

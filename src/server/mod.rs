@@ -1,5 +1,5 @@
 //! The API's HTTP server: an accept loop of our own around hyper's HTTP/1 connections, so that
-//! nobody can starve the API (CONTRACT.md 8.2). `axum::serve` has no header-read timeout, no
+//! nobody can starve the API (docs/API.md 8.2). `axum::serve` has no header-read timeout, no
 //! idle timeout and no connection cap.
 //!
 //! - A connection must send a complete request head within [`HEAD_TIMEOUT`] of being accepted,
@@ -38,9 +38,9 @@ use crate::shutdown::Shutdown;
 use connection::serve_connection;
 use registry::{Conn, Event, Registry};
 
-/// Time to send a complete request head (CONTRACT.md 8.2).
+/// Time to send a complete request head (docs/API.md 8.2).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a keep-alive connection may idle between requests (CONTRACT.md 8.2).
+/// Time a keep-alive connection may idle between requests (docs/API.md 8.2).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time from a complete head to the answer (the body included).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,4 +1,4 @@
-//! The commands for package authors (CONTRACT.md section 8.7): `keygen` makes a signing key,
+//! The commands for package authors (docs/API.md section 8.7): `keygen` makes a signing key,
 //! `pack` builds (and signs) a package, `verify` runs the daemon's own checks on one. Each
 //! exits 0, or 1 with the reason on stderr.
 

@@ -1,5 +1,5 @@
 //! How the updater's state reaches the disk, and what happens when it cannot
-//! (CONTRACT.md sections 8.1 and 8.5).
+//! (docs/API.md sections 8.1 and 8.5).
 //!
 //! - A stage change ([`Updater::advance`]) is computed on a copy of the lifecycle, written to
 //!   `state.json`, and only then made visible and reported. If the write fails the change is

@@ -220,7 +220,7 @@ impl Updater {
         }
     }
 
-    /// Remove from `./tmp/` what no state refers to (CONTRACT.md section 8.5).
+    /// Remove from `./tmp/` what no state refers to (docs/API.md section 8.5).
     fn remove_strays(&self, keep_package: Option<&str>) {
         let tmp = self.inner.cfg.tmp_dir();
         let entries = match std::fs::read_dir(&tmp) {
