@@ -561,11 +561,14 @@ struct CurlRun {
     curl: Duration,
     md5sum: Duration,
     fdatasync: Duration,
+    /// CPU seconds of curl and md5sum together.
+    cpu: f64,
 }
 
 /// `curl -o` into `dir`, then `md5sum` and `sync -d` of the file, each timed.
 fn curl_run(url: &str, ca: &Path, dir: &Path, expect_md5: &str) -> CurlRun {
     let out = dir.join("curl.out");
+    let cpu0 = cpu_secs(None);
     let curl = timed(
         Command::new("curl")
             .args(["-sS", "--fail", "--cacert"])
@@ -584,6 +587,7 @@ fn curl_run(url: &str, ca: &Path, dir: &Path, expect_md5: &str) -> CurlRun {
         .output()
         .expect("run md5sum");
     let md5sum = t.elapsed();
+    let cpu = cpu_secs(None) - cpu0;
     let text = String::from_utf8_lossy(&sum.stdout);
     assert_eq!(
         text.split_whitespace().next(),
@@ -596,18 +600,21 @@ fn curl_run(url: &str, ca: &Path, dir: &Path, expect_md5: &str) -> CurlRun {
         curl,
         md5sum,
         fdatasync,
+        cpu,
     }
 }
 
 /// The daemon's download + verification: from POST /download until /progress (polled every
 /// 10 ms) shows `toInstall`.
-fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64) -> Duration {
+/// Wall time and the daemon's CPU seconds (all its threads) from POST /download to `toInstall`.
+fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64) -> (Duration, f64) {
     let ws = Workspace::new();
     std::fs::copy(&nginx.ca_file, ws.ca_file()).unwrap();
     let api = FakeDeviceApi::start();
     let d = Daemon::start(&ws, &api, DaemonOptions::default());
     let mut client = KeepAlive::new(d.addr);
     let deadline = Instant::now() + stage_timeout(mb);
+    let cpu0 = cpu_secs(Some(d.pid()));
     let t = Instant::now();
     let answer = d.post_json("/download", &pkg.download_body(url));
     assert_ok_status(&answer, "downloading", "POST /download");
@@ -621,13 +628,14 @@ fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64) -> Duration
         std::thread::sleep(Duration::from_millis(10));
     }
     let took = t.elapsed();
+    let cpu = cpu_secs(Some(d.pid())) - cpu0;
     let name = url.rsplit('/').next().unwrap();
     assert_eq!(
         md5_file_streaming(&ws.tmp_file(name)),
         pkg.md5,
         "MD5 of the daemon's download"
     );
-    took
+    (took, cpu)
 }
 
 /// Times `repeat` rounds of curl (when installed) and the daemon fetching `url`, each round
@@ -646,6 +654,8 @@ fn compare_with_curl(
     let mut curl_s = Vec::new();
     let mut md5sum_s = Vec::new();
     let mut sync_s = Vec::new();
+    let mut daemon_cpu = Vec::new();
+    let mut curl_cpu = Vec::new();
     for _ in 0..repeat {
         if curl {
             sync_all_disks();
@@ -653,9 +663,12 @@ fn compare_with_curl(
             curl_s.push(c.curl.as_secs_f64());
             md5sum_s.push(c.md5sum.as_secs_f64());
             sync_s.push(c.fdatasync.as_secs_f64());
+            curl_cpu.push(c.cpu);
         }
         sync_all_disks();
-        daemon_s.push(daemon_run(nginx, pkg, url, mb).as_secs_f64());
+        let (wall, cpu) = daemon_run(nginx, pkg, url, mb);
+        daemon_s.push(wall.as_secs_f64());
+        daemon_cpu.push(cpu);
     }
     let size = mib(pkg.size);
     let dm = median_f64(&daemon_s);
@@ -691,6 +704,12 @@ fn compare_with_curl(
             dm / cm,
             dm / (cm + sm),
             dm / (cm + sm + fm)
+        );
+        let (dc, cc) = (median_f64(&daemon_cpu), median_f64(&curl_cpu));
+        println!(
+            "bench:   CPU: daemon {dc:.2} s, curl + md5sum {cc:.2} s: daemon / (curl + md5sum) = \
+             {:.2}",
+            dc / cc
         );
     }
 }

@@ -15,31 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::bench::env_u64;
+use common::bench::{cpu_secs, env_u64};
 use common::procs::{self, KillOnDrop, Spawned};
 use common::*;
 use serde_json::json;
 
 const FILES_PER_DIR: u64 = 100;
-
-/// CPU seconds (user + system) of `/proc/<pid>/stat`; for `self`, the children waited for
-/// (`cutime` + `cstime`) instead.
-fn cpu_secs(pid: Option<i32>) -> f64 {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/stat"),
-        None => "/proc/self/stat".into(),
-    };
-    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let fields: Vec<u64> = stat[stat.rfind(')').expect("stat") + 2..]
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // After the `)`: field 3 is index 0; utime 14, stime 15, cutime 16, cstime 17.
-    let (a, b) = if pid.is_some() { (11, 12) } else { (13, 14) };
-    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
-    let ticks = 100.0;
-    (fields[a] + fields[b]) as f64 / ticks
-}
 
 /// The web UI of `files` files (about 2 KiB each, text-like) in `files / 100` directories,
 /// plus a running program, as a package of `version`.

@@ -378,3 +378,22 @@ pub fn latency_summary(samples: &mut [Duration]) -> String {
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
+
+/// CPU seconds (user + system) of `/proc/<pid>/stat`; for `self`, the children waited for
+/// (`cutime` + `cstime`) instead.
+pub fn cpu_secs(pid: Option<i32>) -> f64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".into(),
+    };
+    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let fields: Vec<u64> = stat[stat.rfind(')').expect("stat") + 2..]
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // After the `)`: field 3 is index 0; utime 14, stime 15, cutime 16, cstime 17.
+    let (a, b) = if pid.is_some() { (11, 12) } else { (13, 14) };
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    let ticks = 100.0;
+    (fields[a] + fields[b]) as f64 / ticks
+}
