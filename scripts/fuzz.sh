@@ -31,6 +31,10 @@ if [ $# -gt 0 ]; then
 else
     mapfile -t targets < <(cargo fuzz list)
 fi
+if [ ${#targets[@]} -eq 0 ]; then
+    echo "fuzz.sh: no fuzz target found in fuzz/" >&2
+    exit 1
+fi
 
 # libFuzzer options. Every target: an input that takes 10 s is a hang; a single allocation
 # above 64 MiB (from inputs of a few KiB) is a finding; the resident memory limit is set
