@@ -69,6 +69,7 @@ cargo check --no-default-features
 echo "test.sh: cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast
 cargo test --test download_long -- --ignored
+scripts/fuzz.sh
 
 # Shipping checks, each timed (they share the CI budget; about 15 minutes together on a
 # fresh 2-core machine, most of it the two ARM release builds and the emulated unit tests).

@@ -147,7 +147,7 @@ async fn method_not_allowed() -> Response {
 }
 
 /// Read a JSON body under the contract's rules and deserialise it.
-async fn read_json<T: serde::de::DeserializeOwned>(
+pub async fn read_json<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, OtaError> {

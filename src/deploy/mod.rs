@@ -39,6 +39,8 @@ use crate::process;
 
 pub use health::HealthCmd;
 pub use journal::JOURNAL_NAME;
+/// The install journal's reader and writer as start-up recovery uses them (for `fuzz/`).
+pub use journal::{encode as encode_journal, parse as parse_journal};
 
 use apply::{Flow, Roots};
 use journal::{Journal, Phase};

@@ -478,7 +478,12 @@ impl Lifecycle {
                     )));
                 }
                 let verified_at = self.verified_at.unwrap_or(now);
-                let window = time::Duration::hours(trust_window_hours.min(i64::MAX as u64) as i64);
+                // Saturating: a window longer than a Duration can hold never expires (the
+                // configuration accepts any positive integer; `Duration::hours` would panic).
+                let window = i64::try_from(trust_window_hours)
+                    .ok()
+                    .and_then(|h| h.checked_mul(3600))
+                    .map_or(time::Duration::MAX, time::Duration::seconds);
                 if now - verified_at > window {
                     return Ok(UpdateDecision::Expired(error::expired(format!(
                         "Package verified at {} has exceeded {}-hour trust window, please re-download",

@@ -305,6 +305,26 @@ fn contract_1_update_after_trust_window_is_expired_with_exact_message() {
 }
 
 #[test]
+fn contract_1_any_configured_trust_window_is_a_window_not_a_panic() {
+    let now = OffsetDateTime::now_utc();
+    let verified = now - time::Duration::hours(25);
+    let l = Lifecycle::restored_to_install(pkg(), Validator::default(), verified);
+    // From the least hours that overflowed `Duration::hours` up to the largest TOML integer
+    // and beyond: all of them cover 25 hours.
+    for hours in [i64::MAX as u64 / 3600 + 1, i64::MAX as u64, u64::MAX] {
+        assert_eq!(
+            l.decide_update("1.2.3", now, hours),
+            Ok(UpdateDecision::Install),
+            "{hours} hours"
+        );
+    }
+    assert!(matches!(
+        l.decide_update("1.2.3", now, 24),
+        Ok(UpdateDecision::Expired(_))
+    ));
+}
+
+#[test]
 fn contract_6_state_file_never_claims_more_than_is_durable() {
     let mut l = at(Stage::Downloading);
     l.download_progress(700);

@@ -1,0 +1,39 @@
+//! The install journal (`./backups/journal.json`) through the parser start-up recovery uses,
+//! and through the plain-JSON reader of the crash-loop guard and `status`, from a file.
+//!
+//! Checks: a journal the parser accepts is written back (as the installation writes it) into
+//! bytes that parse to the same journal, within the 1 MiB read-back limit; the guard's reader
+//! never fails on a file the parser accepts and agrees with it on the version and the phase.
+
+#![no_main]
+
+mod scratch;
+
+use libfuzzer_sys::fuzz_target;
+use tope_updater::deploy::{encode_journal, parse_journal, JOURNAL_NAME};
+use tope_updater::error::ErrorCode;
+use tope_updater::fsutil::MAX_READ_BACK;
+use tope_updater::guard;
+
+fuzz_target!(|data: &[u8]| {
+    let scratch = scratch::Scratch::new();
+    let path = scratch.file(JOURNAL_NAME, data);
+    let summary = guard::peek_journal(&path);
+    let Ok(j) = parse_journal(data) else {
+        return;
+    };
+    let summary = summary
+        .expect("the guard reads a journal the parser accepts")
+        .expect("the file is there");
+    assert_eq!(summary.version.as_deref(), Some(j.version.as_str()));
+    let phase = serde_json::to_value(j.phase).expect("a phase serialises");
+    assert_eq!(summary.phase.as_deref(), phase.as_str());
+    let _ = j.target_count();
+    match encode_journal(&j) {
+        Ok(bytes) => {
+            assert!(bytes.len() as u64 <= MAX_READ_BACK);
+            assert_eq!(parse_journal(&bytes).as_ref(), Ok(&j));
+        }
+        Err(e) => assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}"),
+    }
+});
