@@ -67,6 +67,10 @@ fn meets_the_contract(spec: &PackageSpec, allow_http: bool) {
     assert_eq!(spec.package_url.trim(), spec.package_url, "{spec:?}");
     assert!(valid_package_name(&spec.package_name), "{spec:?}");
     assert!(
+        !tope_updater::state::is_own_tmp_name(&spec.package_name),
+        "a name of the updater's own files was accepted: {spec:?}"
+    );
+    assert!(
         (1..=MAX_PACKAGE_SIZE).contains(&spec.package_size),
         "{spec:?}"
     );

@@ -163,7 +163,53 @@ pub fn parse(bytes: &[u8]) -> Result<Journal, String> {
         Some(f) => return Err(format!("journal format {f} is not known to this version")),
         None => return Err("journal without a format (written by an older version)".into()),
     }
-    serde_json::from_value(v).map_err(|e| format!("invalid journal: {e}"))
+    let j: Journal = serde_json::from_value(v).map_err(|e| format!("invalid journal: {e}"))?;
+    check_paths(&j)?;
+    Ok(j)
+}
+
+/// A rollback acts on what the journal names, beneath descriptors of its roots: every root must
+/// be an absolute plain path, every directory a relative plain path, every file a plain name,
+/// and every module index in range, or the journal is not used at all.
+fn check_paths(j: &Journal) -> Result<(), String> {
+    use std::path::Component;
+    let plain_rel = |p: &Path| p.components().all(|c| matches!(c, Component::Normal(_)));
+    let plain_abs = |p: &Path| {
+        p.is_absolute()
+            && p.components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+    };
+    let plain_name =
+        |n: &str| !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0');
+    for d in &j.dirs {
+        if !plain_abs(&d.root) || !plain_rel(&d.rel) {
+            return Err(format!(
+                "journal names an unsafe directory {}",
+                d.root.join(&d.rel).display()
+            ));
+        }
+        if let Some(f) = d.files.iter().chain(&d.new).find(|f| !plain_name(f)) {
+            return Err(format!("journal names an unsafe file name `{f}`"));
+        }
+    }
+    if let Some(c) = j
+        .created
+        .iter()
+        .find(|c| !plain_abs(&c.root) || !plain_rel(&c.rel) || c.rel.as_os_str().is_empty())
+    {
+        return Err(format!(
+            "journal names an unsafe directory {}",
+            c.root.join(&c.rel).display()
+        ));
+    }
+    if let Some(s) = j.stopped.iter().find(|s| s.module >= j.modules.len()) {
+        return Err(format!(
+            "journal names module #{} of {}",
+            s.module,
+            j.modules.len()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -208,6 +254,31 @@ mod tests {
         let old = br#"{"version":"1.2.3","phase":"deploying","modules":[],"targets":[],"created_dirs":[]}"#;
         assert!(parse(old).unwrap_err().contains("older"));
         assert!(parse(br#"{"format":99}"#).unwrap_err().contains("99"));
+    }
+
+    #[test]
+    fn a_journal_naming_unsafe_paths_is_not_used() {
+        let bad: [fn(&mut Journal); 7] = [
+            |j| j.dirs[0].files[0] = "../../etc/passwd".into(),
+            |j| j.dirs[0].files[0] = "..".into(),
+            |j| j.dirs[0].rel = "../etc".into(),
+            |j| j.dirs[0].rel = "/etc".into(),
+            |j| j.dirs[0].root = "opt/tope".into(),
+            |j| {
+                j.created.push(CreatedDir {
+                    root: "/opt/tope".into(),
+                    rel: "a/../../etc".into(),
+                })
+            },
+            |j| j.stopped[0].module = 7,
+        ];
+        for (i, f) in bad.iter().enumerate() {
+            let mut j = sample();
+            f(&mut j);
+            let bytes = serde_json::to_vec(&j).unwrap();
+            assert!(parse(&bytes).is_err(), "case {i} was accepted");
+        }
+        assert!(parse(&serde_json::to_vec(&sample()).unwrap()).is_ok());
     }
 
     #[test]
