@@ -50,14 +50,7 @@ impl Fx {
         mut also: impl FnMut(&InstallEvent),
     ) -> Result<InstallOutcome, OtaError> {
         let roots = [self.root.clone()];
-        let opts = InstallOptions {
-            allowed_roots: &roots,
-            signatures: Default::default(),
-            backups_dir: &self.backups,
-            stop_timeout: stop,
-            settle: self.settle,
-            cancel: &self.cancel,
-        };
+        let opts = self.options(&roots, stop);
         let r = install(&self.zip, "1.2.3", &opts, &mut |e| {
             let text = format!("{e:?}");
             if cancel_on.is_some_and(|c| text.starts_with(c)) {
@@ -75,6 +68,18 @@ impl Fx {
             finish(&self.backups);
         }
         r
+    }
+
+    /// The options of an installation into `roots` with this fixture's backups and flags.
+    fn options<'a>(&'a self, roots: &'a [PathBuf], stop: Duration) -> InstallOptions<'a> {
+        InstallOptions {
+            allowed_roots: roots,
+            signatures: Default::default(),
+            backups_dir: &self.backups,
+            stop_timeout: stop,
+            settle: self.settle,
+            cancel: &self.cancel,
+        }
     }
 
     fn install(
@@ -229,14 +234,7 @@ fn invalid_package_changes_nothing() {
     let f = Fx::new();
     two_module_package(&f, "");
     let roots = [f.root.clone()];
-    let opts = InstallOptions {
-        allowed_roots: &roots,
-        signatures: Default::default(),
-        backups_dir: &f.backups,
-        stop_timeout: Duration::from_secs(1),
-        settle: Duration::ZERO,
-        cancel: &f.cancel,
-    };
+    let opts = f.options(&roots, Duration::from_secs(1));
     let e = install(&f.zip, "9.9.9", &opts, &mut |_| {}).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidManifest);
     assert_old(&f);
@@ -276,14 +274,7 @@ fn destination_inside_backups_is_refused() {
             E::File("a", b"a", 0o644),
         ],
     );
-    let opts = InstallOptions {
-        allowed_roots: &roots,
-        signatures: Default::default(),
-        backups_dir: &f.backups,
-        stop_timeout: Duration::from_secs(1),
-        settle: Duration::ZERO,
-        cancel: &f.cancel,
-    };
+    let opts = f.options(&roots, Duration::from_secs(1));
     let e = install(&f.zip, "1.2.3", &opts, &mut |_| {}).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidManifest, "{e}");
     assert!(e.detail.contains("backups"), "{e}");
@@ -479,14 +470,7 @@ fn committed_journal_completes_cleanup() {
     let f = Fx::new();
     two_module_package(&f, "");
     let roots = [f.root.clone()];
-    let opts = InstallOptions {
-        allowed_roots: &roots,
-        signatures: Default::default(),
-        backups_dir: &f.backups,
-        stop_timeout: Duration::from_secs(1),
-        settle: Duration::ZERO,
-        cancel: &f.cancel,
-    };
+    let opts = f.options(&roots, Duration::from_secs(1));
     // Installed, but the caller has not called finish() (power cut before the outcome).
     assert_eq!(
         install(&f.zip, "1.2.3", &opts, &mut |_| {}).unwrap(),
