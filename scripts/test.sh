@@ -68,7 +68,10 @@ echo "test.sh: cargo check --no-default-features"
 cargo check --no-default-features
 echo "test.sh: cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast
+# The download tests that need more than a minute by definition (the 60 s stall window).
+echo "test.sh: cargo test --test download_long -- --ignored"
 cargo test --test download_long -- --ignored
+echo "test.sh: scripts/fuzz.sh (every fuzz target for FUZZ_SECONDS, default 60)"
 scripts/fuzz.sh
 
 # Shipping checks, each timed (they share the CI budget; about 15 minutes together on a
