@@ -425,3 +425,41 @@ fn contract_2_hanging_device_api_never_slows_the_update() {
         "callbacks were attempted while device-api hung"
     );
 }
+
+/// Section 8.8: backups the Python updater left in `backups/` stay as they are through an
+/// installation (the updater keeps its own under `backups/install-files/`).
+#[test]
+fn contract_8_8_the_python_updaters_backups_are_kept() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let kept = [
+        ws.work_dir().join("backups/files/device-api.bak"),
+        ws.work_dir().join("backups/1.0.0/device-api"),
+        ws.work_dir().join("backups/journal.json.old"),
+    ];
+    for k in &kept {
+        write_file(k, b"python backup", 0o644);
+    }
+    let dst = ws.root().join("app/file");
+    let package = build_package(
+        &manifest(
+            "1.0.1",
+            vec![json!({"name": "app", "src": "f", "dst": dst.display().to_string()})],
+        ),
+        &[Entry::file("f", b"new", 0o644)],
+    );
+    let mut d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let p = d.install_package(&nginx, "p.zip", "1.0.1", &package);
+    assert_eq!(stage_of(&p), "success", "{p}");
+    d.sigkill();
+    d.restart();
+    for k in &kept {
+        assert_eq!(
+            std::fs::read(k).ok().as_deref(),
+            Some(&b"python backup"[..]),
+            "{}",
+            k.display()
+        );
+    }
+}

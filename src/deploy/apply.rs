@@ -6,7 +6,7 @@
 //!    created. Then one flush barrier: `syncfs` once per filesystem touched, so every temporary's
 //!    data and directory entry is on disk before any rename can point a name at it.
 //! 2. [`backup`] (processes stopped): every existing destination is hard-linked into
-//!    `backups/files/<n>` (copied across filesystems); `backups/files` and `backups` are flushed
+//!    `backups/install-files/<n>` (copied across filesystems); `backups/install-files` and `backups` are flushed
 //!    (`syncfs` when anything was copied). Which destinations did not exist is known exactly
 //!    now, and the caller journals it before the first rename.
 //! 3. [`swap`]: in each directory, every temporary is renamed over its destination, then the
@@ -37,8 +37,9 @@ use super::journal::Journal;
 use super::plan::Group;
 use super::InstallEvent;
 
-/// Directory of the backups inside the backups directory.
-pub const FILES_DIR: &str = "files";
+/// Directory of the backups inside the backups directory: a name of the updater's own, so that
+/// what the Python updater kept in `backups/` is never touched.
+pub const FILES_DIR: &str = "install-files";
 
 /// A deployment I/O error: `DISK_FULL` when the disk is full, else `DEPLOYMENT_FAILED`.
 pub fn io_err(what: impl std::fmt::Display, e: &io::Error) -> OtaError {
@@ -197,7 +198,7 @@ fn set_owner(f: &File, uid: u32, gid: u32, path: &Path) {
     }
 }
 
-/// Open `backups/files`, creating it.
+/// Open `backups/install-files`, creating it.
 pub fn files_dir(backups_dir: &Path, create: bool) -> io::Result<OwnedFd> {
     let dir = backups_dir.join(FILES_DIR);
     if create {
@@ -216,7 +217,8 @@ pub fn files_dir(backups_dir: &Path, create: bool) -> io::Result<OwnedFd> {
 
 /// Step 2 (see the module documentation): fills `j`'s `new` sets.
 pub fn backup(j: &mut Journal, roots: &mut Roots, backups_dir: &Path) -> Result<(), OtaError> {
-    let files = files_dir(backups_dir, true).map_err(|e| io_err("creating backups/files", &e))?;
+    let files =
+        files_dir(backups_dir, true).map_err(|e| io_err("creating backups/install-files", &e))?;
     let mut copied = false;
     let mut n = 0usize;
     for d in &mut j.dirs {

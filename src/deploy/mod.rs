@@ -7,7 +7,7 @@
 //! | open the package, resolve every `dst` beneath the roots, survey the device | `check`, `plan` | nothing | - |
 //! | write each new file as `<name>.tmp` beside its destination, then `syncfs` | `apply::stage` | temporaries, new directories | `staging` |
 //! | record how the modules' processes run, stop them | `procs` | processes | `staged`, then `stopping` |
-//! | hard-link every old file into `backups/files`, flush | `apply::backup` | backups | (`stopping`) |
+//! | hard-link every old file into `backups/install-files`, flush | `apply::backup` | backups | (`stopping`) |
 //! | rename every temporary over its destination, flush each directory | `apply::swap` | the printer's files | `swapping` |
 //! | post commands, starts in `restart_order`, health checks (stage `rebooting`) | `procs`, `health` | processes | (`swapping`) |
 //! | commit | - | - | `committed` |
@@ -188,7 +188,7 @@ pub fn install(
     if cancelled() {
         return Ok(InstallOutcome::Interrupted);
     }
-    // No journal: leftovers in backups/files belong to nobody.
+    // No journal: leftovers in backups/install-files belong to nobody.
     rollback::remove_backup_files(backups_dir);
     journal::write(backups_dir, &j)?;
     tracing::info!(
