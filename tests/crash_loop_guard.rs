@@ -89,11 +89,11 @@ fn crash_loop_guard_gives_up_recovery_after_three_failed_starts() {
         journal.exists(),
         "the interrupted installation left its journal"
     );
-    let files: Vec<PathBuf> = files_below(&backups.join("files"));
+    let files: Vec<PathBuf> = files_below(&backups.join("install-files"));
     assert!(!files.is_empty(), "backups were made");
     let saved = ws.path().join("saved-backups");
-    copy_dir(&backups.join("files"), &saved);
-    std::fs::remove_dir_all(backups.join("files")).unwrap();
+    copy_dir(&backups.join("install-files"), &saved);
+    std::fs::remove_dir_all(backups.join("install-files")).unwrap();
     let counter = ws.work_dir().join("tmp/recovery.json");
 
     for attempt in 1..=3u64 {
@@ -163,7 +163,7 @@ fn crash_loop_guard_gives_up_recovery_after_three_failed_starts() {
 
     // An operator fixes the cause (the backups are back) and clears the guard.
     d.sigterm_and_wait(Duration::from_secs(15));
-    copy_dir(&saved, &backups.join("files"));
+    copy_dir(&saved, &backups.join("install-files"));
     std::fs::remove_file(&counter).unwrap();
     d.restart();
     let first = d.first_progress.clone().unwrap();
