@@ -160,17 +160,23 @@ pub(super) fn start_old_printerd(path: &Path) -> DemoResult<(u32, tokio::task::J
     Ok((pid, reaper))
 }
 
-/// Live (not zombie) processes named `printerd` running the script at `path`.
+/// Live (not zombie) processes named `printerd` running the script at `path`. The script's
+/// shell forks for `sleep`; until that fork has exec'd it looks like printerd too, so a
+/// process whose parent is one of them is left out.
 pub(super) fn printerd_pids(path: &Path) -> Vec<i32> {
     let want = path.as_os_str();
-    match crate::process::scan(PRINTERD) {
+    let pids: Vec<i32> = match crate::process::scan(PRINTERD) {
         Ok(found) => found
             .into_iter()
             .filter(|p| p.argv.iter().any(|a| a == want))
             .map(|p| p.id.pid)
             .collect(),
         Err(_) => Vec::new(),
-    }
+    };
+    pids.iter()
+        .copied()
+        .filter(|&pid| crate::process::parent_pid(pid).is_none_or(|ppid| !pids.contains(&ppid)))
+        .collect()
 }
 
 /// The new printerd (not `old_pid`), waiting up to 3 s for it to appear.
@@ -251,6 +257,11 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+        // A fork of the killed shell that had not exec'd `sleep` yet becomes `sleep` a moment later.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !printerd_pids(&script).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(printerd_pids(&script).is_empty());
     }
 }

@@ -96,6 +96,13 @@ pub(crate) fn parse_stat(text: &[u8]) -> Option<Stat> {
     })
 }
 
+/// The parent of `pid`, if it can be read from `/proc`.
+#[cfg(feature = "demo")]
+pub(crate) fn parent_pid(pid: i32) -> Option<i32> {
+    let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text).map(|s| s.ppid)
+}
+
 /// True for states of a process that has already exited (zombie, dead).
 fn is_dead_state(state: char) -> bool {
     matches!(state, 'Z' | 'X' | 'x')
