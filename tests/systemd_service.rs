@@ -156,10 +156,15 @@ fn systemd_notify_ready_status_lines_and_watchdog() {
     });
 
     // A download throttled by nginx: the status shows its percentage.
+    // Its post command records the environment programs started by the updater get.
     let dst = ws.root().join("data.bin").display().to_string();
+    let env_file = ws.path().join("post-cmd.env");
     let m = manifest(
         "2.0.0",
-        vec![serde_json::json!({"name": "data", "src": "data.bin", "dst": dst})],
+        vec![
+            serde_json::json!({"name": "data", "src": "data.bin", "dst": dst,
+            "post_cmds": [["sh", "-c", format!("env > '{}'", env_file.display())]]}),
+        ],
     );
     let package = build_package(
         &m,
@@ -204,6 +209,28 @@ fn systemd_notify_ready_status_lines_and_watchdog() {
         "{:?}",
         notify.assignments()
     );
+
+    // The installation's post command is not the service: no notification socket, no watchdog.
+    let r = common::http::request(
+        addr,
+        "POST",
+        "/api/v1.0/update",
+        Some("application/json"),
+        br#"{"version":"2.0.0"}"#,
+    )
+    .expect("POST /update");
+    assert_eq!(r.json()["code"], 200, "{}", r.text());
+    notify.wait_for("the updated status", Duration::from_secs(60), |l| {
+        l == "STATUS=Updated (version 2.0.0)"
+    });
+    let env = std::fs::read_to_string(&env_file).expect("the post command ran");
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(&format!("{var}="))),
+            "{var} reached the post command: {env}"
+        );
+    }
 
     let status = sigterm_and_wait(&mut child.0, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", daemon_output(&ws));

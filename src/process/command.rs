@@ -37,6 +37,9 @@ const SYSTEMCTL_NOT_LOADED: i32 = 5;
 /// systemd recommends (a program using `select()` breaks with descriptors above 1023).
 static CHILD_NOFILE: AtomicU64 = AtomicU64::new(0);
 
+/// Environment variables that speak to the updater's own service manager, never inherited.
+const SERVICE_ONLY_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 /// Start every later child with this `RLIMIT_NOFILE` soft limit.
 pub fn set_children_fd_limit(soft: u64) {
     CHILD_NOFILE.store(soft, Ordering::SeqCst);
@@ -45,7 +48,14 @@ pub fn set_children_fd_limit(soft: u64) {
 /// `cmd.spawn()` with the children's descriptor limit, retried briefly on ETXTBSY: a program
 /// file that was just written may still be open for writing in a process forked meanwhile
 /// (until that process execs).
+///
+/// The variables systemd gives the updater's own service are removed: a program the updater
+/// runs is not the service's main process and must not talk to its notification socket or
+/// take its watchdog for its own.
 pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+    for var in SERVICE_ONLY_ENV {
+        cmd.env_remove(var);
+    }
     let soft = CHILD_NOFILE.load(Ordering::SeqCst);
     if soft > 0 {
         // SAFETY: the closure runs in the child between fork and exec, where only
@@ -357,6 +367,26 @@ mod tests {
 
     fn no_cancel() -> AtomicBool {
         AtomicBool::new(false)
+    }
+
+    #[test]
+    fn children_do_not_get_the_services_notification_variables() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "env"])
+            .env("NOTIFY_SOCKET", "/run/systemd/notify")
+            .env("WATCHDOG_USEC", "30000000")
+            .env("WATCHDOG_PID", "1")
+            .env("KEPT_BY_THE_CHILD", "yes")
+            .stdout(Stdio::piped());
+        let out = spawn(&mut cmd).unwrap().wait_with_output().unwrap();
+        let env = String::from_utf8_lossy(&out.stdout);
+        assert!(env.lines().any(|l| l == "KEPT_BY_THE_CHILD=yes"), "{env}");
+        for var in SERVICE_ONLY_ENV {
+            assert!(
+                !env.lines().any(|l| l.starts_with(&format!("{var}="))),
+                "{var} reached the child: {env}"
+            );
+        }
     }
 
     #[test]
