@@ -13,13 +13,13 @@ pub fn run(path: Option<&Path>) -> ExitCode {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tope-updater: {e}");
+            crate::logging::print_error(&e);
             return ExitCode::from(2);
         }
     };
     // The daemon refuses an unusable CA file at start (exit 2): so does the check.
     if let Err(e) = crate::net::tls_config(cfg.ca_file.as_deref()) {
-        eprintln!("tope-updater: config key `ca_file`: {e}");
+        crate::logging::print_error(format_args!("config key `ca_file`: {e}"));
         return ExitCode::from(2);
     }
     let source = match path {

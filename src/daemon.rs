@@ -20,7 +20,7 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tope-updater: {e}");
+            crate::logging::print_error(&e);
             return ExitCode::from(2);
         }
     };
@@ -31,21 +31,21 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
         cfg.backups_dir(),
     ] {
         if let Err(e) = ensure_dir(&d) {
-            eprintln!("tope-updater: cannot create {}: {e}", d.display());
+            crate::logging::print_error(format_args!("cannot create {}: {e}", d.display()));
             return ExitCode::from(1);
         }
     }
     if let Err(e) = crate::logging::init(cfg.log_level, &cfg.logs_dir()) {
-        eprintln!(
-            "tope-updater: cannot set up logging in {}: {e}",
+        crate::logging::print_error(format_args!(
+            "cannot set up logging in {}: {e}",
             cfg.logs_dir().display()
-        );
+        ));
         return ExitCode::from(1);
     }
     let tls = match crate::net::tls_config(cfg.ca_file.as_deref()) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("tope-updater: config key `ca_file`: {e}");
+            crate::logging::print_error(format_args!("config key `ca_file`: {e}"));
             tracing::error!("config key `ca_file`: {e}");
             return ExitCode::from(2);
         }
@@ -54,13 +54,13 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
     let listener = match crate::server::bind(cfg.listen) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("tope-updater: cannot listen on {}: {e}", cfg.listen);
+            crate::logging::print_error(format_args!("cannot listen on {}: {e}", cfg.listen));
             tracing::error!("cannot listen on {}: {e}", cfg.listen);
             return ExitCode::from(1);
         }
     };
     if let Err(e) = listener.set_nonblocking(true) {
-        eprintln!("tope-updater: {e}");
+        crate::logging::print_error(&e);
         return ExitCode::from(1);
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -69,14 +69,14 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tope-updater: cannot start the runtime: {e}");
+            crate::logging::print_error(format_args!("cannot start the runtime: {e}"));
             return ExitCode::from(1);
         }
     };
     let callback_client = match crate::net::callback_client(&tls) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tope-updater: {e}");
+            crate::logging::print_error(&e);
             return ExitCode::from(1);
         }
     };
@@ -135,7 +135,7 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
         }
         Err(e) => {
             tracing::error!("daemon failed: {e}");
-            eprintln!("tope-updater: {e}");
+            crate::logging::print_error(&e);
             ExitCode::from(1)
         }
     }

@@ -106,6 +106,15 @@ pub fn stderr_is_journal() -> bool {
     }
 }
 
+/// Print an error on stderr as `tope-updater: <message>`, with the error priority `<3>` when
+/// stderr is the journal: for what goes wrong before logging is set up (a bad configuration)
+/// or instead of it (the commands for people).
+pub fn print_error(message: impl std::fmt::Display) {
+    let prefix = if stderr_is_journal() { "<3>" } else { "" };
+    // Not `eprintln!`: it panics when stderr is gone.
+    let _ = writeln!(io::stderr(), "{prefix}tope-updater: {message}");
+}
+
 /// A `MakeWriter` that, when `journal` is set, starts every line of an event with the
 /// priority prefix of the event's level; otherwise it writes through unchanged.
 #[derive(Debug, Clone)]

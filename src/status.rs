@@ -90,7 +90,7 @@ pub fn run(config: Option<&Path>, json: bool) -> ExitCode {
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tope-updater: {e}");
+            crate::logging::print_error(&e);
             return ExitCode::from(2);
         }
     };
@@ -100,7 +100,7 @@ pub fn run(config: Option<&Path>, json: bool) -> ExitCode {
         match serde_json::to_string_pretty(&view) {
             Ok(s) => println!("{s}"),
             Err(e) => {
-                eprintln!("tope-updater: {e}");
+                crate::logging::print_error(&e);
                 return ExitCode::from(1);
             }
         }

@@ -473,7 +473,27 @@ fn journald_priority_prefixes_on_stderr_only() {
         .find(|l| l.contains("cannot listen") && l.contains("ERROR"))
         .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
     assert!(error.starts_with("<3>"), "{error}");
+    assert!(
+        stderr.lines().all(|l| l.starts_with('<')),
+        "every line carries a priority, the one printed without logging too:\n{stderr}"
+    );
     drop(taken);
+
+    // A configuration error, found before logging is set up: priority 3 as well.
+    let bad = ws.path().join("bad.toml");
+    std::fs::write(&bad, "listen = \"not an address\"\n").unwrap();
+    let mut child = KillChild(run_with_journal_stream(&ws, &bad, true));
+    let status = wait_until(
+        "exit on a bad configuration",
+        Duration::from_secs(30),
+        || child.0.try_wait().unwrap(),
+    );
+    assert_eq!(status.code(), Some(2));
+    let stderr = std::fs::read_to_string(ws.path().join("daemon-1.stderr")).unwrap();
+    assert!(
+        stderr.starts_with("<3>tope-updater: ") && stderr.contains("listen"),
+        "{stderr}"
+    );
 
     // JOURNAL_STREAM left over from a parent, naming another file: no prefixes.
     let mut child = KillChild(run_with_journal_stream(&ws, &config, false));
