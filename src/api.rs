@@ -258,10 +258,20 @@ async fn download(State(u): State<Updater>, headers: HeaderMap, body: Body) -> R
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    match u.request_download(spec) {
+    match off_the_runtime(move || u.request_download(spec)).await {
         Ok(status) => ok(json!({ "status": status })),
         Err(e) => fail(&e),
     }
+}
+
+/// Run a command on a blocking thread: it may write and fsync the updater's files (a
+/// `DISK_FULL` or expiry outcome), which must never hold up the runtime serving `/progress`.
+async fn off_the_runtime(
+    f: impl FnOnce() -> Result<&'static str, OtaError> + Send + 'static,
+) -> Result<&'static str, OtaError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(error::internal(format!("the request's task failed: {e}"))))
 }
 
 /// Ask the updater to install the verified package; the installation runs in the background.
@@ -280,7 +290,7 @@ async fn update(State(u): State<Updater>, headers: HeaderMap, body: Body) -> Res
             req.version
         )));
     }
-    match u.request_update(&req.version) {
+    match off_the_runtime(move || u.request_update(&req.version)).await {
         Ok(status) => ok(json!({ "status": status })),
         Err(e) => fail(&e),
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::daemon::{stage_of, write_config, API};
+use common::daemon::{assert_error, stage_of, write_config, API};
 use common::procs::{self, require_tool, KillOnDrop, Spawned, WrappedDaemon};
 use common::*;
 use serde_json::json;
@@ -446,4 +446,82 @@ fn complete_response(raw: &[u8]) -> bool {
         .and_then(|v| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
     raw.len() >= end + 4 + len
+}
+
+/// A command that writes the updater's files (here the `DISK_FULL` outcome of a `/download`,
+/// on storage where every flush takes 500 ms, as on a worn SD card) never holds up
+/// `/progress`: while `/download` waits for its flushes, `/progress` answers and shows the
+/// download that is being refused.
+#[test]
+fn contract_8_2_progress_answers_while_a_command_waits_for_slow_flushes() {
+    if !require_tool("strace", "to make every flush of the daemon slow") {
+        return;
+    }
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let st = rustix::fs::statvfs(ws.work_dir()).expect("statvfs");
+    let size = st.f_bavail * st.f_frsize + (1 << 30);
+    let mut d = common::Daemon::start(
+        &ws,
+        &api,
+        DaemonOptions {
+            extra_toml: format!("max_package_size = {}\n", size * 2),
+            ..Default::default()
+        },
+    );
+    assert!(d.sigterm_and_wait(Duration::from_secs(30)).success());
+    let trace = ws.path().join("strace.txt");
+    d.restart_under(&[
+        "strace",
+        "-f",
+        "--seccomp-bpf",
+        "-e",
+        "trace=fsync,fdatasync,syncfs",
+        "-e",
+        "inject=fsync,fdatasync,syncfs:delay_exit=500000",
+        "-o",
+        trace.to_str().expect("utf-8 path"),
+        "--",
+    ]);
+    let body = json!({
+        "version": "8.2.1", "package_url": "https://127.0.0.1:9/huge.zip",
+        "package_name": "huge.zip", "package_size": size, "package_md5": md5_hex(b"huge"),
+    });
+    let done = AtomicBool::new(false);
+    let (answer, seen) = std::thread::scope(|s| {
+        let download = s.spawn(|| {
+            let a = d.post_json("/download", &body);
+            done.store(true, Ordering::SeqCst);
+            a
+        });
+        // Every /progress answered while /download is still waiting for its answer.
+        let mut seen = Vec::new();
+        while !done.load(Ordering::SeqCst) {
+            let p = d.progress();
+            if !done.load(Ordering::SeqCst) {
+                seen.push(p);
+            }
+        }
+        (download.join().expect("the /download thread"), seen)
+    });
+    assert_error(
+        &answer,
+        500,
+        "DISK_FULL",
+        "/download larger than the free space",
+    );
+    let delayed = std::fs::read_to_string(&trace)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("(DELAYED)"))
+        .count();
+    assert!(
+        delayed > 0,
+        "no flush was delayed: is strace's inject working?"
+    );
+    assert!(
+        seen.iter()
+            .any(|p| stage_of(p) == "downloading" && p["data"]["version"] == "8.2.1"),
+        "no /progress answered while /download waited for its flushes: {seen:?}"
+    );
 }
