@@ -199,13 +199,19 @@ impl Updater {
         }
         let status = self.status();
         tracing::info!("starting in stage {}", status.stage);
-        // What a restart found (an outcome, a resumed download) is reported: device-api may
-        // have missed it, or restarted too. An idle start is not a stage change.
+        // What a restart found (an outcome not yet delivered, a resumed download) is
+        // reported: device-api may have missed it. An outcome device-api has answered with
+        // HTTP 200 is not sent again at every start, nor is an idle start (no stage change).
         if plan.report {
             let shown = lock(&self.inner.outcome)
                 .clone()
                 .filter(|o| o.describes(&lock(&self.inner.life)));
             match shown {
+                Some(o) if o.delivered => tracing::info!(
+                    "the {} of version {} was reported to device-api before; not sent again",
+                    o.stage.as_str(),
+                    o.version
+                ),
                 Some(o) => self.report_outcome(&o),
                 None => self.report_now(),
             }
