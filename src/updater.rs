@@ -614,7 +614,7 @@ impl Updater {
                 return;
             }
         }
-        match crate::process::spawn_detached(&[gui.as_os_str()]) {
+        match crate::process::spawn_detached(&[gui.as_os_str()], None) {
             Ok(started) => tracing::info!("started ota-gui ({started})"),
             Err(e) => tracing::warn!("cannot start ota-gui: {e}"),
         }

@@ -44,7 +44,7 @@ fn pause(d: Duration, cancel: &AtomicBool) -> bool {
 
 /// The state check of one module (its process or service); `Err` says why it is not healthy.
 /// Quick: run on the caller's thread.
-fn check_started(started: &Started) -> Result<(), String> {
+fn check_started(started: &Started, cancel: &AtomicBool) -> Result<(), String> {
     match started {
         Started::Process(name, p) => match process::liveness(p) {
             process::Liveness::Alive => Ok(()),
@@ -63,7 +63,7 @@ fn check_started(started: &Started) -> Result<(), String> {
                 })
             }
         },
-        Started::Service(s) => process::systemctl("is-active", s, SYSTEMCTL_TIMEOUT)
+        Started::Service(s) => process::systemctl("is-active", s, SYSTEMCTL_TIMEOUT, Some(cancel))
             .map_err(|e| format!("service {s} is not active: {}", e.detail)),
         Started::Nothing => Ok(()),
     }
@@ -126,7 +126,7 @@ pub fn check_all(
     // Processes and services first (quick), then the health commands side by side.
     let mut results: Vec<(usize, Result<(), String>)> = checked
         .iter()
-        .map(|&i| (i, check_started(&started[i])))
+        .map(|&i| (i, check_started(&started[i], cancel)))
         .collect();
     let cmds: Vec<(usize, Result<(), String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = checked

@@ -221,7 +221,11 @@ pub fn install(
     let order = plan::start_order(&j.modules);
     procs::record(&mut j, &order).map_err(|e| fail(e, &j, opts, on_event))?;
     advance(&mut j, Phase::Stopping, opts, on_event)?;
-    if let Err(e) = procs::stop_all(&j, &order, opts.stop_timeout, on_event) {
+    if let Err(e) = procs::stop_all(&j, &order, opts.stop_timeout, opts.cancel, on_event) {
+        // SIGTERM: a `systemctl stop` still running was stopped; the next start rolls back.
+        if cancelled() {
+            return Ok(InstallOutcome::Interrupted);
+        }
         let e = OtaError::new(e.code, format!("{}; nothing was deployed", e.detail));
         return Err(fail(e, &j, opts, on_event));
     }
@@ -259,10 +263,13 @@ pub fn install(
     }
 
     // Start again, one after another, then check.
-    let started = match procs::start_new(&j.modules, &order, opts.stop_timeout, on_event) {
-        Ok(s) => s,
-        Err(e) => return Err(fail(e, &j, opts, on_event)),
-    };
+    let started =
+        match procs::start_new(&j.modules, &order, opts.stop_timeout, opts.cancel, on_event) {
+            Ok(s) => s,
+            // SIGTERM: a start still running was stopped; the next start rolls back.
+            Err(_) if cancelled() => return Ok(InstallOutcome::Interrupted),
+            Err(e) => return Err(fail(e, &j, opts, on_event)),
+        };
     tracing::info!("processes were down for {} ms", down.elapsed().as_millis());
     match health::check_all(
         &j.modules,

@@ -3,6 +3,7 @@
 //! exactly as they ran. Process control itself is `crate::process`.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::error::{self, OtaError};
@@ -54,15 +55,17 @@ pub fn record(j: &mut Journal, order: &[usize]) -> Result<(), OtaError> {
     Ok(())
 }
 
-/// Stop module `m`'s processes. Errors are `PROCESS_KILL_FAILED`.
+/// Stop module `m`'s processes. Errors are `PROCESS_KILL_FAILED`. `cancel` (the updater's
+/// shutdown) stops a `systemctl stop` still running; a rollback passes `None` and finishes.
 pub fn stop_module(
     m: &JModule,
     stop_timeout: Duration,
     services_done: &mut HashSet<String>,
+    cancel: Option<&AtomicBool>,
 ) -> Result<(), OtaError> {
     if let Some(s) = &m.service {
         if services_done.insert(s.clone()) {
-            process::systemctl("stop", s, SYSTEMCTL_TIMEOUT)?;
+            process::systemctl("stop", s, SYSTEMCTL_TIMEOUT, cancel)?;
         }
     }
     if let Some(p) = &m.process_name {
@@ -77,6 +80,7 @@ pub fn stop_all(
     j: &Journal,
     order: &[usize],
     stop_timeout: Duration,
+    cancel: &AtomicBool,
     on_event: &mut dyn FnMut(InstallEvent),
 ) -> Result<(), OtaError> {
     let mut services = HashSet::new();
@@ -86,7 +90,7 @@ pub fn stop_all(
             continue;
         }
         on_event(InstallEvent::Stopping { module: &m.name });
-        stop_module(m, stop_timeout, &mut services)
+        stop_module(m, stop_timeout, &mut services, Some(cancel))
             .map_err(|e| error::kill_failed(format!("module {}: {}", m.name, e.detail)))?;
     }
     Ok(())
@@ -130,6 +134,7 @@ pub fn start_new(
     modules: &[JModule],
     order: &[usize],
     stop_timeout: Duration,
+    cancel: &AtomicBool,
     on_event: &mut dyn FnMut(InstallEvent),
 ) -> Result<Vec<Started>, OtaError> {
     let mut started = vec![Started::Nothing; modules.len()];
@@ -141,7 +146,8 @@ pub fn start_new(
         if let Some(s) = &m.service {
             if services.insert(s.as_str()) {
                 on_event(InstallEvent::Restarting { module: &m.name });
-                process::systemctl("start", s, SYSTEMCTL_TIMEOUT).map_err(|e| fail(e.detail))?;
+                process::systemctl("start", s, SYSTEMCTL_TIMEOUT, Some(cancel))
+                    .map_err(|e| fail(e.detail))?;
             }
             started[i] = Started::Service(s.clone());
         } else if let Some(cmd) = &m.start_cmd {
@@ -155,7 +161,7 @@ pub fn start_new(
                 }
             }
             on_event(InstallEvent::Restarting { module: &m.name });
-            process::spawn_detached(cmd).map_err(|e| fail(e.detail))?;
+            process::spawn_detached(cmd, Some(cancel)).map_err(|e| fail(e.detail))?;
             if let Some(p) = &m.process_name {
                 let found = wait_running(p, stop_timeout).ok_or_else(|| {
                     fail(format!(
@@ -190,7 +196,7 @@ pub fn start_old(
         if let Some(s) = &m.service {
             if services.insert(s.as_str()) {
                 on_event(InstallEvent::Restarting { module: &m.name });
-                if let Err(e) = process::systemctl("start", s, SYSTEMCTL_TIMEOUT) {
+                if let Err(e) = process::systemctl("start", s, SYSTEMCTL_TIMEOUT, None) {
                     tracing::error!("rollback: module {}: {e}", m.name);
                 }
             }

@@ -197,7 +197,7 @@ pub fn rollback(
     if j.phase == Phase::Swapping {
         let mut services = HashSet::new();
         for &i in order.iter().rev() {
-            if let Err(e) = procs::stop_module(&j.modules[i], stop_timeout, &mut services) {
+            if let Err(e) = procs::stop_module(&j.modules[i], stop_timeout, &mut services, None) {
                 tracing::error!("rollback: module {}: {e}", j.modules[i].name);
             }
         }

@@ -111,8 +111,14 @@ fn systemctl_program() -> PathBuf {
 /// `PROCESS_KILL_FAILED` (nothing may be deployed over a unit that would not stop), any other
 /// action is `DEPLOYMENT_FAILED`. The detail names the unit, the exit status and the output.
 /// `stop` of a unit systemd does not know (exit status 5, "not loaded") is a success: such a
-/// unit runs nothing (a package may bring a new unit).
-pub fn systemctl(action: &str, unit: &str, timeout: Duration) -> Result<(), OtaError> {
+/// unit runs nothing (a package may bring a new unit). When `cancel` is set meanwhile (the
+/// updater is shutting down), systemctl is stopped with its process group and the call fails.
+pub fn systemctl(
+    action: &str,
+    unit: &str,
+    timeout: Duration,
+    cancel: Option<&AtomicBool>,
+) -> Result<(), OtaError> {
     let code = if action == "stop" {
         ErrorCode::ProcessKillFailed
     } else {
@@ -122,7 +128,7 @@ pub fn systemctl(action: &str, unit: &str, timeout: Duration) -> Result<(), OtaE
     tracing::info!("systemctl {action} {unit}");
     let mut cmd = Command::new(&program);
     cmd.arg(action).arg(unit);
-    match run_command(cmd, &program.display().to_string(), timeout, None) {
+    match run_command(cmd, &program.display().to_string(), timeout, cancel) {
         Ok(()) => Ok(()),
         Err(f) if action == "stop" && f.exit_code == Some(SYSTEMCTL_NOT_LOADED) => {
             tracing::warn!("systemctl stop {unit}: unit not loaded, nothing to stop");
@@ -508,12 +514,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let fake = fake_systemctl(d.path(), "stop bad.service");
         SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
-        systemctl("stop", "good.service", Duration::from_secs(10)).unwrap();
-        let e = systemctl("stop", "bad.service", Duration::from_secs(10)).unwrap_err();
+        systemctl("stop", "good.service", Duration::from_secs(10), None).unwrap();
+        let e = systemctl("stop", "bad.service", Duration::from_secs(10), None).unwrap_err();
         assert_eq!(e.code, ErrorCode::ProcessKillFailed);
         assert!(e.detail.contains("bad.service"), "{e}");
         assert!(e.detail.contains("refused"), "{e}");
-        systemctl("start", "bad.service", Duration::from_secs(10)).unwrap();
+        systemctl("start", "bad.service", Duration::from_secs(10), None).unwrap();
         let log = fs::read_to_string(d.path().join("log")).unwrap();
         assert_eq!(
             log,
@@ -521,7 +527,7 @@ mod tests {
         );
         let fake = fake_systemctl(d.path(), "start bad.service");
         SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
-        let e = systemctl("start", "bad.service", Duration::from_secs(10)).unwrap_err();
+        let e = systemctl("start", "bad.service", Duration::from_secs(10), None).unwrap_err();
         assert_eq!(e.code, ErrorCode::DeploymentFailed);
         // Exit status 5 on stop: the unit is not loaded, nothing runs.
         let fake5 = d.path().join("fake5");
@@ -531,8 +537,8 @@ mod tests {
             fs::set_permissions(&fake5, fs::Permissions::from_mode(0o755)).unwrap();
         }
         SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake5));
-        systemctl("stop", "new.service", Duration::from_secs(10)).unwrap();
-        assert!(systemctl("start", "new.service", Duration::from_secs(10)).is_err());
+        systemctl("stop", "new.service", Duration::from_secs(10), None).unwrap();
+        assert!(systemctl("start", "new.service", Duration::from_secs(10), None).is_err());
         SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
     }
 }

@@ -14,7 +14,7 @@ use std::fmt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::command::{run_command, spawn};
@@ -78,9 +78,13 @@ fn choose_launcher(env: Option<std::ffi::OsString>, systemd_runs: bool) -> Optio
 ///
 /// A plain start gets a process group of its own, `/` as working directory and `/dev/null`
 /// for stdin, stdout and stderr. `DEPLOYMENT_FAILED` when `argv` is empty or the program cannot
-/// be started (or `systemd-run` fails or takes longer than 60 s).
-pub fn spawn_detached<S: AsRef<OsStr>>(argv: &[S]) -> Result<Started, OtaError> {
-    spawn_detached_in(argv, None)
+/// be started (or `systemd-run` fails, takes longer than 60 s, or is stopped because `cancel`
+/// was set meanwhile: the updater is shutting down).
+pub fn spawn_detached<S: AsRef<OsStr>>(
+    argv: &[S],
+    cancel: Option<&AtomicBool>,
+) -> Result<Started, OtaError> {
+    launch(argv, None, cancel)
 }
 
 /// [`spawn_detached`] with `cwd` as the working directory (`/` when `None`, or when `cwd` is
@@ -89,6 +93,14 @@ pub fn spawn_detached<S: AsRef<OsStr>>(argv: &[S]) -> Result<Started, OtaError> 
 pub fn spawn_detached_in<S: AsRef<OsStr>>(
     argv: &[S],
     cwd: Option<&Path>,
+) -> Result<Started, OtaError> {
+    launch(argv, cwd, None)
+}
+
+fn launch<S: AsRef<OsStr>>(
+    argv: &[S],
+    cwd: Option<&Path>,
+    cancel: Option<&AtomicBool>,
 ) -> Result<Started, OtaError> {
     let cwd = cwd.filter(|d| d.is_dir()).unwrap_or(Path::new("/"));
     let argv: Vec<&OsStr> = argv.iter().map(AsRef::as_ref).collect();
@@ -99,7 +111,7 @@ pub fn spawn_detached_in<S: AsRef<OsStr>>(
     };
     let shown = show_os(&argv);
     if let Some(systemd_run) = systemd_run_program() {
-        return launch_unit(&systemd_run, &argv, cwd, &shown);
+        return launch_unit(&systemd_run, &argv, cwd, &shown, cancel);
     }
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -122,6 +134,7 @@ fn launch_unit(
     argv: &[&OsStr],
     cwd: &Path,
     shown: &str,
+    cancel: Option<&AtomicBool>,
 ) -> Result<Started, OtaError> {
     // systemd-run only reports that the unit started, not that the program could be executed:
     // a path that is no executable file is refused here, as a plain start would refuse it.
@@ -142,7 +155,7 @@ fn launch_unit(
         .args(["--collect", "--quiet", "--no-ask-password", "--"])
         .args(argv);
     let what = format!("systemd-run of {shown}");
-    run_command(cmd, &what, LAUNCH_TIMEOUT, None)
+    run_command(cmd, &what, LAUNCH_TIMEOUT, cancel)
         .map_err(|f| error::deployment_failed(format!("cannot start {shown}: {}", f.detail)))?;
     tracing::info!("started {shown} as unit {unit}");
     Ok(Started::Unit { name: unit })
@@ -213,7 +226,7 @@ mod tests {
     fn plain_start_runs_detached_and_is_found() {
         let d = tempfile::tempdir().unwrap();
         let (name, path) = named_sleep(d.path());
-        let started = spawn_detached(&[path.display().to_string(), "100".into()]).unwrap();
+        let started = spawn_detached(&[path.display().to_string(), "100".into()], None).unwrap();
         let Started::Process { pid } = started else {
             panic!("{started:?}")
         };
@@ -223,8 +236,8 @@ mod tests {
         let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
         assert_eq!(cwd, Path::new("/"));
         super::super::stop_by_name(&name, Duration::from_secs(5)).unwrap();
-        assert!(spawn_detached::<String>(&[]).is_err());
-        assert!(spawn_detached(&["/nonexistent/x"]).is_err());
+        assert!(spawn_detached::<String>(&[], None).is_err());
+        assert!(spawn_detached(&["/nonexistent/x"], None).is_err());
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = None);
     }
 
@@ -259,8 +272,11 @@ mod tests {
         let fake = fake_systemd_run(d.path());
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
         let (name, path) = named_sleep(d.path());
-        let started =
-            spawn_detached(&[path.display().to_string(), "100".into(), "0".into()]).unwrap();
+        let started = spawn_detached(
+            &[path.display().to_string(), "100".into(), "0".into()],
+            None,
+        )
+        .unwrap();
         let Started::Unit { name: unit } = &started else {
             panic!("{started:?}")
         };
@@ -286,7 +302,7 @@ mod tests {
         );
         super::super::stop_by_name(&name, Duration::from_secs(5)).unwrap();
         // A program that is not there is refused before systemd-run runs.
-        let e = spawn_detached(&["/nonexistent/x"]).unwrap_err();
+        let e = spawn_detached(&["/nonexistent/x"], None).unwrap_err();
         assert!(e.detail.contains("not an executable"), "{e}");
         assert_eq!(fs::read_to_string(d.path().join("log")).unwrap(), log);
         // systemd-run failing is a start failure.
@@ -297,7 +313,7 @@ mod tests {
             fs::set_permissions(&failing, fs::Permissions::from_mode(0o755)).unwrap();
         }
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = Some(failing));
-        let e = spawn_detached(&[path.display().to_string()]).unwrap_err();
+        let e = spawn_detached(&[path.display().to_string()], None).unwrap_err();
         assert!(e.detail.contains("Unit exists"), "{e}");
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = None);
     }

@@ -341,3 +341,83 @@ fn contract_8_4_each_start_completes_before_the_next() {
     );
     crate::process::stop_by_name(&first, Duration::from_secs(5)).unwrap();
 }
+
+/// Section 8.1: a `systemctl` still running when the updater is told to stop (here a
+/// `systemctl stop` that never returns) is stopped with its process group at once, and the
+/// installation ends as interrupted, leaving the journal; the next start's recovery rolls back
+/// and starts the services again.
+#[test]
+fn contract_8_1_sigterm_stops_a_hanging_systemctl_and_the_next_start_rolls_back() {
+    let f = Fx::new();
+    let log = service_package(&f);
+    let pid_file = f.d.path().join("hang.pid");
+    let fake = f.d.path().join("hanging-systemctl");
+    fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$1 $2\" >> '{log}'\n\
+             if [ \"$1 $2\" = 'stop b.service' ]; then echo $$ > '{pid}'; exec sleep 3600; fi\n\
+             exit 0\n",
+            log = log.display(),
+            pid = pid_file.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
+
+    let started = std::time::Instant::now();
+    let (r, hung) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let pid = loop {
+                if let Some(pid) = fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok())
+                {
+                    break pid;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "systemctl stop never ran"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            // The updater's SIGTERM handler sets this flag.
+            f.cancel.store(true, Ordering::SeqCst);
+            pid
+        });
+        let r = f.install(Duration::from_secs(1), &mut Vec::new(), None);
+        (r, watcher.join().unwrap())
+    });
+    SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
+    assert_eq!(r.unwrap(), InstallOutcome::Interrupted);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the hanging systemctl was waited for: {:?}",
+        started.elapsed()
+    );
+    let gone = rustix::process::Pid::from_raw(hung)
+        .is_some_and(|p| rustix::process::test_kill_process(p).is_err());
+    assert!(gone, "the hanging systemctl (pid {hung}) is still there");
+    assert!(
+        !f.clean(),
+        "the journal is left for the next start's recovery"
+    );
+    assert_eq!(f.journal().phase, Phase::Stopping);
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        "stop c.service\nstop a.service\nstop b.service\n",
+        "nothing was started while shutting down"
+    );
+
+    let fake = fake_systemctl(f.d.path(), "none");
+    SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
+    let rec = recover(&f.backups, Duration::from_secs(1));
+    SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
+    assert!(matches!(rec, Ok(Recovery::RolledBack { .. })), "{rec:?}");
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(log.ends_with(&format!("{STOP_ABC}{START_BAC}")), "{log}");
+    assert_eq!(f.read("a/f").as_deref(), Some("old-a"));
+    assert!(f.clean());
+}
