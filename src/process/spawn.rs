@@ -97,6 +97,7 @@ pub fn spawn_detached_in<S: AsRef<OsStr>>(
     launch(argv, cwd, None)
 }
 
+/// Both of the above: a `systemd-run` launch still running when `cancel` is set is stopped.
 fn launch<S: AsRef<OsStr>>(
     argv: &[S],
     cwd: Option<&Path>,
