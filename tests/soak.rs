@@ -428,6 +428,12 @@ impl InstallRig {
     /// Restart after a kill and check docs/API.md section 6. Returns the settled stage.
     fn restart_and_check(&mut self, context: &str) -> String {
         let reports_before = self.api.reports().len();
+        let outcome = self.ws.work_dir().join("tmp/outcome.json");
+        let read_outcome = || read_json(&outcome);
+        // The stage of an outcome device-api had already answered with 200 before the kill.
+        let delivered_stage = read_outcome()
+            .filter(|o| o["delivered"] == true)
+            .and_then(|o| o["stage"].as_str().map(str::to_string));
         self.d.restart();
         let first = self.d.first_progress.clone().expect("first /progress");
         assert!(
@@ -492,18 +498,31 @@ impl InstallRig {
             }
             other => panic!("{context}: unexpected stage {other} after the restart: {p}"),
         }
-        // The outcome of an installation cut by the kill reaches device-api (section 2).
+        // The outcome of an installation cut by the kill reaches device-api (section 2):
+        // answered with 200 before the kill (outcome.json says so), or reported after the
+        // restart until it is.
         if matches!(stage.as_str(), "success" | "failed") {
+            let delivered = || {
+                read_outcome()
+                    .is_some_and(|o| o["stage"] == stage.as_str() && o["delivered"] == true)
+            };
+            if delivered_stage.as_deref() != Some(stage.as_str()) {
+                wait_until(
+                    &format!("{context}: a `{stage}` report after the restart"),
+                    Duration::from_secs(10),
+                    || {
+                        let bodies = self.api.bodies();
+                        bodies[reports_before.min(bodies.len())..]
+                            .iter()
+                            .any(|b| b["stage"].as_str() == Some(stage.as_str()))
+                            .then_some(())
+                    },
+                );
+            }
             wait_until(
-                &format!("{context}: a `{stage}` report after the restart"),
+                &format!("{context}: outcome.json to record the `{stage}` as delivered"),
                 Duration::from_secs(10),
-                || {
-                    let bodies = self.api.bodies();
-                    bodies[reports_before.min(bodies.len())..]
-                        .iter()
-                        .any(|b| b["stage"].as_str() == Some(stage.as_str()))
-                        .then_some(())
-                },
+                || delivered().then_some(()),
             );
         }
         stage
