@@ -449,7 +449,8 @@ mod tests {
             &c,
         )
         .unwrap_err();
-        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        // Far below the 100 s sleep; the margin is for a loaded machine.
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         assert!(e.detail.contains("did not finish"), "{e}");
         assert!(super::super::scan(&name).unwrap().is_empty());
     }
@@ -477,7 +478,9 @@ mod tests {
         let cancelled_at = setter.join().unwrap();
         let took = cancelled_at.elapsed();
         assert!(e.detail.contains("shutting down"), "{e}");
-        assert!(took < GROUP_GRACE + Duration::from_secs(2), "{took:?}");
+        // SIGKILL after the grace, not the 60 s limit nor the 300 s sleep; the margin is for
+        // a loaded machine.
+        assert!(took < GROUP_GRACE + Duration::from_secs(8), "{took:?}");
         assert!(super::super::scan(&name).unwrap().is_empty());
     }
 
