@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::daemon::{assert_error, stage_of, write_config, API};
+use common::daemon::{assert_error, delayed_flushes, stage_of, write_config, API};
 use common::procs::{self, require_tool, KillOnDrop, Spawned, WrappedDaemon};
 use common::*;
 use serde_json::json;
@@ -471,18 +471,7 @@ fn contract_8_2_progress_answers_while_a_command_waits_for_slow_flushes() {
     );
     assert!(d.sigterm_and_wait(Duration::from_secs(30)).success());
     let trace = ws.path().join("strace.txt");
-    d.restart_under(&[
-        "strace",
-        "-f",
-        "--seccomp-bpf",
-        "-e",
-        "trace=fsync,fdatasync,syncfs",
-        "-e",
-        "inject=fsync,fdatasync,syncfs:delay_exit=500000",
-        "-o",
-        trace.to_str().expect("utf-8 path"),
-        "--",
-    ]);
+    d.restart_with_slow_flushes(Duration::from_millis(500), &trace);
     let body = json!({
         "version": "8.2.1", "package_url": "https://127.0.0.1:9/huge.zip",
         "package_name": "huge.zip", "package_size": size, "package_md5": md5_hex(b"huge"),
@@ -510,15 +499,7 @@ fn contract_8_2_progress_answers_while_a_command_waits_for_slow_flushes() {
         "DISK_FULL",
         "/download larger than the free space",
     );
-    let delayed = std::fs::read_to_string(&trace)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("(DELAYED)"))
-        .count();
-    assert!(
-        delayed > 0,
-        "no flush was delayed: is strace's inject working?"
-    );
+    delayed_flushes(&trace);
     assert!(
         seen.iter()
             .any(|p| stage_of(p) == "downloading" && p["data"]["version"] == "8.2.1"),

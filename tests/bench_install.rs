@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::bench::{cpu_secs, env_u64};
+use common::daemon::delayed_flushes;
 use common::procs::{self, KillOnDrop, Spawned};
 use common::*;
 use serde_json::json;
@@ -275,28 +276,9 @@ fn bench_install_many_small_files_vs_unzip() {
     let slow_pkg = web_package(&ws.root(), flush_files, "1.0.3", 3, &prog, &name);
     let delayed_out = ws.path().join("strace-delay.txt");
     assert!(d.sigterm_and_wait(Duration::from_secs(30)).success());
-    d.restart_under(&[
-        "strace",
-        "-f",
-        "--seccomp-bpf",
-        "-e",
-        "trace=fsync,fdatasync,syncfs",
-        "-e",
-        "inject=fsync,fdatasync,syncfs:delay_exit=10000",
-        "-o",
-        delayed_out.to_str().expect("utf-8 path"),
-        "--",
-    ]);
+    d.restart_with_slow_flushes(Duration::from_millis(10), &delayed_out);
     let slow = daemon_install(&d, &nginx, &ws.work_dir(), "1.0.3", &slow_pkg, None);
-    let delayed_flushes = std::fs::read_to_string(&delayed_out)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("(DELAYED)"))
-        .count();
-    assert!(
-        delayed_flushes > 0,
-        "no flush was delayed: is strace's inject working?"
-    );
+    let delayed = delayed_flushes(&delayed_out);
 
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     eprintln!(
@@ -318,7 +300,7 @@ fn bench_install_many_small_files_vs_unzip() {
     );
     eprintln!("bench:   flush calls (fsync + fdatasync + syncfs) during the overwrite: {flushes}");
     eprintln!(
-        "bench:   {flush_files} files with every flush ({delayed_flushes}) delayed by 10 ms: \
+        "bench:   {flush_files} files with every flush ({delayed}) delayed by 10 ms: \
          {:.2} s",
         slow.wall
     );

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::daemon::{spawn_raw, stage_of};
-use common::procs::{is_alive, signal, KillOnDrop};
+use common::procs::{signal, HangingSystemctl, KillOnDrop};
 use common::*;
 use rustix::process::Signal;
 use serde_json::{json, Value};
@@ -23,26 +23,11 @@ fn crash_loop_guard_counts_recoveries_killed_while_they_hang() {
     let ws = Workspace::new();
     let Some(nginx) = ws.nginx() else { return };
     let api = FakeDeviceApi::start();
-    let log = ws.path().join("systemctl.log");
-    let hang = ws.path().join("hang");
-    let hang_pid = ws.path().join("hang.pid");
+    let systemctl = HangingSystemctl::install(&ws, "stop");
     let marker = ws.path().join("post-cmd.pid");
-    let _kill = KillOnDrop::default().pid_file(&marker).pid_file(&hang_pid);
-    let fake = ws.bin_dir().join("systemctl");
-    write_file(
-        &fake,
-        format!(
-            "#!/bin/sh\necho \"$@\" >> '{log}'\n\
-             if [ \"$1\" = stop ] && [ -e '{hang}' ]; then echo $$ > '{pid}'; exec sleep 3600; fi\n\
-             exit 0\n",
-            log = log.display(),
-            hang = hang.display(),
-            pid = hang_pid.display()
-        )
-        .as_bytes(),
-        0o755,
-    );
-    std::env::set_var("TOPE_SYSTEMCTL", &fake);
+    let _kill = KillOnDrop::default()
+        .pid_file(&marker)
+        .pid_file(&systemctl.hang_pid);
 
     let dst = ws.root().join("svc/svc.conf");
     write_file(&dst, b"old\n", 0o644);
@@ -71,8 +56,8 @@ fn crash_loop_guard_counts_recoveries_killed_while_they_hang() {
     let journal = ws.work_dir().join("backups/journal.json");
     assert!(journal.exists());
     let stops = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
+        systemctl
+            .calls()
             .lines()
             .filter(|l| l.starts_with("stop "))
             .count()
@@ -80,21 +65,12 @@ fn crash_loop_guard_counts_recoveries_killed_while_they_hang() {
     let stops_before = stops();
 
     // From now on `systemctl stop` hangs: each start's rollback waits on it until killed.
-    write_file(&hang, b"", 0o644);
+    systemctl.start_hanging();
     let counter = ws.work_dir().join("tmp/recovery.json");
     for attempt in 1..=3u64 {
-        let _ = std::fs::remove_file(&hang_pid);
+        let _ = std::fs::remove_file(&systemctl.hang_pid);
         let mut child = spawn_raw(&d.config_path, ws.path(), 100 + attempt as u32);
-        let stuck: i32 = wait_until(
-            &format!("start {attempt} to hang in its rollback"),
-            Duration::from_secs(30),
-            || {
-                std::fs::read_to_string(&hang_pid)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .filter(|p| is_alive(*p))
-            },
-        );
+        let stuck = systemctl.wait_hung(&format!("start {attempt} to hang in its rollback"));
         let c: Value = serde_json::from_slice(&std::fs::read(&counter).unwrap()).unwrap();
         assert_eq!(c["attempts"], attempt, "counted before trying: {c}");
         // The API does not answer meanwhile: recovery comes before it.

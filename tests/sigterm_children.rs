@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::daemon::stage_of;
-use common::procs::{is_alive, KillOnDrop};
+use common::procs::{is_alive, HangingSystemctl, KillOnDrop};
 use common::*;
 use serde_json::json;
 
@@ -20,26 +20,8 @@ fn contract_8_1_sigterm_stops_a_hanging_systemctl_start_and_the_next_start_rolls
     let ws = Workspace::new();
     let Some(nginx) = ws.nginx() else { return };
     let api = FakeDeviceApi::start();
-    let log = ws.path().join("systemctl.log");
-    let hang = ws.path().join("hang");
-    let hang_pid = ws.path().join("hang.pid");
-    let _kill = KillOnDrop::default().pid_file(&hang_pid);
-    let fake = ws.bin_dir().join("systemctl");
-    write_file(
-        &fake,
-        format!(
-            "#!/bin/sh\necho \"$@\" >> '{log}'\n\
-             if [ \"$1\" = start ] && [ -e '{hang}' ]; then echo $$ > '{pid}'; exec sleep 3600; fi\n\
-             exit 0\n",
-            log = log.display(),
-            hang = hang.display(),
-            pid = hang_pid.display()
-        )
-        .as_bytes(),
-        0o755,
-    );
-    std::env::set_var("TOPE_SYSTEMCTL", &fake);
-    let calls = || std::fs::read_to_string(&log).unwrap_or_default();
+    let systemctl = HangingSystemctl::install(&ws, "start");
+    let _kill = KillOnDrop::default().pid_file(&systemctl.hang_pid);
 
     let dst = ws.root().join("svc/svc.conf");
     write_file(&dst, b"old\n", 0o644);
@@ -53,18 +35,9 @@ fn contract_8_1_sigterm_stops_a_hanging_systemctl_start_and_the_next_start_rolls
     let package = build_package(&m, &[Entry::file("svc.conf", b"new\n", 0o644)]);
     let mut d = Daemon::start(&ws, &api, DaemonOptions::default());
     d.download_package(&nginx, "pkg.zip", VERSION, &package);
-    write_file(&hang, b"", 0o644);
+    systemctl.start_hanging();
     d.post_update(VERSION);
-    let stuck: i32 = wait_until(
-        "the installation to hang in `systemctl start`",
-        Duration::from_secs(30),
-        || {
-            std::fs::read_to_string(&hang_pid)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .filter(|p| is_alive(*p))
-        },
-    );
+    let stuck = systemctl.wait_hung("the installation to hang in `systemctl start`");
     assert_eq!(
         std::fs::read(&dst).unwrap(),
         b"new\n",
@@ -81,13 +54,13 @@ fn contract_8_1_sigterm_stops_a_hanging_systemctl_start_and_the_next_start_rolls
     let journal = ws.work_dir().join("backups/journal.json");
     assert!(journal.exists(), "the journal is left for the next start");
     assert_eq!(
-        calls(),
+        systemctl.calls(),
         "stop tope-hang.service\nstart tope-hang.service\n",
         "nothing else was run while shutting down"
     );
 
     // The next start rolls back: the old file, the service started again.
-    std::fs::remove_file(&hang).unwrap();
+    systemctl.stop_hanging();
     d.restart();
     let first = d.first_progress.clone().unwrap();
     assert_eq!(stage_of(&first), "failed", "{first}");
@@ -99,8 +72,8 @@ fn contract_8_1_sigterm_stops_a_hanging_systemctl_start_and_the_next_start_rolls
     assert_eq!(std::fs::read(&dst).unwrap(), b"old\n");
     assert!(!journal.exists(), "recovered: journal removed");
     assert!(
-        calls().ends_with("start tope-hang.service\n"),
+        systemctl.calls().ends_with("start tope-hang.service\n"),
         "the service is started again: {}",
-        calls()
+        systemctl.calls()
     );
 }

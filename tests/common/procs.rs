@@ -413,3 +413,62 @@ pub fn require_tool(program: &str, why: &str) -> bool {
     }
     found
 }
+
+/// A `systemctl` for the daemon (through `TOPE_SYSTEMCTL`, set for the whole test binary: one
+/// test per file) that records its calls and, while the file `hang` exists, never returns
+/// from `hang_on` (`stop`, `start`): it writes its pid to `hang_pid` and sleeps.
+pub struct HangingSystemctl {
+    pub log: PathBuf,
+    pub hang: PathBuf,
+    pub hang_pid: PathBuf,
+}
+
+impl HangingSystemctl {
+    pub fn install(ws: &super::Workspace, hang_on: &str) -> HangingSystemctl {
+        let s = HangingSystemctl {
+            log: ws.path().join("systemctl.log"),
+            hang: ws.path().join("hang"),
+            hang_pid: ws.path().join("hang.pid"),
+        };
+        let fake = ws.bin_dir().join("systemctl");
+        super::write_file(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> '{log}'\n\
+                 if [ \"$1\" = {hang_on} ] && [ -e '{hang}' ]; then echo $$ > '{pid}'; exec sleep 3600; fi\n\
+                 exit 0\n",
+                log = s.log.display(),
+                hang = s.hang.display(),
+                pid = s.hang_pid.display()
+            )
+            .as_bytes(),
+            0o755,
+        );
+        std::env::set_var("TOPE_SYSTEMCTL", &fake);
+        s
+    }
+
+    /// Every call so far, one per line.
+    pub fn calls(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// From now on `hang_on` hangs.
+    pub fn start_hanging(&self) {
+        super::write_file(&self.hang, b"", 0o644);
+    }
+
+    pub fn stop_hanging(&self) {
+        std::fs::remove_file(&self.hang).expect("remove the hang file");
+    }
+
+    /// The pid of the hanging call, once it runs.
+    pub fn wait_hung(&self, what: &str) -> i32 {
+        super::wait_until(what, Duration::from_secs(30), || {
+            std::fs::read_to_string(&self.hang_pid)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .filter(|p| is_alive(*p))
+        })
+    }
+}
