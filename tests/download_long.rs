@@ -32,7 +32,7 @@ fn package_of(ws: &Workspace, payload: usize) -> Vec<u8> {
 
 /// 8.1: a server that answers at once, then sends 16 bytes every 25 s: below the read timeout
 /// (30 s), so reqwest alone never gives up. Each attempt is abandoned as stalled after 60 s and
-/// the download ends DOWNLOAD_FAILED after 4 attempts (about 4 minutes). On main, which had no
+/// the download ends DOWNLOAD_FAILED after 4 attempts (about 4 minutes). In 0.1.0, which had no
 /// stall rule, each 25 s trickle counted as a read and as progress: the download stayed
 /// `downloading` forever and this test timed out waiting for `failed`.
 #[test]
@@ -89,7 +89,7 @@ fn contract_8_1_trickle_below_the_read_timeout_fails_as_stalled() {
 
 /// 8.1: a slow but steady link (nginx `limit_rate` 10 KiB/s, about 90 s for the package)
 /// completes in one attempt: the stall rule must not abandon it. This guards the rule from
-/// the other side, so it passed on main too (main had no stall rule at all); it fails when the
+/// the other side, so it passed with 0.1.0 too (0.1.0 had no stall rule at all); it fails when the
 /// window is miscounted, e.g. bytes per tick compared with the per-window minimum, or a window
 /// shorter than 60 s.
 #[test]

@@ -259,7 +259,7 @@ fn assert_gave_up_after_four_attempts(
     err
 }
 
-/// 8.1: every answer (200 or 206, honouring Range) is cut 64 KiB into its body. On main each
+/// 8.1: every answer (200 or 206, honouring Range) is cut 64 KiB into its body. In 0.1.0 each
 /// attempt "made progress" and reset the count, so a 3 MiB package took 48 attempts (and
 /// completed after about a minute); now an attempt that adds less than 1 MiB is no progress
 /// and the download ends DOWNLOAD_FAILED after 4 attempts.
@@ -292,7 +292,7 @@ fn contract_8_1_body_cut_at_the_same_byte_every_time_fails_after_4_attempts() {
 
 /// 8.1: the server answers every request, Range or not, with 200 and the whole file, cut after
 /// 2 MiB of 3 MiB. Every retry starts over from byte 0 and gets back to the same place: no
-/// progress, DOWNLOAD_FAILED after 4 attempts. On main each restart counted as progress
+/// progress, DOWNLOAD_FAILED after 4 attempts. In 0.1.0 each restart counted as progress
 /// (more bytes than at its start) and the download was retried forever.
 #[test]
 fn contract_8_1_server_answering_every_range_with_200_and_cutting_fails() {
@@ -321,7 +321,7 @@ fn contract_8_1_server_answering_every_range_with_200_and_cutting_fails() {
 /// 8.1 and 6: the first answer is cut after 2 MiB; every ranged request is answered 206 with a
 /// Content-Range that starts 1000 bytes late (and those bytes). The bytes are never appended:
 /// the file starts over, and since the server keeps lying the download ends DOWNLOAD_FAILED
-/// after 4 attempts. On main the start over from 0 counted as progress, forever.
+/// after 4 attempts. In 0.1.0 the start over from 0 counted as progress, forever.
 #[test]
 fn contract_8_1_206_with_content_range_at_the_wrong_byte_fails() {
     let ws = Workspace::new();
@@ -356,8 +356,8 @@ fn contract_8_1_206_with_content_range_at_the_wrong_byte_fails() {
 
 /// 8.1: progress of at least 1 MiB per attempt resets the budget: a server that cuts every
 /// answer 1.5 MiB into its body still delivers a 7 MiB package (6 attempts, more than 4).
-/// This guards the budget from the other side, so it passed on main too (main reset the count
-/// after any progress at all); it fails when real progress does not reset the budget.
+/// This guards the budget from the other side, so it passed with 0.1.0 too (0.1.0 reset the
+/// count after any progress at all); it fails when real progress does not reset the budget.
 #[test]
 fn contract_8_1_a_mebibyte_per_attempt_is_progress_and_completes() {
     let ws = Workspace::new();
@@ -388,8 +388,8 @@ const SECRETS: [&str; 3] = ["S3cr3tSignature", "AKIDS3cr3tCredential", "pa55w0rd
 /// 8.3: a presigned URL (`user:pass@host`, `?X-Amz-Signature=...`) whose server breaks off and
 /// then fails: the download ends DOWNLOAD_FAILED with the URL in its error, and none of the
 /// credentials appear in logs/updater.log (debug level), the daemon's stderr, any callback
-/// device-api received, or /progress; state.json keeps the full URL (needed to resume). On
-/// main the error carried the whole URL.
+/// device-api received, or /progress; state.json keeps the full URL (needed to resume). In
+/// 0.1.0 the error carried the whole URL.
 #[test]
 fn contract_8_3_presigned_url_credentials_never_appear_in_logs_or_reports() {
     let ws = Workspace::new();
