@@ -165,17 +165,15 @@ pub(super) fn start_old_printerd(path: &Path) -> DemoResult<(u32, tokio::task::J
 /// process whose parent is one of them is left out.
 pub(super) fn printerd_pids(path: &Path) -> Vec<i32> {
     let want = path.as_os_str();
-    let pids: Vec<i32> = match crate::process::scan(PRINTERD) {
-        Ok(found) => found
-            .into_iter()
-            .filter(|p| p.argv.iter().any(|a| a == want))
-            .map(|p| p.id.pid)
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    pids.iter()
-        .copied()
-        .filter(|&pid| crate::process::parent_pid(pid).is_none_or(|ppid| !pids.contains(&ppid)))
+    let found: Vec<_> = crate::process::scan(PRINTERD)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.argv.iter().any(|a| a == want))
+        .collect();
+    found
+        .iter()
+        .filter(|p| !found.iter().any(|q| q.id.pid == p.ppid))
+        .map(|p| p.id.pid)
         .collect()
 }
 

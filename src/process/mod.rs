@@ -27,8 +27,6 @@ use std::time::Duration;
 #[cfg(test)]
 pub(crate) use command::SYSTEMCTL_OVERRIDE;
 pub use command::{run_to_completion, set_children_fd_limit, systemctl};
-#[cfg(feature = "demo")]
-pub(crate) use procfs::parent_pid;
 pub use procfs::{
     describe, find_processes, is_alive, is_running, liveness, scan, Liveness, ProcId,
     RunningProcess,

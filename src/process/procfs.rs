@@ -41,6 +41,8 @@ pub struct ProcId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningProcess {
     pub id: ProcId,
+    /// Its parent's pid, from the same read of `/proc/<pid>/stat`.
+    pub ppid: i32,
     /// `/proc/<pid>/cmdline` split at its NUL bytes (any bytes, not only UTF-8).
     pub argv: Vec<OsString>,
     /// Its working directory, when it can be read.
@@ -94,13 +96,6 @@ pub(crate) fn parse_stat(text: &[u8]) -> Option<Stat> {
         flags,
         start_time,
     })
-}
-
-/// The parent of `pid`, if it can be read from `/proc`.
-#[cfg(feature = "demo")]
-pub(crate) fn parent_pid(pid: i32) -> Option<i32> {
-    let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text).map(|s| s.ppid)
 }
 
 /// True for states of a process that has already exited (zombie, dead).
@@ -253,6 +248,7 @@ pub(crate) fn scan_with(fs: &dyn Procfs, name: &str) -> io::Result<Vec<Found>> {
                     pid,
                     start_time: stat.start_time,
                 },
+                ppid: stat.ppid,
                 argv: split_cmdline(&cmdline),
                 cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
             },
@@ -495,6 +491,7 @@ pub(crate) mod tests {
                 pid: 5,
                 start_time: 1,
             },
+            ppid: 1,
             argv: raw,
             cwd: None,
         };
@@ -554,6 +551,7 @@ pub(crate) mod tests {
         let found = Found {
             info: RunningProcess {
                 id,
+                ppid: 1,
                 argv: vec![],
                 cwd: None,
             },
