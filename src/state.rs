@@ -96,26 +96,13 @@ impl PersistedState {
 
 /// Read the state file. Never fails and never blocks: it is read only when it is a regular
 /// file of at most [`fsutil::MAX_READ_BACK`] bytes (docs/API.md 8.3). Anything else (a FIFO, a
-/// directory, a symlink, a huge file) is set aside as `state.json.unusable` with a warning and
-/// reported unusable; so is a file that cannot be parsed or read, which is left in place.
+/// directory, a symlink, a huge file), and a file that cannot be read or parsed, is reported
+/// unusable; start-up recovery sets it aside.
 pub fn load(path: &Path) -> LoadOutcome {
     match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
         ReadBack::Missing => LoadOutcome::Missing,
         ReadBack::Data(bytes) => parse(&bytes),
-        ReadBack::Refused(why) => {
-            // Only a file of the wrong kind or size is moved; a read error is not the file's.
-            let wrong_kind = std::fs::symlink_metadata(path)
-                .is_ok_and(|m| !m.is_file() || m.len() > fsutil::MAX_READ_BACK);
-            if wrong_kind {
-                match fsutil::set_aside(path) {
-                    Ok(aside) => {
-                        tracing::warn!("{} {why}: set aside as {}", path.display(), aside.display())
-                    }
-                    Err(e) => tracing::warn!("{} {why}; cannot set it aside: {e}", path.display()),
-                }
-            }
-            LoadOutcome::Unusable(why)
-        }
+        ReadBack::Refused(why) => LoadOutcome::Unusable(why),
     }
 }
 
@@ -278,7 +265,8 @@ mod tests {
     }
 
     #[test]
-    fn contract_8_3_fifo_or_huge_state_is_set_aside_without_blocking() {
+    fn contract_8_3_fifo_or_huge_state_is_unusable_without_blocking() {
+        // Setting it aside is start-up recovery's part (tests/state_read_back.rs).
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("state.json");
         rustix::fs::mknodat(
@@ -291,20 +279,12 @@ mod tests {
         .unwrap();
         // A FIFO without a writer would block a plain read forever.
         assert!(matches!(load(&p), LoadOutcome::Unusable(_)));
-        assert!(!p.exists());
-        use std::os::unix::fs::FileTypeExt;
-        let aside = d.path().join("state.json.unusable");
-        assert!(std::fs::symlink_metadata(&aside)
-            .unwrap()
-            .file_type()
-            .is_fifo());
+        std::fs::remove_file(&p).unwrap();
         // Valid JSON padded past the limit: still refused, never parsed.
         let mut big = sample().as_bytes().to_vec();
         big.resize(2 * 1024 * 1024, b' ');
         std::fs::write(&p, &big).unwrap();
         assert!(matches!(load(&p), LoadOutcome::Unusable(_)));
-        assert!(!p.exists());
-        assert_eq!(std::fs::metadata(&aside).unwrap().len(), big.len() as u64);
         // A good file is read as before.
         std::fs::write(&p, sample()).unwrap();
         assert!(matches!(load(&p), LoadOutcome::Loaded(_)));
