@@ -148,9 +148,7 @@ pub fn download(
 /// The lowest steady rate (bytes per second) that never trips the stall rule: a speed cap
 /// below it makes every attempt stall.
 pub fn min_steady_rate() -> u64 {
-    budget::STALL_MIN_BYTES
-        .div_ceil(budget::STALL_WINDOW.as_secs())
-        .saturating_add(1)
+    budget::STALL_MIN_BYTES.div_ceil(budget::STALL_WINDOW.as_secs())
 }
 
 #[cfg(test)]
@@ -161,6 +159,6 @@ mod tests {
     fn the_lowest_steady_rate_passes_the_stall_rule_and_one_less_does_not() {
         let window = budget::STALL_WINDOW.as_secs();
         assert!(min_steady_rate() * window >= budget::STALL_MIN_BYTES);
-        assert!((min_steady_rate() - 2) * window < budget::STALL_MIN_BYTES);
+        assert!((min_steady_rate() - 1) * window < budget::STALL_MIN_BYTES);
     }
 }

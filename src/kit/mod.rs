@@ -20,7 +20,6 @@ pub mod range;
 pub mod serve;
 pub mod tls;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -28,7 +27,6 @@ use crate::checksum::{Algorithm, Hasher};
 
 pub use device_api::FakeDeviceApi;
 pub use package::{build_package, build_zip, manifest, pseudo_random_bytes, Entry, Noise};
-pub use range::{parse_range, RangeAnswer};
 pub use serve::{Answer, Part, Request, Responder, Server};
 pub use tls::Certificates;
 
@@ -39,19 +37,11 @@ pub fn md5_hex(bytes: &[u8]) -> String {
     h.finalize().to_hex()
 }
 
-/// Lowercase hex MD5 of a file, read in 1 MiB blocks (packages of several GiB included).
+/// Lowercase hex MD5 of a file, streamed (packages of several GiB included).
 pub fn md5_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Hasher::new(Algorithm::Md5);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => return Ok(h.finalize().to_hex()),
-            Ok(n) => h.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let sum = crate::download::hash_file(path, Algorithm::Md5, None, &mut |_| {})?;
+    // Without a shutdown flag the hash always completes.
+    Ok(sum.map(|c| c.to_hex()).unwrap_or_default())
 }
 
 /// An address on 127.0.0.1 whose port was free a moment ago.
