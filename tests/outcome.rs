@@ -165,6 +165,7 @@ fn contract_8_5_outcome_is_shown_until_the_next_accepted_download() {
 
     let other = b"not a zip, but a file to download".to_vec();
     let url = nginx.put("other.zip", &other);
+    let before = api.bodies().len();
     let answer = d.post_json(
         "/download",
         &download_body("5.2.0", &url, "other.zip", &other),
@@ -174,7 +175,16 @@ fn contract_8_5_outcome_is_shown_until_the_next_accepted_download() {
     assert_eq!(p["data"]["version"], "5.2.0");
     // Reports arrive in order: once the new download's are in, a success report sent at the
     // restart would be too. A delivered outcome is not sent again.
-    wait_report(&api, "toInstall");
+    wait_until(
+        "the new download's toInstall report",
+        Duration::from_secs(15),
+        || {
+            api.bodies()[before..]
+                .iter()
+                .any(|b| b["stage"] == "toInstall")
+                .then_some(())
+        },
+    );
     let successes = api
         .bodies()
         .iter()
