@@ -275,7 +275,8 @@ fn contract_8_2_fds_exhausted_term_ignoring_process_killed_or_kill_failed() {
     let _kill = KillOnDrop::names(&[&name]);
     let dir = ws.root().join("stubborn");
     std::fs::create_dir_all(&dir).unwrap();
-    let dst = looping_script(&dir, &name, "old-stubborn", true, None);
+    let log = ws.path().join("stubborn.log");
+    let dst = looping_script(&dir, &name, "old-stubborn", true, Some(&log));
     let stubborn = Spawned::spawn(&mut Command::new(&dst));
     procs::wait_for_named(&name, Duration::from_secs(5));
     let m = manifest(
@@ -309,7 +310,15 @@ fn contract_8_2_fds_exhausted_term_ignoring_process_killed_or_kill_failed() {
             .is_some_and(|m| m.contains("Stopping"))
     });
     // The scan has run and SIGTERM was sent (ignored); now no descriptor is left.
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_until(
+        "the SIGTERM to the old process",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|l| l.contains("TERM old-stubborn"))
+        },
+    );
     let pid = Pid::from_raw(d.pid()).unwrap();
     let hard = getrlimit(Resource::Nofile).maximum;
     let exhausted = Rlimit {
@@ -352,19 +361,6 @@ fn contract_8_2_fds_exhausted_term_ignoring_process_killed_or_kill_failed() {
 }
 
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
-fn wait_until_or_none<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if std::time::Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Section 8.2: PID 1 is never signalled, whatever its name. Inside a PID namespace of its
 /// own (never against this machine's PID 1), PID 1 is a script with the name of the module's
 /// process that logs every SIGTERM it gets; the daemon runs inside the namespace, started by
@@ -518,19 +514,13 @@ fn fake_systemd_run(dir: &Path) -> std::path::PathBuf {
 }
 
 /// The parent pid of a process (field 4 of /proc/<pid>/stat).
-fn ppid_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Installs a program module with a start_cmd through a daemon started with `env`; returns
 /// the daemon's pid and the parent pid of the program started again, seen while both run.
-fn install_with_start_cmd(env: &[(&str, &std::ffi::OsStr)], ws: &Workspace) -> (i32, i32) {
-    let nginx = ws.nginx().expect("nginx");
+fn install_with_start_cmd(
+    env: &[(&str, &std::ffi::OsStr)],
+    ws: &Workspace,
+    nginx: &Nginx,
+) -> (i32, i32) {
     let api = FakeDeviceApi::start();
     let name = unique_name("sta");
     let _kill = KillOnDrop::names(&[&name]);
@@ -579,7 +569,11 @@ fn install_with_start_cmd(env: &[(&str, &std::ffi::OsStr)], ws: &Workspace) -> (
             ],
         );
     }
-    let parent = ppid_of(again[0]).expect("the started program's parent");
+    let parent = tope_updater::process::scan(&name)
+        .ok()
+        .and_then(|found| found.into_iter().find(|p| p.id.pid == again[0]))
+        .map(|p| p.ppid)
+        .expect("the started program's parent");
     (d.child.id() as i32, parent)
 }
 
@@ -589,11 +583,10 @@ fn install_with_start_cmd(env: &[(&str, &std::ffi::OsStr)], ws: &Workspace) -> (
 #[test]
 fn start_cmd_runs_through_systemd_run_when_systemd_runs() {
     let ws = Workspace::new();
-    if ws.nginx().is_none() {
-        return;
-    }
+    let Some(nginx) = ws.nginx() else { return };
     let fake = fake_systemd_run(&ws.bin_dir());
-    let (daemon, parent) = install_with_start_cmd(&[("TOPE_SYSTEMD_RUN", fake.as_os_str())], &ws);
+    let (daemon, parent) =
+        install_with_start_cmd(&[("TOPE_SYSTEMD_RUN", fake.as_os_str())], &ws, &nginx);
     assert!(
         ws.bin_dir().join("systemd-run.log").exists(),
         "systemd-run was not used"
@@ -606,10 +599,9 @@ fn start_cmd_runs_through_systemd_run_when_systemd_runs() {
 #[test]
 fn start_cmd_is_a_plain_child_without_systemd() {
     let ws = Workspace::new();
-    if ws.nginx().is_none() {
-        return;
-    }
-    let (daemon, parent) = install_with_start_cmd(&[("TOPE_SYSTEMD_RUN", "".as_ref())], &ws);
+    let Some(nginx) = ws.nginx() else { return };
+    let (daemon, parent) =
+        install_with_start_cmd(&[("TOPE_SYSTEMD_RUN", "".as_ref())], &ws, &nginx);
     assert_eq!(parent, daemon);
     assert!(!ws.bin_dir().join("systemd-run.log").exists());
 }

@@ -183,7 +183,8 @@ impl Drop for KillOnDrop {
 
 /// A shell script named `name` in `dir` that loops forever (its `comm` is `name`).
 /// `ignore_term`: it ignores SIGTERM (only SIGKILL stops it). `start_log`: a line with
-/// `marker` is appended to that file when the script starts.
+/// `marker` is appended to that file when the script starts, and `TERM <marker>` at each
+/// ignored SIGTERM.
 pub fn looping_script(
     dir: &Path,
     name: &str,
@@ -203,8 +204,14 @@ pub fn looping_script(
 /// The text of `looping_script` (to put into a package).
 pub fn looping_script_text(marker: &str, ignore_term: bool, start_log: Option<&Path>) -> Vec<u8> {
     let mut t = format!("#!/bin/sh\n# {marker}\n");
-    if ignore_term {
-        t.push_str("trap '' TERM\n");
+    match (ignore_term, start_log) {
+        // Ignored, but written down: a test can await the SIGTERM.
+        (true, Some(log)) => t.push_str(&format!(
+            "trap \"echo 'TERM {marker}' >> '{}'\" TERM\n",
+            log.display()
+        )),
+        (true, None) => t.push_str("trap '' TERM\n"),
+        (false, _) => {}
     }
     if let Some(log) = start_log {
         t.push_str(&format!("echo '{marker}' >> '{}'\n", log.display()));
