@@ -98,6 +98,17 @@ pub(crate) fn parse_stat(text: &[u8]) -> Option<Stat> {
     })
 }
 
+/// Field 2 of `/proc/<pid>/stat`, the `comm`: between the first `(` and the LAST `)` (it may
+/// itself contain parentheses).
+fn stat_comm(text: &[u8]) -> &[u8] {
+    let open = text.iter().position(|&b| b == b'(');
+    let close = text.iter().rposition(|&b| b == b')');
+    match (open, close) {
+        (Some(o), Some(c)) if o < c => &text[o + 1..c],
+        _ => &[],
+    }
+}
+
 /// True for states of a process that has already exited (zombie, dead).
 fn is_dead_state(state: char) -> bool {
     matches!(state, 'Z' | 'X' | 'x')
@@ -232,14 +243,13 @@ pub(crate) fn scan_with(fs: &dyn Procfs, name: &str) -> io::Result<Vec<Found>> {
         if stat.flags & PF_KTHREAD != 0 || is_dead_state(stat.state) {
             continue;
         }
-        let Some(comm) = read_entry(fs, pid, "comm")? else {
-            continue;
-        };
+        // `comm` is field 2 of the stat just read: no read of `/proc/<pid>/comm`.
+        let comm = stat_comm(&text);
         let Some(cmdline) = read_entry(fs, pid, "cmdline")? else {
             continue;
         };
         let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or(&[]);
-        if !name_matches(&comm, argv0, name) {
+        if !name_matches(comm, argv0, name) {
             continue;
         }
         found.push(Found {
@@ -453,6 +463,9 @@ pub(crate) mod tests {
         assert_eq!(s.start_time, 987654);
         assert_eq!(parse_stat(b"12 (x) S"), None);
         assert_eq!(parse_stat(b"garbage"), None);
+        let line = stat_line("a) b) (c d", 'S', 4194560, 987654);
+        assert_eq!(stat_comm(line.as_bytes()), b"a) b) (c d");
+        assert_eq!(stat_comm(b"garbage"), b"");
     }
 
     #[test]
