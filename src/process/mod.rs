@@ -37,9 +37,13 @@ pub use stop::{stop_by_name, stop_processes};
 /// Polling period while waiting for processes to exit.
 const POLL: Duration = Duration::from_millis(50);
 
-/// A command line for messages: `` `a b c` ``.
-fn show(argv: &[String]) -> String {
-    format!("`{}`", argv.join(" "))
+/// A command line for messages: `` `a b c` `` (arguments that are not UTF-8 shown lossily).
+fn show<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> String {
+    let parts: Vec<String> = argv
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
+    format!("`{}`", parts.join(" "))
 }
 
 #[cfg(test)]

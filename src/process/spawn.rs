@@ -110,7 +110,7 @@ fn launch<S: AsRef<OsStr>>(
             "cannot start a process: empty command",
         ));
     };
-    let shown = show_os(&argv);
+    let shown = super::show(&argv);
     if let Some(systemd_run) = systemd_run_program() {
         return launch_unit(&systemd_run, &argv, cwd, &shown, cancel);
     }
@@ -193,15 +193,6 @@ fn unit_name(program: &Path) -> String {
     format!("tope-{base}-{ms}-{n}.service")
 }
 
-/// A command line for messages: `` `a b c` ``.
-fn show_os(argv: &[&OsStr]) -> String {
-    let parts: Vec<String> = argv
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    format!("`{}`", parts.join(" "))
-}
-
 /// Wait for `child` on a thread of its own so that it is reaped whenever it exits.
 fn reap_in_background(mut child: Child) {
     let pid = child.id();
@@ -239,7 +230,6 @@ mod tests {
         super::super::stop_by_name(&name, Duration::from_secs(5)).unwrap();
         assert!(spawn_detached::<String>(&[], None).is_err());
         assert!(spawn_detached(&["/nonexistent/x"], None).is_err());
-        SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = None);
     }
 
     /// A fake `systemd-run` that records its arguments, one per line, to `<dir>/log`, and
