@@ -27,6 +27,7 @@ pub mod shutdown;
 pub mod startup;
 pub mod state;
 pub mod status;
+pub mod sync;
 pub mod systemd;
 pub mod tools;
 pub mod updater;

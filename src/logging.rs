@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
@@ -333,7 +333,7 @@ impl<'a> MakeWriter<'a> for LockedFile {
     type Writer = LockedFileGuard<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LockedFileGuard(self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        LockedFileGuard(crate::sync::lock(&self.0))
     }
 }
 

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::lifecycle::Status;
+use crate::sync::lock;
 
 /// The callback body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,7 +79,7 @@ impl Reporter {
     /// Set the hook called (on a blocking thread) when a report with an outcome id has been
     /// answered with HTTP 200.
     pub fn on_outcome_delivered(&self, hook: DeliveredHook) {
-        *self.delivered.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        *lock(&self.delivered) = Some(hook);
     }
 
     fn delivered_hook(&self) -> Option<DeliveredHook> {
@@ -91,7 +92,7 @@ impl Reporter {
     /// Queue a report; returns at once.
     pub fn push(&self, r: Report) {
         {
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = lock(&self.queue);
             if q.back() == Some(&r) {
                 return;
             }
@@ -112,7 +113,7 @@ impl Reporter {
     }
 
     fn pop_sent(&self, sent: &Report) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = lock(&self.queue);
         if q.front() == Some(sent) {
             q.pop_front();
         }
@@ -120,7 +121,7 @@ impl Reporter {
 
     /// device-api did not take the report: keep only the newest one.
     fn collapse(&self) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = lock(&self.queue);
         while q.len() > 1 {
             q.pop_front();
         }

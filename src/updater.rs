@@ -10,7 +10,7 @@ mod record;
 mod recover;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use crate::outcome::Outcome;
 use crate::report::{Report, Reporter};
 use crate::shutdown::Shutdown;
 
+pub(crate) use crate::sync::lock;
 use record::Pending;
 
 /// Room kept free on the download filesystem beyond the package itself.
@@ -58,10 +59,6 @@ struct Inner {
     job_error: Mutex<Option<OtaError>>,
     /// The last 5 % download step reported.
     last_step: Mutex<Option<u8>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a failure does to the package file's bytes.

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use super::client::Progress;
 
@@ -43,7 +43,7 @@ impl Console {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ConsoleState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Print a whole line above the progress line. Output errors are ignored.

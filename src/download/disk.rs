@@ -261,7 +261,7 @@ impl<'a> Checkpointer<'a> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CkState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Ask for a checkpoint of `bytes` (all written already); returns at once.

@@ -6,10 +6,11 @@
 
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
@@ -85,10 +86,6 @@ async fn report(
         status,
         Json(json!({"code": 200, "msg": "success", "data": {"status": "received"}})),
     )
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Serves on `127.0.0.1:port` (retrying the bind for a while); returns once it listens.

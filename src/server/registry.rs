@@ -2,13 +2,14 @@
 //! room, and the counts behind the periodic warning.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{Limits, WARN_EVERY};
+use crate::sync::lock;
 
 /// Where a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +51,6 @@ pub(super) struct Conn {
     timing: Mutex<Timing>,
     /// Notified when the registry closes this connection to make room.
     pub(super) close: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Conn {
