@@ -69,18 +69,6 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// A request that was not answered within [`Limits::request`]: hyper closes the connection.
-#[derive(Debug)]
-struct RequestTimedOut;
-
-impl std::fmt::Display for RequestTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request not complete in time")
-    }
-}
-
-impl std::error::Error for RequestTimedOut {}
-
 /// Serve one connection until it ends, times out, is closed to make room, or the server
 /// stops.
 pub(super) async fn serve_connection(
@@ -119,12 +107,13 @@ pub(super) async fn serve_connection(
         async move {
             conn.request_started();
             let call = tower_service::Service::call(&mut router, req);
+            // Not answered within the limit: the error makes hyper close the connection.
             let answer = tokio::time::timeout(limits.request, call).await;
             conn.request_done();
             match answer {
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(never)) => match never {},
-                Err(_) => Err(RequestTimedOut),
+                Err(elapsed) => Err(elapsed),
             }
         }
     });

@@ -99,7 +99,7 @@ impl Conn {
 
 /// The connection to close to make room, if any: no request in progress; those that never
 /// completed a request before those that did; the oldest first.
-fn pick_victim<'a>(conns: impl Iterator<Item = (u64, &'a Timing)>) -> Option<u64> {
+fn pick_victim(conns: impl Iterator<Item = (u64, Timing)>) -> Option<u64> {
     conns
         .filter(|(_, t)| t.phase != Phase::Busy)
         .min_by_key(|(id, t)| (t.served, t.last_done, *id))
@@ -146,7 +146,7 @@ impl Registry {
         let mut conns = lock(&self.conns);
         let event = if conns.len() < self.limits.max_connections {
             None
-        } else if Self::evict_locked(&mut conns).is_some() {
+        } else if Self::evict_locked(&mut conns) {
             Some(Event::Evicted)
         } else {
             Some(Event::Refused)
@@ -162,17 +162,23 @@ impl Registry {
         admitted
     }
 
-    fn evict_locked(conns: &mut HashMap<u64, Arc<Conn>>) -> Option<Arc<Conn>> {
-        let timings: Vec<(u64, Timing)> = conns.iter().map(|(id, c)| (*id, c.timing())).collect();
-        let id = pick_victim(timings.iter().map(|(id, t)| (*id, t)))?;
-        let victim = conns.remove(&id)?;
-        victim.close.notify_one();
-        Some(victim)
+    /// Close the connection [`pick_victim`] chooses; whether there was one.
+    fn evict_locked(conns: &mut HashMap<u64, Arc<Conn>>) -> bool {
+        let Some(id) = pick_victim(conns.iter().map(|(id, c)| (*id, c.timing()))) else {
+            return false;
+        };
+        match conns.remove(&id) {
+            Some(victim) => {
+                victim.close.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Close the connection [`pick_victim`] chooses (descriptors ran out). Whether one was.
     pub(super) fn evict_one(&self) -> bool {
-        let evicted = Self::evict_locked(&mut lock(&self.conns)).is_some();
+        let evicted = Self::evict_locked(&mut lock(&self.conns));
         if evicted {
             self.note(Event::Evicted);
         }
@@ -266,15 +272,15 @@ mod tests {
             (4, timing(Phase::Head, at(3), false)),
         ];
         // Never-served first, oldest first, busy never.
-        assert_eq!(pick_victim(conns.iter().map(|(i, t)| (*i, t))), Some(4));
+        assert_eq!(pick_victim(conns.iter().map(|(i, t)| (*i, *t))), Some(4));
         assert_eq!(
-            pick_victim(conns[..3].iter().map(|(i, t)| (*i, t))),
+            pick_victim(conns[..3].iter().map(|(i, t)| (*i, *t))),
             Some(3)
         );
         assert_eq!(
-            pick_victim(conns[..2].iter().map(|(i, t)| (*i, t))),
+            pick_victim(conns[..2].iter().map(|(i, t)| (*i, *t))),
             Some(2)
         );
-        assert_eq!(pick_victim(conns[..1].iter().map(|(i, t)| (*i, t))), None);
+        assert_eq!(pick_victim(conns[..1].iter().map(|(i, t)| (*i, *t))), None);
     }
 }
