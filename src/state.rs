@@ -171,7 +171,7 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
             st.bytes_downloaded, st.package_size
         ));
     }
-    if !valid_package_name(&st.package_name) || is_own_tmp_name(&st.package_name) {
+    if !usable_package_name(&st.package_name) {
         return LoadOutcome::Unusable(format!("unsafe package_name `{}`", st.package_name));
     }
     LoadOutcome::Loaded(Box::new(st))
@@ -200,6 +200,12 @@ pub fn is_own_tmp_name(name: &str) -> bool {
 /// A plain file name: no `/`, no `\`, not `.`/`..`, no NUL, 1 to 255 bytes (docs/API.md 1).
 pub fn valid_package_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 255 && n != "." && n != ".." && !n.contains(['/', '\\', '\0'])
+}
+
+/// A name `/download` accepts as `package_name`: a plain file name that is not one of the
+/// updater's own in `./tmp/` (docs/API.md 1 and 8.3).
+pub fn usable_package_name(n: &str) -> bool {
+    valid_package_name(n) && !is_own_tmp_name(n)
 }
 
 /// Persist (atomically) or delete the state file to match the lifecycle.

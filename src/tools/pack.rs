@@ -73,7 +73,7 @@ pub fn run(
     let package_name = out
         .file_name()
         .and_then(|n| n.to_str())
-        .filter(|n| crate::state::valid_package_name(n) && !crate::state::is_own_tmp_name(n))
+        .filter(|n| crate::state::usable_package_name(n))
         .ok_or_else(|| {
             format!(
                 "--out {}: its file name is the package_name device-api sends, and /download \
