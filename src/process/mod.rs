@@ -28,8 +28,7 @@ use std::time::Duration;
 pub(crate) use command::SYSTEMCTL_OVERRIDE;
 pub use command::{run_to_completion, set_children_fd_limit, systemctl};
 pub use procfs::{
-    describe, find_processes, is_alive, is_running, liveness, scan, Liveness, ProcId,
-    RunningProcess,
+    describe, is_alive, is_running, liveness, scan, Liveness, ProcId, RunningProcess,
 };
 pub use spawn::{spawn_detached, spawn_detached_in, Started};
 pub use stop::{stop_by_name, stop_processes};
@@ -118,6 +117,5 @@ pub(crate) mod tests {
         let comm = fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
         let found = scan(comm.trim_end()).unwrap();
         assert!(found.iter().all(|p| p.id.pid != me));
-        assert!(find_processes(comm.trim_end()).iter().all(|p| p.pid != me));
     }
 }

@@ -288,21 +288,6 @@ pub fn scan(name: &str) -> io::Result<Vec<RunningProcess>> {
         .collect())
 }
 
-/// The processes named `name`, in the form callers used before [`scan`] existed: when `/proc`
-/// cannot be read, the error is logged and the list is empty. So this must never decide that
-/// a process is not running where that matters: stopping goes through
-/// [`super::stop_processes`] (which fails instead), and new code uses [`scan`] or
-/// [`is_running`].
-pub fn find_processes(name: &str) -> Vec<ProcId> {
-    match scan(name) {
-        Ok(found) => found.into_iter().map(|p| p.id).collect(),
-        Err(e) => {
-            tracing::error!("cannot look for process {name}: {e}");
-            Vec::new()
-        }
-    }
-}
-
 /// How process `id` runs: its argv (from `/proc/<pid>/cmdline`, non-UTF-8 bytes replaced) and
 /// working directory. `None` when it is gone, unreadable, or has no command line (a kernel
 /// thread). [`scan`] gives the same without a second look.
