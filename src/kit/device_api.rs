@@ -7,9 +7,9 @@
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::ServerThread;
 use crate::sync::lock;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -38,23 +38,6 @@ struct Inner {
     /// The HTTP status of every answer.
     status: AtomicU16,
     observer: Option<Box<Observer>>,
-}
-
-/// The server thread; dropping it stops the server and closes every connection.
-struct ServerThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
 }
 
 pub struct FakeDeviceApi {
@@ -90,43 +73,29 @@ async fn report(
 
 /// Serves on `127.0.0.1:port` (retrying the bind for a while); returns once it listens.
 fn spawn_server(port: u16, inner: Arc<Inner>) -> std::io::Result<ServerThread> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let listener = {
-        let _in_runtime = rt.enter();
-        let deadline = Instant::now() + REBIND_FOR;
-        let std_listener = loop {
-            match std::net::TcpListener::bind(("127.0.0.1", port)) {
-                Ok(l) => break l,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => return Err(e),
+    let deadline = Instant::now() + REBIND_FOR;
+    let listener = loop {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => break l,
+            Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
             }
-        };
-        std_listener.set_nonblocking(true)?;
-        tokio::net::TcpListener::from_std(std_listener)?
+            Err(e) => return Err(e),
+        }
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = Router::new()
         .route("/api/v1.0/ota/report", post(report))
         .with_state(inner);
-    let handle = std::thread::Builder::new()
-        .name("kit-device-api".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                tokio::select! {
-                    _ = axum::serve(listener, app).into_future() => {}
-                    _ = stop_rx => {}
-                }
-            });
-            // Dropping the runtime here closes every open connection.
-        })?;
-    Ok(ServerThread {
-        stop: Some(stop_tx),
-        handle: Some(handle),
-    })
+    ServerThread::spawn(
+        "kit-device-api",
+        listener,
+        move |listener, mut stop| async move {
+            tokio::select! {
+                _ = axum::serve(listener, app).into_future() => {}
+                _ = stop.changed() => {}
+            }
+        },
+    )
 }
 
 impl FakeDeviceApi {

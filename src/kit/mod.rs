@@ -49,6 +49,58 @@ pub fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
+/// A server on a thread of its own, with its own single-threaded runtime, so that synchronous
+/// tests can use it. Dropping it tells the server to stop and joins the thread; the runtime
+/// goes with the thread, closing every connection.
+pub(crate) struct ServerThread {
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Run `serve(listener, stop)` on a thread named `name`; `stop` changes to `true` when the
+    /// server is dropped.
+    pub(crate) fn spawn<F, Fut>(
+        name: &str,
+        listener: std::net::TcpListener,
+        serve: F,
+    ) -> std::io::Result<ServerThread>
+    where
+        F: FnOnce(tokio::net::TcpListener, tokio::sync::watch::Receiver<bool>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        listener.set_nonblocking(true)?;
+        let listener = {
+            let _in_runtime = rt.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || rt.block_on(serve(listener, stopped)))?;
+        Ok(ServerThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::ServerThread;
 use crate::sync::lock;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
@@ -112,8 +112,8 @@ pub struct Server {
     addr: SocketAddr,
     scheme: &'static str,
     shared: Arc<Shared>,
-    stop: Option<watch::Sender<bool>>,
-    thread: Option<JoinHandle<()>>,
+    /// Dropped last: stops the server.
+    _thread: ServerThread,
 }
 
 impl Server {
@@ -131,32 +131,22 @@ impl Server {
         tls: Option<tokio_rustls::TlsAcceptor>,
         responder: Box<Responder>,
     ) -> io::Result<Server> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
-        let listener = {
-            let _in_runtime = rt.enter();
-            TcpListener::from_std(std_listener)?
-        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
             responder,
         });
-        let (stop, stopped) = watch::channel(false);
         let scheme = if tls.is_some() { "https" } else { "http" };
         let for_thread = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("kit-package-server".into())
-            .spawn(move || rt.block_on(accept_loop(listener, tls, for_thread, stopped)))?;
+        let thread = ServerThread::spawn("kit-package-server", listener, move |l, stop| {
+            accept_loop(l, tls, for_thread, stop)
+        })?;
         Ok(Server {
             addr,
             scheme,
             shared,
-            stop: Some(stop),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -176,17 +166,6 @@ impl Server {
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<Request> {
         lock(&self.shared.requests).clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
