@@ -78,6 +78,35 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Largest configuration file read (docs/API.md 9.6): far above any real one.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// 1-based line and column (in characters) of byte `offset` in `bytes`.
+fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
+    (line, column)
+}
+
+/// A TOML error as "line L, column C: <what>", without the excerpt of the file that the
+/// parser's own display quotes. The parser's message names what it expected and, for a key
+/// the configuration does not have, the key (never a value).
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text.as_bytes(), span.start);
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
+    }
+}
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:12315";
 pub const DEFAULT_DEVICE_API_URL: &str = "http://127.0.0.1:9080";
 
@@ -88,29 +117,46 @@ impl Config {
     }
 
     /// Load from an optional TOML file; a missing `--config` means all defaults.
+    ///
+    /// The file is read only when it is a regular file (a symlink to one is followed) of at
+    /// most [`MAX_CONFIG_BYTES`]: a FIFO, a device or a huge file is refused at once, and a
+    /// file that does not parse is reported by line and column only, never by its content
+    /// (a `--config` pointed at `/etc/shadow` must not print its first line; docs/API.md 9.6).
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        match path {
-            None => Config::defaults(),
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+        let Some(p) = path else {
+            return Config::defaults();
+        };
+        let read_err = |why: String| ConfigError::Read {
+            path: p.to_path_buf(),
+            source: std::io::Error::other(why),
+        };
+        let bytes = match crate::fsutil::read_operator_file(p, MAX_CONFIG_BYTES) {
+            crate::fsutil::ReadBack::Data(b) => b,
+            crate::fsutil::ReadBack::Missing => {
+                return Err(ConfigError::Read {
                     path: p.to_path_buf(),
-                    source,
-                })?;
-                Config::from_toml(&text).map_err(|e| match e {
-                    ConfigError::Parse { message, .. } => ConfigError::Parse {
-                        path: p.to_path_buf(),
-                        message,
-                    },
-                    other => other,
+                    source: std::io::ErrorKind::NotFound.into(),
                 })
             }
-        }
+            crate::fsutil::ReadBack::Refused(why) => return Err(read_err(why)),
+        };
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let (line, column) = line_column(e.as_bytes(), e.utf8_error().valid_up_to());
+            read_err(format!("line {line}, column {column}: not UTF-8 text"))
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: p.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
-            message: e.to_string().trim().replace('\n', " "),
+            message: parse_message(text, &e),
         })?;
         Config::from_raw(raw)
     }

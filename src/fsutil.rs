@@ -105,13 +105,30 @@ pub enum ReadBack {
 /// when it is a regular file of at most `max` bytes. A FIFO planted under the name cannot hang
 /// start-up, a huge file cannot fill memory.
 pub fn read_back(path: &Path, max: u64) -> ReadBack {
+    read_bounded(path, max, false)
+}
+
+/// Read a file a person points the updater at (`--config`): like [`read_back`], but a
+/// symlink is followed (`/etc/tope-updater/config.toml` may well be one); what it leads to must
+/// still be a regular file of at most `max` bytes, so a FIFO, `/dev/zero` or a huge file is
+/// refused at once instead of hanging or filling memory (docs/API.md 9.6).
+pub fn read_operator_file(path: &Path, max: u64) -> ReadBack {
+    read_bounded(path, max, true)
+}
+
+fn read_bounded(path: &Path, max: u64, follow: bool) -> ReadBack {
     use rustix::fs::{Mode, OFlags};
     use std::io::Read;
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
     let fd = match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return ReadBack::Missing,
-        Err(rustix::io::Errno::LOOP) => return ReadBack::Refused("is a symbolic link".into()),
+        Err(rustix::io::Errno::LOOP) if !follow => {
+            return ReadBack::Refused("is a symbolic link".into())
+        }
         Err(e) => return ReadBack::Refused(format!("cannot open: {}", io::Error::from(e))),
     };
     let file = File::from(fd);

@@ -393,44 +393,23 @@ fn outcome_line(o: &Outcome) -> String {
     format!("{} {}{version}: {detail} ({delivered})", o.at, o.stage)
 }
 
-/// Ask the daemon on `listen` for `/progress` (a loopback address when it listens on all).
+/// Ask the daemon on `listen` for `/progress` (a loopback address when it listens on all),
+/// through the same bounded probe as the systemd health reporter: at most
+/// [`QUERY_TIMEOUT`] in all and a 64 KiB answer, so a hostile listener on the API port can
+/// neither hang `status` nor fill its memory (docs/API.md 9.6).
 fn query_daemon(listen: SocketAddr) -> DaemonView {
-    let mut addr = listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let progress = fetch_progress(addr).ok();
+    let addr = crate::systemd::probe_addr(listen);
+    let progress = match crate::systemd::probe(addr, QUERY_TIMEOUT) {
+        crate::systemd::Probe::Answer {
+            body: Some(body), ..
+        } => body.get("data").filter(|d| d.is_object()).cloned(),
+        _ => None,
+    };
     DaemonView {
         listen: listen.to_string(),
         running: progress.is_some(),
         progress,
     }
-}
-
-fn fetch_progress(addr: SocketAddr) -> Result<Value, String> {
-    let tls = crate::net::tls_config(None)?;
-    let client = crate::net::callback_client(&tls)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let resp = client
-            .get(format!("http://{addr}/api/v1.0/progress"))
-            .timeout(QUERY_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-        let body: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-        body.get("data")
-            .filter(|d| d.is_object())
-            .cloned()
-            .ok_or_else(|| "no data in the answer".to_string())
-    })
 }
 
 #[cfg(test)]

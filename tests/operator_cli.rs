@@ -183,3 +183,87 @@ fn man_pages_cover_every_command_and_render_cleanly() {
         );
     }
 }
+
+/// Runs the binary with `args`, killing it if it has not exited within `limit`.
+fn run_bounded(args: &[&str], limit: std::time::Duration) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tope-updater");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for tope-updater"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("tope-updater {args:?} still running after {limit:?}");
+        }
+    }
+}
+
+/// docs/API.md 9.6: a `--config` that is a FIFO, a device, a huge file or a symlink to a
+/// secret is refused at once (exit 2), never read whole, and a parse error shows a line and
+/// a column, never the file's content. `status` reads its config the same way.
+#[test]
+fn contract_9_6_config_files_are_read_bounded_and_never_echoed() {
+    use std::time::Duration;
+    let ws = Workspace::new();
+    let fifo = ws.path().join("fifo.toml");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let huge = ws.path().join("huge.toml");
+    // 2 MiB of valid TOML comments: refused for its size, not for its syntax.
+    std::fs::write(&huge, "# padding\n".repeat(210_000)).unwrap();
+    let secret = ws.path().join("shadow");
+    std::fs::write(
+        &secret,
+        "root:$6$Zq8Secretsalt$S3cr3tHashValue0123456789:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+    let linked = ws.path().join("linked.toml");
+    std::os::unix::fs::symlink(&secret, &linked).unwrap();
+    for (path, why) in [
+        (fifo.as_path(), "not a regular file"),
+        (Path::new("/dev/zero"), "not a regular file"),
+        (huge.as_path(), "more than"),
+        (linked.as_path(), "line 1, column"),
+    ] {
+        for cmd in ["check-config", "status"] {
+            let out = run_bounded(
+                &[cmd, "--config", path.to_str().unwrap()],
+                Duration::from_secs(20),
+            );
+            let err = text(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{cmd} {}: {err}",
+                path.display()
+            );
+            assert!(err.contains(why), "{cmd} {}: {err}", path.display());
+            for leaked in ["Secretsalt", "S3cr3tHash", "19000", "root:"] {
+                assert!(
+                    !err.contains(leaked) && !text(&out.stdout).contains(leaked),
+                    "{cmd} echoed the file's content: {err}"
+                );
+            }
+        }
+    }
+    // A symlink to a good configuration is followed.
+    let good = ws.path().join("good.toml");
+    std::fs::write(&good, "listen = \"127.0.0.1:2346\"\n").unwrap();
+    let link = ws.path().join("link.toml");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    let out = run_bounded(
+        &["check-config", "--config", link.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("listen = \"127.0.0.1:2346\""));
+}

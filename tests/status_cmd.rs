@@ -195,3 +195,57 @@ fn contract_8_7_status_with_the_daemon_running_and_after_it_stops() {
     assert!(text.contains("success 7.0.0"), "{text}");
     assert_eq!(snapshot(&ws.work_dir()), before, "status wrote something");
 }
+
+/// docs/API.md 9.6: `status` asks a running daemon for at most 64 KiB within 2 s. A hostile
+/// listener on the API port that answers with an endless body (or never finishes) can neither
+/// hang it nor make it grow: under a 256 MiB address-space limit it still prints the work
+/// dir's view, with the daemon shown as not answering.
+#[test]
+fn contract_9_6_status_reads_a_hostile_listener_bounded() {
+    use std::io::{Read, Write};
+    let ws = Workspace::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 1024];
+                let _ = conn.read(&mut head);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"data\":\"",
+                );
+                let chunk = vec![b'a'; 64 * 1024];
+                // Endless, as fast as the reader takes it; ends when the reader closes.
+                while conn.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    let config = ws.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nwork_dir = {:?}\n",
+            ws.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new("prlimit")
+        .arg("--as=268435456")
+        .arg(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run prlimit tope-updater status");
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "status exited {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(10), "status took {took:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("status --json prints JSON");
+    assert_eq!(v["daemon"]["running"], json!(false), "{v}");
+}
