@@ -13,6 +13,9 @@ use rustls::pki_types::CertificateDer;
 /// the system store holds, and the PEM certificates of `ca_file` (e.g. a private S3/MinIO CA).
 /// Fails only when `ca_file` is given and unusable: a silently ignored CA would make every
 /// download fail later with a confusing TLS error.
+/// Largest `ca_file` read: a whole system CA bundle is about 200 KiB.
+pub const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -21,8 +24,18 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, S
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
     tracing::debug!("trusting {added} certificates of the system store");
     if let Some(path) = ca_file {
-        let iter = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        // A file a person points the updater at: a regular file of bounded size, so a FIFO or
+        // a device under the name fails at once instead of hanging or filling memory.
+        let pem = match crate::fsutil::read_operator_file(path, MAX_CA_FILE_BYTES) {
+            crate::fsutil::ReadBack::Data(b) => b,
+            crate::fsutil::ReadBack::Missing => {
+                return Err(format!("ca_file {}: no such file", path.display()))
+            }
+            crate::fsutil::ReadBack::Refused(why) => {
+                return Err(format!("ca_file {}: {why}", path.display()))
+            }
+        };
+        let iter = CertificateDer::pem_slice_iter(&pem);
         let mut n = 0;
         for cert in iter {
             let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
@@ -159,5 +172,25 @@ mod tests {
         std::fs::write(&p, ca.cert.pem()).unwrap();
         assert!(tls_config(Some(&p)).is_ok());
         assert!(tls_config(None).is_ok());
+    }
+
+    /// docs/API.md 9.6: a `ca_file` that is a FIFO or a device is refused at once (a FIFO
+    /// blocked the daemon's start, `/dev/zero` was read until memory ran out).
+    #[test]
+    fn contract_9_6_ca_file_is_read_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("ca.fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        for p in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
+            let e = tls_config(Some(p)).unwrap_err();
+            assert!(e.contains("not a regular file"), "{}: {e}", p.display());
+        }
     }
 }

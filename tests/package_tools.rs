@@ -206,6 +206,16 @@ fn contract_8_7_pack_refuses_links_and_manifests_the_daemon_would_refuse() {
     let not_key = d.path().join("not-a-key.pem");
     std::fs::write(&not_key, "hello").unwrap();
     refused(&pack_run(&src, &out, Some(&not_key), None), "--key");
+    // docs/API.md 9.6: a key that is a device or a FIFO is refused at once, never read.
+    let fifo = d.path().join("key.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for key in [Path::new("/dev/zero"), fifo.as_path()] {
+        refused(&pack_run(&src, &out, Some(key), None), "not a regular file");
+    }
     let r = pack_run(&src, &d.path().join("p.zip.tmp"), None, None);
     assert_eq!(r.code, Some(1), "{r:?}");
 }

@@ -114,16 +114,16 @@ fn read_key(path: &Path) -> Result<SigningKey, String> {
     SigningKey::from_pem(&text).map_err(|e| format!("--key {}: {e}", path.display()))
 }
 
+/// A file a person names on the command line: a regular file (a symlink to one is followed)
+/// of at most `max` bytes, never a FIFO that would block or a device that never ends.
 fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
-    let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.len() as u64 > max {
-        return Err(format!("{} is larger than {max} bytes", path.display()));
+    match crate::fsutil::read_operator_file(path, max) {
+        crate::fsutil::ReadBack::Data(b) => Ok(b),
+        crate::fsutil::ReadBack::Missing => {
+            Err(format!("cannot open {}: no such file", path.display()))
+        }
+        crate::fsutil::ReadBack::Refused(why) => Err(format!("{}: {why}", path.display())),
     }
-    Ok(bytes)
 }
 
 /// Every file the modules name, each once, in a stable order. Symbolic links and special
