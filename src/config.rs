@@ -98,12 +98,26 @@ fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
 /// the configuration does not have, the key (never a value).
 fn parse_message(text: &str, e: &toml::de::Error) -> String {
     let what = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(span) => {
-            let (line, column) = line_column(text.as_bytes(), span.start);
-            format!("line {line}, column {column}: {what}")
-        }
-        None => what,
+    let Some(span) = e.span() else {
+        return what;
+    };
+    let (line, column) = line_column(text.as_bytes(), span.start);
+    // The key of a bad value, when its line is a plain `key = value`: a bare key is a name
+    // (letters, digits, `_`, `-`), never a secret's value.
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= 64
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    match key {
+        Some(k) => format!("line {line}, column {column}: `{k}`: {what}"),
+        None => format!("line {line}, column {column}: {what}"),
     }
 }
 
@@ -415,6 +429,21 @@ allow_downgrade = false
             .unwrap_err()
             .to_string();
         assert!(e.contains("trusted_keys"), "{e}");
+    }
+
+    /// docs/API.md 9.6: a parse error shows a line and a column (and the key of a bad
+    /// value), never the text of the line.
+    #[test]
+    fn contract_9_6_parse_errors_do_not_echo_the_file() {
+        let e = Config::from_toml("# a comment\nroot:$6$Secretsalt$hash:19000:0:::\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2, column"), "{e}");
+        assert!(!e.contains("Secretsalt") && !e.contains("19000"), "{e}");
+        let e = Config::from_toml("settle_s = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1, column 12: `settle_s`"), "{e}");
     }
 
     #[test]
