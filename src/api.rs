@@ -217,7 +217,7 @@ pub fn validate_download(
             "package_name must be a plain file name (no `/`, `\\`, NUL, not `.` or `..`, at most 255 bytes)",
         ));
     }
-    if crate::state::is_own_tmp_name(&r.package_name) {
+    if crate::workdir::is_own_tmp_name(&r.package_name) {
         return Err(error::validation(format!(
             "package_name `{}` is reserved: the updater uses that name in ./tmp/ for its own files",
             r.package_name

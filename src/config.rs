@@ -307,17 +307,9 @@ impl Config {
         })
     }
 
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.work_dir.join("tmp")
-    }
-    pub fn logs_dir(&self) -> PathBuf {
-        self.work_dir.join("logs")
-    }
-    pub fn backups_dir(&self) -> PathBuf {
-        self.work_dir.join("backups")
-    }
-    pub fn state_path(&self) -> PathBuf {
-        self.tmp_dir().join("state.json")
+    /// The work dir and every file the updater keeps in it.
+    pub fn work(&self) -> crate::workdir::WorkDir {
+        crate::workdir::WorkDir::new(&self.work_dir)
     }
 }
 

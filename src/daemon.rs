@@ -24,21 +24,17 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    for d in [
-        cfg.work_dir.clone(),
-        cfg.tmp_dir(),
-        cfg.logs_dir(),
-        cfg.backups_dir(),
-    ] {
+    let work = cfg.work();
+    for d in work.dirs() {
         if let Err(e) = ensure_dir(&d) {
             crate::logging::print_error(format_args!("cannot create {}: {e}", d.display()));
             return ExitCode::from(1);
         }
     }
-    if let Err(e) = crate::logging::init(cfg.log_level, &cfg.logs_dir()) {
+    if let Err(e) = crate::logging::init(cfg.log_level, &work.logs()) {
         crate::logging::print_error(format_args!(
             "cannot set up logging in {}: {e}",
-            cfg.logs_dir().display()
+            work.logs().display()
         ));
         return ExitCode::from(1);
     }

@@ -8,24 +8,17 @@
 //! again: the journal stays as it is for inspection, and the API serves `failed`
 //! `INTERNAL_ERROR: ...` saying what to do ([`given_up_error`]). An operator clears the guard
 //! by deleting `recovery.json` (after fixing the cause) and restarting the daemon.
-//!
-//! [`peek_journal`] reads the install journal as plain JSON, without the deploy module's
-//! types: start-up records the success of a committed installation before recovery removes
-//! its journal, and `status` shows an installation pending recovery.
 
 use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::error::{self, OtaError};
-use crate::fsutil::{self, ReadBack};
 use crate::lifecycle;
+use crate::workdir::OwnFile;
 
-/// File name of the counter inside `./tmp/`.
-pub const RECOVERY_FILE: &str = "recovery.json";
 /// Attempts in a row after which recovery is given up.
 pub const MAX_ATTEMPTS: u32 = 3;
 
@@ -88,103 +81,47 @@ pub fn given_up_error(
     ))
 }
 
-/// The install journal, read as plain JSON (whatever its format version, `version` and
-/// `phase` are what people need).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JournalSummary {
-    pub version: Option<String>,
-    pub phase: Option<String>,
-}
-
-/// The journal at `path`, if there is one; `Err` says why it cannot be read.
-pub fn peek_journal(path: &Path) -> Result<Option<JournalSummary>, String> {
-    let bytes = match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
-        ReadBack::Missing => return Ok(None),
-        ReadBack::Data(b) => b,
-        ReadBack::Refused(why) => return Err(why),
-    };
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    Ok(Some(JournalSummary {
-        version: text("version"),
-        phase: text("phase"),
-    }))
-}
-
 /// The counter, for start-up: an unusable file is set aside with a warning and counts as none.
-pub fn load(path: &Path) -> Option<Attempts> {
-    crate::outcome::read_own(path, |b| {
-        serde_json::from_slice::<Attempts>(b).map_err(|e| e.to_string())
-    })
+pub fn load(file: &OwnFile) -> Option<Attempts> {
+    file.load(parse)
+}
+
+fn parse(bytes: &[u8]) -> Result<Attempts, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
 /// The counter, read without touching anything (for `status`).
-pub fn peek(path: &Path) -> Result<Option<Attempts>, String> {
-    match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
-        fsutil::ReadBack::Missing => Ok(None),
-        fsutil::ReadBack::Data(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| e.to_string()),
-        fsutil::ReadBack::Refused(why) => Err(why),
-    }
+pub fn peek(file: &OwnFile) -> Result<Option<Attempts>, String> {
+    file.peek(parse)
 }
 
 /// Count attempt number `attempt` durably, before trying it; returns what was written.
-pub fn begin_attempt(path: &Path, attempt: u32, now: OffsetDateTime) -> io::Result<Attempts> {
+pub fn begin_attempt(file: &OwnFile, attempt: u32, now: OffsetDateTime) -> io::Result<Attempts> {
     let a = Attempts {
         attempts: attempt,
         last_attempt_at: lifecycle::iso8601(now),
         last_error: None,
     };
-    write(path, &a).map(|()| a)
+    file.save_json(&a).map(|()| a)
 }
 
 /// Attempt `a.attempts` failed with `err`: keep the reason for the next start.
-pub fn record_failure(path: &Path, a: &Attempts, err: &OtaError) -> io::Result<()> {
-    write(
-        path,
-        &Attempts {
-            last_error: Some(err.to_string()),
-            ..a.clone()
-        },
-    )
+pub fn record_failure(file: &OwnFile, a: &Attempts, err: &OtaError) -> io::Result<()> {
+    file.save_json(&Attempts {
+        last_error: Some(err.to_string()),
+        ..a.clone()
+    })
 }
 
 /// Recovery completed: the count starts again from zero.
-pub fn reset(path: &Path) -> io::Result<()> {
-    fsutil::remove_durable(path)
-}
-
-fn write(path: &Path, a: &Attempts) -> io::Result<()> {
-    let json = serde_json::to_vec_pretty(a).map_err(io::Error::other)?;
-    fsutil::write_atomic(path, &json)
+pub fn reset(file: &OwnFile) -> io::Result<()> {
+    file.remove()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::ErrorCode;
-
-    #[test]
-    fn the_journal_is_read_as_plain_json() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("journal.json");
-        std::fs::write(
-            &p,
-            br#"{"format": 9, "version": "1.2.3", "phase": "deploying", "more": [1]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            peek_journal(&p),
-            Ok(Some(JournalSummary {
-                version: Some("1.2.3".into()),
-                phase: Some("deploying".into())
-            }))
-        );
-        std::fs::write(&p, b"{\"vers").unwrap();
-        assert!(peek_journal(&p).is_err());
-        assert_eq!(peek_journal(&d.path().join("none")), Ok(None));
-    }
 
     fn counted(n: u32, err: Option<&str>) -> Attempts {
         Attempts {
@@ -215,37 +152,38 @@ mod tests {
     #[test]
     fn crash_loop_guard_counts_durably_and_resets() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join(RECOVERY_FILE);
+        let f = OwnFile::new(d.path().join("recovery.json"));
         let now = OffsetDateTime::now_utc();
         for n in 1..=MAX_ATTEMPTS {
-            let Gate::Try { attempt } = gate(load(&p).as_ref()) else {
+            let Gate::Try { attempt } = gate(load(&f).as_ref()) else {
                 panic!("given up before attempt {n}")
             };
             assert_eq!(attempt, n);
-            begin_attempt(&p, attempt, now).unwrap();
+            begin_attempt(&f, attempt, now).unwrap();
         }
-        let a = load(&p).unwrap();
-        record_failure(&p, &a, &error::deployment_failed("backup missing")).unwrap();
+        let a = load(&f).unwrap();
+        record_failure(&f, &a, &error::deployment_failed("backup missing")).unwrap();
         assert_eq!(
-            gate(load(&p).as_ref()),
+            gate(load(&f).as_ref()),
             Gate::GivenUp {
                 attempts: 3,
                 last_error: Some("DEPLOYMENT_FAILED: backup missing".into())
             }
         );
-        assert_eq!(peek(&p).unwrap().unwrap().attempts, 3);
-        reset(&p).unwrap();
-        assert_eq!(gate(load(&p).as_ref()), Gate::Try { attempt: 1 });
-        assert_eq!(peek(&p), Ok(None));
+        assert_eq!(peek(&f).unwrap().unwrap().attempts, 3);
+        reset(&f).unwrap();
+        assert_eq!(gate(load(&f).as_ref()), Gate::Try { attempt: 1 });
+        assert_eq!(peek(&f), Ok(None));
     }
 
     #[test]
     fn an_unusable_counter_is_set_aside_and_counts_as_none() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join(RECOVERY_FILE);
+        let f = OwnFile::new(d.path().join("recovery.json"));
+        let p = f.path().to_path_buf();
         std::fs::write(&p, b"{\"attempts\": ").unwrap();
-        assert!(peek(&p).is_err());
-        assert_eq!(load(&p), None);
+        assert!(peek(&f).is_err());
+        assert_eq!(load(&f), None);
         assert!(d.path().join("recovery.json.unusable").exists());
     }
 

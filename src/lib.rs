@@ -31,3 +31,4 @@ pub mod sync;
 pub mod systemd;
 pub mod tools;
 pub mod updater;
+pub mod workdir;

@@ -1,7 +1,7 @@
 //! The outcome of the last operation (`./tmp/outcome.json`) and the install history
 //! (`./tmp/history.jsonl`), docs/API.md section 8.5.
 //!
-//! Every `success` or `failed` is written here durably ([`fsutil::write_atomic`]) before it is
+//! Every `success` or `failed` is written here durably ([`crate::fsutil::write_atomic`]) before it is
 //! reported, with `delivered: false`; once device-api has answered the final report with HTTP
 //! 200 the file is rewritten with `delivered: true`. After a restart the daemon shows the
 //! outcome on `/progress` until the next accepted `/download` and reports it again.
@@ -12,24 +12,18 @@
 //! outcome file is the record that counts.
 
 use std::io;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::fsutil::{self, ReadBack};
+use crate::fsutil::ReadBack;
 use crate::lifecycle::{self, Lifecycle, Stage};
+use crate::workdir::OwnFile;
 
-/// File name of the last outcome inside `./tmp/`.
-pub const OUTCOME_FILE: &str = "outcome.json";
-/// File name of the history inside `./tmp/`.
-pub const HISTORY_FILE: &str = "history.jsonl";
-/// File name of the installed version inside `./tmp/` (config `allow_downgrade`).
-pub const INSTALLED_FILE: &str = "installed.json";
 /// Outcomes kept in the history.
 pub const HISTORY_LEN: usize = 50;
 /// Longest `message` or `error` kept (in bytes); longer ones are cut, so that the history
-/// stays far below [`fsutil::MAX_READ_BACK`].
+/// stays far below [`crate::fsutil::MAX_READ_BACK`].
 const MAX_TEXT: usize = 2048;
 
 /// A finished operation: an installation, or a download, verification or expiry that failed.
@@ -110,35 +104,10 @@ fn cut(s: &str) -> String {
     format!("{}...", &s[..end])
 }
 
-/// Read one of the updater's own files; a refused or unparsable one is set aside with a
-/// warning (never blocking start-up) and counts as missing.
-pub fn read_own<T>(path: &Path, parse: impl FnOnce(&[u8]) -> Result<T, String>) -> Option<T> {
-    let why = match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
-        ReadBack::Missing => return None,
-        ReadBack::Data(bytes) => match parse(&bytes) {
-            Ok(v) => return Some(v),
-            Err(e) => e,
-        },
-        ReadBack::Refused(why) => why,
-    };
-    match set_aside(path) {
-        Ok(aside) => tracing::warn!(
-            "ignoring {}: {why}; set aside as {}",
-            path.display(),
-            aside.display()
-        ),
-        Err(e) => tracing::warn!(
-            "ignoring {}: {why}; cannot set it aside: {e}",
-            path.display()
-        ),
-    }
-    None
-}
-
 /// The version the last successful installation put in place, as [`save_installed`] wrote it;
 /// `None` when none is known (a new printer, or an unusable file, set aside).
-pub fn installed(path: &Path) -> Option<String> {
-    read_own(path, |bytes| {
+pub fn installed(file: &OwnFile) -> Option<String> {
+    file.load(|bytes| {
         let v: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
         v.get("version")
@@ -150,51 +119,30 @@ pub fn installed(path: &Path) -> Option<String> {
 }
 
 /// Record durably that `version` is installed (at each success; the downgrade policy reads it).
-pub fn save_installed(path: &Path, version: &str, now: OffsetDateTime) -> io::Result<()> {
+pub fn save_installed(file: &OwnFile, version: &str, now: OffsetDateTime) -> io::Result<()> {
     let body = serde_json::json!({"version": version, "at": lifecycle::iso8601(now)});
-    fsutil::write_atomic(path, body.to_string().as_bytes())
-}
-
-/// [`fsutil::set_aside`], and when an older `<name>.unusable` of another kind is in the way
-/// (a file where a directory is to go, or the reverse), that one is removed first.
-pub fn set_aside(path: &Path) -> io::Result<std::path::PathBuf> {
-    fsutil::set_aside(path).or_else(|first| {
-        let mut old = path.as_os_str().to_owned();
-        old.push(".unusable");
-        let old = std::path::PathBuf::from(old);
-        let removed = match std::fs::symlink_metadata(&old) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&old),
-            Ok(_) => std::fs::remove_file(&old),
-            Err(_) => return Err(first),
-        };
-        removed.and_then(|()| fsutil::set_aside(path))
-    })
+    file.save(body.to_string().as_bytes())
 }
 
 /// The last outcome, if a usable one is recorded.
-pub fn load(path: &Path) -> Option<Outcome> {
-    read_own(path, Outcome::parse)
+pub fn load(file: &OwnFile) -> Option<Outcome> {
+    file.load(Outcome::parse)
 }
 
 /// Read the last outcome without touching anything (for `status`): `Err` says why it is
 /// not usable.
-pub fn peek(path: &Path) -> Result<Option<Outcome>, String> {
-    match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
-        ReadBack::Missing => Ok(None),
-        ReadBack::Data(bytes) => Outcome::parse(&bytes).map(Some),
-        ReadBack::Refused(why) => Err(why),
-    }
+pub fn peek(file: &OwnFile) -> Result<Option<Outcome>, String> {
+    file.peek(Outcome::parse)
 }
 
 /// Write the outcome durably.
-pub fn save(path: &Path, o: &Outcome) -> io::Result<()> {
-    let json = serde_json::to_vec_pretty(o).map_err(io::Error::other)?;
-    fsutil::write_atomic(path, &json)
+pub fn save(file: &OwnFile, o: &Outcome) -> io::Result<()> {
+    file.save_json(o)
 }
 
 /// The history, oldest first. Lines that do not parse are skipped.
-pub fn history(path: &Path) -> Vec<Outcome> {
-    match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
+pub fn history(file: &OwnFile) -> Vec<Outcome> {
+    match file.read() {
         ReadBack::Data(bytes) => parse_history(&bytes),
         _ => Vec::new(),
     }
@@ -209,16 +157,16 @@ fn parse_history(bytes: &[u8]) -> Vec<Outcome> {
 
 /// Add `o` to the history, keeping the last [`HISTORY_LEN`]. An entry with the same `id` is
 /// replaced (its `delivered` flag changed).
-pub fn append_history(path: &Path, o: &Outcome) -> io::Result<()> {
-    let mut all = match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
+pub fn append_history(file: &OwnFile, o: &Outcome) -> io::Result<()> {
+    let mut all = match file.read() {
         ReadBack::Missing => Vec::new(),
         ReadBack::Data(bytes) => parse_history(&bytes),
         ReadBack::Refused(why) => {
             tracing::warn!(
                 "history {} unusable ({why}); starting a new one",
-                path.display()
+                file.path().display()
             );
-            let _ = fsutil::set_aside(path);
+            let _ = file.set_aside();
             Vec::new()
         }
     };
@@ -232,7 +180,7 @@ pub fn append_history(path: &Path, o: &Outcome) -> io::Result<()> {
         serde_json::to_writer(&mut out, h).map_err(io::Error::other)?;
         out.push(b'\n');
     }
-    fsutil::write_atomic(path, &out)
+    file.save(&out)
 }
 
 #[cfg(test)]
@@ -266,7 +214,7 @@ mod tests {
     #[test]
     fn contract_8_5_outcome_of_a_failure_roundtrips() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join(OUTCOME_FILE);
+        let f = crate::workdir::OwnFile::new(d.path().join("outcome.json"));
         let l = failed();
         let o = Outcome::of(&l, now()).unwrap();
         assert_eq!(o.stage, Stage::Failed);
@@ -278,9 +226,9 @@ mod tests {
         assert_eq!(o.package_name.as_deref(), Some("p.zip"));
         assert!(!o.delivered);
         assert!(o.describes(&l));
-        save(&p, &o).unwrap();
-        assert_eq!(load(&p), Some(o.clone()));
-        assert_eq!(peek(&p), Ok(Some(o)));
+        save(&f, &o).unwrap();
+        assert_eq!(load(&f), Some(o.clone()));
+        assert_eq!(peek(&f), Ok(Some(o)));
         assert!(Outcome::of(&Lifecycle::new(), now()).is_none());
     }
 
@@ -302,40 +250,42 @@ mod tests {
     #[test]
     fn unusable_outcome_files_are_set_aside() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join(OUTCOME_FILE);
+        let f = crate::workdir::OwnFile::new(d.path().join("outcome.json"));
+        let p = f.path().to_path_buf();
         for bad in [&b"{\"stage\": \"succ"[..], b"[]", br#"{"id":1,"stage":"idle","version":"","message":"","error":null,"progress":0,"at":"","delivered":false}"#] {
             std::fs::write(&p, bad).unwrap();
-            assert!(peek(&p).is_err());
-            assert_eq!(load(&p), None);
+            assert!(peek(&f).is_err());
+            assert_eq!(load(&f), None);
             assert!(!p.exists());
             assert!(d.path().join("outcome.json.unusable").exists());
         }
         std::fs::create_dir(&p).unwrap();
-        assert_eq!(load(&p), None);
+        assert_eq!(load(&f), None);
         assert!(d.path().join("outcome.json.unusable").is_dir());
     }
 
     #[test]
     fn contract_8_5_history_keeps_the_last_50() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join(HISTORY_FILE);
+        let f = crate::workdir::OwnFile::new(d.path().join("history.jsonl"));
+        let p = f.path().to_path_buf();
         let base = Outcome::of(&failed(), now()).unwrap();
         for i in 0..60u64 {
             let o = Outcome {
                 id: i,
                 ..base.clone()
             };
-            append_history(&p, &o).unwrap();
+            append_history(&f, &o).unwrap();
         }
-        let h = history(&p);
+        let h = history(&f);
         assert_eq!(h.len(), HISTORY_LEN);
         assert_eq!(h.first().unwrap().id, 10);
         assert_eq!(h.last().unwrap().id, 59);
         // Marking one delivered replaces it in place.
         let mut last = h.last().unwrap().clone();
         last.delivered = true;
-        append_history(&p, &last).unwrap();
-        let h = history(&p);
+        append_history(&f, &last).unwrap();
+        let h = history(&f);
         assert_eq!(h.len(), HISTORY_LEN);
         assert!(h.last().unwrap().delivered);
         let text = std::fs::read_to_string(&p).unwrap();
@@ -353,10 +303,11 @@ mod tests {
         assert!(o.message.len() <= MAX_TEXT + 3);
         assert!(o.describes(&l));
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join(HISTORY_FILE);
+        let f = crate::workdir::OwnFile::new(d.path().join("history.jsonl"));
+        let p = f.path().to_path_buf();
         for i in 0..HISTORY_LEN as u64 {
-            append_history(&p, &Outcome { id: i, ..o.clone() }).unwrap();
+            append_history(&f, &Outcome { id: i, ..o.clone() }).unwrap();
         }
-        assert!(std::fs::metadata(&p).unwrap().len() < fsutil::MAX_READ_BACK / 4);
+        assert!(std::fs::metadata(&p).unwrap().len() < crate::fsutil::MAX_READ_BACK / 4);
     }
 }

@@ -26,7 +26,8 @@ use crate::error::{self, OtaError};
 use crate::guard;
 use crate::lifecycle::{self, Lifecycle, PackageSpec, Stage, Validator};
 use crate::outcome::Outcome;
-use crate::state::{PersistedState, OWN_TMP_FILES};
+use crate::state::PersistedState;
+use crate::workdir::OWN_TMP_FILES;
 
 /// What start-up recovery of the install journal gave.
 #[derive(Debug, Clone, PartialEq, Eq)]

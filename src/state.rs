@@ -3,13 +3,12 @@
 //! Written atomically (`fsutil::write_atomic`); a missing, empty, half-written or otherwise
 //! unreadable file means a fresh start, never a crash.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::fsutil::{self, ReadBack};
+use crate::fsutil::ReadBack;
 use crate::lifecycle::{self, Lifecycle, PackageSpec, Stage, Validator};
+use crate::workdir::OwnFile;
 
 /// The file's content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,11 +94,11 @@ impl PersistedState {
 }
 
 /// Read the state file. Never fails and never blocks: it is read only when it is a regular
-/// file of at most [`fsutil::MAX_READ_BACK`] bytes (docs/API.md 8.3). Anything else (a FIFO, a
+/// file of at most [`crate::fsutil::MAX_READ_BACK`] bytes (docs/API.md 8.3). Anything else (a FIFO, a
 /// directory, a symlink, a huge file), and a file that cannot be read or parsed, is reported
 /// unusable; start-up recovery sets it aside.
-pub fn load(path: &Path) -> LoadOutcome {
-    match fsutil::read_back(path, fsutil::MAX_READ_BACK) {
+pub fn load(file: &OwnFile) -> LoadOutcome {
+    match file.read() {
         ReadBack::Missing => LoadOutcome::Missing,
         ReadBack::Data(bytes) => parse(&bytes),
         ReadBack::Refused(why) => LoadOutcome::Unusable(why),
@@ -177,26 +176,6 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
     LoadOutcome::Loaded(Box::new(st))
 }
 
-/// File names the updater itself uses in `./tmp/` besides packages: the state file, the last
-/// outcome, the start-up recovery counter (crash-loop guard), the install history and the
-/// installed version (for `allow_downgrade`). With
-/// every `*.tmp` (atomic writes) and `*.unusable` (files set aside by
-/// [`crate::fsutil::set_aside`]) they are refused as a `package_name` (docs/API.md section
-/// 8.3). At start every other entry of `./tmp/` but the package a state refers to (and the
-/// `*.unusable` files) is removed (section 8.5).
-pub const OWN_TMP_FILES: [&str; 5] = [
-    "state.json",
-    "outcome.json",
-    "recovery.json",
-    "history.jsonl",
-    "installed.json",
-];
-
-/// Whether `name` is, or could become, one of the updater's own files in `./tmp/`.
-pub fn is_own_tmp_name(name: &str) -> bool {
-    OWN_TMP_FILES.contains(&name) || name.ends_with(".tmp") || name.ends_with(".unusable")
-}
-
 /// A plain file name: no `/`, no `\`, not `.`/`..`, no NUL, 1 to 255 bytes (docs/API.md 1).
 pub fn valid_package_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 255 && n != "." && n != ".." && !n.contains(['/', '\\', '\0'])
@@ -205,17 +184,14 @@ pub fn valid_package_name(n: &str) -> bool {
 /// A name `/download` accepts as `package_name`: a plain file name that is not one of the
 /// updater's own in `./tmp/` (docs/API.md 1 and 8.3).
 pub fn usable_package_name(n: &str) -> bool {
-    valid_package_name(n) && !is_own_tmp_name(n)
+    valid_package_name(n) && !crate::workdir::is_own_tmp_name(n)
 }
 
 /// Persist (atomically) or delete the state file to match the lifecycle.
-pub fn save(path: &Path, l: &Lifecycle) -> std::io::Result<()> {
+pub fn save(file: &OwnFile, l: &Lifecycle) -> std::io::Result<()> {
     match PersistedState::from_lifecycle(l) {
-        Some(st) => {
-            let json = serde_json::to_vec_pretty(&st).map_err(std::io::Error::other)?;
-            fsutil::write_atomic(path, &json)
-        }
-        None => fsutil::remove_durable(path),
+        Some(st) => file.save_json(&st),
+        None => file.remove(),
     }
 }
 
@@ -274,7 +250,9 @@ mod tests {
     fn contract_8_3_fifo_or_huge_state_is_unusable_without_blocking() {
         // Setting it aside is start-up recovery's part (tests/state_read_back.rs).
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("state.json");
+        let f = crate::workdir::WorkDir::new(d.path()).state();
+        let p = f.path().to_path_buf();
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
             &p,
@@ -284,27 +262,28 @@ mod tests {
         )
         .unwrap();
         // A FIFO without a writer would block a plain read forever.
-        assert!(matches!(load(&p), LoadOutcome::Unusable(_)));
+        assert!(matches!(load(&f), LoadOutcome::Unusable(_)));
         std::fs::remove_file(&p).unwrap();
         // Valid JSON padded past the limit: still refused, never parsed.
         let mut big = sample().as_bytes().to_vec();
         big.resize(2 * 1024 * 1024, b' ');
         std::fs::write(&p, &big).unwrap();
-        assert!(matches!(load(&p), LoadOutcome::Unusable(_)));
+        assert!(matches!(load(&f), LoadOutcome::Unusable(_)));
         // A good file is read as before.
         std::fs::write(&p, sample()).unwrap();
-        assert!(matches!(load(&p), LoadOutcome::Loaded(_)));
+        assert!(matches!(load(&f), LoadOutcome::Loaded(_)));
     }
 
     #[test]
     fn save_writes_contract_field_names_and_deletes_on_success() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("state.json");
+        let f = crate::workdir::OwnFile::new(d.path().join("state.json"));
+        let p = f.path().to_path_buf();
         let LoadOutcome::Loaded(st) = parse(sample().as_bytes()) else {
             panic!()
         };
         let mut l = Lifecycle::restored_download(st.spec(), 400, Default::default());
-        save(&p, &l).unwrap();
+        save(&f, &l).unwrap();
         let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         for k in [
             "version",
@@ -320,7 +299,7 @@ mod tests {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(
-            load(&p),
+            load(&f),
             LoadOutcome::Loaded(Box::new(PersistedState {
                 last_update: v["last_update"].as_str().unwrap().into(),
                 ..PersistedState::from_lifecycle(&l).unwrap()
@@ -329,14 +308,14 @@ mod tests {
         l.begin_verify().unwrap();
         l.verified(time::OffsetDateTime::now_utc()).unwrap();
         l.begin_install(7).unwrap();
-        save(&p, &l).unwrap();
-        match load(&p) {
+        save(&f, &l).unwrap();
+        match load(&f) {
             LoadOutcome::Loaded(st) => assert_eq!(st.install_id, Some(7), "the installation's id"),
             other => panic!("{other:?}"),
         }
         l.succeeded().unwrap();
-        save(&p, &l).unwrap();
+        save(&f, &l).unwrap();
         assert!(!p.exists());
-        assert_eq!(load(&p), LoadOutcome::Missing);
+        assert_eq!(load(&f), LoadOutcome::Missing);
     }
 }

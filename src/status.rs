@@ -4,7 +4,7 @@
 //! Everything is read from the work dir (the state file, the last outcome, the history, the
 //! install journal, the crash-loop guard's counter), with the daemon running or stopped; when
 //! the daemon answers `/progress` on its `listen` address its live answer is shown too. Nothing
-//! is ever written: files are read with [`fsutil::read_back`] and an unusable one is only
+//! is ever written: files are read with [`crate::workdir::OwnFile::peek`] and an unusable one is only
 //! reported.
 
 use std::fmt::Write as _;
@@ -17,12 +17,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::deploy::JOURNAL_NAME;
-use crate::fsutil::{self, ReadBack};
-use crate::guard::{self, peek_journal, JournalSummary, RECOVERY_FILE};
+use crate::fsutil::ReadBack;
+use crate::guard;
 use crate::lifecycle::download_percent;
-use crate::outcome::{self, Outcome, HISTORY_FILE, OUTCOME_FILE};
+use crate::outcome::{self, Outcome};
 use crate::state::{self, LoadOutcome, PersistedState};
+use crate::workdir::{self, JournalSummary};
 
 /// History entries shown.
 const HISTORY_SHOWN: usize = 10;
@@ -112,20 +112,21 @@ pub fn run(config: Option<&Path>, json: bool) -> ExitCode {
 
 /// Read the work dir of `cfg` (never writing), with what the daemon answered.
 pub fn collect(cfg: &Config, daemon: DaemonView) -> StatusView {
-    let tmp = cfg.tmp_dir();
+    let work = cfg.work();
     let mut problems = Vec::new();
     let mut note = |what: &Path, why: String| problems.push(format!("{}: {why}", what.display()));
 
-    let state_path = cfg.state_path();
-    let state = match fsutil::read_back(&state_path, fsutil::MAX_READ_BACK) {
+    let state_file = work.state();
+    let state_path = state_file.path();
+    let state = match state_file.read() {
         ReadBack::Missing => None,
         ReadBack::Refused(why) => {
-            note(&state_path, why);
+            note(state_path, why);
             None
         }
         ReadBack::Data(bytes) => match state::parse(&bytes) {
             LoadOutcome::Loaded(st) => {
-                let on_disk = std::fs::symlink_metadata(tmp.join(&st.package_name))
+                let on_disk = std::fs::symlink_metadata(work.package(&st.package_name))
                     .ok()
                     .filter(|m| m.is_file())
                     .map(|m| m.len());
@@ -135,31 +136,33 @@ pub fn collect(cfg: &Config, daemon: DaemonView) -> StatusView {
                 })
             }
             LoadOutcome::Unusable(why) => {
-                note(&state_path, why);
+                note(state_path, why);
                 None
             }
             LoadOutcome::Missing => None,
         },
     };
-    let outcome_path = tmp.join(OUTCOME_FILE);
-    let last = outcome::peek(&outcome_path).unwrap_or_else(|why| {
-        note(&outcome_path, why);
+    let outcome_file = work.outcome();
+    let last = outcome::peek(&outcome_file).unwrap_or_else(|why| {
+        note(outcome_file.path(), why);
         None
     });
-    let journal_path = cfg.backups_dir().join(JOURNAL_NAME);
-    let pending = peek_journal(&journal_path).unwrap_or_else(|why| {
-        note(&journal_path, why);
+    let journal = work.journal();
+    let journal_path = journal.path();
+    let pending = workdir::peek_journal(&work).unwrap_or_else(|why| {
+        note(journal_path, why);
         Some(JournalSummary {
             version: None,
             phase: None,
         })
     });
-    let counter_path = tmp.join(RECOVERY_FILE);
-    let counted = guard::peek(&counter_path).unwrap_or_else(|why| {
-        note(&counter_path, why);
+    let counter = work.recovery();
+    let counter_path = counter.path();
+    let counted = guard::peek(&counter).unwrap_or_else(|why| {
+        note(counter_path, why);
         None
     });
-    let all = outcome::history(&tmp.join(HISTORY_FILE));
+    let all = outcome::history(&work.history());
 
     let failed_attempts = counted.as_ref().map_or(0, |a| a.attempts);
     let given_up = matches!(guard::gate(counted.as_ref()), guard::Gate::GivenUp { .. });
@@ -167,8 +170,8 @@ pub fn collect(cfg: &Config, daemon: DaemonView) -> StatusView {
         guard::given_up_error(
             failed_attempts,
             counted.as_ref().and_then(|a| a.last_error.as_deref()),
-            &journal_path,
-            &counter_path,
+            journal_path,
+            counter_path,
         )
     });
     let guard_view = GuardView {
@@ -451,9 +454,9 @@ mod tests {
     fn crash_loop_guard_given_up_is_what_status_shows_first() {
         let d = tempfile::tempdir().unwrap();
         let c = cfg(d.path());
-        std::fs::create_dir_all(c.tmp_dir()).unwrap();
+        std::fs::create_dir_all(c.work().tmp()).unwrap();
         std::fs::write(
-            c.tmp_dir().join(RECOVERY_FILE),
+            c.work().recovery().path(),
             br#"{"attempts": 3, "last_attempt_at": "2026-11-25T10:00:00Z", "last_error": "DEPLOYMENT_FAILED: x"}"#,
         )
         .unwrap();

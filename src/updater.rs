@@ -117,7 +117,7 @@ impl Updater {
     }
 
     fn package_path(&self, name: &str) -> PathBuf {
-        self.inner.cfg.tmp_dir().join(name)
+        self.inner.cfg.work().package(name)
     }
 
     /// Queue a callback with the current status.
@@ -170,7 +170,10 @@ impl Updater {
         let stage = lock(&self.inner.life).stage();
         let err = if matches!(stage, Stage::Installing | Stage::Rebooting) {
             let cfg = &self.inner.cfg;
-            match deploy::recover(&cfg.backups_dir(), Duration::from_secs(cfg.stop_timeout_s)) {
+            match deploy::recover(
+                &cfg.work().backups(),
+                Duration::from_secs(cfg.stop_timeout_s),
+            ) {
                 Ok(_) => error::deployment_failed(format!(
                     "internal error during installation ({why}); rolled back"
                 )),
@@ -217,7 +220,7 @@ impl Updater {
             Validator::default()
         };
         let need = spec.package_size - resume_from + DISK_MARGIN;
-        let tmp = self.inner.cfg.tmp_dir();
+        let tmp = self.inner.cfg.work().tmp();
         let avail = fsutil::available_bytes(&tmp)
             .map_err(|e| error::internal(format!("cannot stat {}: {e}", tmp.display())))?;
         l.begin_download(spec.clone(), resume_from, validator.clone())?;
@@ -478,7 +481,7 @@ impl Updater {
             }
         }
         let cfg = &self.inner.cfg;
-        let installed = crate::outcome::installed(&self.installed_path());
+        let installed = crate::outcome::installed(&self.installed_file());
         if let Err(e) = crate::package::check_downgrade(
             installed.as_deref(),
             &spec.version,
@@ -490,7 +493,7 @@ impl Updater {
         }
         self.start_ota_gui();
 
-        let backups = cfg.backups_dir();
+        let backups = cfg.work().backups();
         let opts = InstallOptions {
             allowed_roots: &cfg.allowed_roots,
             signatures: crate::package::Signatures::of(cfg),

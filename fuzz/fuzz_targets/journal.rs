@@ -1,8 +1,8 @@
 //! The install journal (`./backups/journal.json`) through the parser start-up recovery uses,
-//! and through the plain-JSON reader of the crash-loop guard and `status`, from a file.
+//! and through the summary reader of start-up and `status`, from a file.
 //!
 //! Checks: a journal the parser accepts is written back (as the installation writes it) into
-//! bytes that parse to the same journal, within the 1 MiB read-back limit; the guard's reader
+//! bytes that parse to the same journal, within the 1 MiB read-back limit; the summary reader
 //! never fails on a file the parser accepts and agrees with it on the version and the phase.
 
 #![no_main]
@@ -10,20 +10,22 @@
 mod scratch;
 
 use libfuzzer_sys::fuzz_target;
-use tope_updater::deploy::{encode_journal, parse_journal, JOURNAL_NAME};
+use tope_updater::deploy::{encode_journal, parse_journal};
 use tope_updater::error::ErrorCode;
 use tope_updater::fsutil::MAX_READ_BACK;
-use tope_updater::guard;
+use tope_updater::workdir::{self, WorkDir};
 
 fuzz_target!(|data: &[u8]| {
     let scratch = scratch::Scratch::new();
-    let path = scratch.file(JOURNAL_NAME, data);
-    let summary = guard::peek_journal(&path);
+    let backups = scratch.dir("backups");
+    std::fs::write(backups.join(workdir::JOURNAL_FILE), data).expect("writing the journal");
+    let work = WorkDir::new(backups.parent().expect("a scratch directory"));
+    let summary = workdir::peek_journal(&work);
     let Ok(j) = parse_journal(data) else {
         return;
     };
     let summary = summary
-        .expect("the guard reads a journal the parser accepts")
+        .expect("the summary reader reads a journal the parser accepts")
         .expect("the file is there");
     assert_eq!(summary.version.as_deref(), Some(j.version.as_str()));
     let phase = serde_json::to_value(j.phase).expect("a phase serialises");

@@ -18,9 +18,12 @@ use libfuzzer_sys::fuzz_target;
 use tope_updater::deploy::Recovery;
 use tope_updater::guard::{self, Gate};
 use tope_updater::lifecycle::Stage;
-use tope_updater::outcome::{self, Outcome, HISTORY_FILE, INSTALLED_FILE, OUTCOME_FILE};
+use tope_updater::outcome::{self, Outcome};
 use tope_updater::package::is_semver;
 use tope_updater::startup::{self, Found, Recovered};
+use tope_updater::workdir::{
+    OwnFile, HISTORY_FILE, INSTALLED_FILE, OUTCOME_FILE, RECOVERY_FILE,
+};
 
 /// Whether the reader set `path` aside as `<name>.unusable`.
 fn set_aside(path: &Path) -> bool {
@@ -48,20 +51,21 @@ fn shown_at_start(o: &Outcome) {
 }
 
 fn outcome_file(dir: &scratch::Scratch, data: &[u8]) {
-    let path = dir.file(OUTCOME_FILE, data);
-    match outcome::peek(&path) {
+    let file = OwnFile::new(dir.file(OUTCOME_FILE, data));
+    let path = file.path();
+    match outcome::peek(&file) {
         Ok(Some(o)) => {
             assert!(matches!(o.stage, Stage::Success | Stage::Failed), "{o:?}");
             shown_at_start(&o);
             let written = serde_json::to_vec_pretty(&o).expect("an outcome serialises");
-            let path = dir.file(OUTCOME_FILE, &written);
-            assert_eq!(outcome::load(&path).as_ref(), Some(&o));
+            let file = OwnFile::new(dir.file(OUTCOME_FILE, &written));
+            assert_eq!(outcome::load(&file).as_ref(), Some(&o));
         }
         Ok(None) => panic!("{OUTCOME_FILE} is there"),
         Err(_) => {
-            assert_eq!(outcome::load(&path), None);
+            assert_eq!(outcome::load(&file), None);
             assert!(
-                set_aside(&path),
+                set_aside(path),
                 "an unusable {OUTCOME_FILE} stays in the way"
             );
         }
@@ -69,8 +73,8 @@ fn outcome_file(dir: &scratch::Scratch, data: &[u8]) {
 }
 
 fn history_file(dir: &scratch::Scratch, data: &[u8]) {
-    let path = dir.file(HISTORY_FILE, data);
-    let history = outcome::history(&path);
+    let file = OwnFile::new(dir.file(HISTORY_FILE, data));
+    let history = outcome::history(&file);
     assert!(history.len() <= data.split(|b| *b == b'\n').count());
     for o in &history {
         assert!(matches!(o.stage, Stage::Success | Stage::Failed), "{o:?}");
@@ -78,19 +82,19 @@ fn history_file(dir: &scratch::Scratch, data: &[u8]) {
 }
 
 fn installed_file(dir: &scratch::Scratch, data: &[u8]) {
-    let path = dir.file(INSTALLED_FILE, data);
-    match outcome::installed(&path) {
+    let file = OwnFile::new(dir.file(INSTALLED_FILE, data));
+    match outcome::installed(&file) {
         Some(v) => assert!(is_semver(&v), "{v}"),
         None => assert!(
-            set_aside(&path),
+            set_aside(file.path()),
             "an unusable {INSTALLED_FILE} stays in the way"
         ),
     }
 }
 
 fn recovery_file(dir: &scratch::Scratch, data: &[u8]) {
-    let path = dir.file(guard::RECOVERY_FILE, data);
-    match guard::peek(&path) {
+    let file = OwnFile::new(dir.file(RECOVERY_FILE, data));
+    match guard::peek(&file) {
         Ok(Some(a)) => {
             match guard::gate(Some(&a)) {
                 Gate::GivenUp { attempts, .. } => {
@@ -100,12 +104,12 @@ fn recovery_file(dir: &scratch::Scratch, data: &[u8]) {
                     assert!(a.attempts < guard::MAX_ATTEMPTS && attempt == a.attempts + 1)
                 }
             }
-            assert_eq!(guard::load(&path).as_ref(), Some(&a));
+            assert_eq!(guard::load(&file).as_ref(), Some(&a));
         }
-        Ok(None) => panic!("{} is there", guard::RECOVERY_FILE),
+        Ok(None) => panic!("{RECOVERY_FILE} is there"),
         Err(_) => {
-            assert_eq!(guard::load(&path), None);
-            assert!(set_aside(&path), "an unusable counter stays in the way");
+            assert_eq!(guard::load(&file), None);
+            assert!(set_aside(file.path()), "an unusable counter stays in the way");
         }
     }
 }

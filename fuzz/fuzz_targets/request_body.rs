@@ -67,7 +67,7 @@ fn meets_the_contract(spec: &PackageSpec, allow_http: bool) {
     assert_eq!(spec.package_url.trim(), spec.package_url, "{spec:?}");
     assert!(valid_package_name(&spec.package_name), "{spec:?}");
     assert!(
-        !tope_updater::state::is_own_tmp_name(&spec.package_name),
+        !tope_updater::workdir::is_own_tmp_name(&spec.package_name),
         "a name of the updater's own files was accepted: {spec:?}"
     );
     assert!(

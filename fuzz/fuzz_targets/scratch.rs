@@ -16,4 +16,12 @@ impl Scratch {
         std::fs::write(&path, data).expect("writing a scratch file");
         path
     }
+
+    /// The directory `name` of the scratch directory, created; its path.
+    #[allow(dead_code)] // not every target that shares this module needs a directory
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let path = self.0.path().join(name);
+        std::fs::create_dir_all(&path).expect("creating a scratch directory");
+        path
+    }
 }

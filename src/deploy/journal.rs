@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{self, OtaError};
 use crate::fsutil::{self, ReadBack};
 
-/// File name of the journal inside the backups directory.
-pub const JOURNAL_NAME: &str = "journal.json";
+/// File name of the journal inside the backups directory (the work dir's layout:
+/// [`crate::workdir`]).
+pub use crate::workdir::JOURNAL_FILE as JOURNAL_NAME;
 /// The format written by this version.
 pub const FORMAT: u32 = 2;
 

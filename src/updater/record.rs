@@ -23,9 +23,10 @@ use time::OffsetDateTime;
 use super::{lock, Updater};
 use crate::error::{self, OtaError};
 use crate::lifecycle::{Lifecycle, Stage};
-use crate::outcome::{self, Outcome, HISTORY_FILE, OUTCOME_FILE};
+use crate::outcome::{self, Outcome};
 use crate::report::Report;
 use crate::state;
+use crate::workdir::{OwnFile, OUTCOME_FILE};
 
 /// How often failed writes of the updater's own files are retried.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
@@ -44,28 +45,28 @@ pub(super) struct Pending {
 }
 
 impl Updater {
-    pub(super) fn outcome_path(&self) -> std::path::PathBuf {
-        self.inner.cfg.tmp_dir().join(OUTCOME_FILE)
+    pub(super) fn outcome_file(&self) -> OwnFile {
+        self.inner.cfg.work().outcome()
     }
 
-    pub(super) fn installed_path(&self) -> std::path::PathBuf {
-        self.inner.cfg.tmp_dir().join(outcome::INSTALLED_FILE)
+    pub(super) fn installed_file(&self) -> OwnFile {
+        self.inner.cfg.work().installed()
     }
 
-    fn history_path(&self) -> std::path::PathBuf {
-        self.inner.cfg.tmp_dir().join(HISTORY_FILE)
+    fn history_file(&self) -> OwnFile {
+        self.inner.cfg.work().history()
     }
 
     /// Write the state file to match the lifecycle. Call with the `persist` lock held.
     pub(super) fn write_state(&self, l: &Lifecycle) -> Result<(), OtaError> {
-        let path = self.inner.cfg.state_path();
-        match state::save(&path, l) {
+        let file = self.inner.cfg.work().state();
+        match state::save(&file, l) {
             Ok(()) => {
                 lock(&self.inner.pending).state = false;
                 Ok(())
             }
             Err(e) => {
-                let err = error::internal(format!("cannot write {}: {e}", path.display()));
+                let err = error::internal(format!("cannot write {}: {e}", file.path().display()));
                 self.retry_later(&err, |p| p.state = true);
                 Err(err)
             }
@@ -133,9 +134,9 @@ impl Updater {
     /// Make `o` the outcome in memory and write it (and add it to the history). With `strict`,
     /// a failed write leaves nothing changed; otherwise it is kept and retried.
     pub(super) fn write_outcome(&self, o: &Outcome, strict: bool) -> Result<(), OtaError> {
-        let path = self.outcome_path();
-        if let Err(e) = outcome::save(&path, o) {
-            let err = error::internal(format!("cannot write {}: {e}", path.display()));
+        let file = self.outcome_file();
+        if let Err(e) = outcome::save(&file, o) {
+            let err = error::internal(format!("cannot write {}: {e}", file.path().display()));
             if strict {
                 tracing::error!("{err}");
             } else {
@@ -151,12 +152,12 @@ impl Updater {
         lock(&self.inner.pending).outcome = false;
         self.write_history(o);
         if o.stage == Stage::Success && !o.version.is_empty() {
-            let installed = self.installed_path();
+            let installed = self.installed_file();
             // Not fatal: a stale record only lets more through (config `allow_downgrade`).
             if let Err(e) =
                 outcome::save_installed(&installed, &o.version, OffsetDateTime::now_utc())
             {
-                tracing::error!("cannot write {}: {e}", installed.display());
+                tracing::error!("cannot write {}: {e}", installed.path().display());
             }
         }
         Ok(())
@@ -164,11 +165,11 @@ impl Updater {
 
     /// Add (or update) `o` in the history; a failure is logged and retried, never fatal.
     fn write_history(&self, o: &Outcome) {
-        let path = self.history_path();
-        match outcome::append_history(&path, o) {
+        let file = self.history_file();
+        match outcome::append_history(&file, o) {
             Ok(()) => lock(&self.inner.pending).history = false,
             Err(e) => {
-                let err = error::internal(format!("cannot write {}: {e}", path.display()));
+                let err = error::internal(format!("cannot write {}: {e}", file.path().display()));
                 self.retry_later(&err, |p| p.history = true);
             }
         }
@@ -201,11 +202,11 @@ impl Updater {
             o.stage,
             o.version
         );
-        let path = self.outcome_path();
-        match outcome::save(&path, &o) {
+        let file = self.outcome_file();
+        match outcome::save(&file, &o) {
             Ok(()) => self.write_history(&o),
             Err(e) => {
-                let err = error::internal(format!("cannot write {}: {e}", path.display()));
+                let err = error::internal(format!("cannot write {}: {e}", file.path().display()));
                 self.retry_later(&err, |p| {
                     p.outcome = true;
                     p.history = true;
@@ -260,7 +261,7 @@ impl Updater {
         };
         if state {
             let snapshot = lock(&self.inner.life).clone();
-            if let Err(e) = state::save(&self.inner.cfg.state_path(), &snapshot) {
+            if let Err(e) = state::save(&self.inner.cfg.work().state(), &snapshot) {
                 tracing::debug!("retry of the state file failed: {e}");
             } else {
                 lock(&self.inner.pending).state = false;
@@ -269,12 +270,12 @@ impl Updater {
         let current = lock(&self.inner.outcome).clone();
         if let Some(o) = current.filter(|_| outcome || history) {
             if outcome {
-                match outcome::save(&self.outcome_path(), &o) {
+                match outcome::save(&self.outcome_file(), &o) {
                     Ok(()) => lock(&self.inner.pending).outcome = false,
                     Err(e) => tracing::debug!("retry of the outcome failed: {e}"),
                 }
             }
-            if history && outcome::append_history(&self.history_path(), &o).is_ok() {
+            if history && outcome::append_history(&self.history_file(), &o).is_ok() {
                 lock(&self.inner.pending).history = false;
             }
         } else {

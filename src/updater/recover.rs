@@ -3,7 +3,6 @@
 //! (what `/progress` shows, the outcome recorded, `./tmp/` cleaned, a download or a
 //! verification resumed).
 
-use std::path::Path;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -11,11 +10,12 @@ use time::OffsetDateTime;
 use super::{lock, panic_text, Updater};
 use crate::deploy;
 use crate::error;
-use crate::guard::{self, Gate, RECOVERY_FILE};
+use crate::guard::{self, Gate};
 use crate::lifecycle::Lifecycle;
-use crate::outcome::{self, Outcome, OUTCOME_FILE};
+use crate::outcome::{self, Outcome};
 use crate::startup::{self, Found, GuardStep, Next, OutcomeStep, Plan, Recovered};
 use crate::state::{self, LoadOutcome};
+use crate::workdir::{self, OwnFile};
 
 impl Updater {
     /// Before the API answers: finish or roll back an interrupted installation, read the state
@@ -36,9 +36,9 @@ impl Updater {
 
     fn recover_inner(&self) {
         let cfg = &self.inner.cfg;
-        let tmp = cfg.tmp_dir();
-        let counter = tmp.join(RECOVERY_FILE);
-        let journal = cfg.backups_dir().join(deploy::JOURNAL_NAME);
+        let work = cfg.work();
+        let counter = work.recovery();
+        let journal = work.journal();
         let (recovered, counted) = match guard::gate(guard::load(&counter).as_ref()) {
             Gate::GivenUp {
                 attempts,
@@ -47,8 +47,8 @@ impl Updater {
                 tracing::error!(
                     "start-up recovery did not complete {attempts} times in a row: not trying \
                      again; {} is kept for inspection (delete {} and restart to retry)",
-                    journal.display(),
-                    counter.display()
+                    journal.path().display(),
+                    counter.path().display()
                 );
                 (
                     Recovered::NotTried {
@@ -66,24 +66,24 @@ impl Updater {
                             tracing::error!(
                                 "cannot count the start-up recovery in {}: {e}; the crash-loop \
                                  guard cannot protect this start",
-                                counter.display()
+                                counter.path().display()
                             );
                             None
                         }
                     };
-                self.record_committed_success(&journal);
+                self.record_committed_success();
                 (self.recover_journal(attempt), counted)
             }
         };
-        let state = match state::load(&cfg.state_path()) {
+        let state = match state::load(&work.state()) {
             LoadOutcome::Loaded(st) => Some(*st),
             LoadOutcome::Missing => None,
             LoadOutcome::Unusable(why) => {
-                set_aside(&cfg.state_path(), &why);
+                set_aside(&work.state(), &why);
                 None
             }
         };
-        let found_outcome = outcome::load(&tmp.join(OUTCOME_FILE));
+        let found_outcome = outcome::load(&work.outcome());
         let package_len = state
             .as_ref()
             .and_then(|s| std::fs::metadata(self.package_path(&s.package_name)).ok())
@@ -93,8 +93,8 @@ impl Updater {
             state: state.as_ref(),
             outcome: found_outcome.as_ref(),
             package_len,
-            journal: &journal,
-            counter: &counter,
+            journal: journal.path(),
+            counter: counter.path(),
         });
         self.carry_out(plan, found_outcome, counted.as_ref(), &counter);
     }
@@ -102,7 +102,7 @@ impl Updater {
     /// `deploy::recover`, a panic in it counted as a failure.
     fn recover_journal(&self, attempt: u32) -> Recovered {
         let cfg = &self.inner.cfg;
-        let backups = cfg.backups_dir();
+        let backups = cfg.work().backups();
         let stop = Duration::from_secs(cfg.stop_timeout_s);
         let run = std::panic::AssertUnwindSafe(|| deploy::recover(&backups, stop));
         match std::panic::catch_unwind(run) {
@@ -124,8 +124,8 @@ impl Updater {
 
     /// A committed journal means the installation completed: its success is recorded before
     /// recovery removes the journal, so a power cut in between cannot turn it into a failure.
-    fn record_committed_success(&self, journal: &Path) {
-        let Ok(Some(j)) = guard::peek_journal(journal) else {
+    fn record_committed_success(&self) {
+        let Ok(Some(j)) = workdir::peek_journal(&self.inner.cfg.work()) else {
             return;
         };
         let (Some(version), Some("committed")) = (j.version.as_deref(), j.phase.as_deref()) else {
@@ -135,7 +135,7 @@ impl Updater {
         let Some(mut o) = Outcome::of(&life, OffsetDateTime::now_utc()) else {
             return;
         };
-        if let LoadOutcome::Loaded(st) = state::load(&self.inner.cfg.state_path()) {
+        if let LoadOutcome::Loaded(st) = state::load(&self.inner.cfg.work().state()) {
             if st.version == version {
                 o.package_name = Some(st.package_name.clone());
                 o.package_md5 = Some(st.spec().package_md5);
@@ -143,7 +143,7 @@ impl Updater {
             }
         }
         // Already on record (and not yet delivered): keep it as it is.
-        let current = outcome::peek(&self.outcome_path()).ok().flatten();
+        let current = outcome::peek(&self.outcome_file()).ok().flatten();
         if current
             .is_some_and(|c| c.describes(&life) && !c.delivered && c.install_id == o.install_id)
         {
@@ -160,7 +160,7 @@ impl Updater {
         plan: Plan,
         found_outcome: Option<Outcome>,
         counted: Option<&guard::Attempts>,
-        counter: &Path,
+        counter: &OwnFile,
     ) {
         if plan.touch_tmp {
             self.remove_strays(plan.keep_package.as_deref());
@@ -187,12 +187,12 @@ impl Updater {
         match (&plan.guard, counted) {
             (GuardStep::Reset, _) => {
                 if let Err(e) = guard::reset(counter) {
-                    tracing::error!("cannot reset {}: {e}", counter.display());
+                    tracing::error!("cannot reset {}: {e}", counter.path().display());
                 }
             }
             (GuardStep::Failed(e), Some(a)) => {
                 if let Err(w) = guard::record_failure(counter, a, e) {
-                    tracing::error!("cannot write {}: {w}", counter.display());
+                    tracing::error!("cannot write {}: {w}", counter.path().display());
                 }
             }
             _ => {}
@@ -228,7 +228,7 @@ impl Updater {
 
     /// Remove from `./tmp/` what no state refers to (docs/API.md section 8.5).
     fn remove_strays(&self, keep_package: Option<&str>) {
-        let tmp = self.inner.cfg.tmp_dir();
+        let tmp = self.inner.cfg.work().tmp();
         let entries = match std::fs::read_dir(&tmp) {
             Ok(rd) => rd,
             Err(e) => {
@@ -271,12 +271,13 @@ impl Updater {
 }
 
 /// Move an unusable file of the updater's aside, with a warning; never blocks start-up.
-fn set_aside(path: &Path, why: &str) {
+fn set_aside(file: &OwnFile, why: &str) {
+    let path = file.path();
     if std::fs::symlink_metadata(path).is_err() {
         tracing::warn!("ignoring {}: {why}; starting fresh", path.display());
         return;
     }
-    match crate::outcome::set_aside(path) {
+    match file.set_aside() {
         Ok(aside) => tracing::warn!(
             "ignoring {}: {why}; set aside as {}, starting fresh",
             path.display(),
