@@ -1,11 +1,12 @@
 //! Configuration: docs/API.md section 7. Every key optional, unknown keys refused.
 
 use std::net::SocketAddr;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::package::PublicKey;
+use crate::package::{PublicKey, Signatures};
+use crate::paths::normalize_abs;
 
 /// The daemon's configuration, after defaults and validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -307,28 +308,18 @@ impl Config {
         })
     }
 
+    /// Which signatures a package must carry: `trusted_keys` and `require_signature`.
+    pub fn signatures(&self) -> Signatures<'_> {
+        Signatures {
+            trusted_keys: &self.trusted_keys,
+            require_signature: self.require_signature,
+        }
+    }
+
     /// The work dir and every file the updater keeps in it.
     pub fn work(&self) -> crate::workdir::WorkDir {
         crate::workdir::WorkDir::new(&self.work_dir)
     }
-}
-
-/// Lexically normalise an absolute path: drop `.` components, refuse `..`.
-/// Returns `None` for a relative path or one with a `..` component.
-pub fn normalize_abs(p: &Path) -> Option<PathBuf> {
-    if !p.is_absolute() {
-        return None;
-    }
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::RootDir => {}
-            Component::CurDir => {}
-            Component::Normal(s) => out.push(s),
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -463,15 +454,5 @@ allow_downgrade = false
             let e = Config::from_toml(toml).unwrap_err().to_string();
             assert!(e.contains(key), "{toml}: {e}");
         }
-    }
-
-    #[test]
-    fn normalize() {
-        assert_eq!(
-            normalize_abs(Path::new("/opt/./tope//x")),
-            Some(PathBuf::from("/opt/tope/x"))
-        );
-        assert_eq!(normalize_abs(Path::new("/opt/../etc")), None);
-        assert_eq!(normalize_abs(Path::new("opt")), None);
     }
 }

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod net;
 pub mod outcome;
 pub mod package;
+pub mod paths;
 pub mod process;
 pub mod report;
 pub mod server;

@@ -496,7 +496,7 @@ impl Updater {
         let backups = cfg.work().backups();
         let opts = InstallOptions {
             allowed_roots: &cfg.allowed_roots,
-            signatures: crate::package::Signatures::of(cfg),
+            signatures: cfg.signatures(),
             backups_dir: &backups,
             stop_timeout: Duration::from_secs(cfg.stop_timeout_s),
             settle: Duration::from_secs(cfg.settle_s),

@@ -5,11 +5,11 @@ use std::path::{Component, Path, PathBuf};
 
 use proptest::prelude::*;
 use time::OffsetDateTime;
-use tope_updater::config::normalize_abs;
 use tope_updater::error::{self, ErrorCode};
 use tope_updater::lifecycle::{
     DownloadDecision, Lifecycle, PackageSpec, Stage, UpdateDecision, Validator,
 };
+use tope_updater::paths::normalize_abs;
 
 fn spec(n: u8, size: u64) -> PackageSpec {
     PackageSpec {

@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
-use tope_updater::config::normalize_abs;
+use tope_updater::paths::normalize_abs;
 use tope_updater::error::ErrorCode;
 use tope_updater::package::{
     check_downgrade, compare_versions, is_semver, parse_manifest, validate_manifest, Manifest,

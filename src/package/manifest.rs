@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use super::archive::canonical_rel;
 use super::MANIFEST_NAME;
-use crate::config::normalize_abs;
 use crate::error::{self, OtaError};
+use crate::paths::normalize_abs;
 
 /// Default of a module's `health_timeout_s` (docs/API.md section 8.4).
 pub const DEFAULT_HEALTH_TIMEOUT_S: u64 = 30;

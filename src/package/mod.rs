@@ -43,8 +43,8 @@ use archive::EntryInfo;
 use signature::EntryHashes;
 
 use crate::checksum::{Algorithm, Hasher};
-use crate::config::{normalize_abs, Config};
 use crate::error::{self, OtaError};
+use crate::paths::normalize_abs;
 
 /// Name of the manifest at the root of the package.
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -68,16 +68,6 @@ pub struct Signatures<'a> {
     pub trusted_keys: &'a [PublicKey],
     /// Refuse a package without a verified signature (config `require_signature`).
     pub require_signature: bool,
-}
-
-impl<'a> Signatures<'a> {
-    /// The daemon's: config `trusted_keys` and `require_signature`.
-    pub fn of(cfg: &'a Config) -> Signatures<'a> {
-        Signatures {
-            trusted_keys: &cfg.trusted_keys,
-            require_signature: cfg.require_signature,
-        }
-    }
 }
 
 /// What a package is checked against, besides its own consistency.
