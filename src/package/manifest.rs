@@ -678,4 +678,46 @@ mod tests {
             "INVALID_PACKAGE: downgrade from 1.10.0 to 1.9.0 refused (allow_downgrade = false)"
         );
     }
+
+    /// The lists of known keys (used to name a misspelt key) are the structs' own fields:
+    /// a field added to `Module` or `Manifest` without its key listed would be refused as
+    /// unknown, and a listed key without a field would be let through by the list.
+    #[test]
+    fn key_lists_are_the_fields_of_the_structs() {
+        fn keys(v: serde_json::Value) -> Vec<String> {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        }
+        fn sorted(list: &[&str]) -> Vec<String> {
+            let mut k: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+            k.sort();
+            k
+        }
+        let module = Module {
+            name: "m".into(),
+            src: "m".into(),
+            dst: "/opt/tope/m".into(),
+            process_name: Some("m".into()),
+            restart_order: Some(1),
+            service: Some("m.service".into()),
+            start_cmd: Some(vec!["/opt/tope/m".into()]),
+            post_cmds: vec![PostCmd::Shell("true".into())],
+            health_cmd: Some(vec!["true".into()]),
+            health_timeout_s: 5,
+        };
+        assert_eq!(
+            keys(serde_json::to_value(&module).unwrap()),
+            sorted(MODULE_KEYS)
+        );
+        let manifest = Manifest {
+            version: "1.0.0".into(),
+            modules: vec![module],
+            sha256: Some(BTreeMap::new()),
+        };
+        assert_eq!(
+            keys(serde_json::to_value(&manifest).unwrap()),
+            sorted(MANIFEST_KEYS)
+        );
+    }
 }
