@@ -2,18 +2,8 @@
 //! allowed when, progress math and the 5 % report steps. No I/O here: `updater` drives it
 //! through the named transitions of [`Lifecycle`] (in `machine`) and persists what it says.
 //!
-//! ```text
-//!            /download                 complete            MD5 ok              /update
-//!   idle ─────────────► downloading ─────────────► verifying ──────► toInstall ───────► installing
-//!    ▲                    │     ▲                     │                 │   │               │
-//!    │ (start, no state)  │     │ /download           │ MD5 mismatch    │   │ expired       │ processes
-//!                         ▼     │ (another package)   ▼                 │   ▼               ▼ restarting,
-//!                       failed ◄──────────────────────┴─────────────────┘ failed         rebooting  checking
-//!                         │  ▲                                                              │
-//!                         │  └──────────── any step or a health check fails (rolled back) ◄─┤
-//!                         │ /download                                                       ▼
-//!                         └──────────► downloading ◄──────────── /download ──────────── success
-//! ```
+//! The stages and how they follow each other are drawn once, in docs/ARCHITECTURE.md
+//! ("Stages"); the transitions that make each change:
 //!
 //! | transition | from | to |
 //! |---|---|---|
