@@ -1,6 +1,9 @@
 //! A scratch directory per input, for the readers that take a path. Removed when dropped, so
 //! a run leaves nothing behind but what libFuzzer writes itself.
 
+// Each target includes this module and uses what it needs of it.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 
 pub struct Scratch(tempfile::TempDir);
@@ -18,7 +21,6 @@ impl Scratch {
     }
 
     /// The directory `name` of the scratch directory, created; its path.
-    #[allow(dead_code)] // not every target that shares this module needs a directory
     pub fn dir(&self, name: &str) -> PathBuf {
         let path = self.0.path().join(name);
         std::fs::create_dir_all(&path).expect("creating a scratch directory");
