@@ -8,7 +8,7 @@
 //! | transition | from | to |
 //! |---|---|---|
 //! | `begin_download` | idle, success, failed, toInstall | downloading |
-//! | `download_progress`, `checkpointed` | downloading | downloading |
+//! | `download_progress`, `checkpointed`, `restart_download` | downloading | downloading |
 //! | `begin_verify` | downloading | verifying |
 //! | `verified` | verifying | toInstall |
 //! | `begin_install` | toInstall | installing |
@@ -19,7 +19,8 @@
 //! | `failed`, `failed_file_deleted` | downloading, verifying, toInstall, installing, rebooting | failed |
 //! | `expired` | toInstall | failed |
 //!
-//! Start-up rebuilds the state found on disk with the `restored_*` constructors
+//! A transition from a stage it does not accept changes nothing and answers
+//! [`Refused`]. Start-up rebuilds the state found on disk with the `restored_*` constructors
 //! (see `crate::startup`).
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +29,7 @@ use time::OffsetDateTime;
 use crate::error::OtaError;
 
 mod machine;
-pub use machine::Lifecycle;
+pub use machine::{Lifecycle, Refused};
 
 /// Where the updater is. Serialised exactly as the contract spells the stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -332,10 +332,9 @@ impl Updater {
                     spec.package_name
                 );
                 // The state file stops vouching for the old bytes before any new one lands.
-                {
-                    let mut l = lock(&self.inner.life);
-                    l.download_progress(0);
-                    l.checkpointed(0, Validator::default());
+                if let Err(e) = lock(&self.inner.life).restart_download() {
+                    self.fail(e.into(), Discard::Nothing);
+                    return;
                 }
                 if let Err(e) = self.persist() {
                     self.fail(e, Discard::Nothing);

@@ -27,6 +27,7 @@ enum Op {
     BeginDownload(u8, u64),
     DownloadProgress(u64),
     Checkpointed(u64),
+    RestartDownload,
     BeginVerify,
     VerifyProgress(u64),
     Verified,
@@ -47,6 +48,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..3, 0u64..2000).prop_map(|(n, r)| Op::BeginDownload(n, r)),
         (0u64..2000).prop_map(Op::DownloadProgress),
         (0u64..2000).prop_map(Op::Checkpointed),
+        Just(Op::RestartDownload),
         Just(Op::BeginVerify),
         (0u64..2000).prop_map(Op::VerifyProgress),
         Just(Op::Verified),
@@ -65,7 +67,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Apply `op`; `Err` when the lifecycle refused it.
 fn apply(l: &mut Lifecycle, op: &Op) -> Result<(), String> {
-    let e = |r: Result<(), tope_updater::error::OtaError>| r.map_err(|e| e.to_string());
+    let e = |r: Result<(), tope_updater::lifecycle::Refused>| r.map_err(|e| e.to_string());
     match op {
         Op::BeginDownload(n, r) => e(l.begin_download(spec(*n, 1000), *r, Validator::default())),
         Op::DownloadProgress(b) => {
@@ -77,6 +79,7 @@ fn apply(l: &mut Lifecycle, op: &Op) -> Result<(), String> {
             l.checkpointed((*b).min(done), Validator::default());
             Ok(())
         }
+        Op::RestartDownload => e(l.restart_download()),
         Op::BeginVerify => e(l.begin_verify()),
         Op::VerifyProgress(b) => {
             l.verify_progress(*b);

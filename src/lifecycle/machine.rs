@@ -1,47 +1,149 @@
-//! [`Lifecycle`]: the state of the updater, changed only through named transitions.
+//! [`Lifecycle`]: the state of the updater, one variant per stage holding exactly what is
+//! valid in it, changed only through named transitions.
 //!
-//! Each transition says which stages it may start from and keeps its own invariants (the
-//! error is set exactly in `failed`, the install progress is reset when an installation
-//! begins, a download's durable byte count never exceeds what was received...). A transition
-//! from a stage it does not accept changes nothing and returns `INTERNAL_ERROR` (a bug in the
-//! caller, logged by it). The `restored_*` constructors rebuild a lifecycle at start-up from
-//! what was found on disk (see `crate::startup`), outside the transition rules.
+//! Each transition says which stages it may start from. A transition from a stage it does not
+//! accept changes nothing and returns [`Refused`] (a bug in the caller, logged by it; turned
+//! into `INTERNAL_ERROR` at the edge); a lifecycle blocked by the crash-loop guard refuses
+//! `begin_download` and `begin_install` with the guard's error. The `restored_*` constructors
+//! rebuild a lifecycle at start-up from what was found on disk (see `crate::startup`).
 
 use time::OffsetDateTime;
 
-use super::{
-    download_percent, iso8601, mb, share_percent, DownloadDecision, InstallProgress, PackageSpec,
-    Stage, Status, UpdateDecision, Validator,
-};
+use super::{InstallProgress, PackageSpec, Stage, Validator};
 use crate::error::{self, OtaError};
 
-/// The whole lifecycle state. Its fields are private: only the transitions below change them.
+/// A transition the lifecycle did not make.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refused {
+    /// Not allowed from the current stage: a bug in the caller.
+    #[error("transition `{transition}` is not allowed in stage {stage}")]
+    Stage {
+        transition: &'static str,
+        stage: Stage,
+    },
+    /// Start-up recovery was given up (crash-loop guard): nothing starts until an operator
+    /// clears the guard; the guard's own error says how.
+    #[error("{0}")]
+    Blocked(OtaError),
+}
+
+impl From<Refused> for OtaError {
+    fn from(r: Refused) -> OtaError {
+        match r {
+            Refused::Stage { .. } => error::internal(r.to_string()),
+            Refused::Blocked(e) => e,
+        }
+    }
+}
+
+/// A package being fetched or hashed.
+#[derive(Debug, Clone, PartialEq)]
+struct Transfer {
+    spec: PackageSpec,
+    /// Bytes received (downloading) or hashed (verifying): what is shown.
+    done: u64,
+    /// Bytes known to be on disk (fdatasync'd): what the state file may claim.
+    durable: u64,
+    validator: Validator,
+}
+
+impl Transfer {
+    fn new(spec: PackageSpec, bytes: u64, validator: Validator) -> Transfer {
+        let bytes = bytes.min(spec.package_size);
+        Transfer {
+            spec,
+            done: bytes,
+            durable: bytes,
+            validator,
+        }
+    }
+}
+
+/// A complete package whose MD5 matched.
+#[derive(Debug, Clone, PartialEq)]
+struct Verified {
+    spec: PackageSpec,
+    validator: Validator,
+    verified_at: OffsetDateTime,
+}
+
+/// An installation under way (`installing`, then `rebooting`).
+#[derive(Debug, Clone, PartialEq)]
+struct Installation {
+    package: Verified,
+    /// Tells this installation from any other, also of the same package (kept in the state
+    /// file and the outcome).
+    id: u64,
+    modules: InstallProgress,
+    /// What it is doing now, for people.
+    note: String,
+}
+
+/// What a `success` or `failed` is about.
+#[derive(Debug, Clone, PartialEq)]
+enum About {
+    /// Nothing known (a failure restored without a version).
+    Nothing,
+    /// Only the version: restored from an outcome, or a package forgotten (expired).
+    Version(String),
+    /// A package whose bytes (partial, complete or deleted) a new `/download` of the same
+    /// package can build on.
+    Partial(Transfer),
+    /// A verified package (an installation's).
+    Verified(Verified),
+}
+
+/// `failed`.
+#[derive(Debug, Clone, PartialEq)]
+struct Failure {
+    error: OtaError,
+    /// The progress shown when it failed.
+    progress: u8,
+    about: About,
+    install_id: Option<u64>,
+    /// Start-up recovery was given up: `/download` and `/update` answer the error until an
+    /// operator clears the guard and restarts the daemon.
+    blocked: bool,
+}
+
+/// `success`.
+#[derive(Debug, Clone, PartialEq)]
+struct Done {
+    about: About,
+    install_id: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Idle,
+    Downloading(Transfer),
+    Verifying(Transfer),
+    ToInstall(Verified),
+    Installing(Installation),
+    Rebooting(Installation),
+    Success(Done),
+    Failed(Failure),
+}
+
+impl State {
+    fn stage(&self) -> Stage {
+        match self {
+            State::Idle => Stage::Idle,
+            State::Downloading(_) => Stage::Downloading,
+            State::Verifying(_) => Stage::Verifying,
+            State::ToInstall(_) => Stage::ToInstall,
+            State::Installing(_) => Stage::Installing,
+            State::Rebooting(_) => Stage::Rebooting,
+            State::Success(_) => Stage::Success,
+            State::Failed(_) => Stage::Failed,
+        }
+    }
+}
+
+/// The whole lifecycle state. Only the transitions below change it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lifecycle {
-    stage: Stage,
-    /// The package of the current (or last) download; also a failed download's partial.
-    package: Option<PackageSpec>,
-    /// Bytes of the package received (downloading) or hashed (verifying): what is shown.
-    bytes_done: u64,
-    /// Bytes of the download known to be on disk (fdatasync'd): what the state file may claim.
-    bytes_durable: u64,
-    validator: Validator,
-    verified_at: Option<OffsetDateTime>,
-    /// Set exactly when the stage is `failed`.
-    error: Option<OtaError>,
-    install: InstallProgress,
-    /// Free text shown for stages whose message is not derived from numbers.
-    note: String,
-    /// The progress value kept when the stage became `failed`.
-    failed_progress: u8,
-    /// The version an outcome restored at start-up is about (its package is no longer known).
-    outcome_version: Option<String>,
-    /// Tells this installation from any other, also of the same package (set when it begins,
-    /// kept in the state file and the outcome).
-    install_id: Option<u64>,
-    /// Set when start-up recovery is given up (crash-loop guard): `/download` and `/update`
-    /// answer this error until an operator clears the guard and restarts the daemon.
-    blocked: Option<OtaError>,
+    state: State,
 }
 
 impl Default for Lifecycle {
@@ -53,97 +155,155 @@ impl Default for Lifecycle {
 impl Lifecycle {
     /// `idle`: nothing known.
     pub fn new() -> Lifecycle {
-        Lifecycle {
-            stage: Stage::Idle,
-            package: None,
-            bytes_done: 0,
-            bytes_durable: 0,
-            validator: Validator::default(),
-            verified_at: None,
-            error: None,
-            install: InstallProgress::default(),
-            note: String::new(),
-            failed_progress: 0,
-            outcome_version: None,
-            install_id: None,
-            blocked: None,
-        }
+        Lifecycle { state: State::Idle }
     }
 
     // ------------------------------------------------------------ reading
 
+    /// The wire stage, derived from the state.
     pub fn stage(&self) -> Stage {
-        self.stage
+        self.state.stage()
+    }
+
+    fn about(&self) -> Option<&About> {
+        match &self.state {
+            State::Success(d) => Some(&d.about),
+            State::Failed(f) => Some(&f.about),
+            _ => None,
+        }
     }
 
     pub fn package(&self) -> Option<&PackageSpec> {
-        self.package.as_ref()
+        match &self.state {
+            State::Idle => None,
+            State::Downloading(t) | State::Verifying(t) => Some(&t.spec),
+            State::ToInstall(v) => Some(&v.spec),
+            State::Installing(i) | State::Rebooting(i) => Some(&i.package.spec),
+            State::Success(_) | State::Failed(_) => match self.about() {
+                Some(About::Partial(t)) => Some(&t.spec),
+                Some(About::Verified(v)) => Some(&v.spec),
+                _ => None,
+            },
+        }
     }
 
+    /// Bytes received (downloading), hashed (verifying), or of the package (later stages).
     pub fn bytes_done(&self) -> u64 {
-        self.bytes_done
+        self.bytes().0
+    }
+
+    /// (shown, durable) bytes of the package.
+    fn bytes(&self) -> (u64, u64) {
+        let size = |v: &Verified| (v.spec.package_size, v.spec.package_size);
+        match &self.state {
+            State::Idle => (0, 0),
+            State::Downloading(t) | State::Verifying(t) => (t.done, t.durable),
+            State::ToInstall(v) => size(v),
+            State::Installing(i) | State::Rebooting(i) => size(&i.package),
+            State::Success(_) | State::Failed(_) => match self.about() {
+                Some(About::Partial(t)) => (t.done, t.durable),
+                Some(About::Verified(v)) => size(v),
+                _ => (0, 0),
+            },
+        }
     }
 
     pub fn validator(&self) -> &Validator {
-        &self.validator
+        static NONE: Validator = Validator {
+            etag: None,
+            last_modified: None,
+        };
+        match &self.state {
+            State::Downloading(t) | State::Verifying(t) => &t.validator,
+            State::ToInstall(v) => &v.validator,
+            State::Installing(i) | State::Rebooting(i) => &i.package.validator,
+            State::Success(_) | State::Failed(_) => match self.about() {
+                Some(About::Partial(t)) => &t.validator,
+                Some(About::Verified(v)) => &v.validator,
+                _ => &NONE,
+            },
+            State::Idle => &NONE,
+        }
     }
 
+    /// When the package's MD5 matched (from `toInstall` on, while the package is known).
     pub fn verified_at(&self) -> Option<OffsetDateTime> {
-        self.verified_at
+        match &self.state {
+            State::ToInstall(v) => Some(v.verified_at),
+            State::Installing(i) | State::Rebooting(i) => Some(i.package.verified_at),
+            State::Success(_) | State::Failed(_) => match self.about() {
+                Some(About::Verified(v)) => Some(v.verified_at),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// The error of the `failed` stage (`None` in every other stage).
     pub fn error(&self) -> Option<&OtaError> {
-        self.error.as_ref()
+        match &self.state {
+            State::Failed(f) => Some(&f.error),
+            _ => None,
+        }
     }
 
     /// The version this state is about: the package's, or the restored outcome's.
     pub fn version(&self) -> Option<&str> {
-        self.package
-            .as_ref()
-            .map(|p| p.version.as_str())
-            .or(self.outcome_version.as_deref())
+        match self.about() {
+            Some(About::Version(v)) => Some(v),
+            _ => self.package().map(|p| p.version.as_str()),
+        }
     }
 
     /// The id of the current (or last) installation, set by [`Lifecycle::begin_install`].
     pub fn install_id(&self) -> Option<u64> {
-        self.install_id
+        match &self.state {
+            State::Installing(i) | State::Rebooting(i) => Some(i.id),
+            State::Success(d) => d.install_id,
+            State::Failed(f) => f.install_id,
+            _ => None,
+        }
     }
 
     pub fn is_blocked(&self) -> bool {
-        self.blocked.is_some()
+        matches!(&self.state, State::Failed(f) if f.blocked)
+    }
+
+    fn blocked_error(&self) -> Option<&OtaError> {
+        match &self.state {
+            State::Failed(f) if f.blocked => Some(&f.error),
+            _ => None,
+        }
     }
 
     /// `bytes_downloaded` for the state file: never more than is durable while a download's
     /// bytes are in flight (or were, when it failed).
     pub fn persisted_bytes(&self) -> u64 {
-        match self.stage {
-            Stage::Downloading | Stage::Failed => self.bytes_done.min(self.bytes_durable),
-            _ => self.bytes_done,
+        let (done, durable) = self.bytes();
+        match self.state {
+            State::Downloading(_) | State::Failed(_) => done.min(durable),
+            _ => done,
         }
     }
 
     // ------------------------------------------------------------ transitions
 
-    /// Refuse a transition named `what` unless the stage is one of `from`.
-    fn require(&self, what: &str, from: &[Stage]) -> Result<(), OtaError> {
-        if from.contains(&self.stage) {
-            Ok(())
-        } else {
-            Err(error::internal(format!(
-                "transition `{what}` is not allowed in stage {}",
-                self.stage
-            )))
+    fn refuse(&self, transition: &'static str) -> Refused {
+        Refused::Stage {
+            transition,
+            stage: self.stage(),
         }
     }
 
-    /// Enter `to`, which the table of [`Stage::can_go_to`] must allow.
-    fn enter(&mut self, to: Stage) {
-        debug_assert!(self.stage == to || self.stage.can_go_to(to));
-        if to != Stage::Failed {
-            self.error = None;
-        }
-        self.stage = to;
+    /// Enter `next`, whose stage the table of [`Stage::can_go_to`] must allow.
+    fn go(&mut self, next: State) {
+        debug_assert!(
+            self.stage() == next.stage() || self.stage().can_go_to(next.stage()),
+            "{} -> {}",
+            self.stage(),
+            next.stage()
+        );
+        self.state = next;
     }
 
     /// A `/download` was accepted: fetch `spec`, keeping `resume_from` bytes of a partial of
@@ -154,178 +314,230 @@ impl Lifecycle {
         spec: PackageSpec,
         resume_from: u64,
         validator: Validator,
-    ) -> Result<(), OtaError> {
-        self.require(
-            "begin_download",
-            &[Stage::Idle, Stage::Success, Stage::Failed, Stage::ToInstall],
-        )?;
-        if let Some(e) = &self.blocked {
-            return Err(e.clone());
+    ) -> Result<(), Refused> {
+        if !matches!(
+            self.state,
+            State::Idle | State::Success(_) | State::Failed(_) | State::ToInstall(_)
+        ) {
+            return Err(self.refuse("begin_download"));
         }
-        let resume_from = resume_from.min(spec.package_size);
-        self.enter(Stage::Downloading);
-        self.package = Some(spec);
-        self.bytes_done = resume_from;
-        self.bytes_durable = resume_from;
-        self.validator = validator;
-        self.verified_at = None;
-        self.note.clear();
-        self.outcome_version = None;
-        self.install_id = None;
+        if let Some(e) = self.blocked_error() {
+            return Err(Refused::Blocked(e.clone()));
+        }
+        self.go(State::Downloading(Transfer::new(
+            spec,
+            resume_from,
+            validator,
+        )));
         Ok(())
     }
 
     /// `bytes` of the package are on disk (not necessarily durable yet).
     pub fn download_progress(&mut self, bytes: u64) {
-        if self.stage == Stage::Downloading {
-            self.bytes_done = bytes;
+        if let State::Downloading(t) = &mut self.state {
+            t.done = bytes;
         }
     }
 
     /// `bytes` are durable on disk, served under `validator`: what the state file may claim.
     pub fn checkpointed(&mut self, bytes: u64, validator: Validator) {
-        if self.stage == Stage::Downloading {
-            self.bytes_durable = bytes;
-            self.validator = validator;
+        if let State::Downloading(t) = &mut self.state {
+            t.durable = bytes;
+            t.validator = validator;
         }
     }
 
+    /// The download starts over from byte 0 (the bytes on disk belong to another version of
+    /// the file): nothing received counts any more, nor does the old validator.
+    pub fn restart_download(&mut self) -> Result<(), Refused> {
+        let State::Downloading(t) = &mut self.state else {
+            return Err(self.refuse("restart_download"));
+        };
+        t.done = 0;
+        t.durable = 0;
+        t.validator = Validator::default();
+        Ok(())
+    }
+
     /// The download is complete (its MD5 computed on the way): `downloading` -> `verifying`.
-    pub fn begin_verify(&mut self) -> Result<(), OtaError> {
-        self.require("begin_verify", &[Stage::Downloading])?;
-        self.enter(Stage::Verifying);
-        self.bytes_done = self.total();
-        self.bytes_durable = self.bytes_done;
+    pub fn begin_verify(&mut self) -> Result<(), Refused> {
+        let State::Downloading(t) = &self.state else {
+            return Err(self.refuse("begin_verify"));
+        };
+        let size = t.spec.package_size;
+        let mut t = t.clone();
+        t.done = size;
+        t.durable = size;
+        self.go(State::Verifying(t));
         Ok(())
     }
 
     /// `bytes` of the file hashed (a verification resumed at start-up).
     pub fn verify_progress(&mut self, bytes: u64) {
-        if self.stage == Stage::Verifying {
-            self.bytes_done = bytes.min(self.total());
+        if let State::Verifying(t) = &mut self.state {
+            t.done = bytes.min(t.spec.package_size);
         }
     }
 
     /// The MD5 matched at `at`: `verifying` -> `toInstall`.
-    pub fn verified(&mut self, at: OffsetDateTime) -> Result<(), OtaError> {
-        self.require("verified", &[Stage::Verifying])?;
-        self.enter(Stage::ToInstall);
-        self.bytes_done = self.total();
-        self.verified_at = Some(at);
+    pub fn verified(&mut self, at: OffsetDateTime) -> Result<(), Refused> {
+        let State::Verifying(t) = &self.state else {
+            return Err(self.refuse("verified"));
+        };
+        let v = Verified {
+            spec: t.spec.clone(),
+            validator: t.validator.clone(),
+            verified_at: at,
+        };
+        self.go(State::ToInstall(v));
         Ok(())
     }
 
     /// `/update` was accepted: `toInstall` -> `installing`, as installation `id`.
-    pub fn begin_install(&mut self, id: u64) -> Result<(), OtaError> {
-        self.require("begin_install", &[Stage::ToInstall])?;
-        if let Some(e) = &self.blocked {
-            return Err(e.clone());
-        }
-        self.enter(Stage::Installing);
-        self.install_id = Some(id);
-        self.install = InstallProgress::default();
-        self.note = "Checking package integrity".into();
+    pub fn begin_install(&mut self, id: u64) -> Result<(), Refused> {
+        let State::ToInstall(v) = &self.state else {
+            return Err(self.refuse("begin_install"));
+        };
+        let i = Installation {
+            package: v.clone(),
+            id,
+            modules: InstallProgress::default(),
+            note: "Checking package integrity".into(),
+        };
+        self.go(State::Installing(i));
         Ok(())
     }
 
     /// The processes of `module` are being stopped.
-    pub fn stopping(&mut self, module: &str) -> Result<(), OtaError> {
-        self.require("stopping", &[Stage::Installing])?;
-        self.note = format!("Stopping processes of module {module}");
+    pub fn stopping(&mut self, module: &str) -> Result<(), Refused> {
+        let State::Installing(i) = &mut self.state else {
+            return Err(self.refuse("stopping"));
+        };
+        i.note = format!("Stopping processes of module {module}");
         Ok(())
     }
 
     /// Module `index` of `total` (1-based) is being deployed.
-    pub fn deploying(&mut self, module: &str, index: usize, total: usize) -> Result<(), OtaError> {
-        self.require("deploying", &[Stage::Installing])?;
-        self.install = InstallProgress {
+    pub fn deploying(&mut self, module: &str, index: usize, total: usize) -> Result<(), Refused> {
+        let State::Installing(i) = &mut self.state else {
+            return Err(self.refuse("deploying"));
+        };
+        i.modules = InstallProgress {
             done: index.saturating_sub(1).min(total),
             total,
         };
-        self.note = format!("Deploying module {module} ({index}/{total})");
+        i.note = format!("Deploying module {module} ({index}/{total})");
         Ok(())
     }
 
     /// Every file is in place; `module` is being started again: `installing` -> `rebooting`
     /// (or still `rebooting`). Returns whether the stage changed.
-    pub fn restarting(&mut self, module: &str) -> Result<bool, OtaError> {
-        let changed = self.enter_rebooting("restarting")?;
-        self.note = format!("Restarting module {module}");
-        Ok(changed)
+    pub fn restarting(&mut self, module: &str) -> Result<bool, Refused> {
+        self.enter_rebooting("restarting", format!("Restarting module {module}"))
     }
 
     /// The health of `module` is being checked after the restarts (stage `rebooting`,
     /// progress 100). Returns whether the stage changed.
-    pub fn checking(&mut self, module: &str) -> Result<bool, OtaError> {
-        let changed = self.enter_rebooting("checking")?;
-        self.note = format!("Checking module {module}");
-        Ok(changed)
+    pub fn checking(&mut self, module: &str) -> Result<bool, Refused> {
+        self.enter_rebooting("checking", format!("Checking module {module}"))
     }
 
-    fn enter_rebooting(&mut self, what: &str) -> Result<bool, OtaError> {
-        self.require(what, &[Stage::Installing, Stage::Rebooting])?;
-        self.install.done = self.install.total;
-        let changed = self.stage == Stage::Installing;
-        self.enter(Stage::Rebooting);
+    fn enter_rebooting(&mut self, what: &'static str, note: String) -> Result<bool, Refused> {
+        let (State::Installing(i) | State::Rebooting(i)) = &self.state else {
+            return Err(self.refuse(what));
+        };
+        let changed = matches!(self.state, State::Installing(_));
+        let mut i = i.clone();
+        i.modules.done = i.modules.total;
+        i.note = note;
+        self.go(State::Rebooting(i));
         Ok(changed)
     }
 
     /// A step failed and the installation is being rolled back (stage unchanged).
-    pub fn rolling_back(&mut self, reason: &str) -> Result<(), OtaError> {
-        self.require("rolling_back", &[Stage::Installing, Stage::Rebooting])?;
-        self.note = format!("Rolling back: {reason}");
+    pub fn rolling_back(&mut self, reason: &str) -> Result<(), Refused> {
+        let (State::Installing(i) | State::Rebooting(i)) = &mut self.state else {
+            return Err(self.refuse("rolling_back"));
+        };
+        i.note = format!("Rolling back: {reason}");
         Ok(())
     }
 
     /// The installation is complete and its outcome recorded: -> `success`.
-    pub fn succeeded(&mut self) -> Result<(), OtaError> {
-        self.require("succeeded", &[Stage::Installing, Stage::Rebooting])?;
-        self.install.done = self.install.total;
-        self.note = match self.version() {
-            Some(v) => format!("Update to {v} completed"),
-            None => "Update completed".into(),
+    pub fn succeeded(&mut self) -> Result<(), Refused> {
+        let (State::Installing(i) | State::Rebooting(i)) = &self.state else {
+            return Err(self.refuse("succeeded"));
         };
-        self.enter(Stage::Success);
+        let done = Done {
+            about: About::Verified(i.package.clone()),
+            install_id: Some(i.id),
+        };
+        self.go(State::Success(done));
         Ok(())
     }
 
-    /// The stages an operation can fail from.
-    const FAILABLE: [Stage; 5] = [
-        Stage::Downloading,
-        Stage::Verifying,
-        Stage::ToInstall,
-        Stage::Installing,
-        Stage::Rebooting,
-    ];
+    /// What a failure from the current (busy or `toInstall`) stage is about; `None` from any
+    /// other stage.
+    fn failing(&self) -> Option<(About, Option<u64>)> {
+        Some(match &self.state {
+            State::Downloading(t) | State::Verifying(t) => (About::Partial(t.clone()), None),
+            State::ToInstall(v) => (About::Verified(v.clone()), None),
+            State::Installing(i) | State::Rebooting(i) => {
+                (About::Verified(i.package.clone()), Some(i.id))
+            }
+            _ => return None,
+        })
+    }
+
+    fn fail_with(&mut self, about: About, install_id: Option<u64>, error: OtaError) {
+        let failure = Failure {
+            error,
+            progress: self.progress(),
+            about,
+            install_id,
+            blocked: false,
+        };
+        self.go(State::Failed(failure));
+    }
 
     /// The running operation failed with `err` (from a busy stage, or `toInstall`). The
     /// partial download, if any, is kept for a resume; the progress shown stays where it was.
-    pub fn failed(&mut self, err: OtaError) -> Result<(), OtaError> {
-        self.require("failed", &Self::FAILABLE)?;
-        self.failed_progress = self.progress();
-        self.enter(Stage::Failed);
-        self.error = Some(err);
+    pub fn failed(&mut self, err: OtaError) -> Result<(), Refused> {
+        let Some((about, id)) = self.failing() else {
+            return Err(self.refuse("failed"));
+        };
+        self.fail_with(about, id, err);
         Ok(())
     }
 
     /// As [`Lifecycle::failed`], the package file having been deleted: nothing to resume, and
     /// the download or verification progress drops to 0.
-    pub fn failed_file_deleted(&mut self, err: OtaError) -> Result<(), OtaError> {
-        self.require("failed_file_deleted", &Self::FAILABLE)?;
-        self.bytes_done = 0;
-        self.bytes_durable = 0;
-        self.failed(err)
+    pub fn failed_file_deleted(&mut self, err: OtaError) -> Result<(), Refused> {
+        let Some((about, id)) = self.failing() else {
+            return Err(self.refuse("failed_file_deleted"));
+        };
+        let emptied = match about {
+            About::Partial(t) => Transfer::new(t.spec, 0, t.validator),
+            About::Verified(v) => Transfer::new(v.spec, 0, v.validator),
+            About::Nothing | About::Version(_) => return Err(self.refuse("failed_file_deleted")),
+        };
+        // The progress shown is the one of the emptied package.
+        if let State::Downloading(t) | State::Verifying(t) = &mut self.state {
+            t.done = 0;
+            t.durable = 0;
+        }
+        self.fail_with(About::Partial(emptied), id, err);
+        Ok(())
     }
 
     /// The verified package outlived the trust window: `toInstall` -> `failed` with `err`;
     /// the package is forgotten (its file and the state file are deleted by the caller).
-    pub fn expired(&mut self, err: OtaError) -> Result<(), OtaError> {
-        self.require("expired", &[Stage::ToInstall])?;
-        let version = self.package.take().map(|p| p.version);
-        self.failed(err)?;
-        self.bytes_done = 0;
-        self.bytes_durable = 0;
-        self.outcome_version = version;
+    pub fn expired(&mut self, err: OtaError) -> Result<(), Refused> {
+        let State::ToInstall(v) = &self.state else {
+            return Err(self.refuse("expired"));
+        };
+        let about = About::Version(v.spec.version.clone());
+        self.fail_with(about, None, err);
         Ok(())
     }
 
@@ -333,22 +545,16 @@ impl Lifecycle {
 
     /// A download to resume at `bytes` (start-up).
     pub fn restored_download(spec: PackageSpec, bytes: u64, validator: Validator) -> Lifecycle {
-        let mut l = Lifecycle::new();
-        l.stage = Stage::Downloading;
-        l.bytes_done = bytes.min(spec.package_size);
-        l.bytes_durable = l.bytes_done;
-        l.package = Some(spec);
-        l.validator = validator;
-        l
+        Lifecycle {
+            state: State::Downloading(Transfer::new(spec, bytes, validator)),
+        }
     }
 
     /// A complete file whose MD5 is to be checked (start-up).
     pub fn restored_verify(spec: PackageSpec, validator: Validator) -> Lifecycle {
-        let mut l = Lifecycle::new();
-        l.stage = Stage::Verifying;
-        l.package = Some(spec);
-        l.validator = validator;
-        l
+        Lifecycle {
+            state: State::Verifying(Transfer::new(spec, 0, validator)),
+        }
     }
 
     /// A package verified at `verified_at`, waiting for `/update` (start-up).
@@ -357,23 +563,23 @@ impl Lifecycle {
         validator: Validator,
         verified_at: OffsetDateTime,
     ) -> Lifecycle {
-        let mut l = Lifecycle::new();
-        l.stage = Stage::ToInstall;
-        l.bytes_done = spec.package_size;
-        l.bytes_durable = spec.package_size;
-        l.package = Some(spec);
-        l.validator = validator;
-        l.verified_at = Some(verified_at);
-        l
+        Lifecycle {
+            state: State::ToInstall(Verified {
+                spec,
+                validator,
+                verified_at,
+            }),
+        }
     }
 
     /// The `success` of an installation of `version` (start-up).
     pub fn restored_success(version: &str) -> Lifecycle {
-        let mut l = Lifecycle::new();
-        l.stage = Stage::Success;
-        l.outcome_version = Some(version.to_string());
-        l.note = format!("Update to {version} completed");
-        l
+        Lifecycle {
+            state: State::Success(Done {
+                about: About::Version(version.to_string()),
+                install_id: None,
+            }),
+        }
     }
 
     /// `failed` with `err` (start-up). `package` and `bytes`: a partial or complete file of
@@ -385,178 +591,36 @@ impl Lifecycle {
         version: Option<&str>,
         progress: u8,
     ) -> Lifecycle {
-        let mut l = Lifecycle::new();
-        l.stage = Stage::Failed;
-        l.error = Some(err);
-        l.failed_progress = progress.min(100);
-        match package {
-            Some((spec, bytes, validator)) => {
-                l.bytes_done = bytes.min(spec.package_size);
-                l.bytes_durable = l.bytes_done;
-                l.package = Some(spec);
-                l.validator = validator;
+        let about = match (package, version) {
+            (Some((spec, bytes, validator)), _) => {
+                About::Partial(Transfer::new(spec, bytes, validator))
             }
-            None => l.outcome_version = version.map(str::to_string),
+            (None, Some(v)) => About::Version(v.to_string()),
+            (None, None) => About::Nothing,
+        };
+        Lifecycle {
+            state: State::Failed(Failure {
+                error: err,
+                progress: progress.min(100),
+                about,
+                install_id: None,
+                blocked: false,
+            }),
         }
-        l
     }
 
     /// Start-up recovery was given up (crash-loop guard): `failed` with `err`, and every
     /// `/download` and `/update` answers `err` until the daemon is restarted.
     pub fn restored_blocked(err: OtaError) -> Lifecycle {
-        let mut l = Lifecycle::restored_failed(err.clone(), None, None, 0);
-        l.blocked = Some(err);
+        let mut l = Lifecycle::restored_failed(err, None, None, 0);
+        if let State::Failed(f) = &mut l.state {
+            f.blocked = true;
+        }
         l
     }
-
-    // ------------------------------------------------------------ decisions
-
-    /// Which answer `/download` gets.
-    pub fn decide_download(&self, req: &PackageSpec) -> Result<DownloadDecision, OtaError> {
-        if let Some(e) = &self.blocked {
-            return Err(e.clone());
-        }
-        let same = self.package.as_ref().is_some_and(|p| p.same_package(req));
-        match self.stage {
-            Stage::Downloading | Stage::Verifying if same => Ok(DownloadDecision::Join),
-            Stage::Downloading | Stage::Verifying => Err(error::in_progress(format!(
-                "a download of {} is running; wait for it to finish",
-                self.package_label()
-            ))),
-            Stage::Installing | Stage::Rebooting => Err(error::in_progress(format!(
-                "installation of {} is running",
-                self.package_label()
-            ))),
-            Stage::ToInstall if same => Ok(DownloadDecision::AlreadyVerified),
-            Stage::Idle | Stage::Success | Stage::Failed | Stage::ToInstall => {
-                let resume_from = if same && self.package.as_ref() == Some(req) {
-                    self.bytes_done
-                } else {
-                    0
-                };
-                Ok(DownloadDecision::Start { resume_from })
-            }
-        }
-    }
-
-    /// Which answer `/update` gets, given the time now and the trust window.
-    pub fn decide_update(
-        &self,
-        version: &str,
-        now: OffsetDateTime,
-        trust_window_hours: u64,
-    ) -> Result<UpdateDecision, OtaError> {
-        if let Some(e) = &self.blocked {
-            return Err(e.clone());
-        }
-        match self.stage {
-            Stage::Installing | Stage::Rebooting => Err(error::in_progress(format!(
-                "installation of {} is running",
-                self.package_label()
-            ))),
-            Stage::Verifying => Err(error::not_verified(format!(
-                "package {} is still being verified",
-                self.package_label()
-            ))),
-            Stage::Downloading => Err(error::incomplete(format!(
-                "package {} is still downloading ({}%)",
-                self.package_label(),
-                self.progress()
-            ))),
-            Stage::Idle | Stage::Success | Stage::Failed => Err(error::incomplete(
-                "no verified package is waiting; POST /download first",
-            )),
-            Stage::ToInstall => {
-                let pkg = self
-                    .package
-                    .as_ref()
-                    .ok_or_else(|| error::incomplete("no verified package is waiting"))?;
-                if pkg.version != version {
-                    return Err(error::not_found(format!(
-                        "version {version} is not downloaded (the verified package is {})",
-                        pkg.version
-                    )));
-                }
-                let verified_at = self.verified_at.unwrap_or(now);
-                // Saturating: a window longer than a Duration can hold never expires (the
-                // configuration accepts any positive integer; `Duration::hours` would panic).
-                let window = i64::try_from(trust_window_hours)
-                    .ok()
-                    .and_then(|h| h.checked_mul(3600))
-                    .map_or(time::Duration::MAX, time::Duration::seconds);
-                if now - verified_at > window {
-                    return Ok(UpdateDecision::Expired(error::expired(format!(
-                        "Package verified at {} has exceeded {}-hour trust window, please re-download",
-                        iso8601(verified_at),
-                        trust_window_hours
-                    ))));
-                }
-                Ok(UpdateDecision::Install)
-            }
-        }
-    }
-
-    fn package_label(&self) -> String {
-        match &self.package {
-            Some(p) => format!("{} ({})", p.package_name, p.version),
-            None => "a package".to_string(),
-        }
-    }
-
-    fn total(&self) -> u64 {
-        self.package.as_ref().map_or(0, |p| p.package_size)
-    }
-
-    /// Progress 0..=100 as the contract defines it per stage.
-    pub fn progress(&self) -> u8 {
-        match self.stage {
-            Stage::Idle => 0,
-            Stage::Downloading => download_percent(self.bytes_done, self.total()),
-            Stage::Verifying => share_percent(self.bytes_done, self.total()),
-            Stage::ToInstall | Stage::Rebooting | Stage::Success => 100,
-            Stage::Installing => share_percent(self.install.done as u64, self.install.total as u64),
-            Stage::Failed => self.failed_progress,
-        }
-    }
-
-    /// The `data` of `/progress`.
-    pub fn status(&self) -> Status {
-        let message = match self.stage {
-            Stage::Idle => "Idle".to_string(),
-            Stage::Downloading => format!(
-                "Downloading package... {} / {}",
-                mb(self.bytes_done),
-                mb(self.total())
-            ),
-            Stage::Verifying => format!(
-                "Verifying package MD5... {} / {}",
-                mb(self.bytes_done),
-                mb(self.total())
-            ),
-            Stage::ToInstall => match &self.package {
-                Some(p) => format!("Package {} verified, ready to install", p.version),
-                None => "Package verified, ready to install".to_string(),
-            },
-            Stage::Failed => match &self.error {
-                Some(e) => format!("Update failed: {e}"),
-                None => "Update failed".to_string(),
-            },
-            _ => self.note.clone(),
-        };
-        Status {
-            stage: self.stage,
-            progress: self.progress(),
-            message,
-            error: match self.stage {
-                Stage::Failed => self.error.as_ref().map(|e| e.to_string()),
-                _ => None,
-            },
-            version: self.version().map(str::to_string),
-            bytes_downloaded: self.bytes_done,
-            bytes_total: self.total(),
-        }
-    }
 }
+
+mod view;
 
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use super::{lock, Updater};
 use crate::error::{self, OtaError};
-use crate::lifecycle::{Lifecycle, Stage};
+use crate::lifecycle::{Lifecycle, Refused, Stage};
 use crate::outcome::{self, Outcome};
 use crate::report::Report;
 use crate::state;
@@ -84,7 +84,7 @@ impl Updater {
     /// transition was refused, or the state file could not be written (nothing changed).
     pub(super) fn advance(
         &self,
-        f: impl FnOnce(&mut Lifecycle) -> Result<(), OtaError>,
+        f: impl FnOnce(&mut Lifecycle) -> Result<(), Refused>,
     ) -> Result<(), OtaError> {
         let order = lock(&self.inner.persist);
         let mut next = lock(&self.inner.life).clone();
@@ -101,7 +101,7 @@ impl Updater {
     /// nothing changed and the caller must fail the job).
     pub(super) fn conclude(
         &self,
-        f: impl FnOnce(&mut Lifecycle) -> Result<(), OtaError>,
+        f: impl FnOnce(&mut Lifecycle) -> Result<(), Refused>,
     ) -> Result<(), OtaError> {
         let order = lock(&self.inner.persist);
         let mut next = lock(&self.inner.life).clone();

@@ -1,6 +1,7 @@
 //! The transitions of [`Lifecycle`], one by one and through a whole update.
 use super::*;
 use crate::error::ErrorCode;
+use crate::lifecycle::{iso8601, DownloadDecision, UpdateDecision};
 
 fn spec(v: &str, url: &str) -> PackageSpec {
     PackageSpec {
@@ -66,12 +67,18 @@ const ALL: [Stage; 8] = [
 #[test]
 fn named_transitions_accept_only_their_source_stages() {
     use Stage::*;
-    type T = fn(&mut Lifecycle) -> Result<(), OtaError>;
-    let table: [(&str, T, &[Stage], Stage); 12] = [
+    type T = fn(&mut Lifecycle) -> Result<(), Refused>;
+    let table: [(&str, T, &[Stage], Stage); 13] = [
         (
             "begin_download",
             |l| l.begin_download(pkg(), 0, Validator::default()),
             &[Idle, Success, Failed, ToInstall],
+            Downloading,
+        ),
+        (
+            "restart_download",
+            |l| l.restart_download(),
+            &[Downloading],
             Downloading,
         ),
         (
@@ -151,7 +158,14 @@ fn named_transitions_accept_only_their_source_stages() {
                 }
                 Err(e) => {
                     assert!(!from.contains(&s), "{name} refused from {s}: {e}");
-                    assert_eq!(e.code, ErrorCode::InternalError);
+                    assert_eq!(
+                        e,
+                        Refused::Stage {
+                            transition: name,
+                            stage: s
+                        }
+                    );
+                    assert_eq!(OtaError::from(e).code, ErrorCode::InternalError);
                     assert_eq!(l, before, "{name} refused from {s} changed the state");
                 }
             }
@@ -338,6 +352,22 @@ fn contract_6_state_file_never_claims_more_than_is_durable() {
     l.download_progress(0); // started over: nothing of the old file counts
     assert_eq!(l.persisted_bytes(), 0);
     l.download_progress(700);
+    l.checkpointed(
+        600,
+        Validator {
+            etag: Some("\"old\"".into()),
+            last_modified: None,
+        },
+    );
+    l.restart_download().unwrap();
+    assert_eq!((l.persisted_bytes(), l.bytes_done()), (0, 0));
+    assert_eq!(
+        l.validator(),
+        &Validator::default(),
+        "the old file's validator is dropped"
+    );
+    l.checkpointed(600, Validator::default());
+    l.download_progress(700);
     l.failed(error::download_failed("x")).unwrap();
     assert_eq!(l.persisted_bytes(), 600);
     let mut l = at(Stage::Verifying);
@@ -385,6 +415,9 @@ fn a_blocked_lifecycle_refuses_download_and_update() {
         l.decide_update("1.2.3", OffsetDateTime::now_utc(), 24),
         Err(err.clone())
     );
-    assert_eq!(l.begin_download(pkg(), 0, Validator::default()), Err(err));
+    assert_eq!(
+        l.begin_download(pkg(), 0, Validator::default()),
+        Err(Refused::Blocked(err))
+    );
     assert_eq!(l.stage(), Stage::Failed);
 }
