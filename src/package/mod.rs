@@ -176,8 +176,8 @@ fn plan(
             }
         }
     }
-    // No destination written twice, none below another (file vs directory), and none equal
-    // to another's temporary name (`<dst>.tmp`, used while deploying).
+    // No destination written twice, and none below another (file vs directory). Staging names
+    // are the updater's own (docs/API.md 9.6): `<dst>.tmp` is an ordinary destination.
     let mut owner: HashMap<&Path, usize> = HashMap::new();
     for f in &files {
         if let Some(other) = owner.insert(&f.dst, f.module) {
@@ -194,11 +194,7 @@ fn plan(
             .dst
             .ancestors()
             .skip(1)
-            .find_map(|a| owner.get(a).map(|m| (a, *m)))
-            .or_else(|| {
-                let tmp = crate::fsutil::tmp_sibling(&f.dst);
-                owner.get(tmp.as_path()).map(|m| (f.dst.as_path(), *m))
-            });
+            .find_map(|a| owner.get(a).map(|m| (a, *m)));
         if let Some((path, other)) = conflict {
             return Err(error::invalid_manifest(format!(
                 "module {}: {} conflicts with {} of module {}",

@@ -1,0 +1,243 @@
+//! docs/API.md 9.6, the updater touches only names it owns, and modes are sealed: the real
+//! daemon installs into a root holding things that are not its own (a directory or a user's
+//! file named `<dst>.tmp`, a destination name of 255 bytes), an installation that fails ends
+//! with nothing pending, and the unix modes of ZIP entries (outside the signed manifest) are
+//! deployed with setuid, setgid, sticky and group/other write taken away.
+
+mod common;
+mod pkgkit;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::daemon::{stage_of, BIN};
+use common::*;
+use serde_json::{json, Value};
+
+/// Prefix of the updater's own staging names (src/deploy/beneath.rs).
+const STAGE_PREFIX: &str = ".tope-stage-";
+
+/// A printer whose one module `app` deploys a single file to `dst`, with a daemon running.
+struct Fx {
+    ws: Workspace,
+    nginx: Nginx,
+    d: Daemon,
+    _api: FakeDeviceApi,
+    dst: PathBuf,
+    /// Packages served so far (each gets its own name).
+    served: std::cell::Cell<u32>,
+}
+
+fn fx(dst_name: &str, extra_toml: &str) -> Option<Fx> {
+    let ws = Workspace::new();
+    let nginx = ws.nginx()?;
+    let api = FakeDeviceApi::start();
+    let dst = ws.root().join("app").join(dst_name);
+    write_file(&dst, b"old\n", 0o755);
+    let d = Daemon::start(
+        &ws,
+        &api,
+        DaemonOptions {
+            extra_toml: format!("settle_s = 0\n{extra_toml}"),
+            ..Default::default()
+        },
+    );
+    Some(Fx {
+        ws,
+        nginx,
+        d,
+        _api: api,
+        dst,
+        served: std::cell::Cell::new(0),
+    })
+}
+
+impl Fx {
+    /// A package of `version` writing `content` to the destination, with `post_cmds`.
+    fn package(&self, version: &str, content: &[u8], post_cmds: Value) -> Vec<u8> {
+        let m = manifest(
+            version,
+            vec![json!({"name": "app", "src": "bin/app",
+                        "dst": self.dst.display().to_string(), "post_cmds": post_cmds})],
+        );
+        build_package(&m, &[Entry::file("bin/app", content, 0o755)])
+    }
+
+    /// Download and install `package` as `version`; the outcome's /progress.
+    fn install(&self, version: &str, package: &[u8]) -> Value {
+        let n = self.served.get() + 1;
+        self.served.set(n);
+        self.d
+            .install_package(&self.nginx, &format!("p{n}.zip"), version, package)
+    }
+
+    #[track_caller]
+    fn assert_success(&self, p: &Value) {
+        assert_eq!(stage_of(p), "success", "{p}\n{}", self.d.output());
+    }
+
+    /// `failed` with DEPLOYMENT_FAILED, rolled back, nothing pending: no journal, nothing in
+    /// `backups/`, `status --json` shows no pending installation.
+    #[track_caller]
+    fn assert_rolled_back(&self, p: &Value) {
+        assert_eq!(stage_of(p), "failed", "{p}");
+        let err = p["data"]["error"].as_str().unwrap_or_default();
+        assert!(err.starts_with("DEPLOYMENT_FAILED: "), "{p}");
+        assert!(err.ends_with("rolled back"), "{p}\n{}", self.d.output());
+        let backups = self.ws.work_dir().join("backups");
+        assert!(!backups.join("journal.json").exists(), "journal left");
+        assert!(
+            files_below(&backups).is_empty(),
+            "{:?}",
+            files_below(&backups)
+        );
+        let s = status_json(&self.d.config_path);
+        assert!(s["pending_installation"].is_null(), "{s}");
+    }
+
+    /// No staging file of the updater's own is left below the root.
+    #[track_caller]
+    fn assert_no_staging_files(&self) {
+        let left: Vec<_> = files_below(&self.ws.root())
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(STAGE_PREFIX))
+            })
+            .collect();
+        assert!(left.is_empty(), "staging files left: {left:?}");
+    }
+}
+
+/// `tope-updater status --config <config> --json`.
+fn status_json(config: &Path) -> Value {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("run tope-updater status");
+    assert!(out.status.success(), "status: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
+
+/// Every path below `dir` (directories included) with its mode and, for files, content.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Option<Vec<u8>>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let data = m.is_file().then(|| std::fs::read(&p).unwrap());
+            out.insert(p.clone(), (mode_of(&p), data));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// docs/API.md 9.6: a directory named `<dst>.tmp` (deployed by an earlier package, or made by
+/// someone on the device) is not the updater's: the package installs beside it and the
+/// directory and its content stay as they were. (Staging into `<dst>.tmp` used to remove it
+/// first, fail, fail its rollback too and keep refusing every later package.)
+#[test]
+fn contract_9_6_a_directory_named_dst_tmp_is_left_alone_and_the_package_installs() {
+    let Some(f) = fx("data", "") else { return };
+    let dir = f.ws.root().join("app/data.tmp");
+    write_file(&dir.join("keep.txt"), b"not the updater's\n", 0o640);
+    let before = snapshot(&dir);
+    let p = f.install("1.0.1", &f.package("1.0.1", b"new\n", json!([])));
+    f.assert_success(&p);
+    assert_eq!(std::fs::read(&f.dst).unwrap(), b"new\n");
+    assert_eq!(snapshot(&dir), before, "data.tmp/ changed");
+    f.assert_no_staging_files();
+    // And the next package installs too.
+    let p = f.install("1.0.2", &f.package("1.0.2", b"newer\n", json!([])));
+    f.assert_success(&p);
+    assert_eq!(std::fs::read(&f.dst).unwrap(), b"newer\n");
+    assert_eq!(snapshot(&dir), before, "data.tmp/ changed");
+}
+
+/// docs/API.md 9.6: a user's regular file `<dst>.tmp` is never deleted or overwritten: it
+/// survives a successful installation and a rolled-back one (a failing post command).
+#[test]
+fn contract_9_6_a_users_dst_tmp_file_survives_success_and_rollback() {
+    let Some(f) = fx("data", "") else { return };
+    let user = f.ws.root().join("app/data.tmp");
+    write_file(&user, b"the user's notes\n", 0o600);
+    let p = f.install("1.0.1", &f.package("1.0.1", b"new\n", json!([])));
+    f.assert_success(&p);
+    assert_eq!(std::fs::read(&f.dst).unwrap(), b"new\n");
+    assert_eq!(std::fs::read(&user).unwrap(), b"the user's notes\n");
+    assert_eq!(mode_of(&user), 0o600);
+
+    let p = f.install("1.0.2", &f.package("1.0.2", b"newer\n", json!([["false"]])));
+    f.assert_rolled_back(&p);
+    assert_eq!(std::fs::read(&f.dst).unwrap(), b"new\n");
+    assert_eq!(std::fs::read(&user).unwrap(), b"the user's notes\n");
+    f.assert_no_staging_files();
+}
+
+/// docs/API.md 9.6: a destination name of 255 bytes (the most ext4 takes, so `<name>.tmp`
+/// cannot exist) installs, and a failing post command rolls it back to the old content.
+#[test]
+fn contract_9_6_a_255_byte_destination_name_installs_and_rolls_back() {
+    let name = "n".repeat(255);
+    let Some(f) = fx(&name, "") else { return };
+    let p = f.install("1.0.1", &f.package("1.0.1", b"new\n", json!([])));
+    f.assert_success(&p);
+    assert_eq!(std::fs::read(&f.dst).unwrap(), b"new\n");
+    assert_eq!(mode_of(&f.dst), 0o755);
+
+    let p = f.install("1.0.2", &f.package("1.0.2", b"newer\n", json!([["false"]])));
+    f.assert_rolled_back(&p);
+    assert_eq!(std::fs::read(&f.dst).unwrap(), b"new\n");
+    f.assert_no_staging_files();
+}
+
+/// docs/API.md 9.6: an installation that fails (here a failing post command, beside a
+/// `<dst>.tmp` directory that is not the updater's) ends `failed`, rolled back, its journal
+/// gone and `status --json` showing nothing pending, every file under the root as it was; the
+/// next package installs without a restart, and again after a power cut (SIGKILL) and start.
+#[test]
+fn contract_9_6_a_failed_installation_leaves_nothing_pending_and_the_next_one_installs() {
+    let Some(mut f) = fx("data", "") else { return };
+    write_file(&f.ws.root().join("app/data.tmp/keep"), b"x\n", 0o644);
+    write_file(&f.ws.root().join("app/other.conf"), b"other\n", 0o600);
+    let failing = f.package("2.0.0", b"two\n", json!([["false"]]));
+
+    let before = snapshot(&f.ws.root());
+    let p = f.install("2.0.0", &failing);
+    f.assert_rolled_back(&p);
+    assert_eq!(
+        snapshot(&f.ws.root()),
+        before,
+        "files under the root changed"
+    );
+
+    // Without a restart.
+    let p = f.install("2.0.1", &f.package("2.0.1", b"two-one\n", json!([])));
+    f.assert_success(&p);
+    assert_eq!(std::fs::read(&f.dst).unwrap(), b"two-one\n");
+
+    // Fail again, then a power cut and a start: still nothing pending, the next one installs.
+    let before = snapshot(&f.ws.root());
+    let p = f.install("2.0.2", &f.package("2.0.2", b"bad\n", json!([["false"]])));
+    f.assert_rolled_back(&p);
+    f.d.sigkill();
+    f.d.restart();
+    assert!(f.d.first_progress.is_some());
+    assert_eq!(
+        snapshot(&f.ws.root()),
+        before,
+        "files under the root changed"
+    );
+    assert!(status_json(&f.d.config_path)["pending_installation"].is_null());
+    let p = f.install("2.0.3", &f.package("2.0.3", b"two-three\n", json!([])));
+    f.assert_success(&p);
+    assert_eq!(std::fs::read(&f.dst).unwrap(), b"two-three\n");
+    f.assert_no_staging_files();
+}
