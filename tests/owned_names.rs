@@ -241,3 +241,110 @@ fn contract_9_6_a_failed_installation_leaves_nothing_pending_and_the_next_one_in
     assert_eq!(std::fs::read(&f.dst).unwrap(), b"two-three\n");
     f.assert_no_staging_files();
 }
+
+/// Rewrite the unix mode of the central directory entry `name` of a ZIP (the external
+/// attributes, outside anything `manifest.sig` covers), as someone tampering with a signed
+/// package would.
+fn set_zip_mode(zip: &mut [u8], name: &str, mode: u32) {
+    let u16_at = |z: &[u8], i: usize| u16::from_le_bytes([z[i], z[i + 1]]) as usize;
+    let u32_at = |z: &[u8], i: usize| u32::from_le_bytes([z[i], z[i + 1], z[i + 2], z[i + 3]]);
+    let eocd = (0..=zip.len() - 22)
+        .rev()
+        .find(|&i| zip[i..i + 4] == *b"PK\x05\x06")
+        .expect("end of central directory");
+    let count = u16_at(zip, eocd + 10);
+    let mut at = u32_at(zip, eocd + 16) as usize;
+    for _ in 0..count {
+        assert_eq!(zip[at..at + 4], *b"PK\x01\x02", "central directory header");
+        let name_len = u16_at(zip, at + 28);
+        let extra_len = u16_at(zip, at + 30);
+        let comment_len = u16_at(zip, at + 32);
+        if &zip[at + 46..at + 46 + name_len] == name.as_bytes() {
+            zip[at + 5] = 3; // made by: unix
+            zip[at + 38..at + 42].copy_from_slice(&(mode << 16).to_le_bytes());
+            return;
+        }
+        at += 46 + name_len + extra_len + comment_len;
+    }
+    panic!("no entry {name} in the ZIP");
+}
+
+/// docs/API.md 9.6: a package signed with `pack --key`, its ZIP then rewritten to give the
+/// root-run program mode 06777 (setuid, setgid, writable by all): the signature still verifies
+/// (modes lie outside it) and the file deploys as 0755. An unsigned package's directory entry
+/// with mode 01777 and files with 0666 / 02775 deploy as 0755 directories and 0644 / 0755 files.
+#[test]
+fn contract_9_6_zip_modes_are_deployed_masked_even_when_tampered_outside_the_signature() {
+    // The author's side: a key and the package directory, apart from the printer's workspace.
+    let ws = Workspace::new();
+    let (key, public) = pkgkit::keygen(ws.path(), "signing.pem");
+    let Some(f) = fx(
+        "tool",
+        &format!("trusted_keys = [\"{public}\"]\nrequire_signature = true\n"),
+    ) else {
+        return;
+    };
+    let src = ws.path().join("src");
+    let m = manifest(
+        "1.0.1",
+        vec![json!({"name": "app", "src": "bin/tool", "dst": f.dst.display().to_string()})],
+    );
+    pkgkit::package_dir(&src, &m, &[("bin/tool", b"#!/bin/sh\necho new\n", 0o755)]);
+    let out = ws.path().join("signed.zip");
+    pkgkit::pack(&src, &out, Some(&key));
+    let mut bytes = std::fs::read(&out).unwrap();
+    set_zip_mode(&mut bytes, "bin/tool", 0o106777);
+    let tampered = pkgkit::entries(&bytes);
+    let tool = tampered.iter().find(|e| e.0 == "bin/tool").unwrap();
+    // (The ZIP reader may drop the special bits itself; group/other write it keeps.)
+    assert_eq!(tool.2 & 0o777, 0o777, "the ZIP carries the tampered mode");
+    assert!(
+        pkgkit::verify(&out_with(&ws, "tampered.zip", &bytes), &[&public]).ok,
+        "the tampered package still verifies"
+    );
+    let p = f.install("1.0.1", &bytes);
+    f.assert_success(&p);
+    assert_eq!(
+        std::fs::read(&f.dst).unwrap(),
+        b"#!/bin/sh\necho new\n".as_slice()
+    );
+    assert_eq!(mode_of(&f.dst), 0o755, "setuid/setgid/other-write deployed");
+}
+
+/// The same rule for directory entries and other file modes, in an unsigned package.
+#[test]
+fn contract_9_6_directory_and_file_entry_modes_are_masked() {
+    let Some(f) = fx("data", "") else { return };
+    let dst = f.ws.root().join("newdir");
+    let m = manifest(
+        "1.0.1",
+        vec![json!({"name": "d", "src": "d", "dst": dst.display().to_string()})],
+    );
+    let mut bytes = build_package(
+        &m,
+        &[
+            Entry::dir("d"),
+            Entry::dir("d/sub"),
+            Entry::file("d/sub/shared", b"shared\n", 0o644),
+            Entry::file("d/run", b"#!/bin/sh\n", 0o755),
+        ],
+    );
+    set_zip_mode(&mut bytes, "d/", 0o41777);
+    set_zip_mode(&mut bytes, "d/sub/", 0o40777);
+    set_zip_mode(&mut bytes, "d/sub/shared", 0o100666);
+    set_zip_mode(&mut bytes, "d/run", 0o102775);
+    let p = f.install("1.0.1", &bytes);
+    f.assert_success(&p);
+    assert_eq!(mode_of(&dst), 0o755);
+    assert_eq!(mode_of(&dst.join("sub")), 0o755);
+    assert_eq!(mode_of(&dst.join("sub/shared")), 0o644);
+    assert_eq!(mode_of(&dst.join("run")), 0o755);
+    assert_eq!(std::fs::read(dst.join("run")).unwrap(), b"#!/bin/sh\n");
+}
+
+/// Writes `bytes` to `<workspace>/<name>`; the path.
+fn out_with(ws: &Workspace, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = ws.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
