@@ -348,3 +348,33 @@ fn out_with(ws: &Workspace, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).unwrap();
     p
 }
+
+/// docs/API.md 9.6, the package author's side: `pack --out FILE` writes through a file of its
+/// own, so a `FILE.tmp` of someone else's beside it is neither deleted nor overwritten.
+#[test]
+fn contract_9_6_pack_leaves_a_users_out_tmp_alone() {
+    let ws = Workspace::new();
+    let src = ws.path().join("src");
+    let m = manifest(
+        "1.0.1",
+        vec![json!({"name": "app", "src": "bin/app", "dst": "/opt/tope/app/app"})],
+    );
+    pkgkit::package_dir(&src, &m, &[("bin/app", b"app\n", 0o755)]);
+    let out = ws.path().join("out/app.zip");
+    let user = ws.path().join("out/app.zip.tmp");
+    write_file(&user, b"someone else's\n", 0o600);
+    let packed = pkgkit::pack(&src, &out, None);
+    assert_eq!(packed["package_name"], "app.zip");
+    assert!(pkgkit::verify(&out, &[]).ok);
+    assert_eq!(std::fs::read(&user).unwrap(), b"someone else's\n");
+    let names: Vec<String> = std::fs::read_dir(ws.path().join("out"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "only the package and the user's file: {names:?}"
+    );
+}
