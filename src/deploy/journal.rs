@@ -119,6 +119,16 @@ impl Journal {
             None => legacy_tmp_name(OsStr::new(name)),
         }
     }
+
+    /// The name a rollback puts backup `n` back through (linked there, then renamed over the
+    /// destination): the staging name; for a journal of format 2, whose `<name>.tmp` may be
+    /// someone else's (a directory, say), `.tope-stage-legacy-<n>`, a name of the updater's own.
+    pub fn restore_name(&self, n: usize, name: &str) -> OsString {
+        match &self.stage_id {
+            Some(_) => self.staging_name(n, name),
+            None => stage_name("legacy", n),
+        }
+    }
 }
 
 /// A new random installation id for [`Journal::stage_id`]: 16 hex digits.

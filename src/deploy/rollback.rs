@@ -80,7 +80,7 @@ pub fn restore_files(j: &Journal, roots: &mut Roots, backups_dir: &Path) -> Vec<
         for (fi, name) in d.files.iter().enumerate().rev() {
             let n = first + fi;
             let staged = j.staging_name(n, name);
-            let result = unlink_at(dir.fd.as_fd(), &staged).and_then(|()| {
+            let result = remove_staged(dir.fd.as_fd(), &staged, &where_).and_then(|()| {
                 if !swapped {
                     return Ok(());
                 }
@@ -90,7 +90,9 @@ pub fn restore_files(j: &Journal, roots: &mut Roots, backups_dir: &Path) -> Vec<
                 let Some(files) = &files else {
                     return Err(io::Error::other("no backups"));
                 };
-                restore_one(files.as_fd(), &n.to_string(), &dir.fd, &staged, name)
+                let through = j.restore_name(n, name);
+                remove_staged(dir.fd.as_fd(), &through, &where_)?;
+                restore_one(files.as_fd(), &n.to_string(), &dir.fd, &through, name)
             });
             if let Err(e) = result {
                 failures.push(format!("{}: {e}", where_.join(name).display()));
@@ -104,8 +106,25 @@ pub fn restore_files(j: &Journal, roots: &mut Roots, backups_dir: &Path) -> Vec<
     failures
 }
 
-/// Put backup `num` back as `name` in `dir`, through the staging name `tmp` (the
-/// installation's own, already removed).
+/// Remove the staging file `name` of the installation from `dir` (at `where_`). The updater
+/// only ever creates regular files there: a directory at that name (a `<name>.tmp/` named by a
+/// journal of format 2) is someone else's and stays.
+fn remove_staged(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, where_: &Path) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(rustix::io::Errno::ISDIR) => {
+            tracing::warn!(
+                "rollback: {} is a directory, not a staging file of the updater: left alone",
+                where_.join(name).display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Put backup `num` back as `name` in `dir`, through `tmp` (the installation's own name,
+/// already removed).
 fn restore_one(
     files: std::os::fd::BorrowedFd<'_>,
     num: &str,

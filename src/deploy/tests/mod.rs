@@ -520,6 +520,50 @@ fn contract_9_6_journal_of_format_2_is_recovered_as_before() {
     assert!(f.clean());
 }
 
+/// docs/API.md 9.6: an earlier version's journal left behind by the wedge it caused (its
+/// `<name>.tmp` was someone else's directory) is recovered now, before and after the swap, and
+/// the directory stays.
+#[test]
+fn contract_9_6_journal_of_format_2_with_a_directory_at_name_tmp_is_recovered() {
+    let f = Fx::new();
+    two_module_package(&f, "");
+    f.install(
+        Duration::from_secs(1),
+        &mut Vec::new(),
+        Some(r#"Deploying { module: "web""#),
+    )
+    .unwrap();
+    f.as_format_2();
+    fs::remove_file(f.root.join("app/bin.tmp")).unwrap();
+    f.put("app/bin.tmp/keep", "not the updater's", 0o644);
+    assert!(matches!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::RolledBack { .. }
+    ));
+    assert_eq!(
+        f.read("app/bin.tmp/keep").as_deref(),
+        Some("not the updater's")
+    );
+    assert!(f.clean());
+
+    let f = Fx::new();
+    two_module_package(&f, r#", "start_cmd": ["true"]"#);
+    f.install(Duration::from_secs(1), &mut Vec::new(), Some("Restarting"))
+        .unwrap();
+    f.as_format_2();
+    f.put("app/bin.tmp/keep", "not the updater's", 0o644);
+    assert!(matches!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::RolledBack { .. }
+    ));
+    assert_eq!(f.read("app/bin").as_deref(), Some("old-bin"));
+    assert_eq!(
+        f.read("app/bin.tmp/keep").as_deref(),
+        Some("not the updater's")
+    );
+    assert!(f.clean());
+}
+
 #[test]
 fn missing_backup_keeps_the_journal() {
     let f = Fx::new();
