@@ -378,3 +378,33 @@ fn contract_9_6_pack_leaves_a_users_out_tmp_alone() {
         "only the package and the user's file: {names:?}"
     );
 }
+
+/// docs/API.md 9.6: `pack` keeps a file's mode in the ZIP but warns when the daemon will not
+/// deploy it as it is (group/other write, setuid).
+#[test]
+fn contract_9_6_pack_warns_about_modes_the_daemon_masks() {
+    let ws = Workspace::new();
+    let src = ws.path().join("src");
+    let m = manifest(
+        "1.0.1",
+        vec![json!({"name": "app", "src": "bin", "dst": "/opt/tope/app"})],
+    );
+    pkgkit::package_dir(
+        &src,
+        &m,
+        &[("bin/shared", b"x\n", 0o666), ("bin/ok", b"y\n", 0o755)],
+    );
+    let out = ws.path().join("app.zip");
+    let r = pkgkit::pack_run(&src, &out, None, None);
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.stderr.contains("bin/shared has mode 0666") && r.stderr.contains("as 0644"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("bin/ok"), "{r:?}");
+    let modes: Vec<(String, u32)> = pkgkit::entries(&std::fs::read(&out).unwrap())
+        .into_iter()
+        .map(|e| (e.0, e.2))
+        .collect();
+    assert!(modes.contains(&("bin/shared".into(), 0o666)), "{modes:?}");
+}

@@ -32,7 +32,9 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-pub use archive::{canonical_rel, CentralDirectory, DEFAULT_MODE, MAX_CENTRAL_DIRECTORY};
+pub use archive::{
+    canonical_rel, deploy_mode, CentralDirectory, DEFAULT_MODE, MAX_CENTRAL_DIRECTORY,
+};
 pub use manifest::{
     check_downgrade, compare_versions, is_semver, parse_manifest, validate_manifest, Manifest,
     Module, PostCmd, DEFAULT_HEALTH_TIMEOUT_S, MAX_HEALTH_TIMEOUT_S,

@@ -84,6 +84,18 @@ pub fn run(
         })?
         .to_string();
     let sources = collect(dir, &manifest)?;
+    // Modes are packed as they are; the daemon masks them on deployment (docs/API.md 9.6).
+    for s in &sources {
+        let deployed = crate::package::deploy_mode(Some(s.mode));
+        if deployed != s.mode & 0o7777 {
+            eprintln!(
+                "tope-updater pack: warning: {} has mode {:04o}; the updater deploys it as {deployed:04o} \
+                 (no setuid, setgid, sticky or group/other write)",
+                s.name,
+                s.mode & 0o7777
+            );
+        }
+    }
 
     let (tmp, file) = create_own_tmp(out)?;
     let result = write_and_check(
