@@ -135,10 +135,11 @@ pub fn staging_names_free(j: &Journal, roots: &mut Roots) -> Result<bool, OtaErr
 }
 
 /// Step 1 (see the module documentation). Events: one `Deploying` per module. `groups` are the
-/// plan `j` was made from (one journal directory per group, in the same order).
+/// plan `j` was made from (one journal directory per group, in the same order). A staging name
+/// found taken is noted in `j.foreign`, so that the rollback leaves it alone.
 pub fn stage(
     pkg: &mut Package,
-    j: &Journal,
+    j: &mut Journal,
     groups: &[Group],
     survey: &Survey,
     cancel: &AtomicBool,
@@ -177,8 +178,13 @@ pub fn stage(
         for (i, name) in &g.files {
             let f = &files[*i];
             let staged = j.staging_name(n, &name.to_string_lossy());
+            let mut taken = false;
+            let written = write_staged(pkg, f, &dir, &staged, survey.owners[*i], &mut taken);
+            if taken {
+                j.foreign.insert(n);
+            }
             n += 1;
-            write_staged(pkg, f, &dir, &staged, survey.owners[*i]).map_err(|e| {
+            written.map_err(|e| {
                 OtaError::new(e.code, format!("module {}: {}", names[f.module], e.detail))
             })?;
             if cancel.load(Ordering::SeqCst) {
@@ -193,30 +199,41 @@ pub fn stage(
 }
 
 /// Stream one entry into the new file `staged` in `dir`, with its mode and `owner`. The name is
-/// created here (`O_EXCL`): nothing that was there before is ever removed or written to.
+/// created here (`O_EXCL`): nothing that was there before is ever removed or written to; when
+/// something is, `taken` is set and the installation fails.
 fn write_staged(
     pkg: &mut Package,
     f: &PlannedFile,
     dir: &Dir,
     staged: &OsStr,
     owner: Option<Owner>,
+    taken: &mut bool,
 ) -> Result<(), OtaError> {
     let shown = f.dst.display();
-    let fd = rustix::fs::openat(
+    let fd = match rustix::fs::openat(
         &dir.fd,
         staged,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| {
-        io_err(
-            format_args!(
-                "creating the staging file {} for {shown}",
-                staged.to_string_lossy()
-            ),
-            &e.into(),
-        )
-    })?;
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::EXIST) => {
+            *taken = true;
+            return Err(error::deployment_failed(format!(
+                "{} appeared while {shown} was staged: it is not the updater's, left alone",
+                dir_path_hint(f, staged)
+            )));
+        }
+        Err(e) => {
+            return Err(io_err(
+                format_args!(
+                    "creating the staging file {} for {shown}",
+                    staged.to_string_lossy()
+                ),
+                &e.into(),
+            ))
+        }
+    };
     let mut out = File::from(fd);
     pkg.extract_to(f, &mut out).map_err(|e| match e.code {
         ErrorCode::InternalError => error::deployment_failed(e.detail),
@@ -228,6 +245,11 @@ fn write_staged(
         set_owner(&out, uid, gid, &f.dst);
     }
     Ok(())
+}
+
+/// `staged` beside `f`'s destination, for messages.
+fn dir_path_hint(f: &PlannedFile, staged: &OsStr) -> String {
+    f.dst.with_file_name(staged).display().to_string()
 }
 
 /// Give `f` the owner `uid:gid` when it differs; a refusal is only logged (the updater runs

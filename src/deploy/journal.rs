@@ -93,6 +93,11 @@ pub struct Journal {
     /// staged as `.tope-stage-<stage_id>-<n>` in its directory. Absent in format 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_id: Option<String>,
+    /// Staging names (by number) found taken by someone else when staging tried to create
+    /// them: never removed by the rollback that follows. In memory only: the names were checked
+    /// free before the journal was written, so only a race within one installation puts one here.
+    #[serde(skip)]
+    pub foreign: BTreeSet<usize>,
     pub version: String,
     pub phase: Phase,
     pub modules: Vec<JModule>,
@@ -282,6 +287,7 @@ mod tests {
         Journal {
             format: FORMAT,
             stage_id: Some("0123456789abcdef".into()),
+            foreign: BTreeSet::new(),
             version: "1.2.3".into(),
             phase: Phase::Staging,
             modules: vec![JModule {

@@ -227,7 +227,7 @@ pub fn install(
 
     // Stage every new file while the printer still runs.
     let t = std::time::Instant::now();
-    match apply::stage(&mut pkg, &j, &groups, &survey, opts.cancel, on_event) {
+    match apply::stage(&mut pkg, &mut j, &groups, &survey, opts.cancel, on_event) {
         Ok(Flow::Done) => {}
         Ok(Flow::Cancelled) => return Ok(InstallOutcome::Interrupted),
         Err(e) => return Err(fail(e, &j, opts, on_event)),

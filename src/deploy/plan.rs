@@ -120,6 +120,7 @@ pub fn journal(
     Journal {
         format: FORMAT,
         stage_id: Some(stage_id),
+        foreign: Default::default(),
         version: version.to_string(),
         phase: Phase::Staging,
         modules: modules

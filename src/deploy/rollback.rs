@@ -80,6 +80,10 @@ pub fn restore_files(j: &Journal, roots: &mut Roots, backups_dir: &Path) -> Vec<
         for (fi, name) in d.files.iter().enumerate().rev() {
             let n = first + fi;
             let staged = j.staging_name(n, name);
+            // Staging found the name taken by someone else: it is theirs (nothing was swapped).
+            if j.foreign.contains(&n) {
+                continue;
+            }
             let result = remove_staged(dir.fd.as_fd(), &staged, &where_).and_then(|()| {
                 if !swapped {
                     return Ok(());

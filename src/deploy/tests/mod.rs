@@ -520,6 +520,32 @@ fn contract_9_6_journal_of_format_2_is_recovered_as_before() {
     assert!(f.clean());
 }
 
+/// docs/API.md 9.6: a file appearing at a staging name after the names were checked free (a
+/// race only someone imitating the updater could win) is not the updater's: the installation
+/// fails, is rolled back, and that file stays as it is.
+#[test]
+fn contract_9_6_a_staging_name_taken_meanwhile_is_left_alone() {
+    let f = Fx::new();
+    two_module_package(&f, "");
+    let mut planted = None;
+    let e = f
+        .install_at(Duration::from_secs(1), &mut Vec::new(), None, |e| {
+            if matches!(e, InstallEvent::Deploying { index: 1, .. }) {
+                let p = f.root.join("app").join(f.journal().staging_name(0, "bin"));
+                fs::write(&p, "someone else's").unwrap();
+                planted = Some(p);
+            }
+        })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+    assert!(e.detail.contains("not the updater's"), "{e}");
+    let planted = planted.unwrap();
+    assert_eq!(fs::read_to_string(&planted).unwrap(), "someone else's");
+    fs::remove_file(&planted).unwrap();
+    assert_old(&f);
+    assert!(f.clean());
+}
+
 /// docs/API.md 9.6: an earlier version's journal left behind by the wedge it caused (its
 /// `<name>.tmp` was someone else's directory) is recovered now, before and after the swap, and
 /// the directory stays.
