@@ -6,6 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// `<path>.tmp`, next to `path` (same directory, so same filesystem: rename is atomic).
@@ -32,10 +33,12 @@ pub fn fsync_parent(path: &Path) -> io::Result<()> {
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = tmp_sibling(path);
     let result = (|| {
+        // Never through a symbolic link planted at the temporary's name (docs/API.md 9.6).
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
@@ -187,6 +190,23 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert!(!tmp_sibling(&p).exists());
+    }
+
+    /// docs/API.md 9.6: a symbolic link planted at the temporary's name is never followed
+    /// (the file it points at stays as it was); it is removed, and the next write succeeds.
+    #[test]
+    fn contract_9_6_write_atomic_never_follows_a_link_at_its_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("journal.json");
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, tmp_sibling(&p)).unwrap();
+        assert!(write_atomic(&p, b"x").is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(fs::symlink_metadata(tmp_sibling(&p)).is_err());
+        write_atomic(&p, b"y").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"y");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

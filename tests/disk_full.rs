@@ -145,7 +145,7 @@ fn contract_3_disk_full_is_checked_up_front_from_package_size() {
 /// while the new files are being written, after the up-front space check passed. To hit that
 /// moment every time, the filesystem runs out of inodes rather than blocks (the same ENOSPC):
 /// a tmpfs with one free inode takes the first temporary and refuses the second. Every file
-/// stays old, no `*.tmp` is left beside them, nothing of the installation stays in the backups,
+/// stays old, no staging file is left beside them, nothing of the installation stays in the backups,
 /// and the daemon takes the next `/download` and `/update` without a restart.
 #[test]
 fn contract_8_1_disk_filling_up_during_deployment_leaves_every_file_old() {
@@ -187,7 +187,10 @@ fn contract_8_1_disk_filling_up_during_deployment_leaves_every_file_old() {
     );
     let leftovers: Vec<_> = files_below(&root)
         .into_iter()
-        .filter(|f| f.to_string_lossy().ends_with(".tmp"))
+        .filter(|f| {
+            let name = f.file_name().unwrap_or_default().to_string_lossy();
+            name.ends_with(".tmp") || name.starts_with(".tope-stage-")
+        })
         .collect();
     assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
     assert!(files_below(&ws.work_dir().join("backups")).is_empty());

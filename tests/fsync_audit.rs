@@ -594,7 +594,14 @@ fn audit(calls: &[Call], w: &Watched) -> Audit {
             out.syncfs += 1;
         } else if is_sync(c) {
             let Some(p) = c.fd_path() else { continue };
-            let tmp_of = |d: &PathBuf| p.as_os_str() == format!("{}.tmp", d.display()).as_str();
+            // A staging file beside it: the updater's own `.tope-stage-<id>-<n>` (docs/API.md
+            // 9.6), or `<name>.tmp` as earlier versions named it.
+            let tmp_of = |d: &PathBuf| {
+                p.as_os_str() == format!("{}.tmp", d.display()).as_str()
+                    || (p.parent() == d.parent()
+                        && p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with(".tope-stage-")))
+            };
             if w.deployed.iter().any(|d| *d == p || tmp_of(d)) {
                 out.per_file_flushes += 1;
             }

@@ -456,11 +456,14 @@ impl InstallRig {
         );
         let leftovers: Vec<PathBuf> = files_below(&self.ws.root())
             .into_iter()
-            .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                name.ends_with(".tmp") || name.starts_with(".tope-stage-")
+            })
             .collect();
         assert!(
             leftovers.is_empty(),
-            "{context}: <dst>.tmp leftovers: {leftovers:?}"
+            "{context}: staging files left: {leftovers:?}"
         );
         let backups = files_below(&self.ws.work_dir().join("backups"));
         assert!(

@@ -1,9 +1,10 @@
 //! Putting the new files in place, with O(directories) flushes instead of O(files):
 //!
-//! 1. [`stage`] (no process stopped yet): every new file is streamed from the ZIP into
-//!    `<name>.tmp` beside its destination (size, CRC and, for signed packages, SHA-256 checked
-//!    on the way), with its mode and the owner of the file it replaces; missing directories are
-//!    created. Then one flush barrier: `syncfs` once per filesystem touched, so every temporary's
+//! 1. [`stage`] (no process stopped yet): every new file is streamed from the ZIP into a
+//!    staging name of the updater's own beside its destination (`.tope-stage-<id>-<n>`,
+//!    [`Journal::staging_name`], created with `O_EXCL`: docs/API.md 9.6), with size, CRC and,
+//!    for signed packages, SHA-256 checked on the way, its mode and the owner of the file it
+//!    replaces; missing directories are created. Then one flush barrier: `syncfs` once per filesystem touched, so every temporary's
 //!    data and directory entry is on disk before any rename can point a name at it.
 //! 2. [`backup`] (processes stopped): every existing destination is hard-linked into
 //!    `backups/install-files/<n>` (copied across filesystems); `backups/install-files` and `backups` are flushed
@@ -31,7 +32,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use crate::error::{self, ErrorCode, OtaError};
 use crate::package::{Package, PlannedFile};
 
-use super::beneath::{lstat_at, tmp_name, unlink_at, Dir, Root};
+use super::beneath::{lstat_at, unlink_at, Dir, Root};
 use super::check::{Owner, Survey};
 use super::journal::Journal;
 use super::plan::Group;
@@ -95,9 +96,50 @@ pub enum Flow {
     Cancelled,
 }
 
-/// Step 1 (see the module documentation). Events: one `Deploying` per module.
+/// Whether none of the staging names `j` gives exists yet (checked before the journal is
+/// written; an id whose names are taken is replaced by another, so the updater never writes
+/// to, or removes, a name it did not create).
+pub fn staging_names_free(j: &Journal, roots: &mut Roots) -> Result<bool, OtaError> {
+    let mut n = 0usize;
+    for d in &j.dirs {
+        let first = n;
+        n += d.files.len();
+        let where_ = d.root.join(&d.rel);
+        let dir = match roots.dir(&d.root, &d.rel) {
+            Ok(dir) => dir,
+            // Created by the installation: empty.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(format_args!("opening {}", where_.display()), &e)),
+        };
+        for (i, name) in d.files.iter().enumerate() {
+            let staged = j.staging_name(first + i, name);
+            match lstat_at(dir.fd.as_fd(), &staged) {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    tracing::warn!(
+                        "{} exists and is not this installation's: another staging id is taken",
+                        where_.join(&staged).display()
+                    );
+                    return Ok(false);
+                }
+                Err(e) => {
+                    return Err(io_err(
+                        format_args!("inspecting {}", where_.join(&staged).display()),
+                        &e,
+                    ))
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Step 1 (see the module documentation). Events: one `Deploying` per module. `groups` are the
+/// plan `j` was made from (one journal directory per group, in the same order). A staging name
+/// found taken is noted in `j.foreign`, so that the rollback leaves it alone.
 pub fn stage(
     pkg: &mut Package,
+    j: &mut Journal,
     groups: &[Group],
     survey: &Survey,
     cancel: &AtomicBool,
@@ -113,6 +155,7 @@ pub fn stage(
     let files: Vec<PlannedFile> = pkg.files.clone();
     let mut filesystems = Filesystems::default();
     let mut announced = None;
+    let mut n = 0usize;
     for g in groups {
         if announced != Some(g.module) {
             announced = Some(g.module);
@@ -134,7 +177,14 @@ pub fn stage(
             .map_err(|e| io_err(format_args!("inspecting {}", where_.display()), &e))?;
         for (i, name) in &g.files {
             let f = &files[*i];
-            write_tmp(pkg, f, &dir, name, survey.owners[*i]).map_err(|e| {
+            let staged = j.staging_name(n, &name.to_string_lossy());
+            let mut taken = false;
+            let written = write_staged(pkg, f, &dir, &staged, survey.owners[*i], &mut taken);
+            if taken {
+                j.foreign.insert(n);
+            }
+            n += 1;
+            written.map_err(|e| {
                 OtaError::new(e.code, format!("module {}: {}", names[f.module], e.detail))
             })?;
             if cancel.load(Ordering::SeqCst) {
@@ -148,30 +198,42 @@ pub fn stage(
     Ok(Flow::Done)
 }
 
-/// Stream one entry into `<name>.tmp` in `dir`, with its mode and `owner`.
-fn write_tmp(
+/// Stream one entry into the new file `staged` in `dir`, with its mode and `owner`. The name is
+/// created here (`O_EXCL`): nothing that was there before is ever removed or written to; when
+/// something is, `taken` is set and the installation fails.
+fn write_staged(
     pkg: &mut Package,
     f: &PlannedFile,
     dir: &Dir,
-    name: &OsStr,
+    staged: &OsStr,
     owner: Option<Owner>,
+    taken: &mut bool,
 ) -> Result<(), OtaError> {
     let shown = f.dst.display();
-    let tmp = tmp_name(name);
-    unlink_at(dir.fd.as_fd(), &tmp)
-        .map_err(|e| io_err(format_args!("removing a leftover {shown}.tmp"), &e))?;
-    let fd = rustix::fs::openat(
+    let fd = match rustix::fs::openat(
         &dir.fd,
-        &tmp,
+        staged,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| {
-        io_err(
-            format_args!("creating a temporary file for {shown}"),
-            &e.into(),
-        )
-    })?;
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::EXIST) => {
+            *taken = true;
+            return Err(error::deployment_failed(format!(
+                "{} appeared while {shown} was staged: it is not the updater's, left alone",
+                dir_path_hint(f, staged)
+            )));
+        }
+        Err(e) => {
+            return Err(io_err(
+                format_args!(
+                    "creating the staging file {} for {shown}",
+                    staged.to_string_lossy()
+                ),
+                &e.into(),
+            ))
+        }
+    };
     let mut out = File::from(fd);
     pkg.extract_to(f, &mut out).map_err(|e| match e.code {
         ErrorCode::InternalError => error::deployment_failed(e.detail),
@@ -183,6 +245,11 @@ fn write_tmp(
         set_owner(&out, uid, gid, &f.dst);
     }
     Ok(())
+}
+
+/// `staged` beside `f`'s destination, for messages.
+fn dir_path_hint(f: &PlannedFile, staged: &OsStr) -> String {
+    f.dst.with_file_name(staged).display().to_string()
 }
 
 /// Give `f` the owner `uid:gid` when it differs; a refusal is only logged (the updater runs
@@ -312,19 +379,21 @@ pub fn copy_at(
 
 /// Step 3 (see the module documentation).
 pub fn swap(j: &Journal, roots: &mut Roots) -> Result<(), OtaError> {
+    let mut n = 0usize;
     for d in &j.dirs {
         let where_ = d.root.join(&d.rel);
         let dir = roots
             .dir(&d.root, &d.rel)
             .map_err(|e| io_err(format_args!("opening {}", where_.display()), &e))?;
         for name in &d.files {
-            rustix::fs::renameat(&dir.fd, tmp_name(OsStr::new(name)), &dir.fd, name.as_str())
-                .map_err(|e| {
-                    io_err(
-                        format_args!("renaming into {}", where_.join(name).display()),
-                        &e.into(),
-                    )
-                })?;
+            let staged = j.staging_name(n, name);
+            n += 1;
+            rustix::fs::renameat(&dir.fd, &staged, &dir.fd, name.as_str()).map_err(|e| {
+                io_err(
+                    format_args!("renaming into {}", where_.join(name).display()),
+                    &e.into(),
+                )
+            })?;
         }
         rustix::fs::fsync(&dir.fd)
             .map_err(|e| io_err(format_args!("flushing {}", where_.display()), &e.into()))?;

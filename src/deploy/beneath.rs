@@ -289,11 +289,22 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     }
 }
 
-/// `<name>.tmp`: the temporary a new file is written to, beside its destination.
-pub fn tmp_name(name: &OsStr) -> OsString {
+/// `<name>.tmp`: the temporary beside its destination that journals of format 2 name (docs/API.md
+/// 9.6: read back only, to roll back an installation an earlier version left behind).
+pub fn legacy_tmp_name(name: &OsStr) -> OsString {
     let mut t = name.to_os_string();
     t.push(".tmp");
     t
+}
+
+/// Prefix of the staging names the updater creates beside destinations (docs/API.md 9.6).
+pub const STAGE_PREFIX: &str = ".tope-stage-";
+
+/// The staging name of destination `n` (journal order) of the installation `id`:
+/// `.tope-stage-<id>-<n>`, short whatever the destination's length, and the updater's own (the
+/// id is random per installation; the name is created with `O_EXCL`, never reused).
+pub fn stage_name(id: &str, n: usize) -> OsString {
+    OsString::from(format!("{STAGE_PREFIX}{id}-{n}"))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! it stays within the 1 MiB the updater reads back ([`crate::fsutil::MAX_READ_BACK`]).
 
 use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -11,18 +12,24 @@ use serde::{Deserialize, Serialize};
 use crate::error::{self, OtaError};
 use crate::fsutil::{self, ReadBack};
 
+use super::beneath::{legacy_tmp_name, stage_name};
+
 /// File name of the journal inside the backups directory (the work dir's layout:
 /// [`crate::workdir`]).
 pub use crate::workdir::JOURNAL_FILE as JOURNAL_NAME;
-/// The format written by this version.
-pub const FORMAT: u32 = 2;
+/// The format written by this version: 3 stages new files under names of the updater's own
+/// (`stage_id`, docs/API.md 9.6).
+pub const FORMAT: u32 = 3;
+/// The earlier format, still read back: the same fields without `stage_id`, its temporaries
+/// named `<name>.tmp` (an installation interrupted by an earlier version is rolled back).
+pub const FORMAT_TMP_SUFFIX: u32 = 2;
 
 /// How far an installation got; each phase is written before the step it names begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
-    /// New files are being written as `<name>.tmp` beside their destinations and missing
-    /// directories created; nothing the printer uses has changed.
+    /// New files are being written under their staging names beside their destinations and
+    /// missing directories created; nothing the printer uses has changed.
     Staging,
     /// Every temporary is written and flushed; no process has been stopped yet.
     Staged,
@@ -83,6 +90,15 @@ pub struct Stopped {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
     pub format: u32,
+    /// The installation's random id: destination `n` (in the order of `dirs`, then `files`) is
+    /// staged as `.tope-stage-<stage_id>-<n>` in its directory. Absent in format 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_id: Option<String>,
+    /// Staging names (by number) found taken by someone else when staging tried to create
+    /// them: never removed by the rollback that follows. In memory only: the names were checked
+    /// free before the journal was written, so only a race within one installation puts one here.
+    #[serde(skip)]
+    pub foreign: BTreeSet<usize>,
     pub version: String,
     pub phase: Phase,
     pub modules: Vec<JModule>,
@@ -99,6 +115,36 @@ impl Journal {
     pub fn target_count(&self) -> usize {
         self.dirs.iter().map(|d| d.files.len()).sum()
     }
+
+    /// The name destination `n` (numbered as the backups) called `name` is staged under, and
+    /// restored through, in its directory: the updater's own name (format 3), or `<name>.tmp`
+    /// for a journal of format 2.
+    pub fn staging_name(&self, n: usize, name: &str) -> OsString {
+        match &self.stage_id {
+            Some(id) => stage_name(id, n),
+            None => legacy_tmp_name(OsStr::new(name)),
+        }
+    }
+
+    /// The name a rollback puts backup `n` back through (linked there, then renamed over the
+    /// destination): the staging name; for a journal of format 2, whose `<name>.tmp` may be
+    /// someone else's (a directory, say), `.tope-stage-legacy-<n>`, a name of the updater's own.
+    pub fn restore_name(&self, n: usize, name: &str) -> OsString {
+        match &self.stage_id {
+            Some(_) => self.staging_name(n, name),
+            None => stage_name("legacy", n),
+        }
+    }
+}
+
+/// A new random installation id for [`Journal::stage_id`]: 16 hex digits.
+pub fn new_stage_id() -> Result<String, OtaError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| error::internal("the system's random generator failed"))?;
+    Ok(crate::checksum::hex(&bytes))
 }
 
 pub fn path(backups_dir: &Path) -> PathBuf {
@@ -155,18 +201,38 @@ pub fn read(backups_dir: &Path) -> Found {
     }
 }
 
-/// Parse a journal of the current format.
+/// Parse a journal of the current format, or of format 2.
 pub fn parse(bytes: &[u8]) -> Result<Journal, String> {
     let v: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     match v.get("format").and_then(serde_json::Value::as_u64) {
-        Some(f) if f == u64::from(FORMAT) => {}
+        Some(f) if f == u64::from(FORMAT) || f == u64::from(FORMAT_TMP_SUFFIX) => {}
         Some(f) => return Err(format!("journal format {f} is not known to this version")),
         None => return Err("journal without a format (written by an older version)".into()),
     }
     let j: Journal = serde_json::from_value(v).map_err(|e| format!("invalid journal: {e}"))?;
+    check_stage_id(&j)?;
     check_paths(&j)?;
     Ok(j)
+}
+
+/// Format 3 names its staging id, format 2 none; the id is short plain hex, so that a staging
+/// name is always a plain file name of the updater's own.
+fn check_stage_id(j: &Journal) -> Result<(), String> {
+    match (&j.stage_id, j.format) {
+        (None, FORMAT_TMP_SUFFIX) => Ok(()),
+        (Some(id), FORMAT)
+            if !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Ok(())
+        }
+        (Some(id), FORMAT) => Err(format!("journal names an unsafe staging id `{id}`")),
+        (None, _) => Err(format!(
+            "journal of format {} without a staging id",
+            j.format
+        )),
+        (Some(_), _) => Err(format!("journal of format {} with a staging id", j.format)),
+    }
 }
 
 /// A rollback acts on what the journal names, beneath descriptors of its roots: every root must
@@ -221,6 +287,8 @@ mod tests {
     pub(crate) fn sample() -> Journal {
         Journal {
             format: FORMAT,
+            stage_id: Some("0123456789abcdef".into()),
+            foreign: BTreeSet::new(),
             version: "1.2.3".into(),
             phase: Phase::Staging,
             modules: vec![JModule {
@@ -259,7 +327,7 @@ mod tests {
 
     #[test]
     fn a_journal_naming_unsafe_paths_is_not_used() {
-        let bad: [fn(&mut Journal); 7] = [
+        let bad: [fn(&mut Journal); 10] = [
             |j| j.dirs[0].files[0] = "../../etc/passwd".into(),
             |j| j.dirs[0].files[0] = "..".into(),
             |j| j.dirs[0].rel = "../etc".into(),
@@ -272,6 +340,9 @@ mod tests {
                 })
             },
             |j| j.stopped[0].module = 7,
+            |j| j.stage_id = Some("../x".into()),
+            |j| j.stage_id = None,
+            |j| j.format = FORMAT_TMP_SUFFIX,
         ];
         for (i, f) in bad.iter().enumerate() {
             let mut j = sample();
@@ -280,6 +351,23 @@ mod tests {
             assert!(parse(&bytes).is_err(), "case {i} was accepted");
         }
         assert!(parse(&serde_json::to_vec(&sample()).unwrap()).is_ok());
+    }
+
+    /// docs/API.md 9.6: staging names are the updater's own and short, whatever the
+    /// destination's length; a journal of format 2 keeps its `<name>.tmp` rule.
+    #[test]
+    fn contract_9_6_staging_names_by_format() {
+        let j = sample();
+        let long = "x".repeat(255);
+        assert_eq!(j.staging_name(7, &long), ".tope-stage-0123456789abcdef-7");
+        let old = br#"{"format":2,"version":"1.0.0","phase":"swapping","modules":[],
+            "dirs":[{"root":"/opt/tope","rel":"app","files":["bin"]}]}"#;
+        let old = parse(old).unwrap();
+        assert_eq!(old.stage_id, None);
+        assert_eq!(old.staging_name(0, "bin"), "bin.tmp");
+        let a = new_stage_id().unwrap();
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, new_stage_id().unwrap());
     }
 
     #[test]

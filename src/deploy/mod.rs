@@ -5,7 +5,7 @@
 //! | step | module | touches | journal phase written before it |
 //! |---|---|---|---|
 //! | open the package, resolve every `dst` beneath the roots, survey the device | `check`, `plan` | nothing | - |
-//! | write each new file as `<name>.tmp` beside its destination, then `syncfs` | `apply::stage` | temporaries, new directories | `staging` |
+//! | write each new file under a staging name of its own beside its destination, then `syncfs` | `apply::stage` | staging files, new directories | `staging` |
 //! | record how the modules' processes run, stop them | `procs` | processes | `staged`, then `stopping` |
 //! | hard-link every old file into `backups/install-files`, flush | `apply::backup` | backups | (`stopping`) |
 //! | rename every temporary over its destination, flush each directory | `apply::swap` | the printer's files | `swapping` |
@@ -150,6 +150,38 @@ fn advance(
     })
 }
 
+/// Tries of a random staging id before giving up (each is 64 random bits: a name taken is
+/// someone imitating the updater's names, not chance).
+const STAGE_ID_TRIES: usize = 4;
+
+/// The journal of a new installation, with a staging id none of whose names exists on the
+/// device (docs/API.md 9.6: the updater never writes to or removes a name it did not create).
+fn staging_plan(
+    pkg: &crate::package::Package,
+    groups: &[plan::Group],
+    survey: &check::Survey,
+    roots: &[PathBuf],
+) -> Result<Journal, OtaError> {
+    let mut opened = Roots::default();
+    for _ in 0..STAGE_ID_TRIES {
+        let mut j = plan::journal(
+            &pkg.manifest.version,
+            journal::new_stage_id()?,
+            &pkg.manifest.modules,
+            groups,
+            roots,
+        );
+        j.created = survey.created.clone();
+        if apply::staging_names_free(&j, &mut opened)? {
+            return Ok(j);
+        }
+    }
+    Err(error::deployment_failed(format!(
+        "files named like the updater's staging files ({}...) are in the way; nothing was changed",
+        beneath::STAGE_PREFIX
+    )))
+}
+
 /// Install the package at `package` (already MD5-verified) as the module documentation says.
 pub fn install(
     package: &Path,
@@ -177,13 +209,7 @@ pub fn install(
     crate::fsutil::create_dirs_durable(backups_dir)
         .map_err(|e| error::internal(format!("{}: {e}", backups_dir.display())))?;
     check::backup_space(backups_dir, &pkg.files, &survey.owners)?;
-    let mut j = plan::journal(
-        &pkg.manifest.version,
-        &pkg.manifest.modules,
-        &groups,
-        opts.allowed_roots,
-    );
-    j.created = survey.created.clone();
+    let mut j = staging_plan(&pkg, &groups, &survey, opts.allowed_roots)?;
     journal::encode(&j)?;
     if cancelled() {
         return Ok(InstallOutcome::Interrupted);
@@ -201,7 +227,7 @@ pub fn install(
 
     // Stage every new file while the printer still runs.
     let t = std::time::Instant::now();
-    match apply::stage(&mut pkg, &groups, &survey, opts.cancel, on_event) {
+    match apply::stage(&mut pkg, &mut j, &groups, &survey, opts.cancel, on_event) {
         Ok(Flow::Done) => {}
         Ok(Flow::Cancelled) => return Ok(InstallOutcome::Interrupted),
         Err(e) => return Err(fail(e, &j, opts, on_event)),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{self, OtaError};
 use crate::package::{Module, PlannedFile};
 
-use super::beneath::{tmp_name, Resolved};
+use super::beneath::Resolved;
 use super::journal::{DirTargets, JModule, Journal, Phase, FORMAT};
 
 /// Module indices in start order: `restart_order` ascending, modules without one after those
@@ -58,8 +58,9 @@ pub struct Group {
 
 /// Group the package's files (already resolved, one [`Resolved`] per file) by module, then by
 /// directory in the order first met. Refuses two files that resolve to the same destination
-/// (through a symlink, say), a destination that is also the directory of another, and a
-/// destination that is another's temporary name: `INVALID_MANIFEST`.
+/// (through a symlink, say) and a destination that is also the directory of another:
+/// `INVALID_MANIFEST`. A destination named like another's `<name>.tmp` is an ordinary file:
+/// staging names are the updater's own (docs/API.md 9.6) and never collide with a destination.
 pub fn group(
     files: &[PlannedFile],
     resolved: &[Resolved],
@@ -79,20 +80,12 @@ pub fn group(
         .iter()
         .flat_map(|r| r.dir.ancestors().map(move |a| (r.root, a)))
         .collect();
-    for (i, r) in resolved.iter().enumerate() {
+    for r in resolved {
         let as_path = r.dir.join(&r.name);
-        let tmp = r.dir.join(tmp_name(&r.name));
         if dirs.contains(&(r.root, as_path.as_path())) {
             return Err(error::invalid_manifest(format!(
                 "{} is a file of the package and a directory of another of its files",
                 roots[r.root].join(&as_path).display()
-            )));
-        }
-        if let Some(&other) = owner.get(&(r.root, tmp)) {
-            return Err(error::invalid_manifest(format!(
-                "{} is the temporary name of {} while it is deployed",
-                files[other].dst.display(),
-                files[i].dst.display()
             )));
         }
     }
@@ -115,10 +108,19 @@ pub fn group(
     Ok(groups)
 }
 
-/// The journal of a new installation (phase `staging`), from its plan.
-pub fn journal(version: &str, modules: &[Module], groups: &[Group], roots: &[PathBuf]) -> Journal {
+/// The journal of a new installation (phase `staging`), from its plan; `stage_id` names its
+/// staging files ([`Journal::staging_name`]).
+pub fn journal(
+    version: &str,
+    stage_id: String,
+    modules: &[Module],
+    groups: &[Group],
+    roots: &[PathBuf],
+) -> Journal {
     Journal {
         format: FORMAT,
+        stage_id: Some(stage_id),
+        foreign: Default::default(),
         version: version.to_string(),
         phase: Phase::Staging,
         modules: modules
@@ -226,14 +228,13 @@ mod tests {
     #[test]
     fn conflicts_found_after_resolution_are_invalid_manifests() {
         let roots = [PathBuf::from("/opt/tope")];
-        let table: [(&[Resolved], &str); 3] = [
+        let table: [(&[Resolved], &str); 2] = [
             // /opt/tope/current/x and /opt/tope/versions/v1/x behind `current -> versions/v1`.
             (
                 &[res(0, "versions/v1", "x"), res(0, "versions/v1", "x")],
                 "same file",
             ),
             (&[res(0, "a", "b"), res(0, "a/b", "c")], "directory"),
-            (&[res(0, "a", "b"), res(0, "a", "b.tmp")], "temporary"),
         ];
         for (r, why) in table {
             let files: Vec<PlannedFile> = (0..r.len()).map(|i| pf(i, "/opt/tope/q")).collect();
@@ -241,6 +242,14 @@ mod tests {
             assert_eq!(e.code, ErrorCode::InvalidManifest, "{e}");
             assert!(e.detail.contains(why), "{why}: {e}");
         }
+        // docs/API.md 9.6: `b` and `b.tmp` are two ordinary destinations (staging names are the
+        // updater's own).
+        assert!(group(
+            &[pf(0, "/opt/tope/a/b"), pf(0, "/opt/tope/a/b.tmp")],
+            &[res(0, "a", "b"), res(0, "a", "b.tmp")],
+            &roots
+        )
+        .is_ok());
         // The same names under two roots do not conflict.
         let roots2 = [PathBuf::from("/opt/a"), PathBuf::from("/opt/b")];
         assert!(group(
@@ -265,7 +274,7 @@ mod tests {
             &roots,
         )
         .unwrap();
-        let j = journal("1.2.3", &[m], &g, &roots);
+        let j = journal("1.2.3", "ab".into(), &[m], &g, &roots);
         assert_eq!(j.phase, Phase::Staging);
         assert_eq!(j.modules[0].process_name.as_deref(), Some("app"));
         assert_eq!(j.dirs[0].root, PathBuf::from("/opt/tope"));

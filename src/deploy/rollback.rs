@@ -3,11 +3,14 @@
 //! back again.
 //!
 //! By phase:
-//! - `staging`, `staged`: only temporaries and new directories exist: they are removed.
+//! - `staging`, `staged`: only staging files and new directories exist: they are removed.
+//!   Staging files are named by the journal ([`Journal::staging_name`]: the updater's own
+//!   `.tope-stage-<id>-<n>`, or `<name>.tmp` in a journal of format 2), so nothing the
+//!   installation did not create is ever removed (docs/API.md 9.6).
 //! - `stopping`: the same, then the processes recorded in the journal are started again.
 //! - `swapping`: the modules' processes are stopped (the new ones, or whatever the system
-//!   started after a reboot); every destination gets its backup back (hard link to `<name>.tmp`,
-//!   or a flushed copy across filesystems, renamed over the name, the directory flushed) or,
+//!   started after a reboot); every destination gets its backup back (hard link to its staging
+//!   name, or a flushed copy across filesystems, renamed over the name, the directory flushed) or,
 //!   when it did not exist before, is removed; then the old processes are started again as they
 //!   ran (the argv recorded before they were stopped) and the modules' services started.
 //! - `committed`: nothing to undo.
@@ -28,7 +31,7 @@ use crate::error::{self, OtaError};
 use crate::fsutil;
 
 use super::apply::{copy_at, files_dir, Roots, FILES_DIR};
-use super::beneath::{tmp_name, unlink_at};
+use super::beneath::unlink_at;
 use super::journal::{self, Journal, Phase};
 use super::plan::{start_order, stops};
 use super::{procs, InstallEvent};
@@ -76,8 +79,12 @@ pub fn restore_files(j: &Journal, roots: &mut Roots, backups_dir: &Path) -> Vec<
         };
         for (fi, name) in d.files.iter().enumerate().rev() {
             let n = first + fi;
-            let tmp = tmp_name(OsStr::new(name));
-            let result = unlink_at(dir.fd.as_fd(), &tmp).and_then(|()| {
+            let staged = j.staging_name(n, name);
+            // Staging found the name taken by someone else: it is theirs (nothing was swapped).
+            if j.foreign.contains(&n) {
+                continue;
+            }
+            let result = remove_staged(dir.fd.as_fd(), &staged, &where_).and_then(|()| {
                 if !swapped {
                     return Ok(());
                 }
@@ -87,7 +94,9 @@ pub fn restore_files(j: &Journal, roots: &mut Roots, backups_dir: &Path) -> Vec<
                 let Some(files) = &files else {
                     return Err(io::Error::other("no backups"));
                 };
-                restore_one(files.as_fd(), &n.to_string(), &dir.fd, name)
+                let through = j.restore_name(n, name);
+                remove_staged(dir.fd.as_fd(), &through, &where_)?;
+                restore_one(files.as_fd(), &n.to_string(), &dir.fd, &through, name)
             });
             if let Err(e) = result {
                 failures.push(format!("{}: {e}", where_.join(name).display()));
@@ -101,22 +110,40 @@ pub fn restore_files(j: &Journal, roots: &mut Roots, backups_dir: &Path) -> Vec<
     failures
 }
 
-/// Put backup `num` back as `name` in `dir`.
+/// Remove the staging file `name` of the installation from `dir` (at `where_`). The updater
+/// only ever creates regular files there: a directory at that name (a `<name>.tmp/` named by a
+/// journal of format 2) is someone else's and stays.
+fn remove_staged(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, where_: &Path) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(rustix::io::Errno::ISDIR) => {
+            tracing::warn!(
+                "rollback: {} is a directory, not a staging file of the updater: left alone",
+                where_.join(name).display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Put backup `num` back as `name` in `dir`, through `tmp` (the installation's own name,
+/// already removed).
 fn restore_one(
     files: std::os::fd::BorrowedFd<'_>,
     num: &str,
     dir: &std::os::fd::OwnedFd,
+    tmp: &OsStr,
     name: &str,
 ) -> io::Result<()> {
-    let tmp = tmp_name(OsStr::new(name));
-    match rustix::fs::linkat(files, num, dir, &tmp, AtFlags::empty()) {
+    match rustix::fs::linkat(files, num, dir, tmp, AtFlags::empty()) {
         Ok(()) => {}
         Err(rustix::io::Errno::XDEV | rustix::io::Errno::PERM | rustix::io::Errno::NOTSUP) => {
-            copy_at(files, OsStr::new(num), dir.as_fd(), &tmp)?;
+            copy_at(files, OsStr::new(num), dir.as_fd(), tmp)?;
             // Rare path (backups on another filesystem): flush the copy itself.
             if let Ok(fd) = rustix::fs::openat(
                 dir,
-                &tmp,
+                tmp,
                 OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             ) {
@@ -131,10 +158,10 @@ fn restore_one(
         }
         Err(e) => return Err(e.into()),
     }
-    rustix::fs::renameat(dir, &tmp, dir, name)?;
+    rustix::fs::renameat(dir, tmp, dir, name)?;
     // Renaming a link over another link of the same file (already restored) does nothing and
-    // leaves the temporary name behind.
-    unlink_at(dir.as_fd(), &tmp)
+    // leaves the staging name behind.
+    unlink_at(dir.as_fd(), tmp)
 }
 
 /// Remove the directories the installation created, innermost first, when empty.

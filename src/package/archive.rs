@@ -232,12 +232,17 @@ pub struct EntryInfo {
     pub mode: u32,
 }
 
+/// Bits of an entry's mode never deployed (docs/API.md 9.6): group and other write. The mode
+/// bits lie outside the signed manifest, so a package rewritten outside its signature must not
+/// be able to make a root-run file writable by others.
+pub const MODE_MASK: u32 = 0o022;
+
 /// The mode a file gets: the entry's permission bits without setuid, setgid and sticky (a
-/// package must not be able to plant a setuid-root program through the updater), or
-/// [`DEFAULT_MODE`] when the entry carries none.
+/// package must not be able to plant a setuid-root program through the updater) and without
+/// [`MODE_MASK`], or [`DEFAULT_MODE`] when the entry carries none.
 pub fn deploy_mode(unix_mode: Option<u32>) -> u32 {
     match unix_mode.map(|m| m & 0o777) {
-        Some(m) if m != 0 => m,
+        Some(m) if m != 0 => m & !MODE_MASK,
         _ => DEFAULT_MODE,
     }
 }

@@ -32,7 +32,9 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-pub use archive::{canonical_rel, CentralDirectory, DEFAULT_MODE, MAX_CENTRAL_DIRECTORY};
+pub use archive::{
+    canonical_rel, deploy_mode, CentralDirectory, DEFAULT_MODE, MAX_CENTRAL_DIRECTORY,
+};
 pub use manifest::{
     check_downgrade, compare_versions, is_semver, parse_manifest, validate_manifest, Manifest,
     Module, PostCmd, DEFAULT_HEALTH_TIMEOUT_S, MAX_HEALTH_TIMEOUT_S,
@@ -166,8 +168,8 @@ fn plan(
             }
         }
     }
-    // No destination written twice, none below another (file vs directory), and none equal
-    // to another's temporary name (`<dst>.tmp`, used while deploying).
+    // No destination written twice, and none below another (file vs directory). Staging names
+    // are the updater's own (docs/API.md 9.6): `<dst>.tmp` is an ordinary destination.
     let mut owner: HashMap<&Path, usize> = HashMap::new();
     for f in &files {
         if let Some(other) = owner.insert(&f.dst, f.module) {
@@ -184,11 +186,7 @@ fn plan(
             .dst
             .ancestors()
             .skip(1)
-            .find_map(|a| owner.get(a).map(|m| (a, *m)))
-            .or_else(|| {
-                let tmp = crate::fsutil::tmp_sibling(&f.dst);
-                owner.get(tmp.as_path()).map(|m| (f.dst.as_path(), *m))
-            });
+            .find_map(|a| owner.get(a).map(|m| (a, *m)));
         if let Some((path, other)) = conflict {
             return Err(error::invalid_manifest(format!(
                 "module {}: {} conflicts with {} of module {}",

@@ -372,6 +372,10 @@ fn space_is_checked_per_filesystem() {
 #[test]
 fn modes_drop_special_bits() {
     assert_eq!(deploy_mode(Some(0o104755)), 0o755);
+    // docs/API.md 9.6: setuid, setgid, sticky dropped, group and other write masked.
+    assert_eq!(deploy_mode(Some(0o106777)), 0o755);
+    assert_eq!(deploy_mode(Some(0o101666)), 0o644);
+    assert_eq!(deploy_mode(Some(0o100770)), 0o750);
     assert_eq!(deploy_mode(Some(0o100000)), DEFAULT_MODE);
     assert_eq!(deploy_mode(None), DEFAULT_MODE);
     assert!(is_semver("0.10.200"));

@@ -5,8 +5,9 @@
 //! compressed into the ZIP as it is read (only its first 64 KiB are read once more, to store
 //! rather than deflate what does not shrink); `manifest.json` (with the `sha256` map when signing)
 //! and `manifest.sig` come last. Memory stays flat whatever the size of the files. The ZIP is
-//! written to `FILE.tmp`, checked by the daemon's own [`Package::open`], then renamed to
-//! `FILE`: a failed run never leaves a package behind.
+//! written to a new file of its own beside `FILE` (`.tope-pack-<random>`, created exclusively:
+//! a `FILE.tmp` of someone else's is never touched, docs/API.md 9.6), checked by the daemon's
+//! own [`Package::open`], then renamed to `FILE`: a failed run never leaves a package behind.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -83,9 +84,29 @@ pub fn run(
         })?
         .to_string();
     let sources = collect(dir, &manifest)?;
+    // Modes are packed as they are; the daemon masks them on deployment (docs/API.md 9.6).
+    for s in &sources {
+        let deployed = crate::package::deploy_mode(Some(s.mode));
+        if deployed != s.mode & 0o7777 {
+            eprintln!(
+                "tope-updater pack: warning: {} has mode {:04o}; the updater deploys it as {deployed:04o} \
+                 (no setuid, setgid, sticky or group/other write)",
+                s.name,
+                s.mode & 0o7777
+            );
+        }
+    }
 
-    let tmp = crate::fsutil::tmp_sibling(out);
-    let result = write_and_check(&tmp, &sources, &original, &manifest, key.as_ref(), roots);
+    let (tmp, file) = create_own_tmp(out)?;
+    let result = write_and_check(
+        &tmp,
+        file,
+        &sources,
+        &original,
+        &manifest,
+        key.as_ref(),
+        roots,
+    );
     let outcome = result.and_then(|()| {
         let (size, md5) = md5_of(&tmp)?;
         std::fs::rename(&tmp, out)
@@ -209,22 +230,48 @@ fn add(
     Ok(())
 }
 
-/// Write the ZIP to `tmp` and check it as the daemon would.
+/// A new file beside `out`, named `.tope-pack-<16 random hex digits>` and created here (never
+/// an existing one), for the ZIP until it is complete and checked.
+fn create_own_tmp(out: &Path) -> Result<(PathBuf, File), String> {
+    use ring::rand::SecureRandom;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let mut last = String::new();
+    for _ in 0..4 {
+        let mut bytes = [0u8; 8];
+        rng.fill(&mut bytes)
+            .map_err(|_| "the system's random generator failed".to_string())?;
+        let tmp = dir.join(format!(".tope-pack-{}", crate::checksum::hex(&bytes)));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = e.to_string(),
+            Err(e) => return Err(format!("cannot create {}: {e}", tmp.display())),
+        }
+    }
+    Err(format!(
+        "cannot create a temporary file in {}: {last}",
+        dir.display()
+    ))
+}
+
+/// Write the ZIP to `tmp` (opened as `file`) and check it as the daemon would.
 fn write_and_check(
     tmp: &Path,
+    file: File,
     sources: &[Source],
     original: &[u8],
     manifest: &Manifest,
     key: Option<&SigningKey>,
     roots: Option<Vec<PathBuf>>,
 ) -> Result<(), String> {
-    let _ = std::fs::remove_file(tmp);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(tmp)
-        .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     let werr = |e: &dyn std::fmt::Display| format!("writing {}: {e}", tmp.display());
     let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(CHUNK, file));
     let mut hashes: BTreeMap<String, Checksum> = BTreeMap::new();

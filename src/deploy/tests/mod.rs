@@ -125,6 +125,34 @@ impl Fx {
         journal::parse(&fs::read(self.backups.join(JOURNAL_NAME)).unwrap()).unwrap()
     }
 
+    /// The content of destination `n`'s staging file in `dir`, named as the journal says.
+    fn staged(&self, dir: &str, n: usize, name: &str) -> Option<String> {
+        let staged = self.journal().staging_name(n, name);
+        fs::read_to_string(self.root.join(dir).join(staged)).ok()
+    }
+
+    /// Rewrite the journal as a version writing format 2 would have (no staging id, staging
+    /// files named `<name>.tmp`), renaming the staging files that exist accordingly.
+    fn as_format_2(&self) {
+        let j = self.journal();
+        let mut n = 0;
+        for d in &j.dirs {
+            for name in &d.files {
+                let dir = d.root.join(&d.rel);
+                let _ = fs::rename(
+                    dir.join(j.staging_name(n, name)),
+                    dir.join(format!("{name}.tmp")),
+                );
+                n += 1;
+            }
+        }
+        let mut v: serde_json::Value = serde_json::to_value(&j).unwrap();
+        v["format"] = 2.into();
+        v.as_object_mut().unwrap().remove("stage_id");
+        fs::write(self.backups.join(JOURNAL_NAME), v.to_string()).unwrap();
+        assert_eq!(self.journal().staging_name(0, "bin"), "bin.tmp");
+    }
+
     /// One module `svc` deploying `bin/x` to `svc/x`, with `extra` manifest fields.
     fn one_module(&self, extra: &str) {
         let m = manifest_json("1.2.3", &self.module("svc", "bin/x", "svc/x", extra));
@@ -138,11 +166,14 @@ impl Fx {
     }
 }
 
-/// No `<name>.tmp` left anywhere below `dir`.
+/// No staging file (`.tope-stage-*`, or `<name>.tmp` of format 2) left anywhere below `dir`.
 fn no_tmp_files(dir: &Path) -> bool {
     fs::read_dir(dir).unwrap().flatten().all(|e| {
         let p = e.path();
-        !p.to_string_lossy().ends_with(".tmp") && (!p.is_dir() || no_tmp_files(&p))
+        let name = e.file_name().to_string_lossy().into_owned();
+        !name.ends_with(".tmp")
+            && !name.starts_with(beneath::STAGE_PREFIX)
+            && (!p.is_dir() || no_tmp_files(&p))
     })
 }
 
@@ -411,7 +442,7 @@ fn interrupted_staging_is_cleaned_by_recover() {
         .unwrap();
     assert_eq!(r, InstallOutcome::Interrupted);
     assert_eq!(f.journal().phase, Phase::Staging);
-    assert_eq!(f.read("app/bin.tmp").as_deref(), Some("new-bin"));
+    assert_eq!(f.staged("app", 0, "bin").as_deref(), Some("new-bin"));
     assert_eq!(f.read("app/bin").as_deref(), Some("old-bin"));
     assert_eq!(
         recover(&f.backups, Duration::from_secs(1)).unwrap(),
@@ -451,6 +482,112 @@ fn interrupted_after_the_swap_is_rolled_back_by_recover_twice() {
         recover(&f.backups, Duration::from_secs(1)).unwrap(),
         Recovery::Nothing
     );
+}
+
+/// docs/API.md 9.6: a journal of format 2 (an earlier version's, `<name>.tmp` staging names)
+/// is still recovered as before: interrupted while staging, and after the swap.
+#[test]
+fn contract_9_6_journal_of_format_2_is_recovered_as_before() {
+    let f = Fx::new();
+    two_module_package(&f, "");
+    f.install(
+        Duration::from_secs(1),
+        &mut Vec::new(),
+        Some(r#"Deploying { module: "web""#),
+    )
+    .unwrap();
+    f.as_format_2();
+    assert_eq!(f.read("app/bin.tmp").as_deref(), Some("new-bin"));
+    assert!(matches!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::RolledBack { .. }
+    ));
+    assert_old(&f);
+    assert!(f.clean());
+
+    let f = Fx::new();
+    two_module_package(&f, r#", "start_cmd": ["true"]"#);
+    f.install(Duration::from_secs(1), &mut Vec::new(), Some("Restarting"))
+        .unwrap();
+    assert_eq!(f.journal().phase, Phase::Swapping);
+    assert_eq!(f.read("app/bin").as_deref(), Some("new-bin"));
+    f.as_format_2();
+    assert!(matches!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::RolledBack { .. }
+    ));
+    assert_old(&f);
+    assert!(f.clean());
+}
+
+/// docs/API.md 9.6: a file appearing at a staging name after the names were checked free (a
+/// race only someone imitating the updater could win) is not the updater's: the installation
+/// fails, is rolled back, and that file stays as it is.
+#[test]
+fn contract_9_6_a_staging_name_taken_meanwhile_is_left_alone() {
+    let f = Fx::new();
+    two_module_package(&f, "");
+    let mut planted = None;
+    let e = f
+        .install_at(Duration::from_secs(1), &mut Vec::new(), None, |e| {
+            if matches!(e, InstallEvent::Deploying { index: 1, .. }) {
+                let p = f.root.join("app").join(f.journal().staging_name(0, "bin"));
+                fs::write(&p, "someone else's").unwrap();
+                planted = Some(p);
+            }
+        })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+    assert!(e.detail.contains("not the updater's"), "{e}");
+    let planted = planted.unwrap();
+    assert_eq!(fs::read_to_string(&planted).unwrap(), "someone else's");
+    fs::remove_file(&planted).unwrap();
+    assert_old(&f);
+    assert!(f.clean());
+}
+
+/// docs/API.md 9.6: an earlier version's journal left behind by the wedge it caused (its
+/// `<name>.tmp` was someone else's directory) is recovered now, before and after the swap, and
+/// the directory stays.
+#[test]
+fn contract_9_6_journal_of_format_2_with_a_directory_at_name_tmp_is_recovered() {
+    let f = Fx::new();
+    two_module_package(&f, "");
+    f.install(
+        Duration::from_secs(1),
+        &mut Vec::new(),
+        Some(r#"Deploying { module: "web""#),
+    )
+    .unwrap();
+    f.as_format_2();
+    fs::remove_file(f.root.join("app/bin.tmp")).unwrap();
+    f.put("app/bin.tmp/keep", "not the updater's", 0o644);
+    assert!(matches!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::RolledBack { .. }
+    ));
+    assert_eq!(
+        f.read("app/bin.tmp/keep").as_deref(),
+        Some("not the updater's")
+    );
+    assert!(f.clean());
+
+    let f = Fx::new();
+    two_module_package(&f, r#", "start_cmd": ["true"]"#);
+    f.install(Duration::from_secs(1), &mut Vec::new(), Some("Restarting"))
+        .unwrap();
+    f.as_format_2();
+    f.put("app/bin.tmp/keep", "not the updater's", 0o644);
+    assert!(matches!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::RolledBack { .. }
+    ));
+    assert_eq!(f.read("app/bin").as_deref(), Some("old-bin"));
+    assert_eq!(
+        f.read("app/bin.tmp/keep").as_deref(),
+        Some("not the updater's")
+    );
+    assert!(f.clean());
 }
 
 #[test]

@@ -25,7 +25,7 @@ fn files_are_staged_before_any_process_is_stopped() {
     f.install_at(Duration::from_secs(1), &mut Vec::new(), None, |e| {
         if matches!(e, InstallEvent::Stopping { .. }) {
             seen = Some((
-                fs::read_to_string(root.join("svc/x.tmp")).ok(),
+                f.staged("svc", 0, "x"),
                 fs::read_to_string(root.join("svc/x")).ok(),
             ));
         }
