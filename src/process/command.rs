@@ -2,13 +2,13 @@
 //! launcher), each under a time limit, in a process group of its own, with the environment of
 //! [`ChildEnv`] (docs/API.md 9.6).
 //!
-//! A step (a post or health command, a `systemctl` call) never outlives the call: when it
-//! ends (exit, time limit, or the cancel flag set by SIGTERM), every process of the step that
-//! is left, also one that left the process group or session (`setsid`, a double fork), gets
-//! SIGTERM, a short grace period, then SIGKILL, and the call returns only once none is left
-//! (or, if something survives SIGKILL, after saying so in the log); see [`super::contain`].
-//! The `systemd-run` launcher is different: what it starts must keep running, so only its own
-//! process group is emptied.
+//! A step (a post or health command) never outlives the call: when it ends (exit, time limit,
+//! or the cancel flag set by SIGTERM), every process of the step that is left, also one that
+//! left the process group or session (`setsid`, a double fork), gets SIGTERM, a short grace
+//! period, then SIGKILL, and the call returns only once none is left (or, if something
+//! survives SIGKILL, after saying so in the log); see [`super::contain`]. `systemctl` and the
+//! `systemd-run` launcher are different: what they start must keep running, so only their own
+//! process group is emptied the same way.
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -117,6 +117,7 @@ fn systemctl_program() -> PathBuf {
 /// `stop` of a unit systemd does not know (exit status 5, "not loaded") is a success: such a
 /// unit runs nothing (a package may bring a new unit). When `cancel` is set meanwhile (the
 /// updater is shutting down), systemctl is stopped with its process group and the call fails.
+/// systemctl runs with `PATH` and `LANG` only (docs/API.md 9.6).
 pub fn systemctl(
     action: &str,
     unit: &str,
@@ -133,12 +134,15 @@ pub fn systemctl(
     let mut cmd = Command::new(&program);
     cmd.arg(action).arg(unit);
     ChildEnv::tool().apply(&mut cmd);
+    // Its process group only: systemctl's own helpers (a pager, a password agent) stay in it,
+    // while what it starts runs under the service manager, and must keep running also when a
+    // `systemctl` shim on a printer without systemd starts it directly.
     match run_command(
         cmd,
         &program.display().to_string(),
         timeout,
         cancel,
-        Contain::Step,
+        Contain::Group,
     ) {
         Ok(()) => Ok(()),
         Err(f) if action == "stop" && f.exit_code == Some(SYSTEMCTL_NOT_LOADED) => {
@@ -586,6 +590,34 @@ mod tests {
         )
         .unwrap();
         assert!(super::super::scan(&name).unwrap().is_empty());
+    }
+
+    #[test]
+    fn api_9_6_systemctl_gets_path_and_lang_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let fake = d.path().join("systemctl");
+        let dump = d.path().join("env");
+        fs::write(&fake, format!("#!/bin/sh\nenv > '{}'\n", dump.display())).unwrap();
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
+        let r = systemctl("start", "x.service", Duration::from_secs(10), None);
+        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
+        r.unwrap();
+        let mut env: Vec<String> = fs::read_to_string(&dump)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with("_="))
+            .map(str::to_string)
+            .collect();
+        env.sort();
+        assert_eq!(
+            env,
+            [
+                format!("LANG={}", super::super::childenv::LANG),
+                format!("PATH={}", super::super::childenv::PATH)
+            ]
+        );
     }
 
     #[test]

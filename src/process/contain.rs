@@ -1,5 +1,4 @@
-//! Every descendant of a step (a `post_cmd`, a `health_cmd` run, a `systemctl` call) ends with
-//! the step, including those that left its process group or session (`setsid`, a double fork).
+//! Every descendant of a step (a `post_cmd`, a `health_cmd` run) ends with the step, including those that left its process group or session (`setsid`, a double fork).
 //!
 //! A step's processes are found in `/proc` (docs/ARCHITECTURE.md, "Containing steps"):
 //!
