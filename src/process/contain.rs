@@ -128,8 +128,9 @@ impl Step {
             return;
         }
         self.tracked = Instant::now();
+        // The known ones still there are among those found: the set never outgrows the step.
         let found = self.members(&table(), false);
-        self.known.extend(found.iter().map(|s| (s.pid, s.start)));
+        self.known = found.iter().map(|s| (s.pid, s.start)).collect();
     }
 
     /// The step's processes in `procs` (zombies included); `environ`: also look for the marker.
@@ -259,6 +260,32 @@ mod tests {
         assert!(parse_stat(9, z).unwrap().zombie);
         assert!(parse_stat(1, "1 (init) S 0").is_none());
         assert!(parse_stat(1, "no parenthesis").is_none());
+    }
+
+    #[test]
+    fn api_9_6_a_descendant_without_the_marker_seen_in_the_tree_is_ended_too() {
+        use super::super::tests::named_sleep;
+        use std::sync::atomic::AtomicBool;
+        let d = tempfile::tempdir().unwrap();
+        let (name, path) = named_sleep(d.path());
+        // The escapee drops the marker and leaves the session; its parent lives long enough
+        // for the tree to be looked at, then exits, so at the end only that look knows it.
+        let inner = format!(
+            "env -u {STEP_VAR} setsid {} 300 >/dev/null 2>&1 & sleep 0.8",
+            path.display()
+        );
+        let argv: Vec<String> = ["sh", "-c", &format!("sh -c '{inner}'; sleep 0.1")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        super::super::run_to_completion(
+            &argv,
+            &super::super::ChildEnv::tool(),
+            Duration::from_secs(10),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert!(super::super::scan(&name).unwrap().is_empty());
     }
 
     #[test]
