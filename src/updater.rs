@@ -613,7 +613,11 @@ impl Updater {
                 return;
             }
         }
-        match crate::process::spawn_detached(&[gui.as_os_str()], None) {
+        match crate::process::spawn_detached(
+            &[gui.as_os_str()],
+            &crate::process::ChildEnv::tool(),
+            None,
+        ) {
             Ok(started) => tracing::info!("started ota-gui ({started})"),
             Err(e) => tracing::warn!("cannot start ota-gui: {e}"),
         }

@@ -556,10 +556,16 @@ fn install_with_start_cmd(
             "{args:?}"
         );
         let dst_s = dst.display().to_string();
+        let version = format!("--setenv=TOPE_VERSION={VERSION}");
+        // docs/API.md 9.6: the unit gets the documented environment, not the updater's.
         assert_eq!(
             &args[1..],
             &[
                 "--working-directory=/",
+                "--setenv=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--setenv=LANG=C",
+                "--setenv=TOPE_MODULE=prog",
+                version.as_str(),
                 "--collect",
                 "--quiet",
                 "--no-ask-password",

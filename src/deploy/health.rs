@@ -23,6 +23,8 @@ use super::InstallEvent;
 pub struct HealthCmd {
     pub argv: Vec<String>,
     pub timeout: Duration,
+    /// Its environment (docs/API.md 9.6).
+    pub env: process::ChildEnv,
 }
 
 /// Period of `health_cmd` runs.
@@ -82,7 +84,7 @@ fn run_health_cmd(h: &HealthCmd, cancel: &AtomicBool) -> Result<(), String> {
                 h.timeout.as_secs()
             ));
         }
-        match process::run_to_completion(&h.argv, left, cancel) {
+        match process::run_to_completion(&h.argv, &h.env, left, cancel) {
             Ok(()) => return Ok(()),
             Err(e) => last = e.detail,
         }

@@ -101,11 +101,13 @@ pub enum Recovery {
     Completed { version: String },
 }
 
-/// A module's health command, as the manifest gives it.
-fn health_cmd(m: &Module) -> Option<HealthCmd> {
+/// A module's health command, as the manifest gives it, run with the module's name and the
+/// `version` being installed in its environment.
+fn health_cmd(m: &Module, version: &str) -> Option<HealthCmd> {
     m.health_cmd.as_ref().map(|argv| HealthCmd {
         argv: argv.clone(),
         timeout: Duration::from_secs(m.health_timeout_s),
+        env: process::ChildEnv::module(&m.name, version),
     })
 }
 
@@ -223,7 +225,12 @@ pub fn install(
         j.modules.len(),
         j.target_count()
     );
-    let health: Vec<Option<HealthCmd>> = pkg.manifest.modules.iter().map(health_cmd).collect();
+    let health: Vec<Option<HealthCmd>> = pkg
+        .manifest
+        .modules
+        .iter()
+        .map(|m| health_cmd(m, &j.version))
+        .collect();
 
     // Stage every new file while the printer still runs.
     let t = std::time::Instant::now();
@@ -273,8 +280,9 @@ pub fn install(
     // Post commands, in start order.
     for &i in &order {
         let m = &pkg.manifest.modules[i];
+        let env = process::ChildEnv::module(&m.name, &j.version);
         for cmd in m.post_argvs() {
-            if let Err(e) = process::run_to_completion(&cmd, POST_CMD_TIMEOUT, opts.cancel) {
+            if let Err(e) = process::run_to_completion(&cmd, &env, POST_CMD_TIMEOUT, opts.cancel) {
                 // SIGTERM: the command's group is gone; the next start rolls back.
                 if cancelled() {
                     return Ok(InstallOutcome::Interrupted);
@@ -289,13 +297,19 @@ pub fn install(
     }
 
     // Start again, one after another, then check.
-    let started =
-        match procs::start_new(&j.modules, &order, opts.stop_timeout, opts.cancel, on_event) {
-            Ok(s) => s,
-            // SIGTERM: a start still running was stopped; the next start rolls back.
-            Err(_) if cancelled() => return Ok(InstallOutcome::Interrupted),
-            Err(e) => return Err(fail(e, &j, opts, on_event)),
-        };
+    let started = match procs::start_new(
+        &j.modules,
+        &order,
+        &j.version,
+        opts.stop_timeout,
+        opts.cancel,
+        on_event,
+    ) {
+        Ok(s) => s,
+        // SIGTERM: a start still running was stopped; the next start rolls back.
+        Err(_) if cancelled() => return Ok(InstallOutcome::Interrupted),
+        Err(e) => return Err(fail(e, &j, opts, on_event)),
+    };
     tracing::info!("processes were down for {} ms", down.elapsed().as_millis());
     match health::check_all(
         &j.modules,

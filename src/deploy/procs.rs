@@ -129,10 +129,12 @@ fn wait_running(name: &str, limit: Duration) -> Option<ProcId> {
 /// (docs/API.md section 8.4): a service once `systemctl start` succeeded; a `start_cmd` with a
 /// `process_name` once a process of that name runs (at most `stop_timeout`); a `start_cmd`
 /// without one once spawned. A module whose `process_name` already runs (a supervisor restarted
-/// it) is not started twice.
+/// it) is not started twice. A `start_cmd` runs with the module's name and `version` in its
+/// environment (docs/API.md 9.6).
 pub fn start_new(
     modules: &[JModule],
     order: &[usize],
+    version: &str,
     stop_timeout: Duration,
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(InstallEvent),
@@ -161,7 +163,12 @@ pub fn start_new(
                 }
             }
             on_event(InstallEvent::Restarting { module: &m.name });
-            process::spawn_detached(cmd, Some(cancel)).map_err(|e| fail(e.detail))?;
+            process::spawn_detached(
+                cmd,
+                &process::ChildEnv::module(&m.name, version),
+                Some(cancel),
+            )
+            .map_err(|e| fail(e.detail))?;
             if let Some(p) = &m.process_name {
                 let found = wait_running(p, stop_timeout).ok_or_else(|| {
                     fail(format!(

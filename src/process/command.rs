@@ -1,12 +1,14 @@
-//! Running commands to completion (`post_cmds`, `systemctl`, the `systemd-run` launcher), each
-//! under a time limit, in a process group of its own that never outlives the call.
+//! Running commands to completion (`post_cmds`, `health_cmd`, `systemctl`, the `systemd-run`
+//! launcher), each under a time limit, in a process group of its own, with the environment of
+//! [`ChildEnv`] (docs/API.md 9.6).
 //!
-//! When the command ends (exit, time limit, or the cancel flag set by SIGTERM), whatever is
-//! left of its process group (children it put in the background) gets SIGTERM, a short grace
-//! period, then SIGKILL, and the call returns only once the group is empty (or, if something
-//! survives SIGKILL, after saying so in the log). A process that leaves the group
-//! (`setsid`, `setpgid`) escapes this; nothing short of a cgroup would catch it.
-
+//! A step (a post or health command) never outlives the call: when it ends (exit, time limit,
+//! or the cancel flag set by SIGTERM), every process of the step that is left, also one that
+//! left the process group or session (`setsid`, a double fork), gets SIGTERM, a short grace
+//! period, then SIGKILL, and the call returns only once none is left (or, if something
+//! survives SIGKILL, after saying so in the log); see [`super::contain`]. `systemctl` and the
+//! `systemd-run` launcher are different: what they start must keep running, so only their own
+//! process group is emptied the same way.
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal};
 
+use super::childenv::ChildEnv;
+use super::contain::{self, Step};
 use super::show;
 use crate::error::{self, ErrorCode, OtaError};
 
@@ -113,6 +117,7 @@ fn systemctl_program() -> PathBuf {
 /// `stop` of a unit systemd does not know (exit status 5, "not loaded") is a success: such a
 /// unit runs nothing (a package may bring a new unit). When `cancel` is set meanwhile (the
 /// updater is shutting down), systemctl is stopped with its process group and the call fails.
+/// systemctl runs with `PATH` and `LANG` only (docs/API.md 9.6).
 pub fn systemctl(
     action: &str,
     unit: &str,
@@ -128,7 +133,17 @@ pub fn systemctl(
     tracing::info!("systemctl {action} {unit}");
     let mut cmd = Command::new(&program);
     cmd.arg(action).arg(unit);
-    match run_command(cmd, &program.display().to_string(), timeout, cancel) {
+    ChildEnv::tool().apply(&mut cmd);
+    // Its process group only: systemctl's own helpers (a pager, a password agent) stay in it,
+    // while what it starts runs under the service manager, and must keep running also when a
+    // `systemctl` shim on a printer without systemd starts it directly.
+    match run_command(
+        cmd,
+        &program.display().to_string(),
+        timeout,
+        cancel,
+        Contain::Group,
+    ) {
         Ok(()) => Ok(()),
         Err(f) if action == "stop" && f.exit_code == Some(SYSTEMCTL_NOT_LOADED) => {
             tracing::warn!("systemctl stop {unit}: unit not loaded, nothing to stop");
@@ -141,13 +156,15 @@ pub fn systemctl(
     }
 }
 
-/// Run `argv` (a module's post command, a health command) to completion: it must exit 0
-/// within `timeout`. When it fails, runs out of time, or `cancel` is set meanwhile (the
-/// updater's shutdown flag), it is stopped with its whole process group and the result is
-/// `DEPLOYMENT_FAILED` naming the command, why, and the last ~2 KB of its output. Either way
-/// the call returns only once no process of its group is left.
+/// Run `argv` (a module's post command, a health command) to completion with the
+/// environment `env`: it must exit 0 within `timeout`. When it fails, runs out of time, or
+/// `cancel` is set meanwhile (the updater's shutdown flag), it is stopped with every process it
+/// started and the result is `DEPLOYMENT_FAILED` naming the command, why, and the last ~2 KB
+/// of its output. Either way the call returns only once no process of the step is left
+/// (docs/API.md 8.1, 9.6).
 pub fn run_to_completion(
     argv: &[String],
+    env: &ChildEnv,
     timeout: Duration,
     cancel: &AtomicBool,
 ) -> Result<(), OtaError> {
@@ -156,8 +173,9 @@ pub fn run_to_completion(
         .ok_or_else(|| error::deployment_failed("cannot run an empty command"))?;
     let mut cmd = Command::new(program);
     cmd.args(args);
+    env.apply(&mut cmd);
     tracing::info!("running {}", show(argv));
-    run_command(cmd, &show(argv), timeout, Some(cancel))
+    run_command(cmd, &show(argv), timeout, Some(cancel), Contain::Step)
         .map_err(|f| error::deployment_failed(format!("command {}: {}", show(argv), f.detail)))
 }
 
@@ -195,16 +213,30 @@ enum End {
     WaitFailed(std::io::Error),
 }
 
+/// What of a command is ended with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Contain {
+    /// Every process it started, wherever it went (a step).
+    Step,
+    /// Its process group only (a launcher whose started program must keep running).
+    Group,
+}
+
 /// Run `cmd` with piped output, in its own process group, with `/` as working directory and
 /// stdin from `/dev/null`. `Ok` when it exits 0 within `timeout` (and `cancel` stays unset);
-/// otherwise a detail (status, timeout or shutdown, and the tail of stdout and stderr). The
-/// process group is emptied before returning (see the module documentation).
+/// otherwise a detail (status, timeout or shutdown, and the tail of stdout and stderr). What
+/// `contain` names is ended before returning (see the module documentation).
 pub(crate) fn run_command(
     mut cmd: Command,
     what: &str,
     timeout: Duration,
     cancel: Option<&AtomicBool>,
+    contain: Contain,
 ) -> Result<(), RunFailure> {
+    let marker = (contain == Contain::Step).then(contain::new_marker);
+    if let Some(m) = &marker {
+        cmd.env(contain::STEP_VAR, m);
+    }
     cmd.current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -215,6 +247,7 @@ pub(crate) fn run_command(
         detail: format!("cannot start {what}: {e}"),
     })?;
     let group = Pid::from_child(&child);
+    let mut step = marker.map(|m| Step::begin(group.as_raw_nonzero().get(), &m));
     // Readers on threads: a child filling a pipe must never block on us.
     let (tx, rx) = mpsc::channel::<(u8, Vec<u8>)>();
     let mut readers = 0;
@@ -255,17 +288,37 @@ pub(crate) fn run_command(
             Ok(Some(st)) => break End::Exited(st),
             Ok(None) if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) => break End::Cancelled,
             Ok(None) if Instant::now() >= deadline => break End::TimedOut,
-            Ok(None) => std::thread::sleep(RUN_POLL),
+            Ok(None) => {
+                if let Some(step) = step.as_mut() {
+                    step.track();
+                }
+                std::thread::sleep(RUN_POLL)
+            }
             Err(e) => break End::WaitFailed(e),
         }
     };
     let reaped = matches!(end, End::Exited(_));
-    if !end_group(&mut child, group, reaped, what) {
-        tracing::error!("processes of {what} (process group {group:?}) survived SIGKILL");
+    match step.as_mut() {
+        Some(step) => {
+            // The step's own log line names what survived.
+            step.end(
+                &mut child,
+                reaped,
+                what,
+                GROUP_GRACE,
+                GROUP_KILL_CONFIRM,
+                RUN_POLL,
+            );
+        }
+        None => {
+            if !end_group(&mut child, group, reaped, what) {
+                tracing::error!("processes of {what} (process group {group:?}) survived SIGKILL");
+            }
+        }
     }
 
-    // Collect the output tails (the group is gone, so the pipes are closed; a process that
-    // left the group may still hold them: give the readers a short grace and go on).
+    // Collect the output tails (the step is gone, so the pipes are closed; a process that
+    // left a launcher's group may still hold them: give the readers a short grace and go on).
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     let grace = Instant::now() + Duration::from_secs(1);
@@ -371,6 +424,10 @@ mod tests {
         a.iter().map(|s| s.to_string()).collect()
     }
 
+    fn env() -> ChildEnv {
+        ChildEnv::tool()
+    }
+
     fn no_cancel() -> AtomicBool {
         AtomicBool::new(false)
     }
@@ -398,13 +455,15 @@ mod tests {
     #[test]
     fn run_to_completion_statuses() {
         let c = no_cancel();
-        run_to_completion(&argv(&["true"]), Duration::from_secs(10), &c).unwrap();
-        let e = run_to_completion(&argv(&["false"]), Duration::from_secs(10), &c).unwrap_err();
+        run_to_completion(&argv(&["true"]), &env(), Duration::from_secs(10), &c).unwrap();
+        let e =
+            run_to_completion(&argv(&["false"]), &env(), Duration::from_secs(10), &c).unwrap_err();
         assert_eq!(e.code, ErrorCode::DeploymentFailed);
         assert!(e.detail.contains("`false`"), "{e}");
         assert!(e.detail.contains("exit status: 1"), "{e}");
         let e = run_to_completion(
             &argv(&["sh", "-c", "echo to-out; echo to-err >&2; exit 3"]),
+            &env(),
             Duration::from_secs(10),
             &c,
         )
@@ -412,16 +471,22 @@ mod tests {
         assert!(e.detail.contains("exit status: 3"), "{e}");
         assert!(e.detail.contains("stderr: to-err"), "{e}");
         assert!(e.detail.contains("stdout: to-out"), "{e}");
-        let e = run_to_completion(&argv(&["/nonexistent/prog"]), Duration::from_secs(1), &c)
-            .unwrap_err();
+        let e = run_to_completion(
+            &argv(&["/nonexistent/prog"]),
+            &env(),
+            Duration::from_secs(1),
+            &c,
+        )
+        .unwrap_err();
         assert!(e.detail.contains("cannot start"), "{e}");
-        assert!(run_to_completion(&[], Duration::from_secs(1), &c).is_err());
+        assert!(run_to_completion(&[], &env(), Duration::from_secs(1), &c).is_err());
     }
 
     #[test]
     fn run_to_completion_output_is_bounded() {
         let e = run_to_completion(
             &argv(&["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x; exit 1"]),
+            &env(),
             Duration::from_secs(10),
             &no_cancel(),
         )
@@ -433,8 +498,13 @@ mod tests {
     fn contract_8_1_timeout_kills_the_whole_group() {
         let c = no_cancel();
         let t = Instant::now();
-        let e =
-            run_to_completion(&argv(&["sleep", "5"]), Duration::from_millis(200), &c).unwrap_err();
+        let e = run_to_completion(
+            &argv(&["sleep", "5"]),
+            &env(),
+            Duration::from_millis(200),
+            &c,
+        )
+        .unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         assert!(e.detail.contains("did not finish"), "{e}");
         // The whole group dies, also a grandchild holding the pipes open, before the call
@@ -445,6 +515,7 @@ mod tests {
         let t = Instant::now();
         let e = run_to_completion(
             &argv(&["sh", "-c", &script]),
+            &env(),
             Duration::from_millis(300),
             &c,
         )
@@ -471,6 +542,7 @@ mod tests {
         });
         let e = run_to_completion(
             &argv(&["sh", "-c", &script]),
+            &env(),
             Duration::from_secs(60),
             &cancel,
         )
@@ -492,11 +564,60 @@ mod tests {
         let script = format!("{} 300 >/dev/null 2>&1 &", path.display());
         run_to_completion(
             &argv(&["sh", "-c", &script]),
+            &env(),
             Duration::from_secs(10),
             &no_cancel(),
         )
         .unwrap();
         assert!(super::super::scan(&name).unwrap().is_empty());
+    }
+
+    #[test]
+    fn api_9_6_setsid_and_double_forked_descendants_end_with_the_step() {
+        let d = tempfile::tempdir().unwrap();
+        let (name, path) = named_sleep(d.path());
+        // Both leave the process group and session; the second also leaves the tree at once
+        // (its parent exits), so only the environment's marker finds it.
+        let script = format!(
+            "setsid {p} 300 >/dev/null 2>&1 & (setsid {p} 301 >/dev/null 2>&1 &); sleep 0.3",
+            p = path.display()
+        );
+        run_to_completion(
+            &argv(&["sh", "-c", &script]),
+            &env(),
+            Duration::from_secs(10),
+            &no_cancel(),
+        )
+        .unwrap();
+        assert!(super::super::scan(&name).unwrap().is_empty());
+    }
+
+    #[test]
+    fn api_9_6_systemctl_gets_path_and_lang_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let fake = d.path().join("systemctl");
+        let dump = d.path().join("env");
+        fs::write(&fake, format!("#!/bin/sh\nenv > '{}'\n", dump.display())).unwrap();
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
+        let r = systemctl("start", "x.service", Duration::from_secs(10), None);
+        SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
+        r.unwrap();
+        let mut env: Vec<String> = fs::read_to_string(&dump)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with("_="))
+            .map(str::to_string)
+            .collect();
+        env.sort();
+        assert_eq!(
+            env,
+            [
+                format!("LANG={}", super::super::childenv::LANG),
+                format!("PATH={}", super::super::childenv::PATH)
+            ]
+        );
     }
 
     #[test]

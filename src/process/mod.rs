@@ -9,21 +9,29 @@
 //!   `ENOENT`/`ESRCH`: an unreadable `/proc` is an error, never "not running".
 //! - `stop`: SIGTERM, a grace period, SIGKILL, then confirmation. PID 1, the updater and its
 //!   parent are never signalled.
-//! - `command`: commands run to completion (`post_cmds`, `systemctl`) under a time limit, in a
-//!   process group of their own that is emptied before the call returns (at the end, on a
-//!   timeout, or when the updater shuts down). `systemctl` is found on `PATH`; tests may name
-//!   another program in `TOPE_SYSTEMCTL` (read at every call); unit tests of this crate use a
+//! - `command`: commands run to completion (`post_cmds`, `health_cmd`, `systemctl`, the
+//!   `systemd-run` launch) under a time limit, in a process group of their own; every process
+//!   a post or health command started (also one that called `setsid`) is ended before the call
+//!   returns (at the end, on a timeout, or when the updater shuts down), of the others their
+//!   process group. `systemctl` is found on the children's `PATH`; tests may name another
+//!   program in `TOPE_SYSTEMCTL` (read at every call); unit tests of this crate use a
 //!   per-thread override instead, because the environment is process-global.
+//! - `contain`: finds a step's processes in `/proc` (its tree, a marker in the environment,
+//!   its process group) and ends them.
+//! - `childenv`: the clean, documented environment of every program the updater starts.
 //! - `spawn`: long-running starts (`start_cmd`, ota-gui), through `systemd-run` when systemd
 //!   runs so they live outside the updater's cgroup (`TOPE_SYSTEMD_RUN` overrides).
 
+mod childenv;
 mod command;
+mod contain;
 mod procfs;
 mod spawn;
 mod stop;
 
 use std::time::Duration;
 
+pub use childenv::{ChildEnv, MODULE_VAR, VERSION_VAR};
 #[cfg(test)]
 pub(crate) use command::SYSTEMCTL_OVERRIDE;
 pub use command::{run_to_completion, set_children_fd_limit, systemctl};

@@ -17,7 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::command::{run_command, spawn};
+use super::childenv::ChildEnv;
+use super::command::{run_command, spawn, Contain};
 use crate::error::{self, OtaError};
 
 /// Time limit of one `systemd-run` launch (it returns once the unit has started).
@@ -74,7 +75,8 @@ fn choose_launcher(env: Option<std::ffi::OsString>, systemd_runs: bool) -> Optio
     }
 }
 
-/// Start a long-running process and return how (see the module documentation).
+/// Start a long-running process with the environment `env` and return how (see the module
+/// documentation; through `systemd-run`, `env` is passed with `--setenv`).
 ///
 /// A plain start gets a process group of its own, `/` as working directory and `/dev/null`
 /// for stdin, stdout and stderr. `DEPLOYMENT_FAILED` when `argv` is empty or the program cannot
@@ -82,9 +84,10 @@ fn choose_launcher(env: Option<std::ffi::OsString>, systemd_runs: bool) -> Optio
 /// was set meanwhile: the updater is shutting down).
 pub fn spawn_detached<S: AsRef<OsStr>>(
     argv: &[S],
+    env: &ChildEnv,
     cancel: Option<&AtomicBool>,
 ) -> Result<Started, OtaError> {
-    launch(argv, None, cancel)
+    launch(argv, None, Some(env), cancel)
 }
 
 /// [`spawn_detached`] with `cwd` as the working directory (`/` when `None`, or when `cwd` is
@@ -94,13 +97,15 @@ pub fn spawn_detached_in<S: AsRef<OsStr>>(
     argv: &[S],
     cwd: Option<&Path>,
 ) -> Result<Started, OtaError> {
-    launch(argv, cwd, None)
+    launch(argv, cwd, None, None)
 }
 
 /// Both of the above: a `systemd-run` launch still running when `cancel` is set is stopped.
+/// `env`: the environment of a new start (`None`: the updater's own, minus the service's).
 fn launch<S: AsRef<OsStr>>(
     argv: &[S],
     cwd: Option<&Path>,
+    env: Option<&ChildEnv>,
     cancel: Option<&AtomicBool>,
 ) -> Result<Started, OtaError> {
     let cwd = cwd.filter(|d| d.is_dir()).unwrap_or(Path::new("/"));
@@ -112,9 +117,12 @@ fn launch<S: AsRef<OsStr>>(
     };
     let shown = super::show(&argv);
     if let Some(systemd_run) = systemd_run_program() {
-        return launch_unit(&systemd_run, &argv, cwd, &shown, cancel);
+        return launch_unit(&systemd_run, &argv, cwd, env, &shown, cancel);
     }
     let mut cmd = Command::new(program);
+    if let Some(env) = env {
+        env.apply(&mut cmd);
+    }
     cmd.args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
@@ -134,6 +142,7 @@ fn launch_unit(
     systemd_run: &Path,
     argv: &[&OsStr],
     cwd: &Path,
+    env: Option<&ChildEnv>,
     shown: &str,
     cancel: Option<&AtomicBool>,
 ) -> Result<Started, OtaError> {
@@ -151,12 +160,20 @@ fn launch_unit(
     let mut cmd = Command::new(systemd_run);
     let mut workdir = std::ffi::OsString::from("--working-directory=");
     workdir.push(cwd);
-    cmd.arg(format!("--unit={unit}"))
-        .arg(workdir)
-        .args(["--collect", "--quiet", "--no-ask-password", "--"])
+    cmd.arg(format!("--unit={unit}")).arg(workdir);
+    if let Some(env) = env {
+        // systemd-run itself gets the tools' environment; the unit gets `env`.
+        ChildEnv::tool().apply(&mut cmd);
+        for (k, v) in env.vars() {
+            let mut set = std::ffi::OsString::from(format!("--setenv={k}="));
+            set.push(v);
+            cmd.arg(set);
+        }
+    }
+    cmd.args(["--collect", "--quiet", "--no-ask-password", "--"])
         .args(argv);
     let what = format!("systemd-run of {shown}");
-    run_command(cmd, &what, LAUNCH_TIMEOUT, cancel)
+    run_command(cmd, &what, LAUNCH_TIMEOUT, cancel, Contain::Group)
         .map_err(|f| error::deployment_failed(format!("cannot start {shown}: {}", f.detail)))?;
     tracing::info!("started {shown} as unit {unit}");
     Ok(Started::Unit { name: unit })
@@ -218,7 +235,12 @@ mod tests {
     fn plain_start_runs_detached_and_is_found() {
         let d = tempfile::tempdir().unwrap();
         let (name, path) = named_sleep(d.path());
-        let started = spawn_detached(&[path.display().to_string(), "100".into()], None).unwrap();
+        let started = spawn_detached(
+            &[path.display().to_string(), "100".into()],
+            &ChildEnv::tool(),
+            None,
+        )
+        .unwrap();
         let Started::Process { pid } = started else {
             panic!("{started:?}")
         };
@@ -228,8 +250,8 @@ mod tests {
         let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
         assert_eq!(cwd, Path::new("/"));
         super::super::stop_by_name(&name, Duration::from_secs(5)).unwrap();
-        assert!(spawn_detached::<String>(&[], None).is_err());
-        assert!(spawn_detached(&["/nonexistent/x"], None).is_err());
+        assert!(spawn_detached::<String>(&[], &ChildEnv::tool(), None).is_err());
+        assert!(spawn_detached(&["/nonexistent/x"], &ChildEnv::tool(), None).is_err());
     }
 
     /// A fake `systemd-run` that records its arguments, one per line, to `<dir>/log`, and
@@ -265,6 +287,7 @@ mod tests {
         let (name, path) = named_sleep(d.path());
         let started = spawn_detached(
             &[path.display().to_string(), "100".into(), "0".into()],
+            &ChildEnv::module("svc", "9.6.0"),
             None,
         )
         .unwrap();
@@ -282,6 +305,10 @@ mod tests {
             vec![
                 &format!("--unit={unit}"),
                 "--working-directory=/",
+                &format!("--setenv=PATH={}", super::super::childenv::PATH),
+                "--setenv=LANG=C",
+                "--setenv=TOPE_MODULE=svc",
+                "--setenv=TOPE_VERSION=9.6.0",
                 "--collect",
                 "--quiet",
                 "--no-ask-password",
@@ -293,7 +320,7 @@ mod tests {
         );
         super::super::stop_by_name(&name, Duration::from_secs(5)).unwrap();
         // A program that is not there is refused before systemd-run runs.
-        let e = spawn_detached(&["/nonexistent/x"], None).unwrap_err();
+        let e = spawn_detached(&["/nonexistent/x"], &ChildEnv::tool(), None).unwrap_err();
         assert!(e.detail.contains("not an executable"), "{e}");
         assert_eq!(fs::read_to_string(d.path().join("log")).unwrap(), log);
         // systemd-run failing is a start failure.
@@ -304,7 +331,7 @@ mod tests {
             fs::set_permissions(&failing, fs::Permissions::from_mode(0o755)).unwrap();
         }
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = Some(failing));
-        let e = spawn_detached(&[path.display().to_string()], None).unwrap_err();
+        let e = spawn_detached(&[path.display().to_string()], &ChildEnv::tool(), None).unwrap_err();
         assert!(e.detail.contains("Unit exists"), "{e}");
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = None);
     }
