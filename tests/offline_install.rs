@@ -1,0 +1,280 @@
+//! Packages from a file (a USB stick, an SD card) and the `install` command, against the real
+//! daemon: docs/API.md 9.2.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::daemon::{assert_error, stage_of};
+use common::procs;
+use common::*;
+use rustix::process::Signal;
+use serde_json::{json, Value};
+use tope_updater::download::file::file_url_of;
+
+const VERSION: &str = "3.1.4";
+
+/// Health phase kept short: these tests are about getting the package, not the commit.
+fn options() -> DaemonOptions {
+    DaemonOptions {
+        extra_toml: "settle_s = 0\n".into(),
+        ..DaemonOptions::default()
+    }
+}
+
+/// A package of one module: a 1 MiB file (several copy chunks, many 5 % steps) deployed to
+/// `<root>/offline/blob.bin`. Returns the package and the destination.
+fn package(ws: &Workspace, version: &str) -> (Vec<u8>, PathBuf) {
+    let dst = ws.root().join("offline/blob.bin");
+    let blob = pseudo_random_bytes(1024 * 1024, 11);
+    let m = manifest(
+        version,
+        vec![json!({"name": "blob", "src": "files/blob.bin", "dst": dst.display().to_string()})],
+    );
+    (
+        build_package(&m, &[Entry::file("files/blob.bin", &blob, 0o644)]),
+        dst,
+    )
+}
+
+/// `package` written to `<workspace>/stick/<name>` (the mounted stick).
+fn on_stick(ws: &Workspace, name: &str, data: &[u8]) -> PathBuf {
+    let p = ws.path().join("stick").join(name);
+    write_file(&p, data, 0o644);
+    p
+}
+
+fn body(path: &Path, name: &str, size: u64, md5: &str) -> Value {
+    json!({
+        "version": VERSION, "package_url": file_url_of(path), "package_name": name,
+        "package_size": size, "package_md5": md5,
+    })
+}
+
+/// docs/API.md 9.2: a `file://` package goes through the same stages, 5 % callbacks and
+/// /progress bytes as a download, then installs to `success`; `allow_http` is not needed.
+#[test]
+fn api_9_2_file_package_installs_to_success() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, options());
+    let (pkg, dst) = package(&ws, VERSION);
+    let src = on_stick(&ws, "update.zip", &pkg);
+    d.post_download(&body(&src, "update.zip", pkg.len() as u64, &md5_hex(&pkg)));
+    let p = d.wait_stage("toInstall", Duration::from_secs(30));
+    assert_eq!(p["data"]["bytes_downloaded"], json!(pkg.len()), "{p}");
+    assert_eq!(p["data"]["bytes_total"], json!(pkg.len()), "{p}");
+    assert_eq!(std::fs::read(ws.tmp_file("update.zip")).unwrap(), pkg);
+    d.post_update(VERSION);
+    d.wait_stage("success", Duration::from_secs(60));
+    assert_eq!(
+        std::fs::read(&dst).unwrap(),
+        pseudo_random_bytes(1024 * 1024, 11)
+    );
+    // Every 5 % step of the copy reached device-api, as for a download.
+    let steps: Vec<i64> = api
+        .bodies()
+        .iter()
+        .filter(|b| b["stage"] == "downloading")
+        .filter_map(|b| b["progress"].as_i64())
+        .collect();
+    for s in (0..=100).step_by(5) {
+        assert!(
+            steps.contains(&s),
+            "no downloading report at {s} %: {steps:?}"
+        );
+    }
+    assert!(src.exists(), "the package on the stick is never touched");
+}
+
+/// docs/API.md 9.2 (and 3): a copy whose MD5 is not the announced one is `MD5_MISMATCH`,
+/// and the copy is deleted.
+#[test]
+fn api_9_2_file_package_with_a_wrong_md5_is_md5_mismatch() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, options());
+    let (pkg, _) = package(&ws, VERSION);
+    let src = on_stick(&ws, "update.zip", &pkg);
+    let wrong = md5_hex(b"something else");
+    d.post_download(&body(&src, "update.zip", pkg.len() as u64, &wrong));
+    let p = d.wait_stage("failed", Duration::from_secs(30));
+    let err = p["data"]["error"].as_str().unwrap_or("");
+    assert!(err.starts_with("MD5_MISMATCH: "), "{p}");
+    assert!(!ws.tmp_file("update.zip").exists());
+}
+
+/// docs/API.md 9.2: what is not a regular file reached as a `file:///` URL is refused at once
+/// (code 400 `VALIDATION_ERROR`, well under a second, a FIFO never opened), and nothing starts.
+#[test]
+fn api_9_2_refused_file_urls_answer_validation_error_at_once() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, options());
+    let stick = ws.path().join("stick");
+    std::fs::create_dir_all(&stick).unwrap();
+    let fifo = stick.join("fifo.zip");
+    let st = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(st.success());
+    let real = on_stick(&ws, "real.zip", b"0123456789");
+    let link = stick.join("link.zip");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let url = |p: &Path| file_url_of(p);
+    let real_url = url(&real);
+    let cases = [
+        ("a directory", url(&stick)),
+        ("a FIFO", url(&fifo)),
+        ("a device node", "file:///dev/null".to_string()),
+        ("a relative path", "file://real.zip".to_string()),
+        ("a relative path without //", "file:real.zip".to_string()),
+        ("a missing file", url(&stick.join("missing.zip"))),
+        (
+            "another host",
+            real_url.replacen("file://", "file://printer2", 1),
+        ),
+        ("a query", format!("{real_url}?x=1")),
+        ("a fragment", format!("{real_url}#top")),
+        ("a symlink as last component", url(&link)),
+    ];
+    for (what, u) in cases {
+        let started = Instant::now();
+        let answer = d.post_json(
+            "/download",
+            &json!({"version": VERSION, "package_url": u, "package_name": "p.zip",
+                    "package_size": 10, "package_md5": md5_hex(b"0123456789")}),
+        );
+        let took = started.elapsed();
+        assert_error(&answer, 400, "VALIDATION_ERROR", what);
+        assert!(
+            took < Duration::from_secs(1),
+            "{what}: answered in {took:?}"
+        );
+    }
+    assert_eq!(stage_of(&d.progress()), "idle");
+    // The same file named by its own path is accepted (file://localhost/ too).
+    let local = real_url.replacen("file://", "file://localhost", 1);
+    d.post_download(
+        &json!({"version": VERSION, "package_url": local, "package_name": "p.zip",
+        "package_size": 10, "package_md5": md5_hex(b"0123456789")}),
+    );
+    d.wait_stage("toInstall", Duration::from_secs(30));
+}
+
+/// A sparse source of `size` bytes (reads as zeros, costs no disk) on the "stick".
+fn sparse_source(ws: &Workspace, size: u64) -> PathBuf {
+    let p = ws.path().join("stick/big.zip");
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(size).unwrap();
+    p
+}
+
+/// Polls /progress as fast as it answers until the copy has bytes on disk and is not done;
+/// then freezes the daemon (SIGSTOP) so the copy is certainly mid-way.
+fn freeze_mid_copy(d: &Daemon, min_bytes: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = d.progress();
+        let done = p["data"]["bytes_downloaded"].as_u64().unwrap_or(0);
+        assert_eq!(stage_of(&p), "downloading", "the copy ended early: {p}");
+        if done >= min_bytes {
+            procs::signal(d.pid(), Signal::STOP);
+            return done;
+        }
+        assert!(Instant::now() < deadline, "no copy progress: {p}");
+    }
+}
+
+const BIG: u64 = 512 << 20;
+
+/// docs/API.md 9.2: a stick pulled mid-copy (the source shrinks under the copy) ends with
+/// `DOWNLOAD_FAILED`, the partial copy removed, and that outcome is durable (a restart shows
+/// it and copies nothing).
+#[test]
+fn api_9_2_source_truncated_mid_copy_fails_and_keeps_nothing() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let mut d = Daemon::start(&ws, &api, options());
+    let src = sparse_source(&ws, BIG);
+    d.post_download(&body(&src, "big.zip", BIG, &md5_hex(b"not checked")));
+    freeze_mid_copy(&d, 1);
+    let partial = std::fs::metadata(ws.tmp_file("big.zip")).unwrap().len();
+    assert!(partial < BIG, "the copy is mid-way while frozen");
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_len(partial / 2)
+        .unwrap();
+    procs::signal(d.pid(), Signal::CONT);
+    let p = d.wait_stage("failed", Duration::from_secs(30));
+    let err = p["data"]["error"].as_str().unwrap_or("");
+    assert!(err.starts_with("DOWNLOAD_FAILED: "), "{p}");
+    assert!(err.contains("medium removed"), "{p}");
+    assert!(!ws.tmp_file("big.zip").exists(), "partial copy kept");
+    d.sigkill();
+    d.restart();
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    assert!(!ws.tmp_file("big.zip").exists(), "a restart copies again");
+}
+
+/// docs/API.md 9.2: a source longer than `package_size` is refused before a byte is copied
+/// (the copy is bounded), with `DOWNLOAD_FAILED` naming both sizes.
+#[test]
+fn api_9_2_source_of_another_size_fails_download_failed() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, options());
+    let src = on_stick(&ws, "p.zip", b"0123456789AB");
+    d.post_download(&body(&src, "p.zip", 10, &md5_hex(b"0123456789")));
+    let p = d.wait_stage("failed", Duration::from_secs(30));
+    let err = p["data"]["error"].as_str().unwrap_or("");
+    assert!(
+        err.starts_with("DOWNLOAD_FAILED: ") && err.contains("12 bytes"),
+        "{p}"
+    );
+    assert!(!ws.tmp_file("p.zip").exists());
+}
+
+/// `md5sum` of a file (the daemon's debug build is not the place to time MD5).
+fn md5sum(p: &Path) -> String {
+    let out = Command::new("md5sum").arg(p).output().expect("md5sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// docs/API.md 9.2: a power cut mid-copy resumes from the durable byte position at the next
+/// start, by itself, when the source is the same file; the result is the whole file.
+#[test]
+fn api_9_2_copy_interrupted_by_a_power_cut_resumes_from_its_byte_position() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let mut d = Daemon::start(&ws, &api, options());
+    let src = sparse_source(&ws, BIG);
+    let md5 = md5sum(&src);
+    d.post_download(&body(&src, "big.zip", BIG, &md5));
+    // Past the 5 % checkpoint, so state.json vouches for some bytes.
+    freeze_mid_copy(&d, BIG / 10);
+    let state: Value = serde_json::from_slice(&std::fs::read(ws.state_file()).unwrap()).unwrap();
+    let durable = state["bytes_downloaded"].as_u64().unwrap_or(0);
+    assert!(durable > 0 && durable < BIG, "{state}");
+    d.sigkill();
+    d.restart();
+    d.wait_stage("toInstall", Duration::from_secs(120));
+    let log = std::fs::read_to_string(ws.work_dir().join("logs/updater.log")).unwrap();
+    let resumed = log
+        .lines()
+        .rfind(|l| l.contains("copying big.zip from"))
+        .unwrap_or("");
+    assert!(
+        resumed.contains(&format!("(byte {durable} of {BIG})")),
+        "not resumed at {durable}: {resumed}"
+    );
+    assert_eq!(md5sum(&ws.tmp_file("big.zip")), md5);
+}
