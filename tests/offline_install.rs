@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::daemon::{assert_error, stage_of};
+use common::daemon::{assert_error, stage_of, BIN};
 use common::procs;
 use common::*;
 use rustix::process::Signal;
@@ -277,4 +277,202 @@ fn api_9_2_copy_interrupted_by_a_power_cut_resumes_from_its_byte_position() {
         "not resumed at {durable}: {resumed}"
     );
     assert_eq!(md5sum(&ws.tmp_file("big.zip")), md5);
+}
+
+// ------------------------------------------------------------------ `tope-updater install`
+
+/// `tope-updater install ARGS --config <the daemon's config>`, off a terminal.
+fn install(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("install")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run tope-updater install")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// docs/API.md 9.2: `install FILE` off a terminal: the package's size, MD5 (computed) and
+/// version (its manifest) found by itself, one line per stage, exit 0 on `success`.
+#[test]
+fn api_9_2_install_a_file_exits_0_with_one_line_per_stage() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, options());
+    let (pkg, dst) = package(&ws, VERSION);
+    let src = on_stick(&ws, "update.zip", &pkg);
+    let out = install(&d.config_path, &[src.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("computing the MD5"), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!("installed version {VERSION}\n")),
+        "{stdout}"
+    );
+    for stage in ["downloading", "installing", "success"] {
+        let lines = stdout
+            .lines()
+            .filter(|l| l.contains(&format!("% {stage} ")))
+            .count();
+        assert_eq!(lines, 1, "one line for {stage}:\n{stdout}");
+    }
+    assert!(!stdout.contains('\r'), "no bar off a terminal: {stdout:?}");
+    assert_eq!(
+        std::fs::read(&dst).unwrap(),
+        pseudo_random_bytes(1024 * 1024, 11)
+    );
+    assert_eq!(stage_of(&d.progress()), "success");
+}
+
+/// docs/API.md 9.2: on a terminal (`script` gives it one) the progress is one bar redrawn in
+/// place; and the MD5 comes from `<FILE>.json` (the line `pack` printed) when it is there.
+#[test]
+fn api_9_2_install_on_a_terminal_draws_a_bar_and_reads_file_json() {
+    if !procs::require_tool("script", "install on a terminal") {
+        return;
+    }
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, options());
+    let (pkg, _) = package(&ws, VERSION);
+    let src = on_stick(&ws, "update.zip", &pkg);
+    let line = json!({"version": VERSION, "package_name": "update.zip",
+        "package_size": pkg.len(), "package_md5": md5_hex(&pkg)});
+    std::fs::write(ws.path().join("stick/update.zip.json"), line.to_string()).unwrap();
+    let cmd = format!(
+        "{BIN} install {} --config {}",
+        src.display(),
+        d.config_path.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script");
+    let tty = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{tty}");
+    assert!(
+        !tty.contains("computing the MD5"),
+        "MD5 taken from update.zip.json: {tty}"
+    );
+    assert!(tty.contains("\r[###"), "bar redrawn in place: {tty:?}");
+    assert!(tty.contains("] 100% success"), "{tty:?}");
+    assert!(
+        tty.contains(&format!("installed version {VERSION}")),
+        "{tty:?}"
+    );
+}
+
+/// docs/API.md 9.2: a failed update exits 1 with the outcome's `"<CODE>: <detail>"` on stderr
+/// (here the MD5 that `<FILE>.json` announces is not the file's).
+#[test]
+fn api_9_2_install_exits_1_with_the_outcome_error() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, options());
+    let (pkg, dst) = package(&ws, VERSION);
+    let src = on_stick(&ws, "update.zip", &pkg);
+    let line = json!({"version": VERSION, "package_name": "update.zip",
+        "package_size": pkg.len(), "package_md5": md5_hex(b"another package")});
+    std::fs::write(ws.path().join("stick/update.zip.json"), line.to_string()).unwrap();
+    let out = install(&d.config_path, &[src.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("tope-updater install: MD5_MISMATCH: "),
+        "{stderr}"
+    );
+    assert!(!dst.exists());
+}
+
+/// docs/API.md 9.2: a request the daemon refuses (409 while another copy runs) exits 1 with
+/// the refusal's `"<CODE>: <detail>"`, and the running copy goes on.
+#[test]
+fn api_9_2_install_refused_by_the_daemon_exits_1() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, options());
+    let big = sparse_source(&ws, BIG);
+    d.post_download(&body(&big, "big.zip", BIG, &md5_hex(b"x")));
+    let (pkg, _) = package(&ws, VERSION);
+    let src = on_stick(&ws, "update.zip", &pkg);
+    let line = json!({"package_size": pkg.len(), "package_md5": md5_hex(&pkg)});
+    std::fs::write(ws.path().join("stick/update.zip.json"), line.to_string()).unwrap();
+    let out = install(&d.config_path, &[src.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("tope-updater install: OPERATION_IN_PROGRESS: "),
+        "{stderr}"
+    );
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "downloading", "{p}");
+    assert_eq!(p["data"]["version"], json!(VERSION), "{p}");
+}
+
+/// docs/API.md 9.2: no daemon on the configured `listen` address: exit 2, naming it.
+#[test]
+fn api_9_2_install_without_a_daemon_exits_2_naming_the_address() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let config = ws.path().join("config.toml");
+    let roots = format!("allowed_roots = [{:?}]\n", ws.root().display().to_string());
+    std::fs::write(&config, format!("listen = \"127.0.0.1:{port}\"\n{roots}")).unwrap();
+    let (pkg, _) = package(&ws, VERSION);
+    let src = on_stick(&ws, "update.zip", &pkg);
+    let started = Instant::now();
+    let out = install(&config, &[src.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// docs/API.md 9.2: Ctrl-C (SIGINT) stops following, not the update: exit 130 saying how to
+/// follow again, and the update reaches `success` on its own.
+#[test]
+fn api_9_2_install_interrupted_stops_following_not_the_update() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, options());
+    // The health phase lasts until the test lets it pass: `install` is interrupted in it.
+    let healthy = ws.path().join("healthy");
+    let dst = ws.root().join("offline/blob.bin");
+    let m = manifest(
+        VERSION,
+        vec![
+            json!({"name": "blob", "src": "files/blob.bin", "dst": dst.display().to_string(),
+            "health_cmd": ["/bin/test", "-e", healthy.display().to_string()],
+            "health_timeout_s": 120}),
+        ],
+    );
+    let pkg = build_package(&m, &[Entry::file("files/blob.bin", b"blob", 0o644)]);
+    let src = on_stick(&ws, "update.zip", &pkg);
+    let child = Command::new(BIN)
+        .args(["install", src.to_str().unwrap(), "--config"])
+        .arg(&d.config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn install");
+    d.wait_for("rebooting", Duration::from_secs(60), |p| {
+        stage_of(p) == "rebooting"
+    });
+    procs::signal(child.id() as i32, Signal::INT);
+    let out = child.wait_with_output().expect("wait install");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("tope-updater status"), "{stderr}");
+    assert_eq!(stage_of(&d.progress()), "rebooting", "the update goes on");
+    std::fs::write(&healthy, b"").unwrap();
+    d.wait_stage("success", Duration::from_secs(60));
+    assert!(dst.exists());
 }
