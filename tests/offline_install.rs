@@ -476,3 +476,116 @@ fn api_9_2_install_interrupted_stops_following_not_the_update() {
     d.wait_stage("success", Duration::from_secs(60));
     assert!(dst.exists());
 }
+
+// ------------------------------------------------------------------ deploy/examples/usb
+
+/// A loop device over a file system image; detached when dropped.
+struct LoopDevice(String);
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// docs/API.md 9.2: the example for USB sticks, end to end on a real block device: the unit's
+/// script mounts the medium read-only, installs the package matching the pattern with
+/// `tope-updater install`, logs the outcome and unmounts; the unit passes `systemd-analyze
+/// verify`.
+#[test]
+fn api_9_2_usb_example_installs_the_package_on_an_inserted_medium() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/usb");
+    if procs::require_tool("systemd-analyze", "checking the example unit") {
+        let ws = Workspace::new();
+        let shipped = std::fs::read_to_string(example.join("tope-updater-usb@.service")).unwrap();
+        let script = example.join("usb-install");
+        let unit = shipped
+            .replace(
+                "/usr/lib/tope-updater/usb-install",
+                script.to_str().unwrap(),
+            )
+            .replace("Documentation=man:tope-updater-install(1)\n", "");
+        std::fs::write(ws.path().join("tope-updater-usb@.service"), unit).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(ws.path().join("tope-updater-usb@sdb1.service"))
+            .output()
+            .expect("systemd-analyze");
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success() && said.is_empty(), "{said}");
+    }
+    for tool in ["mkfs.ext4", "losetup", "mount"] {
+        if !procs::require_tool(tool, "a stick on a loop device") {
+            return;
+        }
+    }
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let d = Daemon::start(&ws, &api, options());
+    let (pkg, dst) = package(&ws, VERSION);
+    // The stick: an ext4 image holding the package, something else, and no .json.
+    let content = ws.path().join("stick-content");
+    write_file(&content.join("tope-update-3.1.4.zip"), &pkg, 0o644);
+    write_file(&content.join("notes.txt"), b"not a package", 0o644);
+    let image = ws.path().join("stick.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(&content)
+        .arg(&image)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfs.ext4");
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!("skipping: no loop device ({})", text(&out.stderr));
+        return;
+    }
+    let dev = LoopDevice(text(&out.stdout).trim().to_string());
+    // What systemd gives the script: its RuntimeDirectory, and `tope-updater` on PATH.
+    let run_dir = ws.path().join("run/tope-updater-usb/loop");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let bin = ws.bin_dir();
+    std::os::unix::fs::symlink(BIN, bin.join("tope-updater")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(example.join("usb-install"))
+        .arg(&dev.0)
+        .env("RUNTIME_DIRECTORY", &run_dir)
+        .env("TOPE_UPDATER_CONFIG", &d.config_path)
+        .env("PATH", path)
+        .output()
+        .expect("run usb-install");
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!("installed tope-update-3.1.4.zip from {}", dev.0)),
+        "{said}"
+    );
+    assert_eq!(stage_of(&d.progress()), "success");
+    assert_eq!(
+        std::fs::read(&dst).unwrap(),
+        pseudo_random_bytes(1024 * 1024, 11)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(run_dir.to_str().unwrap()),
+        "the medium is unmounted afterwards"
+    );
+    // The daemon read the package from the read-only mount, as a file:// URL.
+    let log = std::fs::read_to_string(ws.work_dir().join("logs/updater.log")).unwrap();
+    assert!(
+        log.contains(&format!("from {}/tope-update-3.1.4.zip", run_dir.display())),
+        "{log}"
+    );
+}
