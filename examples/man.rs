@@ -71,7 +71,9 @@ pub fn write_pages(out: &Path) -> std::io::Result<Vec<PathBuf>> {
              systemd, answers an HTTP API on 127.0.0.1:12315 (/api/v1.0/download, /update, \
              /progress), downloads an update package with resume, checks it, and installs it \
              module by module with a journal, so that after a power cut every file is either \
-             all old or all new. Progress is reported to device-api.",
+             all old or all new. Progress is reported to device-api. A package on a USB stick \
+             or SD card is installed with tope-updater install FILE (or /download with a \
+             file:/// URL).",
             "The interface is described in /usr/share/doc/tope-updater/API.md.",
         ],
     );
@@ -123,7 +125,15 @@ pub fn write_pages(out: &Path) -> std::io::Result<Vec<PathBuf>> {
                 "1",
                 "Failure: the port is taken, a directory cannot be created, ...",
             ),
-            ("2", "A configuration error (the message names the key)."),
+            (
+                "2",
+                "A configuration error (the message names the key); for install, no daemon \
+                 answers on the configured listen address.",
+            ),
+            (
+                "130",
+                "install was interrupted (Ctrl-C): it stopped following, the update goes on.",
+            ),
         ],
     );
     roff.control("SH", ["SEE ALSO"]);

@@ -28,7 +28,10 @@ pub struct DownloadRequest {
     /// Semantic version `x.y.z` of the package.
     #[schema(pattern = r"^\d+\.\d+\.\d+$", example = "1.2.3")]
     pub version: String,
-    /// `https://` URL (plain `http://` only with config `allow_http = true`).
+    /// `https://` URL (plain `http://` only with config `allow_http = true`), or
+    /// `file:///<absolute path>` of a regular file on this printer (a USB stick, an SD card:
+    /// copied into `./tmp/`, docs/API.md 9.2; `file://localhost/` also, no query or fragment,
+    /// the last component not a symlink).
     #[schema(example = "https://updates.example.com/tope-1.2.3.zip")]
     pub package_url: String,
     /// Plain file name stored as `./tmp/<package_name>`; not one of the updater's own names
@@ -192,20 +195,28 @@ pub fn validate_download(
     }
     let url = r.package_url.trim();
     let lower = url.to_ascii_lowercase();
-    let scheme_ok = lower.starts_with("https://") || (allow_http && lower.starts_with("http://"));
+    let is_file = crate::download::file::is_file_url(url);
+    if is_file {
+        // docs/API.md 9.2: the syntax here; the file itself off the runtime (`check_source`).
+        crate::download::file::file_url_path(url)
+            .map_err(|e| error::validation(format!("package_url: {e}")))?;
+    }
+    let scheme_ok =
+        is_file || lower.starts_with("https://") || (allow_http && lower.starts_with("http://"));
     if !scheme_ok {
         return Err(error::validation(if lower.starts_with("http://") {
             "package_url must be https:// (plain http:// needs allow_http = true)".to_string()
         } else {
             format!(
-                "package_url `{}` must be an https:// URL",
+                "package_url `{}` must be an https:// or file:/// URL",
                 crate::net::redact_url(url)
             )
         }));
     }
-    if reqwest::Url::parse(url)
-        .map(|u| u.host_str().is_none())
-        .unwrap_or(true)
+    if !is_file
+        && reqwest::Url::parse(url)
+            .map(|u| u.host_str().is_none())
+            .unwrap_or(true)
     {
         return Err(error::validation(format!(
             "package_url `{}` is not a valid URL",
@@ -258,10 +269,30 @@ async fn download(State(u): State<Updater>, headers: HeaderMap, body: Body) -> R
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    match off_the_runtime(move || u.request_download(spec)).await {
+    match off_the_runtime(move || {
+        check_source(&spec)?;
+        u.request_download(spec)
+    })
+    .await
+    {
         Ok(status) => ok(json!({ "status": status })),
         Err(e) => fail(&e),
     }
+}
+
+/// docs/API.md 9.2: a `file://` package must be a regular file now (not a directory, FIFO,
+/// device, symlink or missing file): refused at once with `VALIDATION_ERROR`. Looked at with
+/// `lstat` and a non-blocking open, never read here; on a blocking thread, so a slow medium
+/// never holds up the runtime.
+pub fn check_source(spec: &PackageSpec) -> Result<(), OtaError> {
+    use crate::download::file;
+    if !file::is_file_url(&spec.package_url) {
+        return Ok(());
+    }
+    file::file_url_path(&spec.package_url)
+        .and_then(|p| file::open_source(&p))
+        .map(drop)
+        .map_err(|e| error::validation(format!("package_url: {e}")))
 }
 
 /// Run a command on a blocking thread: it may write and fsync the updater's files (a
@@ -420,6 +451,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.package_md5, MD5, "uppercase is accepted and normalised");
+    }
+
+    #[test]
+    fn api_9_2_file_urls_need_no_allow_http_and_bad_ones_are_validation_errors() {
+        let s = validate_download(
+            req("1.2.3", "file:///media/usb/p.zip", "p.zip", 10, MD5),
+            false,
+            100,
+        )
+        .unwrap();
+        assert_eq!(s.package_url, "file:///media/usb/p.zip");
+        for url in [
+            "file://rel",
+            "file:x",
+            "file://h/p.zip",
+            "file:///p.zip?a",
+            "file:///p#f",
+        ] {
+            let e = validate_download(req("1.2.3", url, "p.zip", 10, MD5), true, 100).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ValidationError, "{url}: {e}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let spec = |url: String| PackageSpec {
+            version: "1.2.3".into(),
+            package_url: url,
+            package_name: "p.zip".into(),
+            package_size: 3,
+            package_md5: MD5.into(),
+        };
+        let f = d.path().join("p.zip");
+        std::fs::write(&f, b"zip").unwrap();
+        assert!(check_source(&spec(crate::download::file::file_url_of(&f))).is_ok());
+        for bad in [
+            d.path().to_path_buf(),
+            "/dev/null".into(),
+            d.path().join("no"),
+        ] {
+            let url = crate::download::file::file_url_of(&bad);
+            let e = check_source(&spec(url)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ValidationError, "{}", bad.display());
+        }
     }
 
     #[test]

@@ -66,6 +66,29 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
     },
+    /// Install a package through the running daemon (its `listen` address from --config):
+    /// a local FILE (a USB stick: size, MD5 and version read from it, or size and MD5 from
+    /// FILE.json, the line `pack` printed) or a URL (with --size, --md5, --version or --json).
+    /// Shows the progress; exit 0 on success, 1 with the error on failure, 2 when no daemon
+    /// answers, 130 on Ctrl-C (which stops following, not the update).
+    Install {
+        /// The package file, or its https:// URL.
+        #[arg(value_name = "FILE|URL")]
+        target: String,
+        /// Size of the package in bytes (a URL only).
+        #[arg(long, value_name = "BYTES")]
+        size: Option<u64>,
+        /// MD5 of the package, 32 hex characters (a URL only).
+        #[arg(long, value_name = "HEX")]
+        md5: Option<String>,
+        /// Version of the package, x.y.z (a URL only).
+        #[arg(long, value_name = "X.Y.Z")]
+        version: Option<String>,
+        /// A file holding the JSON line `pack` printed for the package (default for a FILE:
+        /// FILE.json when it exists).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Check a package as the daemon would; with --key, its signature too. `--config`
     /// applies its allowed_roots, trusted_keys and require_signature.
     Verify {
@@ -104,6 +127,22 @@ pub fn main() -> ExitCode {
             tools::pack::run(&dir, &out, key.as_deref(), config).and_then(|p| {
                 serde_json::to_string(&p).map_err(|e| format!("cannot print the result: {e}"))
             }),
+        ),
+        Some(Command::Install {
+            target,
+            size,
+            md5,
+            version,
+            json,
+        }) => tools::install::run(
+            &tools::install::Args {
+                target,
+                size,
+                md5,
+                version,
+                json,
+            },
+            config,
         ),
         Some(Command::Verify { file, keys }) => {
             tools::finish("verify", tools::verify::run(&file, &keys, config))

@@ -1,10 +1,12 @@
 //! tope-updater: the OTA updater daemon of the printer. See `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod apiclient;
 pub mod check_config;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;

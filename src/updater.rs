@@ -351,8 +351,8 @@ impl Updater {
                 );
             }
             Err(err) => {
+                let keep_partial = err.keeps_partial();
                 let err = OtaError::from(err);
-                let keep_partial = err.code == ErrorCode::DownloadFailed;
                 if !keep_partial {
                     let _ = fsutil::remove_durable(&path);
                 }

@@ -18,11 +18,10 @@
 //!
 //! The package server, the fake device-api, the certificates and the ZIP come from
 //! [`crate::kit`], the same kit the integration tests use. Here: the flow (`mod.rs`), the
-//! printer in the sandbox (`printer`), the client of the daemon's API (`client`) and the
-//! terminal output (`console`).
+//! printer in the sandbox (`printer`); the client of the daemon's API
+//! ([`crate::apiclient`]) and the terminal output ([`crate::console`]) are shared with
+//! `install`.
 
-mod client;
-mod console;
 mod printer;
 
 use std::path::{Path, PathBuf};
@@ -32,9 +31,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::apiclient::{api_client, get_progress, post, Progress};
+use crate::console::Console;
 use crate::kit::{self, range, FakeDeviceApi, Part, Request, Server};
-use client::{api_client, get_progress, post, Progress};
-use console::Console;
 use printer::{
     build_package, install_old_version, list_tree, printerd_pids, start_old_printerd,
     wait_for_printerd, Package,

@@ -66,10 +66,28 @@ pub enum DownloadError {
         #[source]
         source: std::io::Error,
     },
+    /// A `file://` source failed: gone, shorter or longer than `package_size`, a read error
+    /// (a stick pulled mid-copy). Never retried, and the partial copy is not kept.
+    #[error("{url}: {reason}")]
+    SourceLost { url: String, reason: String },
     #[error("cannot set up the download: {0}")]
     Setup(String),
     #[error("the download's write thread crashed")]
     WriterCrashed,
+}
+
+impl DownloadError {
+    /// Whether the partial file is worth keeping for a later resume: after a network failure
+    /// yes; after anything else (a full disk, a file source that failed: docs/API.md 9.2)
+    /// nothing half-copied is kept.
+    pub fn keeps_partial(&self) -> bool {
+        matches!(
+            self,
+            DownloadError::RetriesExhausted { .. }
+                | DownloadError::WrongFile { .. }
+                | DownloadError::TooLong { .. }
+        )
+    }
 }
 
 /// The error's message followed by those of its sources: `a: b: c`.
@@ -89,7 +107,8 @@ impl From<DownloadError> for OtaError {
         match &e {
             DownloadError::RetriesExhausted { .. }
             | DownloadError::WrongFile { .. }
-            | DownloadError::TooLong { .. } => error::download_failed(chain(&e)),
+            | DownloadError::TooLong { .. }
+            | DownloadError::SourceLost { .. } => error::download_failed(chain(&e)),
             // ENOSPC / EDQUOT while writing the package: DISK_FULL (the partial is removed).
             DownloadError::Write { path, source } => error::from_io(
                 ErrorCode::InternalError,

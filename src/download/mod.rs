@@ -22,6 +22,8 @@
 //! - Durability: `bytes_downloaded` is persisted only after `fdatasync` of the file, at every
 //!   5 % step and at least every 2 s, so a resume after a power cut never trusts unwritten
 //!   bytes.
+//! - A `file://` package (docs/API.md 9.2) goes through the same write thread, checkpoints
+//!   and hash, read from the file by [`file`] instead of [`fetch`].
 //! - Errors are [`DownloadError`] values with their sources; `From<DownloadError> for OtaError`
 //!   gives them their contract code. URLs in them are redacted ([`crate::net::redact_url`]).
 
@@ -29,6 +31,7 @@ pub mod budget;
 mod disk;
 mod error;
 mod fetch;
+pub mod file;
 pub mod response;
 
 use std::path::Path;
@@ -84,6 +87,17 @@ pub fn download(
     p: DownloadParams<'_>,
     sink: &dyn DownloadSink,
 ) -> Result<DownloadOutcome, DownloadError> {
+    // docs/API.md 9.2: a `file://` package is copied, not fetched.
+    let source = if file::is_file_url(&p.spec.package_url) {
+        Some(file::file_url_path(&p.spec.package_url).map_err(|reason| {
+            DownloadError::SourceLost {
+                url: p.spec.package_url.clone(),
+                reason,
+            }
+        })?)
+    } else {
+        None
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,16 +131,18 @@ pub fn download(
                 return Err(DownloadError::Setup(format!("threads: {e}")));
             }
         };
-        let result = rt.block_on(fetch::run(
-            p,
-            sink,
-            &ck,
-            disk::Writer {
-                tx,
-                failed: &failed,
-            },
-            keep,
-        ));
+        let w = disk::Writer {
+            tx,
+            failed: &failed,
+        };
+        let result = match &source {
+            Some(src) => {
+                let r = file::run(&p, src, sink, &ck, &w, keep);
+                drop(w);
+                r
+            }
+            None => rt.block_on(fetch::run(p, sink, &ck, w, keep)),
+        };
         // `run` has dropped its sender: the writer drains the queue and hands the hash back.
         let joined = writer.join();
         ck.stop();

@@ -1,7 +1,9 @@
 //! The commands for package authors (docs/API.md section 8.7): `keygen` makes a signing key,
 //! `pack` builds (and signs) a package, `verify` runs the daemon's own checks on one. Each
-//! exits 0, or 1 with the reason on stderr.
+//! exits 0, or 1 with the reason on stderr. And for a person at the printer (9.2): `install`
+//! has the running daemon install a package from a file or a URL.
 
+pub mod install;
 pub mod keygen;
 pub mod pack;
 pub mod verify;

@@ -1,28 +1,64 @@
-//! The demo's client of the daemon's HTTP API (`/download`, `/update`, `/progress`).
+//! The client of the daemon's own HTTP API (`/download`, `/update`, `/progress`) for the
+//! commands that drive it: `install` (docs/API.md 9.2) and `demo`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Context, DemoResult};
+/// Why a request got no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// Nothing answers at the address (connection refused or timed out): the daemon is not
+    /// running there.
+    pub unreachable: bool,
+    pub text: String,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<ClientError> for String {
+    fn from(e: ClientError) -> String {
+        e.text
+    }
+}
+
+type ClientResult<T> = Result<T, ClientError>;
+
+fn answer_err(what: String) -> impl FnOnce(reqwest::Error) -> ClientError {
+    move |e| ClientError {
+        unreachable: e.is_connect() || e.is_timeout(),
+        text: format!("{what}: {e}"),
+    }
+}
+
+fn bad(text: String) -> ClientError {
+    ClientError {
+        unreachable: false,
+        text,
+    }
+}
 
 /// What `/progress` answered.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Progress {
+pub struct Progress {
     pub stage: String,
     pub progress: i64,
     pub message: String,
     pub error: Option<String>,
 }
 
-pub(super) fn api_client() -> DemoResult<reqwest::Client> {
+pub fn api_client() -> Result<reqwest::Client, String> {
     // Plain HTTP only, but the client still wants a TLS configuration: an empty trust store
     // with the ring provider keeps it independent of any process-wide default.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .ctx("TLS client configuration")?
+        .map_err(|e| format!("TLS client configuration: {e}"))?
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
     reqwest::Client::builder()
@@ -31,39 +67,41 @@ pub(super) fn api_client() -> DemoResult<reqwest::Client> {
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .build()
-        .ctx("cannot build the HTTP client")
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
-pub(super) async fn post(client: &reqwest::Client, url: &str, body: &Value) -> DemoResult<Value> {
+pub async fn post(client: &reqwest::Client, url: &str, body: &Value) -> ClientResult<Value> {
     let bytes = client
         .post(url)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
         .await
-        .ctx(format!("POST {url}"))?
+        .map_err(answer_err(format!("POST {url}")))?
         .bytes()
         .await
-        .ctx(format!("POST {url}: reading the answer"))?;
-    serde_json::from_slice(&bytes).ctx(format!("POST {url}: the answer is not JSON"))
+        .map_err(answer_err(format!("POST {url}: reading the answer")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| bad(format!("POST {url}: the answer is not JSON: {e}")))
 }
 
-pub(super) async fn get_progress(client: &reqwest::Client, base: &str) -> DemoResult<Progress> {
+pub async fn get_progress(client: &reqwest::Client, base: &str) -> ClientResult<Progress> {
     let url = format!("{base}/progress");
     let bytes = client
         .get(&url)
         .send()
         .await
-        .ctx(format!("GET {url}"))?
+        .map_err(answer_err(format!("GET {url}")))?
         .bytes()
         .await
-        .ctx(format!("GET {url}: reading the answer"))?;
-    let v: Value = serde_json::from_slice(&bytes).ctx(format!("GET {url}: not JSON"))?;
-    parse_progress(&v).ok_or_else(|| format!("GET {url}: unexpected answer {v}"))
+        .map_err(answer_err(format!("GET {url}: reading the answer")))?;
+    let v: Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("GET {url}: not JSON: {e}")))?;
+    parse_progress(&v).ok_or_else(|| bad(format!("GET {url}: unexpected answer {v}")))
 }
 
 /// Read the `/progress` envelope: `data` holds the four fields (also when failed).
-pub(super) fn parse_progress(v: &Value) -> Option<Progress> {
+pub fn parse_progress(v: &Value) -> Option<Progress> {
     let data = v.get("data").filter(|d| d.is_object()).unwrap_or(v);
     let stage = data
         .get("stage")

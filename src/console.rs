@@ -1,17 +1,25 @@
-//! The demo's terminal output: whole lines from every task, and one live progress line.
+//! Terminal output of the commands that follow an update (`install`, `demo`): whole lines
+//! from every task, and one live progress line.
+//!
+//! The bar is drawn by hand: one line redrawn with `\r` is all these commands need, and a
+//! progress bar crate (indicatif brings console, portable-atomic, unit-prefix and
+//! unicode-width) would add more code to the printer's binary than this whole module.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::sync::Mutex;
 
-use super::client::Progress;
+use crate::apiclient::Progress;
 
 /// Serialises output: whole lines from every task, plus one live progress line that is
-/// redrawn in place on a terminal (and printed at each stage or 10 % step otherwise).
-pub(super) struct Console {
+/// redrawn in place on a terminal (and printed otherwise at each stage or 10 % step, or with
+/// [`Console::per_stage`] once per stage).
+pub struct Console {
     tty: bool,
     /// No output at all (unit tests).
     quiet: bool,
+    /// Off a terminal, one line per stage (not per 10 % step).
+    per_stage: bool,
     state: Mutex<ConsoleState>,
 }
 
@@ -23,23 +31,44 @@ struct ConsoleState {
     last: Option<(String, i64)>,
 }
 
+impl Default for Console {
+    fn default() -> Console {
+        Console::new()
+    }
+}
+
 impl Console {
     /// A console that prints nothing (unit tests).
     #[cfg(test)]
-    pub(super) fn quiet() -> Console {
+    pub fn quiet() -> Console {
         Console {
             tty: false,
             quiet: true,
+            per_stage: false,
             state: Mutex::new(ConsoleState::default()),
         }
     }
 
-    pub(super) fn new() -> Console {
+    pub fn new() -> Console {
         Console {
             tty: std::io::stdout().is_terminal(),
             quiet: false,
+            per_stage: false,
             state: Mutex::new(ConsoleState::default()),
         }
+    }
+
+    /// The same, printing one line per stage when stdout is not a terminal (a log, a pipe).
+    pub fn per_stage() -> Console {
+        Console {
+            per_stage: true,
+            ..Console::new()
+        }
+    }
+
+    /// Whether stdout is a terminal (the bar is redrawn in place).
+    pub fn is_tty(&self) -> bool {
+        self.tty
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ConsoleState> {
@@ -47,7 +76,7 @@ impl Console {
     }
 
     /// Print a whole line above the progress line. Output errors are ignored.
-    pub(super) fn line(&self, text: &str) {
+    pub fn line(&self, text: &str) {
         if self.quiet {
             return;
         }
@@ -64,7 +93,7 @@ impl Console {
     }
 
     /// Redraw the progress line.
-    pub(super) fn bar(&self, p: &Progress) {
+    pub fn bar(&self, p: &Progress) {
         if self.quiet {
             return;
         }
@@ -77,7 +106,8 @@ impl Console {
             let _ = write!(out, "\r{text}{}", " ".repeat(old.saturating_sub(new)));
             st.bar = text;
         } else {
-            let key = (p.stage.clone(), p.progress / 10);
+            let tenth = if self.per_stage { 0 } else { p.progress / 10 };
+            let key = (p.stage.clone(), tenth);
             if st.last.as_ref() != Some(&key) {
                 let _ = writeln!(out, "{text}");
                 st.last = Some(key);
@@ -87,7 +117,7 @@ impl Console {
     }
 
     /// Leave the progress line on screen and continue below it.
-    pub(super) fn end_bar(&self) {
+    pub fn end_bar(&self) {
         let mut st = self.lock();
         if self.tty && !st.bar.is_empty() {
             let mut out = std::io::stdout().lock();
