@@ -92,14 +92,16 @@ fn contract_4_services_use_systemctl_and_a_stop_failure_is_process_kill_failed()
             );
         }
     }
-    let reports = api.reports();
-    assert!(
-        reports.iter().any(|r| r.body["stage"] == "failed"
-            && r.body["error"]
-                .as_str()
-                .is_some_and(|e| e.starts_with("PROCESS_KILL_FAILED"))),
-        "device-api must hear of the failure: {:?}",
-        reports.iter().map(|r| &r.body).collect::<Vec<_>>()
+    // The report leaves after the outcome is shown: awaited, not read at once.
+    api.wait_for_report(
+        "device-api must hear of the failure",
+        std::time::Duration::from_secs(10),
+        |b| {
+            b["stage"] == "failed"
+                && b["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("PROCESS_KILL_FAILED"))
+        },
     );
 
     // 2. Units that stop: systemctl stop for both, files deployed, start in restart_order.
