@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -121,6 +122,9 @@ fn api_9_2_refused_file_urls_answer_validation_error_at_once() {
     let real = on_stick(&ws, "real.zip", b"0123456789");
     let link = stick.join("link.zip");
     std::os::unix::fs::symlink(&real, &link).unwrap();
+    // A file only root may read (the daemon is root; its caller may not be).
+    let secret = on_stick(&ws, "secret.zip", b"0123456789");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let url = |p: &Path| file_url_of(p);
     let real_url = url(&real);
     let cases = [
@@ -137,6 +141,7 @@ fn api_9_2_refused_file_urls_answer_validation_error_at_once() {
         ("a query", format!("{real_url}?x=1")),
         ("a fragment", format!("{real_url}#top")),
         ("a symlink as last component", url(&link)),
+        ("a file not every user may read", url(&secret)),
     ];
     for (what, u) in cases {
         let started = Instant::now();

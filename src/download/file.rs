@@ -151,7 +151,45 @@ pub fn open_source(path: &Path) -> Result<File, String> {
     if !ft.is_file() {
         return Err(format!("{} is {}", path.display(), kind(ft)));
     }
+    readable_by_anyone(path, &file)?;
     Ok(file)
+}
+
+/// The updater runs as root and answers anyone who can reach its API: a `file://` source must
+/// be a file every user may read (the others-read bit, and the others-search bit on each
+/// directory above it), so that the copy, its size check and its MD5 check never tell a caller
+/// anything about a file it could not read itself (`/etc/shadow`, a key in `/root`). A stick's
+/// files are readable by all with the usual mount options.
+fn readable_by_anyone(path: &Path, file: &File) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o004 == 0 {
+        return Err(format!(
+            "{} is not readable by every user (mode {:04o}); only such files are copied",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    for dir in path.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(format!(
+                "{} is in {}, which not every user may enter (mode {:04o}); only files every \
+                 user may read are copied",
+                path.display(),
+                dir.display(),
+                mode & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The validator of a source file: its size and modification time. A copy resumes only from
@@ -366,7 +404,9 @@ mod tests {
 
     #[test]
     fn api_9_2_open_source_refuses_what_is_not_a_regular_file() {
+        use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let f = d.path().join("p.zip");
         std::fs::write(&f, b"zip").unwrap();
         assert!(open_source(&f).is_ok());
@@ -392,5 +432,37 @@ mod tests {
             let e = open_source(&p).unwrap_err();
             assert!(e.contains(why), "{}: {e}", p.display());
         }
+    }
+
+    /// docs/API.md 9.2: the root daemon copies only files every user may read, so that no
+    /// caller learns the size or the MD5 of a file it could not read itself.
+    #[test]
+    fn api_9_2_only_files_anyone_may_read_are_copied() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let d = tempfile::tempdir().unwrap();
+        mode(d.path(), 0o755);
+        let f = d.path().join("p.zip");
+        std::fs::write(&f, b"zip").unwrap();
+        mode(&f, 0o640);
+        let e = open_source(&f).unwrap_err();
+        assert!(e.contains("not readable by every user (mode 0640)"), "{e}");
+        mode(&f, 0o644);
+        assert!(open_source(&f).is_ok());
+        let private = d.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        let inner = private.join("p.zip");
+        std::fs::write(&inner, b"zip").unwrap();
+        mode(&inner, 0o644);
+        mode(&private, 0o700);
+        let e = open_source(&inner).unwrap_err();
+        assert!(
+            e.contains("which not every user may enter (mode 0700)"),
+            "{e}"
+        );
+        mode(&private, 0o755);
+        assert!(open_source(&inner).is_ok());
     }
 }
