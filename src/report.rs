@@ -45,6 +45,22 @@ impl From<&Status> for Report {
     }
 }
 
+/// Who hears of the updater's progress and outcomes. device-api's [`Reporter`] is one; a fleet
+/// server's feedback or a metrics exporter are more, given to `Updater::with_sinks`. Every
+/// report (a stage change, each 5 % step of a download, an error, the final outcome with its
+/// id) reaches every sink in the order it was made. `publish` is called with the updater's
+/// locks released or short-held: it must return at once (queue, never wait for a network) and
+/// can never fail or slow the update.
+pub trait Sink: Send + Sync {
+    fn publish(&self, report: &Report);
+}
+
+impl Sink for Reporter {
+    fn publish(&self, report: &Report) {
+        self.push(report.clone());
+    }
+}
+
 /// Called with an outcome id once device-api answered its report with HTTP 200.
 pub type DeliveredHook = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -102,6 +118,11 @@ impl Reporter {
             q.push_back(r);
         }
         self.notify.notify_one();
+    }
+
+    /// The reports waiting to be sent, oldest first.
+    pub fn queued(&self) -> Vec<Report> {
+        lock(&self.queue).iter().cloned().collect()
     }
 
     fn front(&self) -> Option<Report> {

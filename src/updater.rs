@@ -6,12 +6,12 @@
 //! How changes reach the disk is in `record` (a stage change is written before it becomes
 //! visible; an outcome is written before it is shown or reported); start-up is in `recover`.
 
+mod jobs;
 mod record;
 mod recover;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -23,13 +23,14 @@ use crate::download::{self, DownloadOutcome, DownloadParams, DownloadSink};
 use crate::error::{self, ErrorCode, OtaError};
 use crate::fsutil;
 use crate::lifecycle::{
-    report_step, DownloadDecision, Lifecycle, PackageSpec, Stage, Status, UpdateDecision, Validator,
+    report_step, DownloadDecision, Lifecycle, PackageSpec, Status, UpdateDecision, Validator,
 };
 use crate::outcome::Outcome;
-use crate::report::{Report, Reporter};
+use crate::report::{Report, Reporter, Sink};
 use crate::shutdown::Shutdown;
 
 pub(crate) use crate::sync::lock;
+use jobs::JobSlot;
 use record::Pending;
 
 /// Room kept free on the download filesystem beyond the package itself.
@@ -49,14 +50,12 @@ struct Inner {
     persist: Mutex<()>,
     /// Writes that failed and are retried (see `record`).
     pending: Mutex<Pending>,
-    reporter: Arc<Reporter>,
+    /// Who hears of every report: device-api's reporter first, then the others.
+    sinks: Vec<Arc<dyn Sink>>,
     tls: Arc<rustls::ClientConfig>,
     shutdown: Shutdown,
-    job: Mutex<Option<JoinHandle<()>>>,
-    /// The running download's own stop flag: set on SIGTERM, or when its state cannot be
-    /// written (then `job_error` says why).
-    job_stop: Mutex<Option<Shutdown>>,
-    job_error: Mutex<Option<OtaError>>,
+    /// The running job (see `jobs`).
+    job: Mutex<JobSlot>,
     /// The last 5 % download step reported.
     last_step: Mutex<Option<u8>>,
 }
@@ -76,12 +75,26 @@ fn md5_matches(spec: &PackageSpec, actual: &Checksum) -> bool {
 }
 
 impl Updater {
+    /// The updater reporting to device-api through `reporter`.
     pub fn new(
         cfg: Config,
         tls: Arc<rustls::ClientConfig>,
         reporter: Arc<Reporter>,
         shutdown: Shutdown,
     ) -> Updater {
+        Updater::with_sinks(cfg, tls, reporter, Vec::new(), shutdown)
+    }
+
+    /// [`Updater::new`], with more consumers of the reports than device-api's.
+    pub fn with_sinks(
+        cfg: Config,
+        tls: Arc<rustls::ClientConfig>,
+        reporter: Arc<Reporter>,
+        others: Vec<Arc<dyn Sink>>,
+        shutdown: Shutdown,
+    ) -> Updater {
+        let mut sinks: Vec<Arc<dyn Sink>> = vec![reporter.clone()];
+        sinks.extend(others);
         let u = Updater {
             inner: Arc::new(Inner {
                 cfg,
@@ -89,12 +102,10 @@ impl Updater {
                 outcome: Mutex::new(None),
                 persist: Mutex::new(()),
                 pending: Mutex::new(Pending::default()),
-                reporter: reporter.clone(),
+                sinks,
                 tls,
                 shutdown,
-                job: Mutex::new(None),
-                job_stop: Mutex::new(None),
-                job_error: Mutex::new(None),
+                job: Mutex::new(JobSlot::default()),
                 last_step: Mutex::new(None),
             }),
         };
@@ -120,10 +131,17 @@ impl Updater {
         self.inner.cfg.work().package(name)
     }
 
+    /// Hand `r` to every sink.
+    fn publish(&self, r: &Report) {
+        for sink in &self.inner.sinks {
+            sink.publish(r);
+        }
+    }
+
     /// Queue a callback with the current status.
     fn report_now(&self) {
         let s = self.status();
-        self.inner.reporter.push(Report::from(&s));
+        self.publish(&Report::from(&s));
     }
 
     /// Record a failure: stage `failed` with `err`, written (state file, outcome), then shown
@@ -136,62 +154,6 @@ impl Updater {
         });
         if let Err(e) = res {
             tracing::error!("{e}");
-        }
-    }
-
-    fn spawn_job(&self, name: &str, f: impl FnOnce(Updater) + Send + 'static) {
-        let me = self.clone();
-        let job_name = name.to_string();
-        let handle = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let u = me.clone();
-                let run = std::panic::AssertUnwindSafe(move || f(u));
-                if let Err(panic) = std::panic::catch_unwind(run) {
-                    me.after_panic(&job_name, panic_text(&panic));
-                }
-            });
-        match handle {
-            Ok(h) => {
-                // The previous job has finished its work (the lifecycle allows one at a time).
-                *lock(&self.inner.job) = Some(h);
-            }
-            Err(e) => self.fail(
-                error::internal(format!("cannot start {name} job: {e}")),
-                Discard::Nothing,
-            ),
-        }
-    }
-
-    /// A job died of a bug: never leave the stage stuck. An installation is rolled back from
-    /// its journal at once, as a restart would.
-    fn after_panic(&self, job: &str, why: String) {
-        tracing::error!("{job} job crashed: {why}");
-        let stage = lock(&self.inner.life).stage();
-        let err = if matches!(stage, Stage::Installing | Stage::Rebooting) {
-            let cfg = &self.inner.cfg;
-            match deploy::recover(
-                &cfg.work().backups(),
-                Duration::from_secs(cfg.stop_timeout_s),
-            ) {
-                Ok(_) => error::deployment_failed(format!(
-                    "internal error during installation ({why}); rolled back"
-                )),
-                Err(e) => e,
-            }
-        } else {
-            error::internal(format!("{job} job crashed: {why}"))
-        };
-        if stage.is_busy() {
-            self.fail(err, Discard::Nothing);
-        }
-    }
-
-    /// Wait for the running job to reach a safe point (after SIGTERM).
-    pub fn join_job(&self) {
-        let h = lock(&self.inner.job).take();
-        if let Some(h) = h {
-            let _ = h.join();
         }
     }
 
@@ -314,10 +276,8 @@ impl Updater {
             shutdown: &stop,
         };
         let result = download::download(params, self);
-        stop.trigger();
-        *lock(&self.inner.job_stop) = None;
         // A checkpoint that could not be written ends the download (see `checkpoint`).
-        if let Some(err) = lock(&self.inner.job_error).take() {
+        if let Some(err) = self.job_ended() {
             self.fail(err, Discard::Nothing);
             return;
         }
@@ -362,40 +322,6 @@ impl Updater {
                     Discard::File
                 };
                 self.fail(err, discard);
-            }
-        }
-    }
-
-    /// A stop flag for one download: set on SIGTERM (the daemon's flag) and by the updater
-    /// itself when the download's state cannot be written. A small thread ties the two until
-    /// the download ends.
-    fn job_stop(&self) -> Shutdown {
-        *lock(&self.inner.job_error) = None;
-        let stop = Shutdown::new();
-        let (global, mine) = (self.inner.shutdown.clone(), stop.clone());
-        let linked = std::thread::Builder::new()
-            .name("download-stop".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().build();
-                match rt {
-                    Ok(rt) => rt.block_on(async {
-                        tokio::select! {
-                            _ = global.wait() => mine.trigger(),
-                            _ = mine.wait() => {}
-                        }
-                    }),
-                    // Without the link only SIGTERM can stop the download.
-                    Err(e) => tracing::warn!("cannot watch the download's stop flag: {e}"),
-                }
-            });
-        match linked {
-            Ok(_) => {
-                *lock(&self.inner.job_stop) = Some(stop.clone());
-                stop
-            }
-            Err(e) => {
-                tracing::warn!("cannot watch the download's stop flag: {e}");
-                self.inner.shutdown.clone()
             }
         }
     }
@@ -654,7 +580,7 @@ impl DownloadSink for Updater {
         for p in (from..=to).step_by(5) {
             let mut r = Report::from(&status);
             r.progress = p;
-            self.inner.reporter.push(r);
+            self.publish(&r);
         }
     }
 
@@ -665,14 +591,89 @@ impl DownloadSink for Updater {
     fn checkpoint(&self, bytes: u64, validator: &Validator) {
         lock(&self.inner.life).checkpointed(bytes, validator.clone());
         if let Err(e) = self.persist() {
-            let mut slot = lock(&self.inner.job_error);
-            if slot.is_none() {
-                *slot = Some(e);
-            }
-            drop(slot);
-            if let Some(stop) = lock(&self.inner.job_stop).as_ref() {
-                stop.trigger();
-            }
+            self.stop_job(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::lock;
+
+    /// A consumer of reports besides device-api's: what a fleet server's feedback plugs into.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Report>>);
+
+    impl Sink for Recorder {
+        fn publish(&self, report: &Report) {
+            lock(&self.0).push(report.clone());
+        }
+    }
+
+    /// Every report device-api's queue gets reaches every other sink too, in order: a whole
+    /// download of a package from a file, 0 % to `toInstall`.
+    #[test]
+    fn every_sink_hears_every_report_in_order() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cfg = Config::defaults().unwrap();
+        cfg.work_dir = d.path().join("work");
+        for dir in cfg.work().dirs() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let data = vec![7u8; 300_000];
+        let source = d.path().join("p.zip");
+        std::fs::write(&source, &data).unwrap();
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut md5 = Hasher::new(Algorithm::Md5);
+        md5.update(&data);
+        let spec = PackageSpec {
+            version: "1.2.3".into(),
+            package_url: crate::download::file::file_url_of(&source),
+            package_name: "p.zip".into(),
+            package_size: data.len() as u64,
+            package_md5: md5.finalize().to_string(),
+        };
+        let tls = crate::net::tls_config(None).unwrap();
+        let reporter = Arc::new(Reporter::new());
+        let recorder = Arc::new(Recorder::default());
+        let u = Updater::with_sinks(
+            cfg,
+            tls,
+            reporter.clone(),
+            vec![recorder.clone()],
+            Shutdown::new(),
+        );
+        assert_eq!(u.request_download(spec), Ok("downloading"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while u.status().stage != crate::lifecycle::Stage::ToInstall {
+            assert!(std::time::Instant::now() < deadline, "{:?}", u.status());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        u.join_job();
+        let heard = lock(&recorder.0).clone();
+        let stages: Vec<&str> = heard.iter().map(|r| r.stage.as_str()).collect();
+        assert_eq!(stages.first(), Some(&"downloading"), "{stages:?}");
+        assert_eq!(stages.last(), Some(&"toInstall"), "{stages:?}");
+        assert!(stages.contains(&"verifying"), "{stages:?}");
+        // The stage change and the 0 % step are two reports of the same value.
+        let mut steps: Vec<u8> = heard
+            .iter()
+            .filter(|r| r.stage == "downloading")
+            .map(|r| r.progress)
+            .collect();
+        steps.dedup();
+        let expected: Vec<u8> = (0..=100).step_by(5).collect();
+        assert_eq!(steps, expected, "every 5 % step, in order");
+        // device-api's queue drops a report equal to the one before it.
+        let mut same = heard.clone();
+        same.dedup();
+        assert_eq!(
+            reporter.queued(),
+            same,
+            "device-api's queue got the same reports"
+        );
     }
 }

@@ -181,7 +181,7 @@ impl Updater {
         if r.stage == o.stage.as_str() {
             r.outcome = Some(o.id);
         }
-        self.inner.reporter.push(r);
+        self.publish(&r);
     }
 
     /// device-api answered the final report of outcome `id` with HTTP 200: record it.
