@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{self, OtaError};
 use crate::fsutil::{self, ReadBack};
 
+pub use super::stopped::Stopped;
+
 /// File name of the journal inside the backups directory.
 pub const JOURNAL_NAME: &str = "journal.json";
 /// The format written by this version.
@@ -67,16 +69,6 @@ pub struct DirTargets {
 pub struct CreatedDir {
     pub root: PathBuf,
     pub rel: PathBuf,
-}
-
-/// A process the installation stopped, as it ran, to start it again on a rollback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stopped {
-    /// Index into `modules`.
-    pub module: usize,
-    pub argv: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +232,10 @@ mod tests {
                 module: 0,
                 argv: vec!["/opt/tope/app/bin".into(), "--port".into(), "80".into()],
                 cwd: Some("/".into()),
+                uid: Some(0),
+                gid: Some(0),
+                groups: Some(vec![]),
+                env: Some(vec!["PATH=/bin".into()]),
             }],
         }
     }

@@ -26,6 +26,7 @@ mod journal;
 mod plan;
 mod procs;
 mod rollback;
+mod stopped;
 #[cfg(test)]
 mod tests;
 

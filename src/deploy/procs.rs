@@ -15,44 +15,114 @@ use super::InstallEvent;
 
 /// Time limit of one `systemctl stop|start` (systemd's own default stop timeout is 90 s).
 pub const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most a journal grows after [`record`]: a longer phase name.
+const JOURNAL_GROWTH: usize = 64;
 /// How often a start's completion is looked for.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Record how the processes of every module that is about to be stopped run (argv and working
-/// directory from `/proc`), so a rollback can start them again exactly so. A `/proc` that
-/// cannot be read is `PROCESS_KILL_FAILED`: nothing is stopped on a guess.
+/// Record how the processes of every module that is about to be stopped run (docs/API.md 9.6:
+/// argv and environment as bytes, working directory, user, group and supplementary groups, from
+/// `/proc`), so a rollback can start them again exactly so. A `/proc` that cannot be read is
+/// `PROCESS_KILL_FAILED`: nothing is stopped on a guess. A command line the journal cannot
+/// hold (over 1 MiB, or too large for the journal's 1 MiB with the rest) refuses the
+/// installation here, before anything is stopped, naming the command line.
 pub fn record(j: &mut Journal, order: &[usize]) -> Result<(), OtaError> {
     let mut seen = HashSet::new();
     for &i in order {
         let Some(name) = &j.modules[i].process_name else {
             continue;
         };
-        let found = process::scan(name).map_err(|e| {
+        let module = &j.modules[i].name;
+        let unreadable = |e: std::io::Error| {
             error::kill_failed(format!(
-                "module {}: cannot tell whether process {name} runs, so it cannot be stopped: {e}",
-                j.modules[i].name
+                "module {module}: cannot tell how process {name} runs, so it cannot be stopped: {e}"
             ))
-        })?;
+        };
+        let found = process::scan(name).map_err(unreadable)?;
         for p in found {
             if !seen.insert(p.id) {
                 continue;
             }
-            match p.argv_utf8() {
-                Some(argv) if !argv.is_empty() => j.stopped.push(Stopped {
-                    module: i,
-                    argv,
-                    cwd: p.cwd.clone(),
-                }),
-                _ => tracing::warn!(
-                    "module {}: process {name} (pid {}) has no command line the journal can \
-                     keep; a rollback does not start it again",
-                    j.modules[i].name,
+            if p.argv.is_empty() {
+                tracing::warn!(
+                    "module {module}: process {name} (pid {}) shows no command line; a rollback \
+                     does not start it again",
                     p.id.pid
-                ),
+                );
+                continue;
             }
+            // Gone meanwhile: nothing to stop, nothing to start again.
+            let Some(who) = process::identity(&p.id).map_err(unreadable)? else {
+                continue;
+            };
+            if !p.argv_complete || !who.env_complete {
+                return Err(too_long(module, name, p.id.pid, &p.argv, None));
+            }
+            j.stopped.push(Stopped {
+                module: i,
+                argv: p.argv,
+                cwd: p.cwd,
+                uid: Some(who.uid),
+                gid: Some(who.gid),
+                groups: Some(who.groups),
+                env: Some(who.env),
+            });
+        }
+    }
+    // The phases still to be written may make the journal a few bytes longer.
+    let size = serde_json::to_vec(&*j).map_or(0, |b| b.len()) + JOURNAL_GROWTH;
+    if size as u64 > crate::fsutil::MAX_READ_BACK {
+        let largest = j
+            .stopped
+            .iter()
+            .max_by_key(|s| serde_json::to_vec(s).map_or(0, |b| b.len()));
+        if let Some(s) = largest {
+            let m = &j.modules[s.module];
+            let name = m.process_name.as_deref().unwrap_or_default();
+            return Err(too_long(&m.name, name, 0, &s.argv, Some(size)));
         }
     }
     Ok(())
+}
+
+/// The refusal of a command line the journal cannot hold (see [`record`]).
+fn too_long(
+    module: &str,
+    name: &str,
+    pid: i32,
+    argv: &[std::ffi::OsString],
+    journal_size: Option<usize>,
+) -> OtaError {
+    let bytes: usize = argv.iter().map(|a| a.len() + 1).sum();
+    let mut shown: String = argv
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(80)
+        .collect();
+    shown.push_str("...");
+    let pid = if pid > 0 {
+        format!(" (pid {pid})")
+    } else {
+        String::new()
+    };
+    let why = match journal_size {
+        Some(n) => format!(
+            "with its environment it would make the install journal {n} bytes, more than the {} \
+             it may take",
+            crate::fsutil::MAX_READ_BACK
+        ),
+        None => format!(
+            "its command line or environment is longer than the {} bytes the updater reads",
+            crate::fsutil::MAX_READ_BACK
+        ),
+    };
+    error::deployment_failed(format!(
+        "module {module}: the command line of process {name}{pid} ({bytes} bytes: `{shown}`) \
+         cannot be recorded to start it again after a rollback: {why}; nothing was stopped"
+    ))
 }
 
 /// Stop module `m`'s processes. Errors are `PROCESS_KILL_FAILED`. `cancel` (the updater's
@@ -182,7 +252,7 @@ pub fn start_new(
 }
 
 /// After a rollback: start the old processes again in start order, as they ran (the journal's
-/// argv), and the services of the modules that stop. Failures are logged, never fatal: the
+/// argv, working directory, credentials and environment: docs/API.md 9.6), and the services of the modules that stop. Failures are logged, never fatal: the
 /// rollback goes on.
 pub fn start_old(
     j: &Journal,
@@ -219,7 +289,15 @@ pub fn start_old(
         }
         on_event(InstallEvent::Restarting { module: &m.name });
         for old in olds {
-            match process::spawn_detached_in(&old.argv, old.cwd.as_deref()) {
+            let how = process::AsItRan {
+                argv: &old.argv,
+                cwd: old.cwd.as_deref(),
+                uid: old.uid,
+                gid: old.gid,
+                groups: old.groups.as_deref(),
+                env: old.env.as_deref(),
+            };
+            match process::start_as_it_ran(&how) {
                 Ok(how) => tracing::info!(
                     "rollback: module {}: old process started again ({how})",
                     m.name

@@ -18,7 +18,9 @@
 //!   runs so they live outside the updater's cgroup (`TOPE_SYSTEMD_RUN` overrides).
 
 mod command;
+mod identity;
 mod procfs;
+mod respawn;
 mod spawn;
 mod stop;
 
@@ -27,9 +29,11 @@ use std::time::Duration;
 #[cfg(test)]
 pub(crate) use command::SYSTEMCTL_OVERRIDE;
 pub use command::{run_to_completion, set_children_fd_limit, systemctl};
+pub use identity::{identity, Identity};
 pub use procfs::{
     describe, is_alive, is_running, liveness, scan, Liveness, ProcId, RunningProcess,
 };
+pub use respawn::{start_as_it_ran, AsItRan};
 pub use spawn::{spawn_detached, spawn_detached_in, Started};
 pub use stop::{stop_by_name, stop_processes};
 

@@ -26,7 +26,7 @@ const COMM_LEN: usize = 15;
 /// `PF_KTHREAD` in the flags (field 9) of `/proc/<pid>/stat`: a kernel thread.
 const PF_KTHREAD: u64 = 0x0020_0000;
 /// Most of a `/proc` file read back (a command line can be long; argv beyond this is cut).
-const MAX_PROC_READ: usize = 1024 * 1024;
+pub(crate) const MAX_PROC_READ: usize = 1024 * 1024;
 
 /// A process identity that survives pid reuse: the pid and its start time in clock ticks
 /// since boot (field 22 of `/proc/<pid>/stat`).
@@ -45,19 +45,10 @@ pub struct RunningProcess {
     pub ppid: i32,
     /// `/proc/<pid>/cmdline` split at its NUL bytes (any bytes, not only UTF-8).
     pub argv: Vec<OsString>,
+    /// False when the command line is longer than the updater reads (1 MiB): `argv` is cut.
+    pub argv_complete: bool,
     /// Its working directory, when it can be read.
     pub cwd: Option<PathBuf>,
-}
-
-impl RunningProcess {
-    /// The argv as strings (the form of a manifest's `start_cmd`), when every argument is
-    /// UTF-8.
-    pub fn argv_utf8(&self) -> Option<Vec<String>> {
-        self.argv
-            .iter()
-            .map(|a| a.to_str().map(str::to_string))
-            .collect()
-    }
 }
 
 /// What is known about a process.
@@ -260,6 +251,7 @@ pub(crate) fn scan_with(fs: &dyn Procfs, name: &str) -> io::Result<Vec<Found>> {
                 },
                 ppid: stat.ppid,
                 argv: split_cmdline(&cmdline),
+                argv_complete: cmdline.len() < MAX_PROC_READ,
                 cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
             },
             stat: stat_file,
@@ -288,10 +280,10 @@ pub fn scan(name: &str) -> io::Result<Vec<RunningProcess>> {
         .collect())
 }
 
-/// How process `id` runs: its argv (from `/proc/<pid>/cmdline`, non-UTF-8 bytes replaced) and
-/// working directory. `None` when it is gone, unreadable, or has no command line (a kernel
-/// thread). [`scan`] gives the same without a second look.
-pub fn describe(id: &ProcId) -> Option<(Vec<String>, Option<PathBuf>)> {
+/// How process `id` runs: its argv (from `/proc/<pid>/cmdline`, the exact bytes) and working
+/// directory. `None` when it is gone, unreadable, or has no command line (a kernel thread).
+/// [`scan`] gives the same without a second look.
+pub fn describe(id: &ProcId) -> Option<(Vec<OsString>, Option<PathBuf>)> {
     let cmdline = RealProcfs
         .open(id.pid, "cmdline")
         .and_then(|f| RealProcfs.reread(&f))
@@ -301,11 +293,7 @@ pub fn describe(id: &ProcId) -> Option<(Vec<String>, Option<PathBuf>)> {
     if cmdline.is_empty() || !matches!(liveness(id), Liveness::Alive) {
         return None;
     }
-    let argv = split_cmdline(&cmdline)
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    Some((argv, cwd))
+    Some((split_cmdline(&cmdline), cwd))
 }
 
 /// Whether a process named `name` runs. An error when `/proc` cannot be read.
@@ -491,9 +479,10 @@ pub(crate) mod tests {
             },
             ppid: 1,
             argv: raw,
+            argv_complete: true,
             cwd: None,
         };
-        assert_eq!(p.argv_utf8(), None);
+        assert_eq!(p.argv[0], OsString::from("/bin/x"));
     }
 
     #[test]
@@ -551,6 +540,7 @@ pub(crate) mod tests {
                 id,
                 ppid: 1,
                 argv: vec![],
+                argv_complete: true,
                 cwd: None,
             },
             stat,

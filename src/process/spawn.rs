@@ -53,7 +53,7 @@ thread_local! {
 }
 
 /// The `systemd-run` to use, or `None` for a plain start (see the module documentation).
-fn systemd_run_program() -> Option<PathBuf> {
+pub(super) fn systemd_run_program() -> Option<PathBuf> {
     #[cfg(test)]
     return SYSTEMD_RUN_OVERRIDE.with(|o| o.borrow().clone());
     #[cfg(not(test))]
@@ -162,14 +162,14 @@ fn launch_unit(
     Ok(Started::Unit { name: unit })
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(super) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A unit name no other start takes: `tope-<program>-<ms since epoch>-<n>.service`, the
 /// program's file name reduced to the characters systemd allows.
-fn unit_name(program: &Path) -> String {
+pub(super) fn unit_name(program: &Path) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let base: String = program
         .file_name()
@@ -194,7 +194,7 @@ fn unit_name(program: &Path) -> String {
 }
 
 /// Wait for `child` on a thread of its own so that it is reaped whenever it exits.
-fn reap_in_background(mut child: Child) {
+pub(super) fn reap_in_background(mut child: Child) {
     let pid = child.id();
     let spawned = std::thread::Builder::new()
         .name(format!("reap-{pid}"))

@@ -153,10 +153,8 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].pid, child.id() as i32);
         let (argv, cwd) = super::super::describe(&found[0]).unwrap();
-        assert_eq!(
-            argv,
-            vec![path.display().to_string(), "100".into(), "0".into()]
-        );
+        let expected: Vec<std::ffi::OsString> = vec![path.clone().into(), "100".into(), "0".into()];
+        assert_eq!(argv, expected);
         assert_eq!(cwd, Some(std::env::current_dir().unwrap()));
         let t = Instant::now();
         let stopped = stop_processes(&name, Duration::from_secs(5)).unwrap();
@@ -164,10 +162,7 @@ mod tests {
         assert_eq!(stopped.len(), 1);
         assert_eq!(stopped[0].id, found[0]);
         // The exact argv, to start it again as it ran.
-        assert_eq!(
-            stopped[0].argv_utf8().unwrap(),
-            vec![path.display().to_string(), "100".into(), "0".into()]
-        );
+        assert_eq!(stopped[0].argv, expected);
         assert_eq!(stopped[0].cwd, Some(std::env::current_dir().unwrap()));
         assert_eq!(super::super::describe(&found[0]), None);
         // Our own child is a zombie now: dead for liveness, not listed by a scan.

@@ -1,0 +1,315 @@
+//! docs/API.md 9.6 (CONTRACT.md 9.6) against the real daemon and real processes: a process
+//! stopped for an installation comes back, after a rollback, exactly as it ran (argv bytes,
+//! working directory, user, group, groups, environment), also after a power cut; a command
+//! line the journal cannot hold refuses the installation before anything stops.
+
+mod common;
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::daemon::stage_of;
+use common::procs::{self, KillOnDrop, Spawned};
+use common::*;
+use serde_json::{json, Value};
+
+const VERSION: &str = "9.6.0";
+
+fn error_of(p: &Value) -> String {
+    p["data"]["error"].as_str().unwrap_or_default().to_string()
+}
+
+/// A copy of `/bin/sh` followed by a marker: a working shell, under the name of its file.
+fn shell_binary_with_marker(marker: &str) -> Vec<u8> {
+    let mut data = std::fs::read("/bin/sh").expect("read /bin/sh");
+    data.extend_from_slice(format!("\nTOPE-MARKER:{marker}\n").as_bytes());
+    data
+}
+
+/// Whether the program process `pid` runs ends with the marker.
+fn runs_marker(pid: i32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/exe"))
+        .unwrap_or_default()
+        .ends_with(format!("\nTOPE-MARKER:{marker}\n").as_bytes())
+}
+
+/// The `Uid:`, `Gid:` and `Groups:` lines of a process.
+fn creds_of(pid: i32) -> (String, String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    (line("Uid:"), line("Gid:"), line("Groups:"))
+}
+
+/// The raw `/proc/<pid>/<file>`, split at NULs.
+fn nul_list(pid: i32, file: &str) -> Vec<Vec<u8>> {
+    let data = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    let body = data.strip_suffix(&[0]).unwrap_or(&data);
+    body.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
+}
+
+/// A printer whose module `svc` runs `<root>/svc/<name>` (a shell carrying the marker `old`)
+/// as uid/gid 65534 with groups 4 and 20, a non-UTF-8 argument, its own environment and
+/// working directory.
+struct AsItRan {
+    ws: Workspace,
+    nginx: Nginx,
+    api: FakeDeviceApi,
+    _kill: KillOnDrop,
+    _old: Spawned,
+    name: String,
+    prog: PathBuf,
+    cwd: PathBuf,
+    argv: Vec<Vec<u8>>,
+    env: Vec<Vec<u8>>,
+}
+
+impl AsItRan {
+    fn new() -> Option<AsItRan> {
+        if !procs::require_tool("setpriv", "runs a process as another user") {
+            return None;
+        }
+        let ws = Workspace::new();
+        let nginx = ws.nginx()?;
+        let api = FakeDeviceApi::start();
+        // The process runs as nobody: every directory on its way must be open to it.
+        std::fs::set_permissions(
+            ws.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let name = unique_name("ran");
+        let kill = KillOnDrop::names(&[&name]);
+        let prog = ws.root().join("svc").join(&name);
+        write_file(&prog, &shell_binary_with_marker("old"), 0o755);
+        let cwd = ws.path().join("run dir");
+        std::fs::create_dir_all(&cwd).unwrap();
+        let argv: Vec<Vec<u8>> = vec![
+            prog.as_os_str().as_bytes().to_vec(),
+            b"-c".to_vec(),
+            b"while :; do sleep 1; done".to_vec(),
+            b"port=\xff\xfe-not-utf8".to_vec(),
+            b"".to_vec(),
+            b"last arg".to_vec(),
+        ];
+        let env: Vec<Vec<u8>> = vec![
+            b"PRINTER_PORT=/dev/ttyS9".to_vec(),
+            b"LANG=C".to_vec(),
+            b"BYTES=\x80\x81".to_vec(),
+        ];
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--groups=4,20",
+            "--",
+            "env",
+            "-i",
+        ])
+        .args(env.iter().map(|e| OsString::from_vec(e.clone())))
+        .args(argv.iter().map(|a| OsString::from_vec(a.clone())))
+        .current_dir(&cwd);
+        let old = Spawned::spawn(&mut cmd);
+        let pids = procs::wait_for_named(&name, Duration::from_secs(5));
+        let rig = AsItRan {
+            ws,
+            nginx,
+            api,
+            _kill: kill,
+            _old: old,
+            name,
+            prog,
+            cwd,
+            argv,
+            env,
+        };
+        // The old process is as described, or the test proves nothing.
+        rig.assert_runs_as_it_ran(pids[0], "old");
+        Some(rig)
+    }
+
+    /// A package whose new program starts, but whose health check never passes.
+    fn unhealthy_package(&self, health_timeout_s: u64) -> Vec<u8> {
+        let prog = self.prog.display().to_string();
+        build_package(
+            &manifest(
+                VERSION,
+                vec![json!({"name": "svc", "src": "svc", "dst": prog,
+                            "process_name": self.name,
+                            "start_cmd": [prog, "-c", "while :; do sleep 1; done"],
+                            "health_cmd": ["false"],
+                            "health_timeout_s": health_timeout_s})],
+            ),
+            &[Entry::file("svc", &shell_binary_with_marker("new"), 0o755)],
+        )
+    }
+
+    fn assert_runs_as_it_ran(&self, pid: i32, marker: &str) {
+        assert!(
+            runs_marker(pid, marker),
+            "pid {pid} runs the {marker} program"
+        );
+        assert_eq!(
+            nul_list(pid, "cmdline"),
+            self.argv,
+            "argv bytes of pid {pid}"
+        );
+        // The same entries (a child's environment is built from a sorted map).
+        let mut env = nul_list(pid, "environ");
+        env.sort();
+        let mut expected = self.env.clone();
+        expected.sort();
+        assert_eq!(env, expected, "environment of pid {pid}");
+        let (uid, gid, groups) = creds_of(pid);
+        assert!(uid.starts_with("65534\t65534"), "Uid: {uid}");
+        assert!(gid.starts_with("65534\t65534"), "Gid: {gid}");
+        assert_eq!(groups, "4 20", "Groups");
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
+            Some(self.cwd.clone()),
+            "working directory"
+        );
+    }
+
+    /// After the rollback: exactly one process of the module, the old program, as it ran.
+    fn assert_restored(&self, d: &dyn Fn() -> String) {
+        let pid = wait_until(
+            "the old process to run again",
+            Duration::from_secs(20),
+            || {
+                procs::pids_named(&self.name)
+                    .into_iter()
+                    .find(|&p| runs_marker(p, "old"))
+            },
+        );
+        assert_eq!(
+            procs::pids_named(&self.name),
+            vec![pid],
+            "one process of the module\n{}",
+            d()
+        );
+        assert!(has_marker(&self.prog, "old"), "the old program is back");
+        self.assert_runs_as_it_ran(pid, "old");
+    }
+}
+
+/// docs/API.md 9.6, first rule: a failed health check rolls back, and the stopped process comes
+/// back with its uid, gid, groups, environment, argv bytes and working directory.
+#[test]
+fn docs_api_9_6_rollback_restarts_the_old_process_exactly_as_it_ran() {
+    let Some(rig) = AsItRan::new() else { return };
+    let d = Daemon::start(
+        &rig.ws,
+        &rig.api,
+        DaemonOptions {
+            stop_timeout_s: 2,
+            extra_toml: "settle_s = 0\n".into(),
+            ..DaemonOptions::default()
+        },
+    );
+    let p = d.install_package(&rig.nginx, "r.zip", VERSION, &rig.unhealthy_package(1));
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    assert!(
+        error_of(&p).starts_with("DEPLOYMENT_FAILED: health check of svc failed"),
+        "{p}"
+    );
+    rig.assert_restored(&|| d.output());
+}
+
+/// docs/API.md 9.6 with 6: the same after a power cut during the health phase (the journal
+/// keeps how the process ran; the next start rolls back and starts it as it ran).
+#[test]
+fn docs_api_9_6_after_a_power_cut_in_the_health_phase_the_old_process_returns_as_it_ran() {
+    let Some(rig) = AsItRan::new() else { return };
+    let mut d = Daemon::start(
+        &rig.ws,
+        &rig.api,
+        DaemonOptions {
+            stop_timeout_s: 2,
+            extra_toml: "settle_s = 60\n".into(),
+            ..DaemonOptions::default()
+        },
+    );
+    d.download_package(&rig.nginx, "r.zip", VERSION, &rig.unhealthy_package(60));
+    d.post_update(VERSION);
+    d.wait_for("the health phase", Duration::from_secs(30), |p| {
+        stage_of(p) == "rebooting"
+    });
+    // The new program runs; the old one is stopped.
+    wait_until("the new process", Duration::from_secs(10), || {
+        procs::pids_named(&rig.name)
+            .into_iter()
+            .find(|&p| runs_marker(p, "new"))
+    });
+    d.sigkill();
+    d.restart();
+    let p = d.wait_for("the rollback's outcome", Duration::from_secs(30), |p| {
+        stage_of(p) == "failed"
+    });
+    assert!(error_of(&p).starts_with("DEPLOYMENT_FAILED"), "{p}");
+    rig.assert_restored(&|| d.output());
+}
+
+/// docs/API.md 9.6, long command lines: a process whose command line (1.1 MB, more than the
+/// 1 MiB the updater reads back) the journal cannot hold refuses the installation before
+/// anything is stopped, naming the command line.
+#[test]
+fn docs_api_9_6_a_1_mb_command_line_refuses_the_install_before_anything_stops() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let name = unique_name("big");
+    let _kill = KillOnDrop::names(&[&name]);
+    let prog = ws.root().join("svc").join(&name);
+    write_file(&prog, &sleep_binary_with_marker("old"), 0o755);
+    // sleep adds its arguments: 1000 s plus eleven zeros of 100 000 bytes each.
+    let zero = format!("0.{}", "0".repeat(99_998));
+    let mut cmd = Command::new(&prog);
+    cmd.arg("1000");
+    for _ in 0..11 {
+        cmd.arg(&zero);
+    }
+    let old = Spawned::spawn(&mut cmd);
+    procs::wait_for_named(&name, Duration::from_secs(5));
+    let dst = prog.display().to_string();
+    let package = build_package(
+        &manifest(
+            VERSION,
+            vec![json!({"name": "svc", "src": "svc", "dst": dst,
+                        "process_name": name, "start_cmd": [dst, "1000"]})],
+        ),
+        &[Entry::file("svc", &sleep_binary_with_marker("new"), 0o755)],
+    );
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let p = d.install_package(&nginx, "b.zip", VERSION, &package);
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    let err = error_of(&p);
+    assert!(err.starts_with("DEPLOYMENT_FAILED: "), "{err}");
+    assert!(err.contains("command line"), "{err}");
+    assert!(err.contains(&name), "{err}");
+    assert!(err.contains("nothing was stopped"), "{err}");
+    assert!(!err.contains("files"), "{err}");
+    assert!(
+        err.len() < 1000,
+        "the error is not the command line itself: {} bytes",
+        err.len()
+    );
+    assert!(
+        procs::is_alive(old.pid) && !old.has_exited(),
+        "the process was stopped\n{}",
+        d.output()
+    );
+    assert!(has_marker(&prog, "old"));
+    let (_, st) = d.get_json("/progress");
+    assert_eq!(stage_of(&st), "failed");
+    assert!(!ws.work_dir().join("backups/journal.json").exists());
+}
