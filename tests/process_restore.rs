@@ -1,18 +1,20 @@
 //! docs/API.md 9.6 (CONTRACT.md 9.6) against the real daemon and real processes: a process
 //! stopped for an installation comes back, after a rollback, exactly as it ran (argv bytes,
-//! working directory, user, group, groups, environment), also after a power cut; a command
-//! line the journal cannot hold refuses the installation before anything stops.
+//! working directory, user, group, groups, environment), also after a power cut; a script run
+//! by an interpreter is its script's process; a long `process_name` matches only whole; a
+//! command line the journal cannot hold refuses the installation before anything stops.
 
 mod common;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::daemon::stage_of;
-use common::procs::{self, KillOnDrop, Spawned};
+use common::procs::{self, looping_script, looping_script_text, KillOnDrop, Spawned};
 use common::*;
 use serde_json::{json, Value};
 
@@ -34,6 +36,23 @@ fn runs_marker(pid: i32, marker: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/exe"))
         .unwrap_or_default()
         .ends_with(format!("\nTOPE-MARKER:{marker}\n").as_bytes())
+}
+
+/// Every process (but zombies) whose command line holds `arg` as a whole argument, read from
+/// /proc directly (not through the crate's matching, which is what is tested).
+fn pids_with_arg(arg: &[u8]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if procs::is_alive(pid) && cmdline.split(|&b| b == 0).any(|a| a == arg) {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The `Uid:`, `Gid:` and `Groups:` lines of a process.
@@ -257,6 +276,156 @@ fn docs_api_9_6_after_a_power_cut_in_the_health_phase_the_old_process_returns_as
     });
     assert!(error_of(&p).starts_with("DEPLOYMENT_FAILED"), "{p}");
     rig.assert_restored(&|| d.output());
+}
+
+/// docs/API.md 9.6, interpreters: `/bin/sh <root>/svc/<name>` is the process of
+/// `process_name` `<name>`: stopped, restarted by a rollback as it ran, found again, and the
+/// next update does not start a second copy.
+#[test]
+fn docs_api_9_6_a_script_run_by_an_interpreter_is_found_again_and_never_doubled() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let name = unique_name("scr");
+    let _kill = KillOnDrop::names(&[&name]);
+    let dir = ws.root().join("svc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = looping_script(&dir, &name, "old-script", false, None);
+    let script_arg = script.as_os_str().as_bytes().to_vec();
+    let _old = Spawned::spawn(Command::new("/bin/sh").arg(&script));
+    wait_until("the old script", Duration::from_secs(5), || {
+        (pids_with_arg(&script_arg).len() == 1).then_some(())
+    });
+    let copies = || pids_with_arg(&script_arg);
+    let package = |health: bool| {
+        let mut m = json!({"name": "svc", "src": "svc", "dst": script.display().to_string(),
+                           "process_name": name,
+                           "start_cmd": [script.display().to_string()]});
+        if health {
+            m["health_cmd"] = json!(["false"]);
+            m["health_timeout_s"] = json!(1);
+        }
+        build_package(
+            &manifest(VERSION, vec![m]),
+            &[Entry::file(
+                "svc",
+                &looping_script_text("new-script", false, None),
+                0o755,
+            )],
+        )
+    };
+    let d = Daemon::start(
+        &ws,
+        &api,
+        DaemonOptions {
+            stop_timeout_s: 2,
+            extra_toml: "settle_s = 0\n".into(),
+            ..DaemonOptions::default()
+        },
+    );
+    let p = d.install_package(&nginx, "s1.zip", VERSION, &package(true));
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    // Restarted as it ran: through the interpreter, once.
+    let pid = wait_until("the old script again", Duration::from_secs(10), || {
+        let c = copies();
+        (c.len() == 1).then(|| c[0])
+    });
+    assert_eq!(
+        procs::cmdline_of(pid),
+        ["/bin/sh", script.to_str().unwrap()],
+        "{}",
+        d.output()
+    );
+    assert_eq!(
+        procs::pids_named(&name),
+        vec![pid],
+        "found again by its name"
+    );
+    // The next update stops it and starts the new script: one copy, never two.
+    let p = d.install_package(&nginx, "s2.zip", VERSION, &package(false));
+    assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
+    assert!(!procs::is_alive(pid), "the old script was stopped");
+    let now = copies();
+    assert_eq!(now.len(), 1, "one copy of the script runs: {now:?}");
+    assert!(contains(&script, "new-script"));
+}
+
+fn contains(path: &Path, needle: &str) -> bool {
+    std::fs::read(path)
+        .map(|d| String::from_utf8_lossy(&d).contains(needle))
+        .unwrap_or(false)
+}
+
+/// 15 bytes, unique to this test process and call: the part of a name the kernel keeps.
+fn unique_prefix_15() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let s = format!("tl{:08x}{:05x}", std::process::id(), n & 0xfffff);
+    assert_eq!(s.len(), 15);
+    s
+}
+
+/// docs/API.md 9.6, long names: with a 21-byte `process_name`, a process sharing its first 15
+/// bytes (the same `comm`) is never signalled; the module's own is stopped and replaced.
+#[test]
+fn docs_api_9_6_a_long_process_name_never_signals_a_process_sharing_its_first_15_bytes() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let prefix = unique_prefix_15();
+    let agent = format!("{prefix}-agent");
+    let monitor = format!("{prefix}-monitor");
+    assert!(agent.len() >= 20);
+    let _kill = KillOnDrop::names(&[&agent, &monitor]);
+    let agent_dst = ws.root().join("agent").join(&agent);
+    write_file(&agent_dst, &sleep_binary_with_marker("old"), 0o755);
+    let monitor_prog = ws.bin_dir().join(&monitor);
+    write_file(&monitor_prog, &sleep_binary_with_marker("monitor"), 0o755);
+    let old = Spawned::spawn(Command::new(&agent_dst).arg("1000"));
+    let unrelated = Spawned::spawn(Command::new(&monitor_prog).arg("1000"));
+    // Same comm: only the names tell them apart.
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    wait_until("both running", Duration::from_secs(5), || {
+        (procs::is_alive(old.pid) && procs::is_alive(unrelated.pid)).then_some(())
+    });
+    assert_eq!(comm(old.pid), comm(unrelated.pid));
+    let dst = agent_dst.display().to_string();
+    let package = build_package(
+        &manifest(
+            VERSION,
+            vec![json!({"name": "agent", "src": "agent", "dst": dst,
+                        "process_name": agent, "start_cmd": [dst, "1000"]})],
+        ),
+        &[Entry::file(
+            "agent",
+            &sleep_binary_with_marker("new"),
+            0o755,
+        )],
+    );
+    let d = Daemon::start(
+        &ws,
+        &api,
+        DaemonOptions {
+            stop_timeout_s: 2,
+            extra_toml: "settle_s = 1\n".into(),
+            ..DaemonOptions::default()
+        },
+    );
+    let p = d.install_package(&nginx, "l.zip", VERSION, &package);
+    assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
+    assert!(
+        old.has_exited() || !procs::is_alive(old.pid),
+        "the agent was stopped"
+    );
+    // sleep dies of SIGTERM or SIGKILL: alive with its pid means never signalled.
+    assert!(
+        procs::is_alive(unrelated.pid) && !unrelated.has_exited(),
+        "the unrelated {monitor} was signalled\n{}",
+        d.output()
+    );
+    let agents = procs::pids_named(&agent);
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert!(runs_marker(agents[0], "new"));
 }
 
 /// docs/API.md 9.6, long command lines: a process whose command line (1.1 MB, more than the

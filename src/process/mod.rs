@@ -19,6 +19,7 @@
 
 mod command;
 mod identity;
+mod names;
 mod procfs;
 mod respawn;
 mod spawn;

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use rustix::io::Errno;
 use rustix::process::Pid;
 
-/// Longest process name the kernel keeps in `/proc/<pid>/comm` (TASK_COMM_LEN - 1).
-const COMM_LEN: usize = 15;
+use super::names::name_matches;
+
 /// `PF_KTHREAD` in the flags (field 9) of `/proc/<pid>/stat`: a kernel thread.
 const PF_KTHREAD: u64 = 0x0020_0000;
 /// Most of a `/proc` file read back (a command line can be long; argv beyond this is cut).
@@ -166,18 +166,6 @@ pub(crate) fn is_self_or_parent(pid: i32) -> bool {
         || rustix::process::getppid().is_some_and(|p| p.as_raw_nonzero().get() == pid)
 }
 
-/// Whether `name` is the process's name: its `comm` equals the name truncated like the kernel
-/// does, or the last path component of its `argv[0]` equals the name.
-fn name_matches(comm: &[u8], argv0: &[u8], name: &str) -> bool {
-    let b = name.as_bytes();
-    let comm = comm.strip_suffix(b"\n").unwrap_or(comm);
-    if comm == &b[..b.len().min(COMM_LEN)] {
-        return true;
-    }
-    let base = argv0.rsplit(|&c| c == b'/').next().unwrap_or(argv0);
-    !base.is_empty() && base == b
-}
-
 /// Read `/proc/<pid>/<file>` whole. `Ok(None)` when the process has vanished.
 fn read_entry(fs: &dyn Procfs, pid: i32, file: &str) -> io::Result<Option<Vec<u8>>> {
     match fs.open(pid, file).and_then(|f| fs.reread(&f)) {
@@ -239,8 +227,10 @@ pub(crate) fn scan_with(fs: &dyn Procfs, name: &str) -> io::Result<Vec<Found>> {
         let Some(cmdline) = read_entry(fs, pid, "cmdline")? else {
             continue;
         };
-        let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or(&[]);
-        if !name_matches(comm, argv0, name) {
+        let body = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
+        let args: Vec<&[u8]> = body.split(|&b| b == 0).collect();
+        let mut exe = || std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        if !name_matches(comm, &args, &mut exe, name) {
             continue;
         }
         found.push(Found {
@@ -439,25 +429,6 @@ pub(crate) mod tests {
         let line = stat_line("a) b) (c d", 'S', 4194560, 987654);
         assert_eq!(stat_comm(line.as_bytes()), b"a) b) (c d");
         assert_eq!(stat_comm(b"garbage"), b"");
-    }
-
-    #[test]
-    fn names_match_by_comm_or_argv0() {
-        assert!(name_matches(b"device-api\n", b"", "device-api"));
-        assert!(name_matches(
-            b"a-very-long-pro\n",
-            b"/x/a-very-long-process-name",
-            "a-very-long-process-name"
-        ));
-        // Truncated comm alone is enough, as the kernel shows it.
-        assert!(name_matches(
-            b"a-very-long-pro\n",
-            b"other",
-            "a-very-long-process"
-        ));
-        assert!(name_matches(b"python3\n", b"/opt/tope/gui", "gui"));
-        assert!(!name_matches(b"python3\n", b"/opt/tope/gui", "tope"));
-        assert!(!name_matches(b"x\n", b"", ""));
     }
 
     #[test]
