@@ -2,7 +2,9 @@
 //! stopped for an installation comes back, after a rollback, exactly as it ran (argv bytes,
 //! working directory, user, group, groups, environment), also after a power cut; a script run
 //! by an interpreter is its script's process; a long `process_name` matches only whole; a
-//! command line the journal cannot hold refuses the installation before anything stops.
+//! supervisor's respawn never runs old code over new files; a daemonizing `start_cmd` is a
+//! start; a command line the journal cannot hold refuses the installation before anything
+//! stops.
 
 mod common;
 
@@ -426,6 +428,122 @@ fn docs_api_9_6_a_long_process_name_never_signals_a_process_sharing_its_first_15
     let agents = procs::pids_named(&agent);
     assert_eq!(agents.len(), 1, "{agents:?}");
     assert!(runs_marker(agents[0], "new"));
+}
+
+/// docs/API.md 9.6, respawns: a shell loop starts the old program again as soon as it is
+/// stopped; the respawned one is stopped too, and `success` is never reported while a process
+/// of the module runs the old executable.
+#[test]
+fn docs_api_9_6_a_supervisor_respawn_never_leaves_old_code_running_after_success() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let name = unique_name("spv");
+    let _kill = KillOnDrop::names(&[&name]);
+    let prog = ws.root().join("svc").join(&name);
+    write_file(&prog, &sleep_binary_with_marker("old"), 0o755);
+    let starts = ws.path().join("starts");
+    let loop_text = format!(
+        "while :; do echo start >> '{}'; '{}' 1000; done",
+        starts.display(),
+        prog.display()
+    );
+    let _supervisor = Spawned::spawn(Command::new("/bin/sh").args(["-c", &loop_text]));
+    procs::wait_for_named(&name, Duration::from_secs(5));
+    let dst = prog.display().to_string();
+    let package = build_package(
+        &manifest(
+            VERSION,
+            vec![json!({"name": "svc", "src": "svc", "dst": dst, "process_name": name})],
+        ),
+        &[Entry::file("svc", &sleep_binary_with_marker("new"), 0o755)],
+    );
+    let d = Daemon::start(
+        &ws,
+        &api,
+        DaemonOptions {
+            stop_timeout_s: 2,
+            extra_toml: "settle_s = 0\n".into(),
+            ..DaemonOptions::default()
+        },
+    );
+    d.download_package(&nginx, "v.zip", VERSION, &package);
+    d.post_update(VERSION);
+    // Watch every process of the module from the update to the outcome: any that runs the
+    // old program must be gone before `success` shows.
+    let mut old_seen_last = None;
+    let outcome = wait_until("the outcome", Duration::from_secs(60), || {
+        let p = d.progress();
+        let stage = stage_of(&p);
+        let olds: Vec<i32> = procs::pids_named(&name)
+            .into_iter()
+            .filter(|&pid| runs_marker(pid, "old"))
+            .collect();
+        if !olds.is_empty() {
+            old_seen_last = Some(olds);
+        }
+        matches!(stage.as_str(), "success" | "failed").then_some(p)
+    });
+    assert_eq!(stage_of(&outcome), "success", "{outcome}\n{}", d.output());
+    let now: Vec<i32> = procs::wait_for_named(&name, Duration::from_secs(10));
+    for pid in &now {
+        assert!(
+            runs_marker(*pid, "new") || !procs::is_alive(*pid),
+            "pid {pid} runs the old program after success (last old: {old_seen_last:?})\n{}",
+            d.output()
+        );
+    }
+    let respawns = std::fs::read_to_string(&starts).unwrap().lines().count();
+    assert!(
+        respawns >= 3,
+        "the supervisor restarted it {respawns} times"
+    );
+}
+
+/// docs/API.md 9.6, daemonizing starts: the `start_cmd`'s first process forks the named
+/// process and exits 0; the installation succeeds and the forked process runs the new script.
+#[test]
+fn docs_api_9_6_a_start_cmd_that_daemonizes_is_a_successful_start() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let name = unique_name("dmn");
+    let _kill = KillOnDrop::names(&[&name]);
+    let dir = ws.root().join("svc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = looping_script(&dir, &name, "old-d", false, None);
+    let _old = Spawned::spawn(&mut Command::new(&script));
+    procs::wait_for_named(&name, Duration::from_secs(5));
+    // Its first process lives a moment (long enough to be the one found), forks the daemon
+    // (the same script, `run`) and exits 0.
+    let text = "#!/bin/sh\n# new-d\nif [ \"$1\" = run ]; then while :; do sleep 1; done; fi\n\
+                \"$0\" run </dev/null >/dev/null 2>&1 &\nsleep 1\nexit 0\n";
+    let dst = script.display().to_string();
+    let package = build_package(
+        &manifest(
+            VERSION,
+            vec![json!({"name": "svc", "src": "svc", "dst": dst,
+                        "process_name": name, "start_cmd": [dst]})],
+        ),
+        &[Entry::file("svc", text.as_bytes(), 0o755)],
+    );
+    let d = Daemon::start(
+        &ws,
+        &api,
+        DaemonOptions {
+            stop_timeout_s: 5,
+            extra_toml: "settle_s = 3\n".into(),
+            ..DaemonOptions::default()
+        },
+    );
+    let p = d.install_package(&nginx, "d.zip", VERSION, &package);
+    assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
+    let pids = procs::pids_named(&name);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    assert_eq!(
+        procs::cmdline_of(pids[0]).last().map(String::as_str),
+        Some("run")
+    );
 }
 
 /// docs/API.md 9.6, long command lines: a process whose command line (1.1 MB, more than the

@@ -35,8 +35,8 @@ pub use procfs::{
     describe, is_alive, is_running, liveness, scan, Liveness, ProcId, RunningProcess,
 };
 pub use respawn::{start_as_it_ran, AsItRan};
-pub use spawn::{spawn_detached, spawn_detached_in, Started};
-pub use stop::{stop_by_name, stop_processes};
+pub use spawn::{exit_status, spawn_detached, spawn_detached_in, Started};
+pub use stop::{stop_by_name, stop_processes, stop_processes_where};
 
 /// Polling period while waiting for processes to exit.
 const POLL: Duration = Duration::from_millis(50);

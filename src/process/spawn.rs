@@ -193,13 +193,38 @@ pub(super) fn unit_name(program: &Path) -> String {
     format!("tope-{base}-{ms}-{n}.service")
 }
 
-/// Wait for `child` on a thread of its own so that it is reaped whenever it exits.
+/// How many exit statuses of detached children are kept for [`exit_status`].
+const REAPED_KEPT: usize = 64;
+/// The latest detached children reaped: pid and exit status, newest last.
+static REAPED: std::sync::Mutex<std::collections::VecDeque<(u32, std::process::ExitStatus)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// The exit status of a detached child of the updater (started plainly) once it has exited and
+/// been reaped; `None` while it runs, or for any other process.
+pub fn exit_status(pid: u32) -> Option<std::process::ExitStatus> {
+    let reaped = crate::sync::lock(&REAPED);
+    reaped
+        .iter()
+        .rev()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, s)| *s)
+}
+
+/// Wait for `child` on a thread of its own so that it is reaped whenever it exits; its exit
+/// status is kept for [`exit_status`].
 pub(super) fn reap_in_background(mut child: Child) {
     let pid = child.id();
     let spawned = std::thread::Builder::new()
         .name(format!("reap-{pid}"))
         .spawn(move || match child.wait() {
-            Ok(status) => tracing::info!("process {pid} exited: {status}"),
+            Ok(status) => {
+                tracing::info!("process {pid} exited: {status}");
+                let mut reaped = crate::sync::lock(&REAPED);
+                if reaped.len() >= REAPED_KEPT {
+                    reaped.pop_front();
+                }
+                reaped.push_back((pid, status));
+            }
             Err(e) => tracing::warn!("waiting for process {pid} failed: {e}"),
         });
     if let Err(e) = spawned {

@@ -73,11 +73,23 @@ pub(crate) fn stop_with(
     timeout: Duration,
     confirm: Duration,
 ) -> Result<Vec<RunningProcess>, OtaError> {
-    let found = procfs::scan_with(fs, name).map_err(|e| {
+    stop_where(fs, name, timeout, confirm, &|_| true)
+}
+
+/// [`stop_with`] for the processes named `name` that `which` selects.
+fn stop_where(
+    fs: &dyn Procfs,
+    name: &str,
+    timeout: Duration,
+    confirm: Duration,
+    which: &dyn Fn(&RunningProcess) -> bool,
+) -> Result<Vec<RunningProcess>, OtaError> {
+    let mut found = procfs::scan_with(fs, name).map_err(|e| {
         error::kill_failed(format!(
             "cannot tell whether process {name} runs, so it cannot be stopped: {e}"
         ))
     })?;
+    found.retain(|f| which(&f.info));
     if found.is_empty() {
         tracing::debug!("process {name} is not running");
         return Ok(Vec::new());
@@ -125,6 +137,16 @@ pub(crate) fn stop_with(
 /// survives SIGKILL, or when `/proc` cannot be read to find them or to confirm they are gone.
 pub fn stop_processes(name: &str, timeout: Duration) -> Result<Vec<RunningProcess>, OtaError> {
     stop_with(&RealProcfs, name, timeout, KILL_CONFIRM)
+}
+
+/// [`stop_processes`] for the processes named `name` that `which` selects (those started
+/// before a moment, say).
+pub fn stop_processes_where(
+    name: &str,
+    timeout: Duration,
+    which: &dyn Fn(&RunningProcess) -> bool,
+) -> Result<Vec<RunningProcess>, OtaError> {
+    stop_where(&RealProcfs, name, timeout, KILL_CONFIRM, which)
 }
 
 /// [`stop_processes`], returning only the identities.
