@@ -313,3 +313,80 @@ pub fn start_old(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::journal::{Phase, FORMAT};
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::process::tests::{named_sleep, wait_found};
+
+    fn journal(name: &str) -> Journal {
+        Journal {
+            format: FORMAT,
+            version: "9.6.0".into(),
+            phase: Phase::Staged,
+            modules: vec![JModule {
+                name: "svc".into(),
+                process_name: Some(name.into()),
+                service: None,
+                start_cmd: None,
+                restart_order: None,
+            }],
+            dirs: vec![],
+            created: vec![],
+            stopped: vec![],
+        }
+    }
+
+    /// docs/API.md 9.6: a command line within what is read from `/proc` but, with the
+    /// environment, too large for the journal refuses the installation before any stop, naming
+    /// the command line; a small one is recorded as it ran.
+    #[test]
+    fn docs_api_9_6_a_command_line_the_journal_cannot_hold_is_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let (name, path) = named_sleep(d.path());
+        // Ten arguments of 104 600 bytes: 1 046 000 bytes, under the 1 MiB read from /proc.
+        let zero = format!("0.{}", "0".repeat(104_598));
+        let mut child = std::process::Command::new(&path)
+            .arg("1000")
+            .args(std::iter::repeat_n(&zero, 10))
+            .env_clear()
+            .env("PAD", "x".repeat(3000))
+            .spawn()
+            .unwrap();
+        assert_eq!(wait_found(&name, 1).len(), 1);
+        let mut j = journal(&name);
+        let e = record(&mut j, &[0]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+        assert!(e.detail.contains("command line of process"), "{e}");
+        assert!(e.detail.contains("would make the install journal"), "{e}");
+        assert!(e.detail.contains(&name), "{e}");
+        assert!(e.detail.contains("nothing was stopped"), "{e}");
+        assert!(!e.detail.contains("files"), "{e}");
+        assert!(e.detail.len() < 1000, "{e}");
+        assert!(child.try_wait().unwrap().is_none(), "never stopped");
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let mut child = std::process::Command::new(&path)
+            .args(["1000", "0"])
+            .env_clear()
+            .env("PRINTER_PORT", "/dev/ttyS1")
+            .spawn()
+            .unwrap();
+        assert_eq!(wait_found(&name, 1).len(), 1);
+        let mut j = journal(&name);
+        record(&mut j, &[0]).unwrap();
+        assert_eq!(j.stopped.len(), 1);
+        let s = &j.stopped[0];
+        assert_eq!(s.argv, [path.as_os_str(), "1000".as_ref(), "0".as_ref()]);
+        assert_eq!(
+            s.env.as_deref(),
+            Some(&["PRINTER_PORT=/dev/ttyS1".into()][..])
+        );
+        assert_eq!(s.uid, Some(rustix::process::getuid().as_raw()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
