@@ -57,6 +57,15 @@ fn pids_with_arg(arg: &[u8]) -> Vec<i32> {
     out
 }
 
+/// The one process `f` lists, once it lists exactly one: a looping shell forks children that
+/// show its name and command line until they execute `sleep`.
+fn the_one(what: &str, f: impl Fn() -> Vec<i32>) -> i32 {
+    wait_until(what, Duration::from_secs(20), || {
+        let p = f();
+        (p.len() == 1).then(|| p[0])
+    })
+}
+
 /// The `Uid:`, `Gid:` and `Groups:` lines of a process.
 fn creds_of(pid: i32) -> (String, String, String) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -203,19 +212,12 @@ impl AsItRan {
 
     /// After the rollback: exactly one process of the module, the old program, as it ran.
     fn assert_restored(&self, d: &dyn Fn() -> String) {
-        let pid = wait_until(
-            "the old process to run again",
-            Duration::from_secs(20),
-            || {
-                procs::pids_named(&self.name)
-                    .into_iter()
-                    .find(|&p| runs_marker(p, "old"))
-            },
-        );
-        assert_eq!(
-            procs::pids_named(&self.name),
-            vec![pid],
-            "one process of the module\n{}",
+        let pid = the_one("one process of the module", || {
+            procs::pids_named(&self.name)
+        });
+        assert!(
+            runs_marker(pid, "old"),
+            "pid {pid} runs the old program\n{}",
             d()
         );
         assert!(has_marker(&self.prog, "old"), "the old program is back");
@@ -339,17 +341,64 @@ fn docs_api_9_6_a_script_run_by_an_interpreter_is_found_again_and_never_doubled(
         d.output()
     );
     assert_eq!(
-        procs::pids_named(&name),
-        vec![pid],
+        the_one("the script found by its name", || procs::pids_named(&name)),
+        pid,
         "found again by its name"
     );
     // The next update stops it and starts the new script: one copy, never two.
     let p = d.install_package(&nginx, "s2.zip", VERSION, &package(false));
     assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
     assert!(!procs::is_alive(pid), "the old script was stopped");
-    let now = copies();
-    assert_eq!(now.len(), 1, "one copy of the script runs: {now:?}");
+    let now = the_one("one copy of the script", copies);
+    assert_ne!(now, pid);
     assert!(contains(&script, "new-script"));
+}
+
+/// docs/API.md 9.6, interpreters: a script the kernel ran through its `#!` line (its `comm` is
+/// its name) comes back from a rollback the same way, with the same argv and `comm`, not as
+/// `sh` running it.
+#[test]
+fn docs_api_9_6_a_shebang_script_comes_back_under_its_own_name() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let name = unique_name("she");
+    let _kill = KillOnDrop::names(&[&name]);
+    let dir = ws.root().join("svc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = looping_script(&dir, &name, "old-shebang", false, None);
+    let _old = Spawned::spawn(Command::new(&script).arg("--port=7"));
+    let old = procs::wait_for_named(&name, Duration::from_secs(5));
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(comm(old[0]).trim_end(), name);
+    let argv = procs::cmdline_of(old[0]);
+    let m = json!({"name": "svc", "src": "svc", "dst": script.display().to_string(),
+                   "process_name": name, "start_cmd": [script.display().to_string()],
+                   "health_cmd": ["false"], "health_timeout_s": 1});
+    let package = build_package(
+        &manifest(VERSION, vec![m]),
+        &[Entry::file(
+            "svc",
+            &looping_script_text("new-shebang", false, None),
+            0o755,
+        )],
+    );
+    let d = Daemon::start(
+        &ws,
+        &api,
+        DaemonOptions {
+            stop_timeout_s: 2,
+            extra_toml: "settle_s = 0\n".into(),
+            ..DaemonOptions::default()
+        },
+    );
+    let p = d.install_package(&nginx, "sb.zip", VERSION, &package);
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    let pid = the_one("one process of the module", || procs::pids_named(&name));
+    assert!(!old.contains(&pid), "{}", d.output());
+    assert_eq!(comm(pid).trim_end(), name, "{}", d.output());
+    assert_eq!(procs::cmdline_of(pid), argv);
+    assert!(contains(&script, "old-shebang"));
 }
 
 fn contains(path: &Path, needle: &str) -> bool {
@@ -538,10 +587,9 @@ fn docs_api_9_6_a_start_cmd_that_daemonizes_is_a_successful_start() {
     );
     let p = d.install_package(&nginx, "d.zip", VERSION, &package);
     assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
-    let pids = procs::pids_named(&name);
-    assert_eq!(pids.len(), 1, "{pids:?}");
+    let pid = the_one("one process of the module", || procs::pids_named(&name));
     assert_eq!(
-        procs::cmdline_of(pids[0]).last().map(String::as_str),
+        procs::cmdline_of(pid).last().map(String::as_str),
         Some("run")
     );
 }

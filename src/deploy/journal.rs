@@ -236,6 +236,7 @@ mod tests {
                 gid: Some(0),
                 groups: Some(vec![]),
                 env: Some(vec!["PATH=/bin".into()]),
+                comm: Some("bin".into()),
             }],
         }
     }

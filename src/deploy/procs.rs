@@ -66,6 +66,7 @@ pub fn record(j: &mut Journal, order: &[usize]) -> Result<(), OtaError> {
                 gid: Some(who.gid),
                 groups: Some(who.groups),
                 env: Some(who.env),
+                comm: Some(p.comm),
             });
         }
     }
@@ -296,6 +297,7 @@ pub fn start_old(
                 gid: old.gid,
                 groups: old.groups.as_deref(),
                 env: old.env.as_deref(),
+                comm: old.comm.as_deref(),
             };
             match process::start_as_it_ran(&how) {
                 Ok(how) => tracing::info!(

@@ -36,6 +36,10 @@ pub struct Stopped {
         with = "raw_opt_list"
     )]
     pub env: Option<Vec<OsString>>,
+    /// Its `comm`: tells a script the kernel ran through its `#!` line from one started as
+    /// `<interpreter> <script>`, so that it starts again the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "raw_opt")]
+    pub comm: Option<OsString>,
 }
 
 /// One byte string in JSON (see the module documentation).
@@ -102,6 +106,22 @@ mod raw_opt_list {
     }
 }
 
+mod raw_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<OsString>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref()
+            .map(|b| Raw::from_bytes(b.as_bytes()))
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OsString>, D::Error> {
+        Option::<Raw>::deserialize(d)?
+            .map(|r| r.into_bytes().map(OsString::from_vec))
+            .transpose()
+    }
+}
+
 mod raw_path {
     use super::*;
 
@@ -140,6 +160,7 @@ mod tests {
                 "PRINTER_PORT=/dev/ttyS1".into(),
                 OsString::from_vec(b"X=\x80".to_vec()),
             ]),
+            comm: Some(OsString::from_vec(b"app\xff".to_vec())),
         };
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains(r#""/opt/tope/app""#), "{json}");

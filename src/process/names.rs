@@ -9,7 +9,7 @@ const COMM_LEN: usize = 15;
 
 /// Interpreters whose first operand is the program they run (`/bin/sh /opt/x/printerd`,
 /// `python3 -u app.py`): such a process is named after its script (docs/API.md 9.6).
-fn is_interpreter(base: &[u8]) -> bool {
+pub(crate) fn is_interpreter(base: &[u8]) -> bool {
     // `python3.11`, `lua5.4`: the version after the name does not matter.
     let stem = match base.iter().position(|b| b.is_ascii_digit()) {
         Some(i) => &base[..i],
@@ -38,7 +38,7 @@ fn is_interpreter(base: &[u8]) -> bool {
 }
 
 /// The last path component of a path given as bytes.
-fn base_name(path: &[u8]) -> &[u8] {
+pub(crate) fn base_name(path: &[u8]) -> &[u8] {
     path.rsplit(|&c| c == b'/').next().unwrap_or(path)
 }
 
@@ -97,15 +97,35 @@ fn deleted_suffix_stripped(path: &[u8]) -> &[u8] {
 /// The first operand of an interpreter's arguments: the script it runs; `None` when it runs a
 /// command string (`-c`) or a module (`-m`), or has none.
 fn interpreter_operand<'a>(args: &[&'a [u8]]) -> Option<&'a [u8]> {
-    for a in args {
+    operand_index(args).map(|i| args[i])
+}
+
+/// The index in `args` of [`interpreter_operand`].
+pub(crate) fn operand_index(args: &[&[u8]]) -> Option<usize> {
+    for (i, a) in args.iter().enumerate() {
         match *a {
             b"--" => continue,
             b"-c" | b"-m" => return None,
             a if a.starts_with(b"-") => continue,
-            a => return Some(a),
+            _ => return Some(i),
         }
     }
     None
+}
+
+/// When a process ran a script through its `#!` line (its `comm` is the script's file name,
+/// its `argv[0]` the interpreter the kernel put there): the index in `argv` of the script, so
+/// that executing it again (with the arguments after it) gives the same argv and `comm`.
+pub(crate) fn shebang_script(argv: &[&[u8]], comm: &[u8]) -> Option<usize> {
+    let argv0 = argv.first()?;
+    if comm.is_empty() || !is_interpreter(base_name(argv0)) {
+        return None;
+    }
+    let i = 1 + operand_index(argv.get(1..)?)?;
+    let base = base_name(argv[i]);
+    let kept = &base[..base.len().min(COMM_LEN)];
+    let interp = base_name(argv0);
+    (kept == comm && &interp[..interp.len().min(COMM_LEN)] != comm).then_some(i)
 }
 
 #[cfg(test)]
@@ -161,6 +181,23 @@ mod tests {
             None,
             "printer-firmwar"
         ));
+    }
+
+    #[test]
+    fn docs_api_9_6_a_script_run_through_its_shebang_line_is_told_apart() {
+        let argv: [&[u8]; 3] = [b"/bin/sh", b"/opt/x/printerd", b"-v"];
+        assert_eq!(shebang_script(&argv, b"printerd"), Some(1));
+        let argv: [&[u8]; 3] = [b"/bin/sh", b"-e", b"/opt/x/printerd"];
+        assert_eq!(shebang_script(&argv, b"printerd"), Some(2));
+        // Run as `sh /opt/x/printerd`: comm is the interpreter's, so it restarts so.
+        let argv: [&[u8]; 2] = [b"/bin/sh", b"/opt/x/printerd"];
+        assert_eq!(shebang_script(&argv, b"sh"), None);
+        assert_eq!(shebang_script(&argv, b""), None);
+        let argv: [&[u8]; 2] = [b"/opt/x/printerd", b"x"];
+        assert_eq!(shebang_script(&argv, b"printerd"), None);
+        // A long script name: comm keeps 15 bytes.
+        let argv: [&[u8]; 2] = [b"/usr/bin/python3", b"/o/printer-firmware-agent"];
+        assert_eq!(shebang_script(&argv, b"printer-firmwar"), Some(1));
     }
 
     #[test]

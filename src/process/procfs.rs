@@ -49,6 +49,8 @@ pub struct RunningProcess {
     pub argv_complete: bool,
     /// Its working directory, when it can be read.
     pub cwd: Option<PathBuf>,
+    /// Its `comm` (the file name the kernel ran, at most 15 bytes), from `/proc/<pid>/stat`.
+    pub comm: OsString,
 }
 
 /// What is known about a process.
@@ -243,6 +245,7 @@ pub(crate) fn scan_with(fs: &dyn Procfs, name: &str) -> io::Result<Vec<Found>> {
                 argv: split_cmdline(&cmdline),
                 argv_complete: cmdline.len() < MAX_PROC_READ,
                 cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
+                comm: OsString::from_vec(comm.to_vec()),
             },
             stat: stat_file,
         });
@@ -452,6 +455,7 @@ pub(crate) mod tests {
             argv: raw,
             argv_complete: true,
             cwd: None,
+            comm: OsString::new(),
         };
         assert_eq!(p.argv[0], OsString::from("/bin/x"));
     }
@@ -513,6 +517,7 @@ pub(crate) mod tests {
                 argv: vec![],
                 argv_complete: true,
                 cwd: None,
+                comm: OsString::new(),
             },
             stat,
         };

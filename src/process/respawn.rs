@@ -35,20 +35,48 @@ pub struct AsItRan<'a> {
     pub groups: Option<&'a [u32]>,
     /// `NAME=value` entries; `None`: the updater's environment.
     pub env: Option<&'a [OsString]>,
+    /// Its `comm`: a script the kernel ran through its `#!` line is executed again itself (see
+    /// [`command_line`]).
+    pub comm: Option<&'a OsStr>,
+}
+
+/// The command to execute: `argv`, or, for a script the kernel ran through its `#!` line (its
+/// `comm` is the script's name), the script and what follows it, so that the kernel builds the
+/// same argv again and the process keeps its name. A script that is no longer an executable
+/// file starting with `#!` is run through its interpreter, as recorded.
+fn command_line<'a>(how: &AsItRan<'a>, cwd: &Path) -> &'a [OsString] {
+    let Some(comm) = how.comm else {
+        return how.argv;
+    };
+    let args: Vec<&[u8]> = how.argv.iter().map(|a| a.as_bytes()).collect();
+    let Some(i) = super::names::shebang_script(&args, comm.as_bytes()) else {
+        return how.argv;
+    };
+    let script = cwd.join(&how.argv[i]);
+    let mut head = [0u8; 2];
+    let starts_with_shebang = std::fs::File::open(&script)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| &head == b"#!");
+    if starts_with_shebang && is_executable(&script) {
+        &how.argv[i..]
+    } else {
+        how.argv
+    }
 }
 
 /// Start the process again as it ran (see the module documentation). `DEPLOYMENT_FAILED` when
 /// `argv` is empty or the program cannot be started.
 pub fn start_as_it_ran(how: &AsItRan) -> Result<Started, OtaError> {
-    let Some((program, args)) = how.argv.split_first() else {
+    let cwd = how.cwd.filter(|d| d.is_dir()).unwrap_or(Path::new("/"));
+    let argv = command_line(how, cwd);
+    let Some((program, args)) = argv.split_first() else {
         return Err(error::deployment_failed(
             "cannot start a process: empty command",
         ));
     };
-    let cwd = how.cwd.filter(|d| d.is_dir()).unwrap_or(Path::new("/"));
     let shown = super::show(how.argv);
     if let Some(systemd_run) = systemd_run_program() {
-        return launch_unit(&systemd_run, how, cwd, &shown);
+        return launch_unit(&systemd_run, how, argv, cwd, &shown);
     }
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -137,12 +165,13 @@ const SCRIPT: &str = "d=$(printf '%bx' \"$1\"); shift; k=$#; \
 fn launch_unit(
     systemd_run: &Path,
     how: &AsItRan,
+    argv: &[OsString],
     cwd: &Path,
     shown: &str,
 ) -> Result<Started, OtaError> {
     // systemd-run only reports that the unit started, not that the program could be executed:
     // a path that is no executable file is refused here, as a plain start would refuse it.
-    let program = Path::new(&how.argv[0]);
+    let program = Path::new(&argv[0]);
     if program.as_os_str().as_bytes().contains(&b'/') && !is_executable(&cwd.join(program)) {
         return Err(error::deployment_failed(format!(
             "cannot start {shown}: {} is not an executable file",
@@ -184,7 +213,7 @@ fn launch_unit(
     let env: Vec<&OsString> = env.iter().filter(|e| split_var(e).is_some()).collect();
     cmd.args(env.iter().map(|e| escape(e.as_bytes())));
     // `env` takes a first word holding `=` for a variable: such a program is given by path.
-    let mut argv = how.argv.iter();
+    let mut argv = argv.iter();
     if let Some(first) = argv.next() {
         let b = first.as_bytes();
         if b.contains(&b'=') && !b.starts_with(b"/") {
@@ -255,6 +284,7 @@ mod tests {
             gid: root.then_some(65534),
             groups: root.then_some(&[4, 20][..]),
             env: Some(&env),
+            comm: None,
         };
         let Started::Process { pid } = start_as_it_ran(&how).unwrap() else {
             panic!("a plain start")
@@ -278,16 +308,21 @@ mod tests {
     }
 
     /// A fake `systemd-run`: logs its options to `<dir>/log` and runs what follows `--` in a
-    /// session of its own, as systemd would start the unit.
+    /// session of its own, as systemd would start the unit, returning once it has left the
+    /// launcher's process group (which is emptied when the launcher returns).
     fn fake_systemd_run(dir: &Path) -> std::path::PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let p = dir.join("fake-systemd-run");
+        let ready = dir.join("ready");
         fs::write(
             &p,
             format!(
-                "#!/bin/sh\nwhile [ \"$1\" != -- ]; do echo \"$1\" >> '{}'; shift; done; shift\n\
-                 setsid \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
-                dir.join("log").display()
+                "#!/bin/sh\nwhile [ \"$1\" != -- ]; do echo \"$1\" >> '{log}'; shift; done; shift\n\
+                 setsid sh -c 'echo > \"$0\"; exec \"$@\"' '{ready}' \"$@\" \
+                 </dev/null >/dev/null 2>&1 &\n\
+                 while [ ! -e '{ready}' ]; do sleep 0.05; done\nexit 0\n",
+                log = dir.join("log").display(),
+                ready = ready.display()
             ),
         )
         .unwrap();
@@ -314,6 +349,7 @@ mod tests {
             gid: Some(100),
             groups: Some(&[4, 20]),
             env: Some(&env),
+            comm: None,
         };
         let started = start_as_it_ran(&how).unwrap();
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = None);
