@@ -56,6 +56,24 @@ fn check_started(started: &Started, cancel: &AtomicBool) -> Result<(), String> {
             )),
             process::Liveness::Gone => {
                 let now = process::scan(name).unwrap_or_default();
+                // docs/API.md 9.6: a start_cmd that daemonizes. The process found was the
+                // updater's own child (the command's first process), it exited 0, and the
+                // process it left behind runs: that one is the module's process.
+                let first_ok = u32::try_from(p.pid)
+                    .ok()
+                    .and_then(process::exit_status)
+                    .is_some_and(|s| s.success());
+                if let Some(q) = now.iter().find(|q| q.id.start_time >= p.start_time) {
+                    if first_ok {
+                        tracing::info!(
+                            "process {name}: the start command's first process (pid {}) exited \
+                             0 and left pid {} running (it daemonized)",
+                            p.pid,
+                            q.id.pid
+                        );
+                        return Ok(());
+                    }
+                }
                 Err(match now.first() {
                     Some(q) => format!(
                         "process {name} (pid {}) exited and was replaced by pid {} (crash and respawn)",

@@ -13,6 +13,7 @@ use crate::error::{self, OtaError};
 use crate::fsutil::{self, ReadBack};
 
 use super::beneath::{legacy_tmp_name, stage_name};
+pub use super::stopped::Stopped;
 
 /// File name of the journal inside the backups directory (the work dir's layout:
 /// [`crate::workdir`]).
@@ -75,16 +76,6 @@ pub struct DirTargets {
 pub struct CreatedDir {
     pub root: PathBuf,
     pub rel: PathBuf,
-}
-
-/// A process the installation stopped, as it ran, to start it again on a rollback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stopped {
-    /// Index into `modules`.
-    pub module: usize,
-    pub argv: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +300,11 @@ mod tests {
                 module: 0,
                 argv: vec!["/opt/tope/app/bin".into(), "--port".into(), "80".into()],
                 cwd: Some("/".into()),
+                uid: Some(0),
+                gid: Some(0),
+                groups: Some(vec![]),
+                env: Some(vec!["PATH=/bin".into()]),
+                comm: Some("bin".into()),
             }],
         }
     }

@@ -8,9 +8,9 @@
 //! | write each new file under a staging name of its own beside its destination, then `syncfs` | `apply::stage` | staging files, new directories | `staging` |
 //! | record how the modules' processes run, stop them | `procs` | processes | `staged`, then `stopping` |
 //! | hard-link every old file into `backups/install-files`, flush | `apply::backup` | backups | (`stopping`) |
-//! | rename every temporary over its destination, flush each directory | `apply::swap` | the printer's files | `swapping` |
+//! | stop what a supervisor started again, rename every temporary over its destination, flush each directory, stop what runs the old program | `stale`, `apply::swap` | the printer's files | `swapping` |
 //! | post commands, starts in `restart_order`, health checks (stage `rebooting`) | `procs`, `health` | processes | (`swapping`) |
-//! | commit | - | - | `committed` |
+//! | nothing runs the old program; commit | `stale` | - | `committed` |
 //!
 //! The caller records the outcome durably, then calls [`finish`], which removes the journal and
 //! the backups. Any failure before `committed` rolls back (`rollback`), and a restart that finds
@@ -26,6 +26,8 @@ mod journal;
 mod plan;
 mod procs;
 mod rollback;
+mod stale;
+mod stopped;
 #[cfg(test)]
 mod tests;
 
@@ -269,10 +271,19 @@ pub fn install(
         return Err(fail(e, &j, opts, on_event));
     }
     advance(&mut j, Phase::Swapping, opts, on_event)?;
+    // docs/API.md 9.6: a supervisor may have started a module's program again meanwhile.
+    if let Err(e) = stale::stop_respawned(&j.modules, &order, opts.stop_timeout) {
+        return Err(fail(e, &j, opts, on_event));
+    }
     if let Err(e) = apply::swap(&j, &mut roots) {
         return Err(fail(e, &j, opts, on_event));
     }
     drop(roots);
+    // Anything of the modules started until now may run the old program.
+    let swap_tick = stale::swap_done();
+    if let Err(e) = stale::stop_stale(&j.modules, &order, swap_tick, opts.stop_timeout) {
+        return Err(fail(e, &j, opts, on_event));
+    }
     if cancelled() {
         return Ok(InstallOutcome::Interrupted);
     }
@@ -323,6 +334,11 @@ pub fn install(
         Ok(Flow::Done) => {}
         Ok(Flow::Cancelled) => return Ok(InstallOutcome::Interrupted),
         Err(e) => return Err(fail(e, &j, opts, on_event)),
+    }
+
+    // docs/API.md 9.6: never `success` over a process running the program from before.
+    if let Err(e) = stale::check_none_stale(&j.modules, &order, swap_tick) {
+        return Err(fail(e, &j, opts, on_event));
     }
 
     // Commit. The caller records the outcome, then calls [`finish`]: until then the committed

@@ -15,44 +15,115 @@ use super::InstallEvent;
 
 /// Time limit of one `systemctl stop|start` (systemd's own default stop timeout is 90 s).
 pub const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most a journal grows after [`record`]: a longer phase name.
+const JOURNAL_GROWTH: usize = 64;
 /// How often a start's completion is looked for.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Record how the processes of every module that is about to be stopped run (argv and working
-/// directory from `/proc`), so a rollback can start them again exactly so. A `/proc` that
-/// cannot be read is `PROCESS_KILL_FAILED`: nothing is stopped on a guess.
+/// Record how the processes of every module that is about to be stopped run (docs/API.md 9.6:
+/// argv and environment as bytes, working directory, user, group and supplementary groups, from
+/// `/proc`), so a rollback can start them again exactly so. A `/proc` that cannot be read is
+/// `PROCESS_KILL_FAILED`: nothing is stopped on a guess. A command line the journal cannot
+/// hold (over 1 MiB, or too large for the journal's 1 MiB with the rest) refuses the
+/// installation here, before anything is stopped, naming the command line.
 pub fn record(j: &mut Journal, order: &[usize]) -> Result<(), OtaError> {
     let mut seen = HashSet::new();
     for &i in order {
         let Some(name) = &j.modules[i].process_name else {
             continue;
         };
-        let found = process::scan(name).map_err(|e| {
+        let module = &j.modules[i].name;
+        let unreadable = |e: std::io::Error| {
             error::kill_failed(format!(
-                "module {}: cannot tell whether process {name} runs, so it cannot be stopped: {e}",
-                j.modules[i].name
+                "module {module}: cannot tell how process {name} runs, so it cannot be stopped: {e}"
             ))
-        })?;
+        };
+        let found = process::scan(name).map_err(unreadable)?;
         for p in found {
             if !seen.insert(p.id) {
                 continue;
             }
-            match p.argv_utf8() {
-                Some(argv) if !argv.is_empty() => j.stopped.push(Stopped {
-                    module: i,
-                    argv,
-                    cwd: p.cwd.clone(),
-                }),
-                _ => tracing::warn!(
-                    "module {}: process {name} (pid {}) has no command line the journal can \
-                     keep; a rollback does not start it again",
-                    j.modules[i].name,
+            if p.argv.is_empty() {
+                tracing::warn!(
+                    "module {module}: process {name} (pid {}) shows no command line; a rollback \
+                     does not start it again",
                     p.id.pid
-                ),
+                );
+                continue;
             }
+            // Gone meanwhile: nothing to stop, nothing to start again.
+            let Some(who) = process::identity(&p.id).map_err(unreadable)? else {
+                continue;
+            };
+            if !p.argv_complete || !who.env_complete {
+                return Err(too_long(module, name, p.id.pid, &p.argv, None));
+            }
+            j.stopped.push(Stopped {
+                module: i,
+                argv: p.argv,
+                cwd: p.cwd,
+                uid: Some(who.uid),
+                gid: Some(who.gid),
+                groups: Some(who.groups),
+                env: Some(who.env),
+                comm: Some(p.comm),
+            });
+        }
+    }
+    // The phases still to be written may make the journal a few bytes longer.
+    let size = serde_json::to_vec(&*j).map_or(0, |b| b.len()) + JOURNAL_GROWTH;
+    if size as u64 > crate::fsutil::MAX_READ_BACK {
+        let largest = j
+            .stopped
+            .iter()
+            .max_by_key(|s| serde_json::to_vec(s).map_or(0, |b| b.len()));
+        if let Some(s) = largest {
+            let m = &j.modules[s.module];
+            let name = m.process_name.as_deref().unwrap_or_default();
+            return Err(too_long(&m.name, name, 0, &s.argv, Some(size)));
         }
     }
     Ok(())
+}
+
+/// The refusal of a command line the journal cannot hold (see [`record`]).
+fn too_long(
+    module: &str,
+    name: &str,
+    pid: i32,
+    argv: &[std::ffi::OsString],
+    journal_size: Option<usize>,
+) -> OtaError {
+    let bytes: usize = argv.iter().map(|a| a.len() + 1).sum();
+    let mut shown: String = argv
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(80)
+        .collect();
+    shown.push_str("...");
+    let pid = if pid > 0 {
+        format!(" (pid {pid})")
+    } else {
+        String::new()
+    };
+    let why = match journal_size {
+        Some(n) => format!(
+            "with its environment it would make the install journal {n} bytes, more than the {} \
+             it may take",
+            crate::fsutil::MAX_READ_BACK
+        ),
+        None => format!(
+            "its command line or environment is longer than the {} bytes the updater reads",
+            crate::fsutil::MAX_READ_BACK
+        ),
+    };
+    error::deployment_failed(format!(
+        "module {module}: the command line of process {name}{pid} ({bytes} bytes: `{shown}`) \
+         cannot be recorded to start it again after a rollback: {why}; nothing was stopped"
+    ))
 }
 
 /// Stop module `m`'s processes. Errors are `PROCESS_KILL_FAILED`. `cancel` (the updater's
@@ -189,7 +260,7 @@ pub fn start_new(
 }
 
 /// After a rollback: start the old processes again in start order, as they ran (the journal's
-/// argv), and the services of the modules that stop. Failures are logged, never fatal: the
+/// argv, working directory, credentials and environment: docs/API.md 9.6), and the services of the modules that stop. Failures are logged, never fatal: the
 /// rollback goes on.
 pub fn start_old(
     j: &Journal,
@@ -226,7 +297,16 @@ pub fn start_old(
         }
         on_event(InstallEvent::Restarting { module: &m.name });
         for old in olds {
-            match process::spawn_detached_in(&old.argv, old.cwd.as_deref()) {
+            let how = process::AsItRan {
+                argv: &old.argv,
+                cwd: old.cwd.as_deref(),
+                uid: old.uid,
+                gid: old.gid,
+                groups: old.groups.as_deref(),
+                env: old.env.as_deref(),
+                comm: old.comm.as_deref(),
+            };
+            match process::start_as_it_ran(&how) {
                 Ok(how) => tracing::info!(
                     "rollback: module {}: old process started again ({how})",
                     m.name
@@ -240,5 +320,84 @@ pub fn start_old(
                 m.name
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::journal::{Phase, FORMAT};
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::process::tests::{named_sleep, wait_found};
+
+    fn journal(name: &str) -> Journal {
+        Journal {
+            format: FORMAT,
+            version: "9.6.0".into(),
+            phase: Phase::Staged,
+            modules: vec![JModule {
+                name: "svc".into(),
+                process_name: Some(name.into()),
+                service: None,
+                start_cmd: None,
+                restart_order: None,
+            }],
+            dirs: vec![],
+            created: vec![],
+            stopped: vec![],
+            stage_id: Some("0123456789abcdef".into()),
+            foreign: Default::default(),
+        }
+    }
+
+    /// docs/API.md 9.6: a command line within what is read from `/proc` but, with the
+    /// environment, too large for the journal refuses the installation before any stop, naming
+    /// the command line; a small one is recorded as it ran.
+    #[test]
+    fn docs_api_9_6_a_command_line_the_journal_cannot_hold_is_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let (name, path) = named_sleep(d.path());
+        // Ten arguments of 104 600 bytes: 1 046 000 bytes, under the 1 MiB read from /proc.
+        let zero = format!("0.{}", "0".repeat(104_598));
+        let mut child = std::process::Command::new(&path)
+            .arg("1000")
+            .args(std::iter::repeat_n(&zero, 10))
+            .env_clear()
+            .env("PAD", "x".repeat(3000))
+            .spawn()
+            .unwrap();
+        assert_eq!(wait_found(&name, 1).len(), 1);
+        let mut j = journal(&name);
+        let e = record(&mut j, &[0]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::DeploymentFailed, "{e}");
+        assert!(e.detail.contains("command line of process"), "{e}");
+        assert!(e.detail.contains("would make the install journal"), "{e}");
+        assert!(e.detail.contains(&name), "{e}");
+        assert!(e.detail.contains("nothing was stopped"), "{e}");
+        assert!(!e.detail.contains("files"), "{e}");
+        assert!(e.detail.len() < 1000, "{e}");
+        assert!(child.try_wait().unwrap().is_none(), "never stopped");
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let mut child = std::process::Command::new(&path)
+            .args(["1000", "0"])
+            .env_clear()
+            .env("PRINTER_PORT", "/dev/ttyS1")
+            .spawn()
+            .unwrap();
+        assert_eq!(wait_found(&name, 1).len(), 1);
+        let mut j = journal(&name);
+        record(&mut j, &[0]).unwrap();
+        assert_eq!(j.stopped.len(), 1);
+        let s = &j.stopped[0];
+        assert_eq!(s.argv, [path.as_os_str(), "1000".as_ref(), "0".as_ref()]);
+        assert_eq!(
+            s.env.as_deref(),
+            Some(&["PRINTER_PORT=/dev/ttyS1".into()][..])
+        );
+        assert_eq!(s.uid, Some(rustix::process::getuid().as_raw()));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

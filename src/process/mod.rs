@@ -25,7 +25,10 @@
 mod childenv;
 mod command;
 mod contain;
+mod identity;
+mod names;
 mod procfs;
+mod respawn;
 mod spawn;
 mod stop;
 
@@ -35,11 +38,13 @@ pub use childenv::{ChildEnv, MODULE_VAR, VERSION_VAR};
 #[cfg(test)]
 pub(crate) use command::SYSTEMCTL_OVERRIDE;
 pub use command::{run_to_completion, set_children_fd_limit, systemctl};
+pub use identity::{identity, Identity};
 pub use procfs::{
     describe, is_alive, is_running, liveness, scan, Liveness, ProcId, RunningProcess,
 };
-pub use spawn::{spawn_detached, spawn_detached_in, Started};
-pub use stop::{stop_by_name, stop_processes};
+pub use respawn::{start_as_it_ran, AsItRan};
+pub use spawn::{exit_status, spawn_detached, spawn_detached_in, Started};
+pub use stop::{stop_by_name, stop_processes, stop_processes_where};
 
 /// Polling period while waiting for processes to exit.
 const POLL: Duration = Duration::from_millis(50);

@@ -21,12 +21,12 @@ use std::path::PathBuf;
 use rustix::io::Errno;
 use rustix::process::Pid;
 
-/// Longest process name the kernel keeps in `/proc/<pid>/comm` (TASK_COMM_LEN - 1).
-const COMM_LEN: usize = 15;
+use super::names::name_matches;
+
 /// `PF_KTHREAD` in the flags (field 9) of `/proc/<pid>/stat`: a kernel thread.
 const PF_KTHREAD: u64 = 0x0020_0000;
 /// Most of a `/proc` file read back (a command line can be long; argv beyond this is cut).
-const MAX_PROC_READ: usize = 1024 * 1024;
+pub(crate) const MAX_PROC_READ: usize = 1024 * 1024;
 
 /// A process identity that survives pid reuse: the pid and its start time in clock ticks
 /// since boot (field 22 of `/proc/<pid>/stat`).
@@ -45,19 +45,12 @@ pub struct RunningProcess {
     pub ppid: i32,
     /// `/proc/<pid>/cmdline` split at its NUL bytes (any bytes, not only UTF-8).
     pub argv: Vec<OsString>,
+    /// False when the command line is longer than the updater reads (1 MiB): `argv` is cut.
+    pub argv_complete: bool,
     /// Its working directory, when it can be read.
     pub cwd: Option<PathBuf>,
-}
-
-impl RunningProcess {
-    /// The argv as strings (the form of a manifest's `start_cmd`), when every argument is
-    /// UTF-8.
-    pub fn argv_utf8(&self) -> Option<Vec<String>> {
-        self.argv
-            .iter()
-            .map(|a| a.to_str().map(str::to_string))
-            .collect()
-    }
+    /// Its `comm` (the file name the kernel ran, at most 15 bytes), from `/proc/<pid>/stat`.
+    pub comm: OsString,
 }
 
 /// What is known about a process.
@@ -175,18 +168,6 @@ pub(crate) fn is_self_or_parent(pid: i32) -> bool {
         || rustix::process::getppid().is_some_and(|p| p.as_raw_nonzero().get() == pid)
 }
 
-/// Whether `name` is the process's name: its `comm` equals the name truncated like the kernel
-/// does, or the last path component of its `argv[0]` equals the name.
-fn name_matches(comm: &[u8], argv0: &[u8], name: &str) -> bool {
-    let b = name.as_bytes();
-    let comm = comm.strip_suffix(b"\n").unwrap_or(comm);
-    if comm == &b[..b.len().min(COMM_LEN)] {
-        return true;
-    }
-    let base = argv0.rsplit(|&c| c == b'/').next().unwrap_or(argv0);
-    !base.is_empty() && base == b
-}
-
 /// Read `/proc/<pid>/<file>` whole. `Ok(None)` when the process has vanished.
 fn read_entry(fs: &dyn Procfs, pid: i32, file: &str) -> io::Result<Option<Vec<u8>>> {
     match fs.open(pid, file).and_then(|f| fs.reread(&f)) {
@@ -248,8 +229,10 @@ pub(crate) fn scan_with(fs: &dyn Procfs, name: &str) -> io::Result<Vec<Found>> {
         let Some(cmdline) = read_entry(fs, pid, "cmdline")? else {
             continue;
         };
-        let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or(&[]);
-        if !name_matches(comm, argv0, name) {
+        let body = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
+        let args: Vec<&[u8]> = body.split(|&b| b == 0).collect();
+        let mut exe = || std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        if !name_matches(comm, &args, &mut exe, name) {
             continue;
         }
         found.push(Found {
@@ -260,7 +243,9 @@ pub(crate) fn scan_with(fs: &dyn Procfs, name: &str) -> io::Result<Vec<Found>> {
                 },
                 ppid: stat.ppid,
                 argv: split_cmdline(&cmdline),
+                argv_complete: cmdline.len() < MAX_PROC_READ,
                 cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
+                comm: OsString::from_vec(comm.to_vec()),
             },
             stat: stat_file,
         });
@@ -288,10 +273,10 @@ pub fn scan(name: &str) -> io::Result<Vec<RunningProcess>> {
         .collect())
 }
 
-/// How process `id` runs: its argv (from `/proc/<pid>/cmdline`, non-UTF-8 bytes replaced) and
-/// working directory. `None` when it is gone, unreadable, or has no command line (a kernel
-/// thread). [`scan`] gives the same without a second look.
-pub fn describe(id: &ProcId) -> Option<(Vec<String>, Option<PathBuf>)> {
+/// How process `id` runs: its argv (from `/proc/<pid>/cmdline`, the exact bytes) and working
+/// directory. `None` when it is gone, unreadable, or has no command line (a kernel thread).
+/// [`scan`] gives the same without a second look.
+pub fn describe(id: &ProcId) -> Option<(Vec<OsString>, Option<PathBuf>)> {
     let cmdline = RealProcfs
         .open(id.pid, "cmdline")
         .and_then(|f| RealProcfs.reread(&f))
@@ -301,11 +286,7 @@ pub fn describe(id: &ProcId) -> Option<(Vec<String>, Option<PathBuf>)> {
     if cmdline.is_empty() || !matches!(liveness(id), Liveness::Alive) {
         return None;
     }
-    let argv = split_cmdline(&cmdline)
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    Some((argv, cwd))
+    Some((split_cmdline(&cmdline), cwd))
 }
 
 /// Whether a process named `name` runs. An error when `/proc` cannot be read.
@@ -454,25 +435,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn names_match_by_comm_or_argv0() {
-        assert!(name_matches(b"device-api\n", b"", "device-api"));
-        assert!(name_matches(
-            b"a-very-long-pro\n",
-            b"/x/a-very-long-process-name",
-            "a-very-long-process-name"
-        ));
-        // Truncated comm alone is enough, as the kernel shows it.
-        assert!(name_matches(
-            b"a-very-long-pro\n",
-            b"other",
-            "a-very-long-process"
-        ));
-        assert!(name_matches(b"python3\n", b"/opt/tope/gui", "gui"));
-        assert!(!name_matches(b"python3\n", b"/opt/tope/gui", "tope"));
-        assert!(!name_matches(b"x\n", b"", ""));
-    }
-
-    #[test]
     fn cmdline_splits_into_exact_argv() {
         assert_eq!(
             split_cmdline(b"/bin/x\0--flag\0a b\0\0"),
@@ -491,9 +453,11 @@ pub(crate) mod tests {
             },
             ppid: 1,
             argv: raw,
+            argv_complete: true,
             cwd: None,
+            comm: OsString::new(),
         };
-        assert_eq!(p.argv_utf8(), None);
+        assert_eq!(p.argv[0], OsString::from("/bin/x"));
     }
 
     #[test]
@@ -551,7 +515,9 @@ pub(crate) mod tests {
                 id,
                 ppid: 1,
                 argv: vec![],
+                argv_complete: true,
                 cwd: None,
+                comm: OsString::new(),
             },
             stat,
         };

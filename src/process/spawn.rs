@@ -54,7 +54,7 @@ thread_local! {
 }
 
 /// The `systemd-run` to use, or `None` for a plain start (see the module documentation).
-fn systemd_run_program() -> Option<PathBuf> {
+pub(super) fn systemd_run_program() -> Option<PathBuf> {
     #[cfg(test)]
     return SYSTEMD_RUN_OVERRIDE.with(|o| o.borrow().clone());
     #[cfg(not(test))]
@@ -179,14 +179,14 @@ fn launch_unit(
     Ok(Started::Unit { name: unit })
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(super) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A unit name no other start takes: `tope-<program>-<ms since epoch>-<n>.service`, the
 /// program's file name reduced to the characters systemd allows.
-fn unit_name(program: &Path) -> String {
+pub(super) fn unit_name(program: &Path) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let base: String = program
         .file_name()
@@ -210,13 +210,38 @@ fn unit_name(program: &Path) -> String {
     format!("tope-{base}-{ms}-{n}.service")
 }
 
-/// Wait for `child` on a thread of its own so that it is reaped whenever it exits.
-fn reap_in_background(mut child: Child) {
+/// How many exit statuses of detached children are kept for [`exit_status`].
+const REAPED_KEPT: usize = 64;
+/// The latest detached children reaped: pid and exit status, newest last.
+static REAPED: std::sync::Mutex<std::collections::VecDeque<(u32, std::process::ExitStatus)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// The exit status of a detached child of the updater (started plainly) once it has exited and
+/// been reaped; `None` while it runs, or for any other process.
+pub fn exit_status(pid: u32) -> Option<std::process::ExitStatus> {
+    let reaped = crate::sync::lock(&REAPED);
+    reaped
+        .iter()
+        .rev()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, s)| *s)
+}
+
+/// Wait for `child` on a thread of its own so that it is reaped whenever it exits; its exit
+/// status is kept for [`exit_status`].
+pub(super) fn reap_in_background(mut child: Child) {
     let pid = child.id();
     let spawned = std::thread::Builder::new()
         .name(format!("reap-{pid}"))
         .spawn(move || match child.wait() {
-            Ok(status) => tracing::info!("process {pid} exited: {status}"),
+            Ok(status) => {
+                tracing::info!("process {pid} exited: {status}");
+                let mut reaped = crate::sync::lock(&REAPED);
+                if reaped.len() >= REAPED_KEPT {
+                    reaped.pop_front();
+                }
+                reaped.push_back((pid, status));
+            }
             Err(e) => tracing::warn!("waiting for process {pid} failed: {e}"),
         });
     if let Err(e) = spawned {

@@ -73,11 +73,23 @@ pub(crate) fn stop_with(
     timeout: Duration,
     confirm: Duration,
 ) -> Result<Vec<RunningProcess>, OtaError> {
-    let found = procfs::scan_with(fs, name).map_err(|e| {
+    stop_where(fs, name, timeout, confirm, &|_| true)
+}
+
+/// [`stop_with`] for the processes named `name` that `which` selects.
+fn stop_where(
+    fs: &dyn Procfs,
+    name: &str,
+    timeout: Duration,
+    confirm: Duration,
+    which: &dyn Fn(&RunningProcess) -> bool,
+) -> Result<Vec<RunningProcess>, OtaError> {
+    let mut found = procfs::scan_with(fs, name).map_err(|e| {
         error::kill_failed(format!(
             "cannot tell whether process {name} runs, so it cannot be stopped: {e}"
         ))
     })?;
+    found.retain(|f| which(&f.info));
     if found.is_empty() {
         tracing::debug!("process {name} is not running");
         return Ok(Vec::new());
@@ -127,6 +139,16 @@ pub fn stop_processes(name: &str, timeout: Duration) -> Result<Vec<RunningProces
     stop_with(&RealProcfs, name, timeout, KILL_CONFIRM)
 }
 
+/// [`stop_processes`] for the processes named `name` that `which` selects (those started
+/// before a moment, say).
+pub fn stop_processes_where(
+    name: &str,
+    timeout: Duration,
+    which: &dyn Fn(&RunningProcess) -> bool,
+) -> Result<Vec<RunningProcess>, OtaError> {
+    stop_where(&RealProcfs, name, timeout, KILL_CONFIRM, which)
+}
+
 /// [`stop_processes`], returning only the identities.
 pub fn stop_by_name(name: &str, timeout: Duration) -> Result<Vec<ProcId>, OtaError> {
     Ok(stop_processes(name, timeout)?
@@ -153,10 +175,8 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].pid, child.id() as i32);
         let (argv, cwd) = super::super::describe(&found[0]).unwrap();
-        assert_eq!(
-            argv,
-            vec![path.display().to_string(), "100".into(), "0".into()]
-        );
+        let expected: Vec<std::ffi::OsString> = vec![path.clone().into(), "100".into(), "0".into()];
+        assert_eq!(argv, expected);
         assert_eq!(cwd, Some(std::env::current_dir().unwrap()));
         let t = Instant::now();
         let stopped = stop_processes(&name, Duration::from_secs(5)).unwrap();
@@ -164,10 +184,7 @@ mod tests {
         assert_eq!(stopped.len(), 1);
         assert_eq!(stopped[0].id, found[0]);
         // The exact argv, to start it again as it ran.
-        assert_eq!(
-            stopped[0].argv_utf8().unwrap(),
-            vec![path.display().to_string(), "100".into(), "0".into()]
-        );
+        assert_eq!(stopped[0].argv, expected);
         assert_eq!(stopped[0].cwd, Some(std::env::current_dir().unwrap()));
         assert_eq!(super::super::describe(&found[0]), None);
         // Our own child is a zombie now: dead for liveness, not listed by a scan.

@@ -196,7 +196,12 @@ fn run_named(path: &Path, name: &str, args: &[&str]) -> std::process::Child {
 fn argv_of(name: &str) -> Vec<String> {
     let p = wait_found(name, 1);
     assert_eq!(p.len(), 1, "one {name} running");
-    crate::process::describe(&p[0]).unwrap().0
+    crate::process::describe(&p[0])
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 #[test]
