@@ -566,6 +566,7 @@ fn install_with_start_cmd(
                 "--setenv=LANG=C",
                 "--setenv=TOPE_MODULE=prog",
                 version.as_str(),
+                "--property=RemainAfterExit=yes",
                 "--collect",
                 "--quiet",
                 "--no-ask-password",

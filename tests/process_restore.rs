@@ -594,6 +594,112 @@ fn docs_api_9_6_a_start_cmd_that_daemonizes_is_a_successful_start() {
     );
 }
 
+/// A fake `systemd-run` and `systemctl` in `dir`, for what cannot run here (systemd as PID 1):
+/// the unit's command runs in a session of its own, its exit status kept in
+/// `<dir>/<unit>.status`; `systemctl is-active <unit>` answers as for a unit with
+/// `RemainAfterExit=yes`: active while the first process runs and after it exited 0, failed
+/// after any other end. `systemd-run`'s arguments are recorded in `<dir>/systemd-run.log`.
+fn fake_systemd(dir: &Path) -> (PathBuf, PathBuf) {
+    let run = dir.join("fake-systemd-run");
+    let ctl = dir.join("fake-systemctl");
+    let d = dir.display();
+    write_file(
+        &run,
+        format!(
+            "#!/bin/sh\nunit=\nfor a in \"$@\"; do echo \"$a\" >> '{d}/systemd-run.log'; \
+             case \"$a\" in --unit=*) unit=\"${{a#--unit=}}\";; esac; done\n\
+             while [ \"$1\" != -- ]; do shift; done; shift\n\
+             setsid sh -c '\"$@\"; echo $? > \"{d}/'\"$unit\"'.status\"' sh \"$@\" \
+             </dev/null >/dev/null 2>&1 &\nexit 0\n"
+        )
+        .as_bytes(),
+        0o755,
+    );
+    write_file(
+        &ctl,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = is-active ] || exit 0\nf='{d}/'\"$2\".status\n\
+             [ -e \"$f\" ] || {{ echo active; exit 0; }}\n\
+             [ \"$(cat \"$f\")\" = 0 ] && {{ echo active; exit 0; }}\necho failed; exit 3\n"
+        )
+        .as_bytes(),
+        0o755,
+    );
+    (run, ctl)
+}
+
+/// docs/API.md 9.6, daemonizing starts under systemd: the start_cmd runs in a transient unit
+/// that stays active after its first process exits 0 (`RemainAfterExit=yes`), so the program
+/// it left behind keeps running and the start is a success; a first process that fails is not.
+#[test]
+fn docs_api_9_6_a_start_cmd_that_daemonizes_under_systemd_is_a_successful_start() {
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else { return };
+    let api = FakeDeviceApi::start();
+    let (run, ctl) = fake_systemd(&ws.bin_dir());
+    let name = unique_name("dms");
+    let _kill = KillOnDrop::names(&[&name]);
+    let dir = ws.root().join("svc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = looping_script(&dir, &name, "old-s", false, None);
+    let _old = Spawned::spawn(&mut Command::new(&script));
+    procs::wait_for_named(&name, Duration::from_secs(5));
+    let dst = script.display().to_string();
+    let package = |exit: u8| {
+        // The first process lives a moment (long enough to be the one found), forks the
+        // program (the same script, `run`) and exits with `exit`.
+        let text = format!(
+            "#!/bin/sh\n# new-s\nif [ \"$1\" = run ]; then while :; do sleep 1; done; fi\n\
+             \"$0\" run </dev/null >/dev/null 2>&1 &\nsleep 1\nexit {exit}\n"
+        );
+        build_package(
+            &manifest(
+                VERSION,
+                vec![json!({"name": "svc", "src": "svc", "dst": dst,
+                            "process_name": name, "start_cmd": [dst]})],
+            ),
+            &[Entry::file("svc", text.as_bytes(), 0o755)],
+        )
+    };
+    let (config, port) = common::daemon::write_config(
+        &ws,
+        &api,
+        &DaemonOptions {
+            stop_timeout_s: 5,
+            extra_toml: "settle_s = 3\n".into(),
+            ..DaemonOptions::default()
+        },
+    );
+    let env = [
+        ("TOPE_SYSTEMD_RUN", run.as_os_str()),
+        ("TOPE_SYSTEMCTL", ctl.as_os_str()),
+    ];
+    let d = procs::WrappedDaemon::start(&[], &env, &config, port, &ws.work_dir(), ws.path(), "sd");
+    let good = package(0);
+    let p = d.install(&nginx.put("good.zip", &good), VERSION, &good);
+    assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
+    let log = std::fs::read_to_string(ws.bin_dir().join("systemd-run.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l == "--property=RemainAfterExit=yes"),
+        "{log}"
+    );
+    let pid = the_one("one process of the module", || procs::pids_named(&name));
+    assert_eq!(
+        procs::cmdline_of(pid).last().map(String::as_str),
+        Some("run")
+    );
+    // The same daemonizing program whose first process exits 1: the unit failed, so the
+    // process it left is not taken for a healthy start.
+    let bad = package(1);
+    let p = d.install(&nginx.put("bad.zip", &bad), VERSION, &bad);
+    assert_eq!(stage_of(&p), "failed", "{p}\n{}", d.output());
+    let error = p["data"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.starts_with("DEPLOYMENT_FAILED: health check of svc failed: process"),
+        "{error}"
+    );
+}
+
 /// docs/API.md 9.6, long command lines: a process whose command line (1.1 MB, more than the
 /// 1 MiB the updater reads back) the journal cannot hold refuses the installation before
 /// anything is stopped, naming the command line.

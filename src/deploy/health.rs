@@ -48,7 +48,7 @@ fn pause(d: Duration, cancel: &AtomicBool) -> bool {
 /// Quick: run on the caller's thread.
 fn check_started(started: &Started, cancel: &AtomicBool) -> Result<(), String> {
     match started {
-        Started::Process(name, p) => match process::liveness(p) {
+        Started::Process(name, p, unit) => match process::liveness(p) {
             process::Liveness::Alive => Ok(()),
             process::Liveness::Unknown(e) => Err(format!(
                 "process {name} (pid {}) cannot be checked: {e}",
@@ -57,12 +57,17 @@ fn check_started(started: &Started, cancel: &AtomicBool) -> Result<(), String> {
             process::Liveness::Gone => {
                 let now = process::scan(name).unwrap_or_default();
                 // docs/API.md 9.6: a start_cmd that daemonizes. The process found was the
-                // updater's own child (the command's first process), it exited 0, and the
-                // process it left behind runs: that one is the module's process.
+                // command's first process, it exited 0, and the process it left behind runs:
+                // that one is the module's process. The first process was the updater's own
+                // child, or the main process of the transient unit it was started in, which
+                // stays active after a clean exit (`RemainAfterExit=yes`) and fails otherwise.
                 let first_ok = u32::try_from(p.pid)
                     .ok()
                     .and_then(process::exit_status)
-                    .is_some_and(|s| s.success());
+                    .is_some_and(|s| s.success())
+                    || unit.as_deref().is_some_and(|u| {
+                        process::systemctl("is-active", u, SYSTEMCTL_TIMEOUT, Some(cancel)).is_ok()
+                    });
                 if let Some(q) = now.iter().find(|q| q.id.start_time >= p.start_time) {
                     if first_ok {
                         tracing::info!(

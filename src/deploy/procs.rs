@@ -172,8 +172,9 @@ pub fn stop_all(
 pub enum Started {
     /// `systemctl start` succeeded.
     Service(String),
-    /// The process of its `process_name` found running once started.
-    Process(String, ProcId),
+    /// The process of its `process_name` found running once started; with the transient
+    /// unit it was started in under systemd (`systemd-run`), if it was.
+    Process(String, ProcId, Option<String>),
     /// Spawned, nothing to watch (no `process_name`), or nothing to start.
     Nothing,
 }
@@ -229,17 +230,21 @@ pub fn start_new(
                     .map_err(|e| fail(format!("cannot tell whether process {p} runs: {e}")))?;
                 if let Some(running) = running.first() {
                     tracing::info!("module {}: process {p} already running", m.name);
-                    started[i] = Started::Process(p.clone(), running.id);
+                    started[i] = Started::Process(p.clone(), running.id, None);
                     continue;
                 }
             }
             on_event(InstallEvent::Restarting { module: &m.name });
-            process::spawn_detached(
+            let launched = process::spawn_detached(
                 cmd,
                 &process::ChildEnv::module(&m.name, version),
                 Some(cancel),
             )
             .map_err(|e| fail(e.detail))?;
+            let unit = match launched {
+                process::Started::Unit { name } => Some(name),
+                process::Started::Process { .. } => None,
+            };
             if let Some(p) = &m.process_name {
                 let found = wait_running(p, stop_timeout).ok_or_else(|| {
                     fail(format!(
@@ -247,7 +252,7 @@ pub fn start_new(
                         stop_timeout.as_secs()
                     ))
                 })?;
-                started[i] = Started::Process(p.clone(), found);
+                started[i] = Started::Process(p.clone(), found, unit);
             }
         } else if let Some(p) = &m.process_name {
             tracing::warn!(

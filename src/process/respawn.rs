@@ -199,7 +199,9 @@ fn launch_unit(
         let list: Vec<String> = groups.iter().map(u32::to_string).collect();
         cmd.arg(format!("--property=SupplementaryGroups={}", list.join(" ")));
     }
-    cmd.args(["--collect", "--quiet", "--no-ask-password", "--"])
+    // A program that daemonizes again keeps running once its first process exits 0.
+    cmd.arg("--property=RemainAfterExit=yes")
+        .args(["--collect", "--quiet", "--no-ask-password", "--"])
         .args(["/bin/sh", "-c", SCRIPT, "sh"])
         .arg(escape(cwd.as_os_str().as_bytes()));
     // Without a recorded environment (a journal of an earlier version): the tools'
@@ -382,6 +384,7 @@ mod tests {
                 "--uid=65534",
                 "--gid=100",
                 "--property=SupplementaryGroups=4 20",
+                "--property=RemainAfterExit=yes",
                 "--collect",
                 "--quiet",
                 "--no-ask-password"

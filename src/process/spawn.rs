@@ -170,7 +170,11 @@ fn launch_unit(
             cmd.arg(set);
         }
     }
-    cmd.args(["--collect", "--quiet", "--no-ask-password", "--"])
+    // A start_cmd that daemonizes: its first process exits 0 and leaves the program running
+    // in the unit's cgroup, which systemd would stop with a unit whose main process is gone.
+    // The unit stays active instead, and fails when the first process does (docs/API.md 9.6).
+    cmd.arg("--property=RemainAfterExit=yes")
+        .args(["--collect", "--quiet", "--no-ask-password", "--"])
         .args(argv);
     let what = format!("systemd-run of {shown}");
     run_command(cmd, &what, LAUNCH_TIMEOUT, cancel, Contain::Group)
@@ -334,6 +338,7 @@ mod tests {
                 "--setenv=LANG=C",
                 "--setenv=TOPE_MODULE=svc",
                 "--setenv=TOPE_VERSION=9.6.0",
+                "--property=RemainAfterExit=yes",
                 "--collect",
                 "--quiet",
                 "--no-ask-password",
