@@ -22,6 +22,41 @@ use serde_json::{json, Value};
 
 const VERSION: &str = "9.6.0";
 
+/// A daemon stopping processes within `stop_timeout_s`, checking health `settle_s` after the
+/// starts.
+fn options(stop_timeout_s: u64, settle_s: u64) -> DaemonOptions {
+    DaemonOptions {
+        stop_timeout_s,
+        extra_toml: format!("settle_s = {settle_s}\n"),
+        ..DaemonOptions::default()
+    }
+}
+
+/// A package of one module `svc` replacing `dst` with `content`, its process `name` started
+/// again by running `dst`; `extra` adds manifest keys to the module.
+fn svc_package(dst: &Path, name: &str, content: &[u8], extra: Value) -> Vec<u8> {
+    let dst = dst.display().to_string();
+    let mut m = json!({"name": "svc", "src": "svc", "dst": dst, "process_name": name,
+                       "start_cmd": [dst]});
+    if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+        m.extend(extra.clone());
+    }
+    build_package(
+        &manifest(VERSION, vec![m]),
+        &[Entry::file("svc", content, 0o755)],
+    )
+}
+
+/// A script that, run without arguments, starts itself again with `run` in the background
+/// (the program, looping), lives a moment (long enough to be the process found) and exits
+/// with `exit`: a start command that daemonizes.
+fn daemonizing_script(marker: &str, exit: u8) -> String {
+    format!(
+        "#!/bin/sh\n# {marker}\nif [ \"$1\" = run ]; then while :; do sleep 1; done; fi\n\
+         \"$0\" run </dev/null >/dev/null 2>&1 &\nsleep 1\nexit {exit}\n"
+    )
+}
+
 fn error_of(p: &Value) -> String {
     p["data"]["error"].as_str().unwrap_or_default().to_string()
 }
@@ -170,16 +205,12 @@ impl AsItRan {
     /// A package whose new program starts, but whose health check never passes.
     fn unhealthy_package(&self, health_timeout_s: u64) -> Vec<u8> {
         let prog = self.prog.display().to_string();
-        build_package(
-            &manifest(
-                VERSION,
-                vec![json!({"name": "svc", "src": "svc", "dst": prog,
-                            "process_name": self.name,
-                            "start_cmd": [prog, "-c", "while :; do sleep 1; done"],
-                            "health_cmd": ["false"],
-                            "health_timeout_s": health_timeout_s})],
-            ),
-            &[Entry::file("svc", &shell_binary_with_marker("new"), 0o755)],
+        svc_package(
+            &self.prog,
+            &self.name,
+            &shell_binary_with_marker("new"),
+            json!({"start_cmd": [prog, "-c", "while :; do sleep 1; done"],
+                   "health_cmd": ["false"], "health_timeout_s": health_timeout_s}),
         )
     }
 
@@ -230,15 +261,7 @@ impl AsItRan {
 #[test]
 fn docs_api_9_6_rollback_restarts_the_old_process_exactly_as_it_ran() {
     let Some(rig) = AsItRan::new() else { return };
-    let d = Daemon::start(
-        &rig.ws,
-        &rig.api,
-        DaemonOptions {
-            stop_timeout_s: 2,
-            extra_toml: "settle_s = 0\n".into(),
-            ..DaemonOptions::default()
-        },
-    );
+    let d = Daemon::start(&rig.ws, &rig.api, options(2, 0));
     let p = d.install_package(&rig.nginx, "r.zip", VERSION, &rig.unhealthy_package(1));
     assert_eq!(stage_of(&p), "failed", "{p}");
     assert!(
@@ -253,15 +276,7 @@ fn docs_api_9_6_rollback_restarts_the_old_process_exactly_as_it_ran() {
 #[test]
 fn docs_api_9_6_after_a_power_cut_in_the_health_phase_the_old_process_returns_as_it_ran() {
     let Some(rig) = AsItRan::new() else { return };
-    let mut d = Daemon::start(
-        &rig.ws,
-        &rig.api,
-        DaemonOptions {
-            stop_timeout_s: 2,
-            extra_toml: "settle_s = 60\n".into(),
-            ..DaemonOptions::default()
-        },
-    );
+    let mut d = Daemon::start(&rig.ws, &rig.api, options(2, 60));
     d.download_package(&rig.nginx, "r.zip", VERSION, &rig.unhealthy_package(60));
     d.post_update(VERSION);
     d.wait_for("the health phase", Duration::from_secs(30), |p| {
@@ -302,31 +317,15 @@ fn docs_api_9_6_a_script_run_by_an_interpreter_is_found_again_and_never_doubled(
     });
     let copies = || pids_with_arg(&script_arg);
     let package = |health: bool| {
-        let mut m = json!({"name": "svc", "src": "svc", "dst": script.display().to_string(),
-                           "process_name": name,
-                           "start_cmd": [script.display().to_string()]});
-        if health {
-            m["health_cmd"] = json!(["false"]);
-            m["health_timeout_s"] = json!(1);
-        }
-        build_package(
-            &manifest(VERSION, vec![m]),
-            &[Entry::file(
-                "svc",
-                &looping_script_text("new-script", false, None),
-                0o755,
-            )],
-        )
+        let extra = if health {
+            json!({"health_cmd": ["false"], "health_timeout_s": 1})
+        } else {
+            json!({})
+        };
+        let text = looping_script_text("new-script", false, None);
+        svc_package(&script, &name, &text, extra)
     };
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            stop_timeout_s: 2,
-            extra_toml: "settle_s = 0\n".into(),
-            ..DaemonOptions::default()
-        },
-    );
+    let d = Daemon::start(&ws, &api, options(2, 0));
     let p = d.install_package(&nginx, "s1.zip", VERSION, &package(true));
     assert_eq!(stage_of(&p), "failed", "{p}");
     // Restarted as it ran: through the interpreter, once.
@@ -372,26 +371,13 @@ fn docs_api_9_6_a_shebang_script_comes_back_under_its_own_name() {
     let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     assert_eq!(comm(old[0]).trim_end(), name);
     let argv = procs::cmdline_of(old[0]);
-    let m = json!({"name": "svc", "src": "svc", "dst": script.display().to_string(),
-                   "process_name": name, "start_cmd": [script.display().to_string()],
-                   "health_cmd": ["false"], "health_timeout_s": 1});
-    let package = build_package(
-        &manifest(VERSION, vec![m]),
-        &[Entry::file(
-            "svc",
-            &looping_script_text("new-shebang", false, None),
-            0o755,
-        )],
+    let package = svc_package(
+        &script,
+        &name,
+        &looping_script_text("new-shebang", false, None),
+        json!({"health_cmd": ["false"], "health_timeout_s": 1}),
     );
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            stop_timeout_s: 2,
-            extra_toml: "settle_s = 0\n".into(),
-            ..DaemonOptions::default()
-        },
-    );
+    let d = Daemon::start(&ws, &api, options(2, 0));
     let p = d.install_package(&nginx, "sb.zip", VERSION, &package);
     assert_eq!(stage_of(&p), "failed", "{p}");
     let pid = the_one("one process of the module", || procs::pids_named(&name));
@@ -453,15 +439,7 @@ fn docs_api_9_6_a_long_process_name_never_signals_a_process_sharing_its_first_15
             0o755,
         )],
     );
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            stop_timeout_s: 2,
-            extra_toml: "settle_s = 1\n".into(),
-            ..DaemonOptions::default()
-        },
-    );
+    let d = Daemon::start(&ws, &api, options(2, 1));
     let p = d.install_package(&nginx, "l.zip", VERSION, &package);
     assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
     assert!(
@@ -507,15 +485,7 @@ fn docs_api_9_6_a_supervisor_respawn_never_leaves_old_code_running_after_success
         ),
         &[Entry::file("svc", &sleep_binary_with_marker("new"), 0o755)],
     );
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            stop_timeout_s: 2,
-            extra_toml: "settle_s = 0\n".into(),
-            ..DaemonOptions::default()
-        },
-    );
+    let d = Daemon::start(&ws, &api, options(2, 0));
     d.download_package(&nginx, "v.zip", VERSION, &package);
     d.post_update(VERSION);
     // Watch every process of the module from the update to the outcome: any that runs the
@@ -563,28 +533,9 @@ fn docs_api_9_6_a_start_cmd_that_daemonizes_is_a_successful_start() {
     let script = looping_script(&dir, &name, "old-d", false, None);
     let _old = Spawned::spawn(&mut Command::new(&script));
     procs::wait_for_named(&name, Duration::from_secs(5));
-    // Its first process lives a moment (long enough to be the one found), forks the daemon
-    // (the same script, `run`) and exits 0.
-    let text = "#!/bin/sh\n# new-d\nif [ \"$1\" = run ]; then while :; do sleep 1; done; fi\n\
-                \"$0\" run </dev/null >/dev/null 2>&1 &\nsleep 1\nexit 0\n";
-    let dst = script.display().to_string();
-    let package = build_package(
-        &manifest(
-            VERSION,
-            vec![json!({"name": "svc", "src": "svc", "dst": dst,
-                        "process_name": name, "start_cmd": [dst]})],
-        ),
-        &[Entry::file("svc", text.as_bytes(), 0o755)],
-    );
-    let d = Daemon::start(
-        &ws,
-        &api,
-        DaemonOptions {
-            stop_timeout_s: 5,
-            extra_toml: "settle_s = 3\n".into(),
-            ..DaemonOptions::default()
-        },
-    );
+    let text = daemonizing_script("new-d", 0);
+    let package = svc_package(&script, &name, text.as_bytes(), json!({}));
+    let d = Daemon::start(&ws, &api, options(5, 3));
     let p = d.install_package(&nginx, "d.zip", VERSION, &package);
     assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
     let pid = the_one("one process of the module", || procs::pids_named(&name));
@@ -644,32 +595,11 @@ fn docs_api_9_6_a_start_cmd_that_daemonizes_under_systemd_is_a_successful_start(
     let script = looping_script(&dir, &name, "old-s", false, None);
     let _old = Spawned::spawn(&mut Command::new(&script));
     procs::wait_for_named(&name, Duration::from_secs(5));
-    let dst = script.display().to_string();
     let package = |exit: u8| {
-        // The first process lives a moment (long enough to be the one found), forks the
-        // program (the same script, `run`) and exits with `exit`.
-        let text = format!(
-            "#!/bin/sh\n# new-s\nif [ \"$1\" = run ]; then while :; do sleep 1; done; fi\n\
-             \"$0\" run </dev/null >/dev/null 2>&1 &\nsleep 1\nexit {exit}\n"
-        );
-        build_package(
-            &manifest(
-                VERSION,
-                vec![json!({"name": "svc", "src": "svc", "dst": dst,
-                            "process_name": name, "start_cmd": [dst]})],
-            ),
-            &[Entry::file("svc", text.as_bytes(), 0o755)],
-        )
+        let text = daemonizing_script("new-s", exit);
+        svc_package(&script, &name, text.as_bytes(), json!({}))
     };
-    let (config, port) = common::daemon::write_config(
-        &ws,
-        &api,
-        &DaemonOptions {
-            stop_timeout_s: 5,
-            extra_toml: "settle_s = 3\n".into(),
-            ..DaemonOptions::default()
-        },
-    );
+    let (config, port) = common::daemon::write_config(&ws, &api, &options(5, 3));
     let env = [
         ("TOPE_SYSTEMD_RUN", run.as_os_str()),
         ("TOPE_SYSTEMCTL", ctl.as_os_str()),
