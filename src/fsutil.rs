@@ -177,6 +177,19 @@ pub fn available_bytes(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// A FIFO at `path` (for the tests of readers that must never open one).
+#[cfg(test)]
+pub(crate) fn make_fifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,14 +246,7 @@ mod tests {
         assert_eq!(read_back(&p, 10), ReadBack::Data(b"0123456789".to_vec()));
         assert!(matches!(read_back(&p, 9), ReadBack::Refused(_)));
         let fifo = d.path().join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        crate::fsutil::make_fifo(&fifo);
         // A FIFO with no writer would block a plain open forever.
         assert!(matches!(read_back(&fifo, 10), ReadBack::Refused(_)));
         let link = d.path().join("link");

@@ -180,14 +180,7 @@ mod tests {
     fn contract_9_6_ca_file_is_read_bounded() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("ca.fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        crate::fsutil::make_fifo(&fifo);
         for p in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
             let e = tls_config(Some(p)).unwrap_err();
             assert!(e.contains("not a regular file"), "{}: {e}", p.display());

@@ -253,14 +253,7 @@ mod tests {
         let f = crate::workdir::WorkDir::new(d.path()).state();
         let p = f.path().to_path_buf();
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &p,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        crate::fsutil::make_fifo(&p);
         // A FIFO without a writer would block a plain read forever.
         assert!(matches!(load(&f), LoadOutcome::Unusable(_)));
         std::fs::remove_file(&p).unwrap();

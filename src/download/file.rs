@@ -413,14 +413,7 @@ mod tests {
         let link = d.path().join("link.zip");
         std::os::unix::fs::symlink(&f, &link).unwrap();
         let fifo = d.path().join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        crate::fsutil::make_fifo(&fifo);
         for (p, why) in [
             (d.path().to_path_buf(), "a directory"),
             (link, "a symbolic link"),

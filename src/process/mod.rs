@@ -107,6 +107,31 @@ pub(crate) mod tests {
         }
     }
 
+    /// A fake `systemd-run` that records its arguments, one per line, to `<dir>/log`, and
+    /// starts the command after `--` in a session of its own (out of the launcher's process
+    /// group, as systemd would), returning once it has left the group.
+    pub(crate) fn fake_systemd_run(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("fake-systemd-run");
+        let log = dir.join("log");
+        let ready = dir.join("ready");
+        fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\" >> '{log}'; done\n\
+                 while [ \"$1\" != -- ]; do shift; done; shift\nrm -f '{ready}'\n\
+                 setsid sh -c 'echo > \"$0\"; exec \"$@\"' '{ready}' \"$@\" \
+                 </dev/null >/dev/null 2>&1 &\n\
+                 while [ ! -e '{ready}' ]; do sleep 0.05; done\nexit 0\n",
+                log = log.display(),
+                ready = ready.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
     /// A fake `systemctl` that logs its arguments to `<dir>/log` and exits 1 for `fail_on`.
     pub(crate) fn fake_systemctl(dir: &Path, fail_on: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;

@@ -246,7 +246,7 @@ fn launch_unit(
 #[cfg(test)]
 mod tests {
     use super::super::spawn::SYSTEMD_RUN_OVERRIDE;
-    use super::super::tests::{unique_name, wait_found};
+    use super::super::tests::{fake_systemd_run, unique_name, wait_found};
     use super::*;
     use std::fs;
     use std::os::unix::ffi::OsStringExt;
@@ -320,29 +320,6 @@ mod tests {
         assert!(start_as_it_ran(&AsItRan { argv: &[], ..how }).is_err());
     }
 
-    /// A fake `systemd-run`: logs its options to `<dir>/log` and runs what follows `--` in a
-    /// session of its own, as systemd would start the unit, returning once it has left the
-    /// launcher's process group (which is emptied when the launcher returns).
-    fn fake_systemd_run(dir: &Path) -> std::path::PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let p = dir.join("fake-systemd-run");
-        let ready = dir.join("ready");
-        fs::write(
-            &p,
-            format!(
-                "#!/bin/sh\nwhile [ \"$1\" != -- ]; do echo \"$1\" >> '{log}'; shift; done; shift\n\
-                 setsid sh -c 'echo > \"$0\"; exec \"$@\"' '{ready}' \"$@\" \
-                 </dev/null >/dev/null 2>&1 &\n\
-                 while [ ! -e '{ready}' ]; do sleep 0.05; done\nexit 0\n",
-                log = dir.join("log").display(),
-                ready = ready.display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        p
-    }
-
     #[test]
     fn docs_api_9_6_systemd_restart_as_it_ran_keeps_every_byte() {
         let d = tempfile::tempdir().unwrap();
@@ -376,8 +353,9 @@ mod tests {
         seen.sort();
         assert_eq!(seen, bytes(&env));
         assert_eq!(fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), cwd);
-        let log = fs::read_to_string(d.path().join("log")).unwrap();
-        let opts: Vec<&str> = log.lines().skip(1).collect();
+        // The options before `--` (the command after it holds non-UTF-8 bytes).
+        let log = String::from_utf8_lossy(&fs::read(d.path().join("log")).unwrap()).into_owned();
+        let opts: Vec<&str> = log.lines().skip(1).take_while(|l| *l != "--").collect();
         assert_eq!(
             opts,
             [

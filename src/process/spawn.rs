@@ -256,7 +256,7 @@ pub(super) fn reap_in_background(mut child: Child) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{named_sleep, wait_found};
+    use super::super::tests::{fake_systemd_run, named_sleep, wait_found};
     use super::*;
     use std::fs;
 
@@ -281,31 +281,6 @@ mod tests {
         super::super::stop_by_name(&name, Duration::from_secs(5)).unwrap();
         assert!(spawn_detached::<String>(&[], &ChildEnv::tool(), None).is_err());
         assert!(spawn_detached(&["/nonexistent/x"], &ChildEnv::tool(), None).is_err());
-    }
-
-    /// A fake `systemd-run` that records its arguments, one per line, to `<dir>/log`, and
-    /// starts the command after `--` in a session of its own (out of the launcher's process
-    /// group, as systemd would), returning once it has left the group.
-    fn fake_systemd_run(dir: &Path) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let p = dir.join("fake-systemd-run");
-        let log = dir.join("log");
-        let ready = dir.join("ready");
-        fs::write(
-            &p,
-            format!(
-                "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\" >> '{log}'; done\n\
-                 while [ \"$1\" != -- ]; do shift; done; shift\nrm -f '{ready}'\n\
-                 setsid sh -c 'echo > \"$0\"; exec \"$@\"' '{ready}' \"$@\" \
-                 </dev/null >/dev/null 2>&1 &\n\
-                 while [ ! -e '{ready}' ]; do sleep 0.05; done\nexit 0\n",
-                log = log.display(),
-                ready = ready.display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        p
     }
 
     #[test]
