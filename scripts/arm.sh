@@ -7,7 +7,8 @@
 #   4. a smoke run of each release binary under qemu-user: a config in a temp dir, time to
 #      READY=1 on a notify socket, GET /api/v1.0/progress answers, SIGTERM exits 0.
 # Prints the stripped sizes (failing at 4 MB) and the start-up times. Installs what is missing (rustup targets,
-# Debian's cross gcc, qemu-user-static and armhf libc, ziglang from PyPI, cargo-zigbuild).
+# Debian's cross gcc and arm64 libc headers, qemu-user-static and armhf libc, ziglang from
+# PyPI, cargo-zigbuild).
 # Usage: scripts/arm.sh [--no-unit-tests]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,6 +36,9 @@ tools() {
         rustup target list --installed | grep -qx "$t" || rustup target add "$t"
     done
     need_deb aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
+    # ring's C code includes <stdint.h>, which the cross gcc takes from the arm64 libc headers
+    # (a recommendation of gcc-aarch64-linux-gnu, so not installed with it here).
+    need_deb /usr/aarch64-linux-gnu/include/stdint.h libc6-dev-arm64-cross
     need_deb qemu-aarch64-static qemu-user-static
     need_deb /usr/arm-linux-gnueabihf/lib/ld-linux-armhf.so.3 libc6-armhf-cross
     need_deb readelf binutils
@@ -47,7 +51,8 @@ tools() {
     command -v cargo-zigbuild >/dev/null 2>&1 || cargo install --locked cargo-zigbuild
 }
 
-# ring compiles C and assembly: Debian's aarch64 gcc does for musl too (no libc headers used).
+# ring compiles C and assembly: Debian's aarch64 gcc does for musl too (with the arm64 libc
+# headers for <stdint.h>; the code links no libc function from them).
 export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static
