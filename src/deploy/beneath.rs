@@ -28,6 +28,21 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// Most symbolic links followed while resolving one path (the kernel's own limit).
 const MAX_LINKS: usize = 40;
+/// Times a missing directory may turn out to exist when the updater creates it (someone else
+/// made it meanwhile) before the walk gives up.
+const MAX_CREATE_RACES: usize = 8;
+
+/// A test's hook: called with a missing directory's parent and name.
+#[cfg(test)]
+type MkdirHook = Box<dyn Fn(BorrowedFd<'_>, &OsStr)>;
+
+#[cfg(test)]
+thread_local! {
+    /// Called with a missing directory's name right before the updater creates it: lets a test
+    /// make it appear in between, as another process could.
+    pub(super) static BEFORE_MKDIR: std::cell::RefCell<Option<MkdirHook>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 /// An allowed root, opened. `path` is the root as configured (normalised), `real` the same
 /// directory with its own symlinks resolved (an absolute link inside the root may name either).
@@ -101,6 +116,7 @@ impl Root {
         let mut fd = rustix::io::dup(&self.fd)?;
         let mut at = PathBuf::new();
         let mut links = 0usize;
+        let mut races = 0usize;
         while let Some(name) = pending.pop() {
             match open_dir_nofollow(fd.as_fd(), &name) {
                 Ok(next) => {
@@ -108,8 +124,22 @@ impl Root {
                     at.push(&name);
                 }
                 Err(rustix::io::Errno::NOENT) if created.is_some() => {
+                    #[cfg(test)]
+                    BEFORE_MKDIR.with(|h| {
+                        if let Some(h) = h.borrow().as_ref() {
+                            h(fd.as_fd(), &name)
+                        }
+                    });
                     match rustix::fs::mkdirat(fd.as_fd(), &name, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Ok(()) => {}
+                        // Made by someone else meanwhile: not the updater's (never chmod'ed,
+                        // never removed by a rollback); walked like any existing component,
+                        // its links followed only while they stay beneath the root.
+                        Err(rustix::io::Errno::EXIST) if races < MAX_CREATE_RACES => {
+                            races += 1;
+                            pending.push(name);
+                            continue;
+                        }
                         Err(e) => return Err(e.into()),
                     }
                     let next = open_dir_nofollow(fd.as_fd(), &name)?;
@@ -329,6 +359,57 @@ mod tests {
         )
         .unwrap();
         rustix::io::write(&fd, data).unwrap();
+    }
+
+    /// docs/API.md 9.6: a directory someone else makes between the updater's look and its
+    /// `mkdir` is not the updater's: not counted as created (a rollback would remove it), its
+    /// mode left as it is; and one made as a link out of the root is never followed.
+    #[test]
+    fn docs_api_9_6_a_directory_made_meanwhile_by_someone_else_is_not_ours() {
+        use std::os::unix::fs::PermissionsExt;
+        let (d, root) = setup();
+        let outside = d.path().join("etc");
+        BEFORE_MKDIR.with(|h| {
+            *h.borrow_mut() = Some(Box::new(|dir: BorrowedFd<'_>, name: &OsStr| {
+                if name == "theirs" {
+                    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).unwrap();
+                }
+            }))
+        });
+        let r = Root::open(&root).unwrap();
+        let mut created = Vec::new();
+        let dir = r.dir(Path::new("theirs/mine"), Some(&mut created));
+        BEFORE_MKDIR.with(|h| *h.borrow_mut() = None);
+        let dir = dir.unwrap();
+        assert_eq!(dir.rel, Path::new("theirs/mine"));
+        assert_eq!(
+            created,
+            vec![root.join("theirs/mine")],
+            "only `mine` is the updater's"
+        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode(&root.join("theirs")),
+            0o700,
+            "left as its maker made it"
+        );
+        assert_eq!(mode(&root.join("theirs/mine")), 0o755);
+
+        // Made meanwhile as a link out of the root: refused, nothing written outside.
+        let target = outside.clone();
+        BEFORE_MKDIR.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move |dir: BorrowedFd<'_>, name: &OsStr| {
+                if name == "evil" {
+                    rustix::fs::symlinkat(&target, dir, name).unwrap();
+                }
+            }))
+        });
+        let mut created = Vec::new();
+        let escaped = r.dir(Path::new("evil/x"), Some(&mut created));
+        BEFORE_MKDIR.with(|h| *h.borrow_mut() = None);
+        assert!(escaped.is_err(), "a link out of the root is never followed");
+        assert!(created.is_empty());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 
     #[test]
