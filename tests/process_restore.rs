@@ -547,21 +547,25 @@ fn docs_api_9_6_a_start_cmd_that_daemonizes_is_a_successful_start() {
 
 /// A fake `systemd-run` and `systemctl` in `dir`, for what cannot run here (systemd as PID 1):
 /// the unit's command runs in a session of its own, its exit status kept in
-/// `<dir>/<unit>.status`; `systemctl is-active <unit>` answers as for a unit with
+/// `<dir>/<unit>.ready.status`; `systemctl is-active <unit>` answers as for a unit with
 /// `RemainAfterExit=yes`: active while the first process runs and after it exited 0, failed
 /// after any other end. `systemd-run`'s arguments are recorded in `<dir>/systemd-run.log`.
 fn fake_systemd(dir: &Path) -> (PathBuf, PathBuf) {
     let run = dir.join("fake-systemd-run");
     let ctl = dir.join("fake-systemctl");
     let d = dir.display();
+    // Returns only once the unit's shell has left the caller's process group and session (as
+    // systemd's own would): the caller empties its group when it returns.
     write_file(
         &run,
         format!(
             "#!/bin/sh\nunit=\nfor a in \"$@\"; do echo \"$a\" >> '{d}/systemd-run.log'; \
              case \"$a\" in --unit=*) unit=\"${{a#--unit=}}\";; esac; done\n\
              while [ \"$1\" != -- ]; do shift; done; shift\n\
-             setsid sh -c '\"$@\"; echo $? > \"{d}/'\"$unit\"'.status\"' sh \"$@\" \
-             </dev/null >/dev/null 2>&1 &\nexit 0\n"
+             ready=\"{d}/$unit.ready\"\n\
+             setsid sh -c 'echo > \"$0\"; \"$@\"; echo $? > \"$0.status\"' \"$ready\" \"$@\" \
+             </dev/null >/dev/null 2>&1 &\n\
+             while [ ! -e \"$ready\" ]; do sleep 0.05; done\nexit 0\n"
         )
         .as_bytes(),
         0o755,
@@ -569,7 +573,7 @@ fn fake_systemd(dir: &Path) -> (PathBuf, PathBuf) {
     write_file(
         &ctl,
         format!(
-            "#!/bin/sh\n[ \"$1\" = is-active ] || exit 0\nf='{d}/'\"$2\".status\n\
+            "#!/bin/sh\n[ \"$1\" = is-active ] || exit 0\nf='{d}/'\"$2\".ready.status\n\
              [ -e \"$f\" ] || {{ echo active; exit 0; }}\n\
              [ \"$(cat \"$f\")\" = 0 ] && {{ echo active; exit 0; }}\necho failed; exit 3\n"
         )
