@@ -193,15 +193,23 @@ pub fn read(backups_dir: &Path) -> Found {
 }
 
 /// Parse a journal of the current format, or of format 2.
+///
+/// Read straight from the bytes, field by field, so that a key given twice is refused as the
+/// summary reader of start-up and `status` refuses it: both readers see the same journal or none.
 pub fn parse(bytes: &[u8]) -> Result<Journal, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    match v.get("format").and_then(serde_json::Value::as_u64) {
+    /// The format alone, whatever else the object holds.
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default)]
+        format: Option<serde_json::Value>,
+    }
+    let head: Head = serde_json::from_slice(bytes).map_err(|e| format!("not a journal: {e}"))?;
+    match head.format.as_ref().and_then(serde_json::Value::as_u64) {
         Some(f) if f == u64::from(FORMAT) || f == u64::from(FORMAT_TMP_SUFFIX) => {}
         Some(f) => return Err(format!("journal format {f} is not known to this version")),
         None => return Err("journal without a format (written by an older version)".into()),
     }
-    let j: Journal = serde_json::from_value(v).map_err(|e| format!("invalid journal: {e}"))?;
+    let j: Journal = serde_json::from_slice(bytes).map_err(|e| format!("invalid journal: {e}"))?;
     check_stage_id(&j)?;
     check_paths(&j)?;
     Ok(j)
@@ -319,6 +327,18 @@ mod tests {
         let old = br#"{"version":"1.2.3","phase":"deploying","modules":[],"targets":[],"created_dirs":[]}"#;
         assert!(parse(old).unwrap_err().contains("older"));
         assert!(parse(br#"{"format":99}"#).unwrap_err().contains("99"));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_by_the_parser_as_by_the_summary_reader() {
+        // Found by the `journal` fuzz target: the parser kept the last `version`, the summary
+        // reader refused the file, and start-up and `status` disagreed on the journal.
+        let twice = br#"{"format":2,"version":"1.2.3","version":"1.2.3","phase":"committed","modules":[],"dirs":[],"created":[],"stopped":[]}"#;
+        assert!(parse(twice).unwrap_err().contains("duplicate field"));
+        assert!(crate::workdir::JournalSummary::parse(twice).is_err());
+        let once = br#"{"format":2,"version":"1.2.3","phase":"committed","modules":[],"dirs":[],"created":[],"stopped":[]}"#;
+        assert_eq!(parse(once).unwrap().version, "1.2.3");
+        assert!(crate::workdir::JournalSummary::parse(once).is_ok());
     }
 
     #[test]
