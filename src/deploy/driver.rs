@@ -15,8 +15,6 @@
 //! (`RollingBack`), rolled back once ([`Run::rollback`]), and returned as a [`DeployError`]
 //! naming the step, the cause and how the rollback went.
 
-use std::sync::atomic::Ordering;
-
 use super::apply::Flow;
 use super::error::{contract_code, Cause, DeployError, Rollback, RollbackIncomplete};
 use super::journal::{self, Journal};
@@ -55,9 +53,8 @@ pub fn drive(
     opts: &InstallOptions,
     on_event: &mut dyn FnMut(InstallEvent),
 ) -> Result<InstallOutcome, DeployError> {
-    let cancelled = || opts.cancel.load(Ordering::SeqCst);
     for &step in steps {
-        if cancelled() {
+        if opts.cancelled() {
             return Ok(interrupted(j, step));
         }
         if let Some(phase) = step.phase().filter(|&p| p != j.phase) {
@@ -72,7 +69,7 @@ pub fn drive(
         match run.run(step, j, opts, on_event) {
             Ok(Flow::Done) => {}
             Ok(Flow::Cancelled) => return Ok(interrupted(j, step)),
-            Err(_) if step.ends_its_children_on_cancel() && cancelled() => {
+            Err(_) if step.ends_its_children_on_cancel() && opts.cancelled() => {
                 return Ok(interrupted(j, step))
             }
             Err(cause) => return Err(fail(step, cause, j, run, opts, on_event)),
