@@ -29,11 +29,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::error::{self, ErrorCode, OtaError};
+use crate::error::{self, ErrorCode};
 use crate::package::{Package, PlannedFile};
 
 use super::beneath::{lstat_at, unlink_at, Dir, Root};
 use super::check::{Owner, Survey};
+use super::error::Cause;
 use super::journal::Journal;
 use super::plan::Group;
 use super::InstallEvent;
@@ -42,9 +43,10 @@ use super::InstallEvent;
 /// what the Python updater kept in `backups/` is never touched.
 pub const FILES_DIR: &str = "install-files";
 
-/// A deployment I/O error: `DISK_FULL` when the disk is full, else `DEPLOYMENT_FAILED`.
-pub fn io_err(what: impl std::fmt::Display, e: &io::Error) -> OtaError {
-    error::from_io(ErrorCode::DeploymentFailed, what, e)
+/// A deployment I/O error while doing `what` (`DISK_FULL` when the disk is full, else
+/// `DEPLOYMENT_FAILED`: [`Cause::code`]).
+fn io_err(what: impl std::fmt::Display, e: io::Error) -> Cause {
+    Cause::io(what, e)
 }
 
 /// The roots a journal names, opened once.
@@ -99,7 +101,7 @@ pub enum Flow {
 /// Whether none of the staging names `j` gives exists yet (checked before the journal is
 /// written; an id whose names are taken is replaced by another, so the updater never writes
 /// to, or removes, a name it did not create).
-pub fn staging_names_free(j: &Journal, roots: &mut Roots) -> Result<bool, OtaError> {
+pub fn staging_names_free(j: &Journal, roots: &mut Roots) -> Result<bool, Cause> {
     let mut n = 0usize;
     for d in &j.dirs {
         let first = n;
@@ -109,7 +111,7 @@ pub fn staging_names_free(j: &Journal, roots: &mut Roots) -> Result<bool, OtaErr
             Ok(dir) => dir,
             // Created by the installation: empty.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err(format_args!("opening {}", where_.display()), &e)),
+            Err(e) => return Err(io_err(format_args!("opening {}", where_.display()), e)),
         };
         for (i, name) in d.files.iter().enumerate() {
             let staged = j.staging_name(first + i, name);
@@ -125,7 +127,7 @@ pub fn staging_names_free(j: &Journal, roots: &mut Roots) -> Result<bool, OtaErr
                 Err(e) => {
                     return Err(io_err(
                         format_args!("inspecting {}", where_.join(&staged).display()),
-                        &e,
+                        e,
                     ))
                 }
             }
@@ -144,7 +146,7 @@ pub fn stage(
     survey: &Survey,
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(InstallEvent),
-) -> Result<Flow, OtaError> {
+) -> Result<Flow, Cause> {
     let total = pkg.manifest.modules.len();
     let names: Vec<String> = pkg
         .manifest
@@ -166,15 +168,15 @@ pub fn stage(
             });
         }
         let Some(root) = survey.roots[g.root].as_ref() else {
-            return Err(error::internal("a root of the plan was not opened"));
+            return Err(error::internal("a root of the plan was not opened").into());
         };
         let where_ = root.path.join(&g.rel);
         let dir = root
             .dir(&g.rel, Some(&mut Vec::new()))
-            .map_err(|e| io_err(format_args!("creating directory {}", where_.display()), &e))?;
+            .map_err(|e| io_err(format_args!("creating directory {}", where_.display()), e))?;
         filesystems
             .note(dir.fd.as_fd())
-            .map_err(|e| io_err(format_args!("inspecting {}", where_.display()), &e))?;
+            .map_err(|e| io_err(format_args!("inspecting {}", where_.display()), e))?;
         for (i, name) in &g.files {
             let f = &files[*i];
             let staged = j.staging_name(n, &name.to_string_lossy());
@@ -184,9 +186,7 @@ pub fn stage(
                 j.foreign.insert(n);
             }
             n += 1;
-            written.map_err(|e| {
-                OtaError::new(e.code, format!("module {}: {}", names[f.module], e.detail))
-            })?;
+            written.map_err(|e| e.within(format_args!("module {}", names[f.module])))?;
             if cancel.load(Ordering::SeqCst) {
                 return Ok(Flow::Cancelled);
             }
@@ -194,7 +194,7 @@ pub fn stage(
     }
     filesystems
         .syncfs_all()
-        .map_err(|e| io_err("flushing the new files", &e))?;
+        .map_err(|e| io_err("flushing the new files", e))?;
     Ok(Flow::Done)
 }
 
@@ -208,7 +208,7 @@ fn write_staged(
     staged: &OsStr,
     owner: Option<Owner>,
     taken: &mut bool,
-) -> Result<(), OtaError> {
+) -> Result<(), Cause> {
     let shown = f.dst.display();
     let fd = match rustix::fs::openat(
         &dir.fd,
@@ -222,7 +222,8 @@ fn write_staged(
             return Err(error::deployment_failed(format!(
                 "{} appeared while {shown} was staged: it is not the updater's, left alone",
                 dir_path_hint(f, staged)
-            )));
+            ))
+            .into());
         }
         Err(e) => {
             return Err(io_err(
@@ -230,7 +231,7 @@ fn write_staged(
                     "creating the staging file {} for {shown}",
                     staged.to_string_lossy()
                 ),
-                &e.into(),
+                e.into(),
             ))
         }
     };
@@ -240,7 +241,7 @@ fn write_staged(
         _ => e,
     })?;
     rustix::fs::fchmod(&out, Mode::from_raw_mode(f.mode))
-        .map_err(|e| io_err(format_args!("setting the mode of {shown}"), &e.into()))?;
+        .map_err(|e| io_err(format_args!("setting the mode of {shown}"), e.into()))?;
     if let Some((uid, gid)) = owner {
         set_owner(&out, uid, gid, &f.dst);
     }
@@ -283,16 +284,16 @@ pub fn files_dir(backups_dir: &Path, create: bool) -> io::Result<OwnedFd> {
 }
 
 /// Step 2 (see the module documentation): fills `j`'s `new` sets.
-pub fn backup(j: &mut Journal, roots: &mut Roots, backups_dir: &Path) -> Result<(), OtaError> {
+pub fn backup(j: &mut Journal, roots: &mut Roots, backups_dir: &Path) -> Result<(), Cause> {
     let files =
-        files_dir(backups_dir, true).map_err(|e| io_err("creating backups/install-files", &e))?;
+        files_dir(backups_dir, true).map_err(|e| io_err("creating backups/install-files", e))?;
     let mut copied = false;
     let mut n = 0usize;
     for d in &mut j.dirs {
         let where_ = d.root.join(&d.rel);
         let dir = roots
             .dir(&d.root, &d.rel)
-            .map_err(|e| io_err(format_args!("opening {}", where_.display()), &e))?;
+            .map_err(|e| io_err(format_args!("opening {}", where_.display()), e))?;
         for name in &d.files {
             let num = n.to_string();
             n += 1;
@@ -318,13 +319,13 @@ pub fn backup(j: &mut Journal, roots: &mut Roots, backups_dir: &Path) -> Result<
                         files.as_fd(),
                         OsStr::new(&num),
                     )
-                    .map_err(|e| io_err(format_args!("backing up {}", shown.display()), &e))?;
+                    .map_err(|e| io_err(format_args!("backing up {}", shown.display()), e))?;
                     copied = true;
                 }
                 Err(e) => {
                     return Err(io_err(
                         format_args!("backing up {}", shown.display()),
-                        &e.into(),
+                        e.into(),
                     ))
                 }
             }
@@ -338,7 +339,7 @@ pub fn backup(j: &mut Journal, roots: &mut Roots, backups_dir: &Path) -> Result<
     flushed
         .map_err(io::Error::from)
         .and_then(|()| crate::fsutil::fsync_dir(backups_dir))
-        .map_err(|e| io_err("flushing the backups", &e))
+        .map_err(|e| io_err("flushing the backups", e))
 }
 
 /// Copy `name` in `from` to the new `to_name` in `to`: a symlink as a symlink, a file with its
@@ -378,25 +379,25 @@ pub fn copy_at(
 }
 
 /// Step 3 (see the module documentation).
-pub fn swap(j: &Journal, roots: &mut Roots) -> Result<(), OtaError> {
+pub fn swap(j: &Journal, roots: &mut Roots) -> Result<(), Cause> {
     let mut n = 0usize;
     for d in &j.dirs {
         let where_ = d.root.join(&d.rel);
         let dir = roots
             .dir(&d.root, &d.rel)
-            .map_err(|e| io_err(format_args!("opening {}", where_.display()), &e))?;
+            .map_err(|e| io_err(format_args!("opening {}", where_.display()), e))?;
         for name in &d.files {
             let staged = j.staging_name(n, name);
             n += 1;
             rustix::fs::renameat(&dir.fd, &staged, &dir.fd, name.as_str()).map_err(|e| {
                 io_err(
                     format_args!("renaming into {}", where_.join(name).display()),
-                    &e.into(),
+                    e.into(),
                 )
             })?;
         }
         rustix::fs::fsync(&dir.fd)
-            .map_err(|e| io_err(format_args!("flushing {}", where_.display()), &e.into()))?;
+            .map_err(|e| io_err(format_args!("flushing {}", where_.display()), e.into()))?;
     }
     Ok(())
 }

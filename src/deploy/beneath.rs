@@ -26,6 +26,8 @@ use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use super::error::ResolveError;
+
 /// Most symbolic links followed while resolving one path (the kernel's own limit).
 const MAX_LINKS: usize = 40;
 /// Times a missing directory may turn out to exist when the updater creates it (someone else
@@ -249,9 +251,9 @@ pub struct Resolved {
 
 /// Check time: resolve `dst` (absolute, normalised) against `roots` (see the module
 /// documentation). The error says why, for an `INVALID_MANIFEST` detail.
-pub fn resolve_dst(dst: &Path, roots: &[PathBuf]) -> Result<Resolved, String> {
+pub fn resolve_dst(dst: &Path, roots: &[PathBuf]) -> Result<Resolved, ResolveError> {
     let (Some(parent), Some(name)) = (dst.parent(), dst.file_name()) else {
-        return Err(format!("{} has no parent directory", dst.display()));
+        return Err(ResolveError::NoParent(dst.to_path_buf()));
     };
     // The longest existing ancestor, symlinks resolved; what is missing is appended as is.
     let mut resolved = None;
@@ -263,10 +265,7 @@ pub fn resolve_dst(dst: &Path, roots: &[PathBuf]) -> Result<Resolved, String> {
                     let below = anc.join(first);
                     if fs::symlink_metadata(&below).is_ok() {
                         // It exists but cannot be resolved: a dangling link or no permission.
-                        return Err(format!(
-                            "{} cannot be resolved (dangling symbolic link?)",
-                            below.display()
-                        ));
+                        return Err(ResolveError::Dangling(below));
                     }
                 }
                 resolved = Some(real.join(rest));
@@ -275,7 +274,7 @@ pub fn resolve_dst(dst: &Path, roots: &[PathBuf]) -> Result<Resolved, String> {
             Err(_) => continue,
         }
     }
-    let resolved = resolved.ok_or_else(|| format!("{} cannot be resolved", dst.display()))?;
+    let resolved = resolved.ok_or_else(|| ResolveError::Unresolvable(dst.to_path_buf()))?;
     for (i, r) in roots.iter().enumerate() {
         let real_root = fs::canonicalize(r).unwrap_or_else(|_| r.clone());
         if let Ok(dir) = resolved.strip_prefix(&real_root) {
@@ -286,15 +285,11 @@ pub fn resolve_dst(dst: &Path, roots: &[PathBuf]) -> Result<Resolved, String> {
             });
         }
     }
-    let via = if resolved == parent {
-        String::new()
-    } else {
-        format!(" (its directory resolves to {})", resolved.display())
-    };
-    Err(format!(
-        "{} is outside the allowed roots {roots:?}{via}",
-        dst.display()
-    ))
+    Err(ResolveError::Outside {
+        dst: dst.to_path_buf(),
+        roots: roots.to_vec(),
+        via: (resolved != parent).then_some(resolved),
+    })
 }
 
 /// What is at `name` in `dir`, without following a link; `None` when nothing is.
@@ -498,10 +493,11 @@ mod tests {
         let r = resolve_dst(&root.join("new/dir/f"), &roots).unwrap();
         assert_eq!(r.dir, Path::new("new/dir"));
         let e = resolve_dst(&root.join("evil/passwd"), &roots).unwrap_err();
-        assert!(e.contains("outside"), "{e}");
+        assert!(matches!(e, ResolveError::Outside { .. }), "{e}");
+        assert!(e.to_string().contains("outside"), "{e}");
         symlink(d.path().join("nowhere"), root.join("dangling")).unwrap();
         let e = resolve_dst(&root.join("dangling/x"), &roots).unwrap_err();
-        assert!(e.contains("dangling"), "{e}");
+        assert!(e.to_string().contains("dangling"), "{e}");
         // The last component is never followed: a link there is replaced, not resolved.
         symlink(d.path().join("etc/passwd"), root.join("link")).unwrap();
         assert_eq!(

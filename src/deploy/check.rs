@@ -41,7 +41,8 @@ pub fn resolve(
     files
         .iter()
         .map(|f| {
-            let r = resolve_dst(&f.dst, roots).map_err(error::invalid_manifest)?;
+            let r =
+                resolve_dst(&f.dst, roots).map_err(|e| error::invalid_manifest(e.to_string()))?;
             let real_root =
                 fs::canonicalize(&roots[r.root]).unwrap_or_else(|_| roots[r.root].clone());
             if real_root.join(&r.dir).starts_with(&backups) {

@@ -10,10 +10,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::error::{self, OtaError};
 use crate::process;
 
 use super::apply::Flow;
+use super::error::{Cause, HealthError};
 use super::journal::JModule;
 use super::procs::{Started, SYSTEMCTL_TIMEOUT};
 use super::InstallEvent;
@@ -46,14 +46,15 @@ fn pause(d: Duration, cancel: &AtomicBool) -> bool {
 
 /// The state check of one module (its process or service); `Err` says why it is not healthy.
 /// Quick: run on the caller's thread.
-fn check_started(started: &Started, cancel: &AtomicBool) -> Result<(), String> {
+fn check_started(started: &Started, cancel: &AtomicBool) -> Result<(), HealthError> {
     match started {
         Started::Process(name, p, unit) => match process::liveness(p) {
             process::Liveness::Alive => Ok(()),
-            process::Liveness::Unknown(e) => Err(format!(
-                "process {name} (pid {}) cannot be checked: {e}",
-                p.pid
-            )),
+            process::Liveness::Unknown(source) => Err(HealthError::Unknown {
+                name: name.clone(),
+                pid: p.pid,
+                source,
+            }),
             process::Liveness::Gone => {
                 let now = process::scan(name).unwrap_or_default();
                 // docs/API.md 9.6: a start_cmd that daemonizes. The process found was the
@@ -80,40 +81,47 @@ fn check_started(started: &Started, cancel: &AtomicBool) -> Result<(), String> {
                     }
                 }
                 Err(match now.first() {
-                    Some(q) => format!(
-                        "process {name} (pid {}) exited and was replaced by pid {} (crash and respawn)",
-                        p.pid, q.id.pid
-                    ),
-                    None => format!("process {name} (pid {}) is no longer running", p.pid),
+                    Some(q) => HealthError::Respawned {
+                        name: name.clone(),
+                        pid: p.pid,
+                        now: q.id.pid,
+                    },
+                    None => HealthError::Gone {
+                        name: name.clone(),
+                        pid: p.pid,
+                    },
                 })
             }
         },
         Started::Service(s) => process::systemctl("is-active", s, SYSTEMCTL_TIMEOUT, Some(cancel))
-            .map_err(|e| format!("service {s} is not active: {}", e.detail)),
+            .map_err(|source| HealthError::Inactive {
+                service: s.clone(),
+                source,
+            }),
         Started::Nothing => Ok(()),
     }
 }
 
 /// Run a module's `health_cmd` every second until it exits 0 (see the module documentation).
-fn run_health_cmd(h: &HealthCmd, cancel: &AtomicBool) -> Result<(), String> {
+fn run_health_cmd(h: &HealthCmd, cancel: &AtomicBool) -> Result<(), HealthError> {
     let deadline = Instant::now() + h.timeout;
-    let mut last = String::new();
+    let mut last = None;
     loop {
         let begun = Instant::now();
         let left = deadline.saturating_duration_since(begun);
         if left.is_zero() {
-            return Err(format!(
-                "health_cmd did not succeed within {} s: {last}",
-                h.timeout.as_secs()
-            ));
+            return Err(HealthError::TimedOut {
+                timeout: h.timeout,
+                last,
+            });
         }
         match process::run_to_completion(&h.argv, &h.env, left, cancel) {
             Ok(()) => return Ok(()),
-            Err(e) => last = e.detail,
+            Err(e) => last = Some(e),
         }
         let next = (begun + PERIOD).min(deadline);
         if !pause(next.saturating_duration_since(Instant::now()), cancel) {
-            return Err("interrupted by shutdown".into());
+            return Err(HealthError::Interrupted);
         }
     }
 }
@@ -127,7 +135,7 @@ pub fn check_all(
     settle: Duration,
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(InstallEvent),
-) -> Result<Flow, OtaError> {
+) -> Result<Flow, Cause> {
     if cancel.load(Ordering::SeqCst) {
         return Ok(Flow::Cancelled);
     }
@@ -149,11 +157,11 @@ pub fn check_all(
         return Ok(Flow::Cancelled);
     }
     // Processes and services first (quick), then the health commands side by side.
-    let mut results: Vec<(usize, Result<(), String>)> = checked
+    let mut results: Vec<(usize, Result<(), HealthError>)> = checked
         .iter()
         .map(|&i| (i, check_started(&started[i], cancel)))
         .collect();
-    let cmds: Vec<(usize, Result<(), String>)> = std::thread::scope(|s| {
+    let cmds: Vec<(usize, Result<(), HealthError>)> = std::thread::scope(|s| {
         let handles: Vec<_> = checked
             .iter()
             .filter_map(|&i| health[i].as_ref().map(|h| (i, h)))
@@ -161,12 +169,7 @@ pub fn check_all(
             .collect();
         handles
             .into_iter()
-            .map(|(i, h)| {
-                (
-                    i,
-                    h.join().unwrap_or_else(|_| Err("the check crashed".into())),
-                )
-            })
+            .map(|(i, h)| (i, h.join().unwrap_or(Err(HealthError::Crashed))))
             .collect()
     });
     results.extend(cmds);
@@ -186,9 +189,9 @@ pub fn check_all(
             tracing::info!("health checks passed: {names}");
             Ok(Flow::Done)
         }
-        Some((i, why)) => Err(error::deployment_failed(format!(
-            "health check of {} failed: {why}",
-            modules[i].name
-        ))),
+        Some((i, why)) => Err(Cause::Health {
+            module: modules[i].name.clone(),
+            source: why,
+        }),
     }
 }

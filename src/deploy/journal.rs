@@ -13,6 +13,7 @@ use crate::error::{self, OtaError};
 use crate::fsutil::{self, ReadBack};
 
 use super::beneath::{legacy_tmp_name, stage_name};
+use super::error::JournalError;
 pub use super::stopped::Stopped;
 
 /// File name of the journal inside the backups directory (the work dir's layout:
@@ -182,7 +183,7 @@ pub fn read(backups_dir: &Path) -> Found {
         ReadBack::Missing => return Found::None,
         ReadBack::Data(bytes) => match parse(&bytes) {
             Ok(j) => return Found::Journal(Box::new(j)),
-            Err(why) => why,
+            Err(why) => why.to_string(),
         },
         ReadBack::Refused(why) => why,
     };
@@ -196,20 +197,20 @@ pub fn read(backups_dir: &Path) -> Found {
 ///
 /// Read straight from the bytes, field by field, so that a key given twice is refused as the
 /// summary reader of start-up and `status` refuses it: both readers see the same journal or none.
-pub fn parse(bytes: &[u8]) -> Result<Journal, String> {
+pub fn parse(bytes: &[u8]) -> Result<Journal, JournalError> {
     /// The format alone, whatever else the object holds.
     #[derive(Deserialize)]
     struct Head {
         #[serde(default)]
         format: Option<serde_json::Value>,
     }
-    let head: Head = serde_json::from_slice(bytes).map_err(|e| format!("not a journal: {e}"))?;
+    let head: Head = serde_json::from_slice(bytes).map_err(JournalError::NotJson)?;
     match head.format.as_ref().and_then(serde_json::Value::as_u64) {
         Some(f) if f == u64::from(FORMAT) || f == u64::from(FORMAT_TMP_SUFFIX) => {}
-        Some(f) => return Err(format!("journal format {f} is not known to this version")),
-        None => return Err("journal without a format (written by an older version)".into()),
+        Some(f) => return Err(JournalError::UnknownFormat(f)),
+        None => return Err(JournalError::NoFormat),
     }
-    let j: Journal = serde_json::from_slice(bytes).map_err(|e| format!("invalid journal: {e}"))?;
+    let j: Journal = serde_json::from_slice(bytes).map_err(JournalError::Invalid)?;
     check_stage_id(&j)?;
     check_paths(&j)?;
     Ok(j)
@@ -217,7 +218,7 @@ pub fn parse(bytes: &[u8]) -> Result<Journal, String> {
 
 /// Format 3 names its staging id, format 2 none; the id is short plain hex, so that a staging
 /// name is always a plain file name of the updater's own.
-fn check_stage_id(j: &Journal) -> Result<(), String> {
+fn check_stage_id(j: &Journal) -> Result<(), JournalError> {
     match (&j.stage_id, j.format) {
         (None, FORMAT_TMP_SUFFIX) => Ok(()),
         (Some(id), FORMAT)
@@ -225,19 +226,16 @@ fn check_stage_id(j: &Journal) -> Result<(), String> {
         {
             Ok(())
         }
-        (Some(id), FORMAT) => Err(format!("journal names an unsafe staging id `{id}`")),
-        (None, _) => Err(format!(
-            "journal of format {} without a staging id",
-            j.format
-        )),
-        (Some(_), _) => Err(format!("journal of format {} with a staging id", j.format)),
+        (Some(id), FORMAT) => Err(JournalError::UnsafeStageId(id.clone())),
+        (None, _) => Err(JournalError::MissingStageId(j.format)),
+        (Some(_), _) => Err(JournalError::UnexpectedStageId(j.format)),
     }
 }
 
 /// A rollback acts on what the journal names, beneath descriptors of its roots: every root must
 /// be an absolute plain path, every directory a relative plain path, every file a plain name,
 /// and every module index in range, or the journal is not used at all.
-fn check_paths(j: &Journal) -> Result<(), String> {
+fn check_paths(j: &Journal) -> Result<(), JournalError> {
     use std::path::Component;
     let plain_rel = |p: &Path| p.components().all(|c| matches!(c, Component::Normal(_)));
     let plain_abs = |p: &Path| {
@@ -249,13 +247,10 @@ fn check_paths(j: &Journal) -> Result<(), String> {
         |n: &str| !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0');
     for d in &j.dirs {
         if !plain_abs(&d.root) || !plain_rel(&d.rel) {
-            return Err(format!(
-                "journal names an unsafe directory {}",
-                d.root.join(&d.rel).display()
-            ));
+            return Err(JournalError::UnsafeDirectory(d.root.join(&d.rel)));
         }
         if let Some(f) = d.files.iter().chain(&d.new).find(|f| !plain_name(f)) {
-            return Err(format!("journal names an unsafe file name `{f}`"));
+            return Err(JournalError::UnsafeFileName(f.clone()));
         }
     }
     if let Some(c) = j
@@ -263,17 +258,13 @@ fn check_paths(j: &Journal) -> Result<(), String> {
         .iter()
         .find(|c| !plain_abs(&c.root) || !plain_rel(&c.rel) || c.rel.as_os_str().is_empty())
     {
-        return Err(format!(
-            "journal names an unsafe directory {}",
-            c.root.join(&c.rel).display()
-        ));
+        return Err(JournalError::UnsafeDirectory(c.root.join(&c.rel)));
     }
     if let Some(s) = j.stopped.iter().find(|s| s.module >= j.modules.len()) {
-        return Err(format!(
-            "journal names module #{} of {}",
-            s.module,
-            j.modules.len()
-        ));
+        return Err(JournalError::NoSuchModule {
+            module: s.module,
+            modules: j.modules.len(),
+        });
     }
     Ok(())
 }
@@ -325,8 +316,11 @@ mod tests {
         assert_eq!(read(d.path()), Found::Journal(Box::new(j.clone())));
         assert_eq!(j.target_count(), 2);
         let old = br#"{"version":"1.2.3","phase":"deploying","modules":[],"targets":[],"created_dirs":[]}"#;
-        assert!(parse(old).unwrap_err().contains("older"));
-        assert!(parse(br#"{"format":99}"#).unwrap_err().contains("99"));
+        assert!(parse(old).unwrap_err().to_string().contains("older"));
+        assert!(parse(br#"{"format":99}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("99"));
     }
 
     #[test]
@@ -334,7 +328,10 @@ mod tests {
         // Found by the `journal` fuzz target: the parser kept the last `version`, the summary
         // reader refused the file, and start-up and `status` disagreed on the journal.
         let twice = br#"{"format":2,"version":"1.2.3","version":"1.2.3","phase":"committed","modules":[],"dirs":[],"created":[],"stopped":[]}"#;
-        assert!(parse(twice).unwrap_err().contains("duplicate field"));
+        assert!(parse(twice)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate field"));
         assert!(crate::workdir::JournalSummary::parse(twice).is_err());
         let once = br#"{"format":2,"version":"1.2.3","phase":"committed","modules":[],"dirs":[],"created":[],"stopped":[]}"#;
         assert_eq!(parse(once).unwrap().version, "1.2.3");

@@ -27,11 +27,11 @@ use std::time::Duration;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::error::{self, OtaError};
 use crate::fsutil;
 
 use super::apply::{copy_at, files_dir, Roots, FILES_DIR};
 use super::beneath::unlink_at;
+use super::error::RollbackIncomplete;
 use super::journal::{self, Journal, Phase};
 use super::plan::{start_order, stops};
 use super::{procs, InstallEvent};
@@ -214,7 +214,7 @@ pub fn rollback(
     backups_dir: &Path,
     stop_timeout: Duration,
     on_event: &mut dyn FnMut(InstallEvent),
-) -> Result<(), OtaError> {
+) -> Result<(), RollbackIncomplete> {
     tracing::warn!(
         "rolling back the installation of version {} (phase {:?})",
         j.version,
@@ -240,11 +240,11 @@ pub fn rollback(
         procs::start_old(j, &stopped, stop_timeout, on_event);
     }
     if !failures.is_empty() {
-        let list = failures.join("; ");
-        tracing::error!("rollback incomplete, files not restored: {list}");
-        return Err(error::deployment_failed(format!(
-            "rollback incomplete, files not restored (retried at next start): {list}"
-        )));
+        tracing::error!(
+            "rollback incomplete, files not restored: {}",
+            failures.join("; ")
+        );
+        return Err(RollbackIncomplete { files: failures });
     }
     cleanup(backups_dir);
     tracing::info!("rollback of version {} done", j.version);

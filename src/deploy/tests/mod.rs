@@ -10,8 +10,10 @@ use std::time::Duration;
 use super::apply::{Roots, FILES_DIR};
 use super::journal::{self, Journal, Phase};
 use super::*;
+use crate::error::ErrorCode;
 use crate::package::tests::{build_zip, manifest_json, E};
 
+mod driver;
 mod processes;
 
 struct Fx {

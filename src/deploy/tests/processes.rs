@@ -426,3 +426,50 @@ fn contract_8_1_sigterm_stops_a_hanging_systemctl_and_the_next_start_rolls_back(
     assert_eq!(f.read("a/f").as_deref(), Some("old-a"));
     assert!(f.clean());
 }
+
+/// docs/API.md 6: SIGTERM while the processes are being stopped ends the installation at the
+/// safe point after the stop: no file is backed up or replaced, the journal says `stopping`,
+/// and the next start puts things back and starts the old process again as it ran.
+#[test]
+fn docs_api_6_sigterm_during_the_stop_ends_before_any_file_is_replaced() {
+    let f = Fx::new();
+    let (name, path) = named_sleep(f.d.path());
+    let mut old = run_named(&path, &name, &["1000", "6"]);
+    f.put("svc/x", "old-x", 0o644);
+    f.one_module(&format!(
+        r#", "process_name": "{name}", "start_cmd": ["{}", "1000"]"#,
+        path.display()
+    ));
+    let mut ev = Vec::new();
+    let r = f
+        .install(Duration::from_secs(1), &mut ev, Some("Stopping"))
+        .unwrap();
+    let _ = old.wait();
+    assert_eq!(r, InstallOutcome::Interrupted);
+    assert_eq!(
+        ev.last().map(String::as_str),
+        Some(r#"Stopping { module: "svc" }"#)
+    );
+    assert_eq!(f.journal().phase, Phase::Stopping);
+    assert_eq!(f.read("svc/x").as_deref(), Some("old-x"));
+    assert_eq!(f.staged("svc", 0, "x").as_deref(), Some("new-x"));
+    assert!(!f.backups.join(FILES_DIR).exists(), "nothing backed up");
+    assert!(
+        wait_found(&name, 0).is_empty(),
+        "stopped, not started again"
+    );
+    assert_eq!(
+        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        Recovery::RolledBack {
+            version: "1.2.3".into()
+        }
+    );
+    assert_eq!(
+        argv_of(&name),
+        vec![path.display().to_string(), "1000".into(), "6".into()]
+    );
+    assert_eq!(f.read("svc/x").as_deref(), Some("old-x"));
+    assert!(no_tmp_files(&f.root));
+    assert!(f.clean());
+    crate::process::stop_by_name(&name, Duration::from_secs(5)).unwrap();
+}
