@@ -413,7 +413,7 @@ impl Updater {
             cfg.allow_downgrade,
         ) {
             let _ = fsutil::remove_durable(&path);
-            self.fail(e, Discard::File);
+            self.fail(OtaError::from(e), Discard::File);
             return;
         }
         self.start_ota_gui();

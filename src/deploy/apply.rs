@@ -235,10 +235,12 @@ fn write_staged(
         }
     };
     let mut out = File::from(fd);
-    pkg.extract_to(f, &mut out).map_err(|e| match e.code {
-        ErrorCode::InternalError => error::deployment_failed(e.detail),
-        _ => e,
-    })?;
+    pkg.extract_to(f, &mut out)
+        .map_err(OtaError::from)
+        .map_err(|e| match e.code {
+            ErrorCode::InternalError => error::deployment_failed(e.detail),
+            _ => e,
+        })?;
     rustix::fs::fchmod(&out, Mode::from_raw_mode(f.mode))
         .map_err(|e| io_err(format_args!("setting the mode of {shown}"), &e.into()))?;
     if let Some((uid, gid)) = owner {
