@@ -545,7 +545,7 @@ impl Updater {
             None,
         ) {
             Ok(started) => tracing::info!("started ota-gui ({started})"),
-            Err(e) => tracing::warn!("cannot start ota-gui: {e}"),
+            Err(e) => tracing::warn!("cannot start ota-gui: {}", OtaError::from(e)),
         }
     }
 }

@@ -89,7 +89,7 @@ fn check_started(started: &Started, cancel: &AtomicBool) -> Result<(), String> {
             }
         },
         Started::Service(s) => process::systemctl("is-active", s, SYSTEMCTL_TIMEOUT, Some(cancel))
-            .map_err(|e| format!("service {s} is not active: {}", e.detail)),
+            .map_err(|e| format!("service {s} is not active: {}", OtaError::from(e).detail)),
         Started::Nothing => Ok(()),
     }
 }
@@ -109,7 +109,7 @@ fn run_health_cmd(h: &HealthCmd, cancel: &AtomicBool) -> Result<(), String> {
         }
         match process::run_to_completion(&h.argv, &h.env, left, cancel) {
             Ok(()) => return Ok(()),
-            Err(e) => last = e.detail,
+            Err(e) => last = OtaError::from(e).detail,
         }
         let next = (begun + PERIOD).min(deadline);
         if !pause(next.saturating_duration_since(Instant::now()), cancel) {

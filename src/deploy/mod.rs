@@ -298,7 +298,8 @@ pub fn install(
                 if cancelled() {
                     return Ok(InstallOutcome::Interrupted);
                 }
-                let cause = error::deployment_failed(format!("module {}: {}", m.name, e.detail));
+                let detail = OtaError::from(e).detail;
+                let cause = error::deployment_failed(format!("module {}: {detail}", m.name));
                 return Err(fail(cause, &j, opts, on_event));
             }
             if cancelled() {

@@ -578,7 +578,8 @@ mod tests {
         let e = parse_manifest(
             br#"{"version":"1.0.0","modules":[{"name":"a","src":"a","dst":"/x","health_timeout_s":-1}]}"#,
         )
-        .map_err(OtaError::from).unwrap_err();
+        .map_err(OtaError::from)
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidManifest);
         // Round trip through the journal's serialisation, both post_cmds forms included.
         let mut v = valid();
