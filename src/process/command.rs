@@ -22,7 +22,7 @@ use rustix::process::{Pid, Signal};
 
 use super::childenv::ChildEnv;
 use super::contain::{self, Step};
-use super::error::{CommandFailure, Output, ProcessError};
+use super::error::{CommandFailure, OutputTails, ProcessError};
 use super::show;
 
 /// How much of a command's output is kept for an error message.
@@ -321,7 +321,7 @@ pub(crate) fn run_command(
             Err(_) => break,
         }
     }
-    let output = Output::new(&stdout, &stderr);
+    let output = OutputTails::new(&stdout, &stderr);
     let what = what.to_string();
     Err(match end {
         End::Exited(st) if st.success() => return Ok(()),
@@ -475,6 +475,48 @@ mod tests {
         .map_err(OtaError::from)
         .unwrap_err();
         assert!(e.detail.len() < 3 * OUTPUT_TAIL, "{}", e.detail.len());
+    }
+
+    /// docs/API.md 3 and 8.1: how a real command failed is kept as facts (exit code or signal,
+    /// the time limit, the spawn's errno), and each reaches the contract as DEPLOYMENT_FAILED.
+    #[test]
+    fn contract_3_command_failures_keep_their_facts() {
+        use std::os::unix::process::ExitStatusExt;
+        let c = no_cancel();
+        let run = |a: &[&str], limit| run_to_completion(&argv(a), &env(), limit, &c).unwrap_err();
+        let failure = |e: ProcessError| match e {
+            ProcessError::Command { failure, .. } => failure,
+            other => panic!("{other:?}"),
+        };
+        let ten = Duration::from_secs(10);
+        let f = failure(run(&["sh", "-c", "exit 3"], ten));
+        assert_eq!(f.exit_code(), Some(3), "{f:?}");
+        let f = failure(run(&["sh", "-c", "kill -9 $$"], ten));
+        assert!(
+            matches!(&f, CommandFailure::Exited { status, .. } if status.signal() == Some(9)),
+            "{f:?}"
+        );
+        assert_eq!(f.exit_code(), None);
+        let limit = Duration::from_millis(200);
+        let f = failure(run(&["sleep", "5"], limit));
+        assert!(
+            matches!(&f, CommandFailure::TimedOut { limit: l, .. } if *l == limit),
+            "{f:?}"
+        );
+        let f = failure(run(&["/nonexistent/prog"], ten));
+        assert!(
+            matches!(&f, CommandFailure::Spawn { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound),
+            "{f:?}"
+        );
+        let e = run_to_completion(&[], &env(), ten, &c).unwrap_err();
+        assert!(matches!(e, ProcessError::EmptyCommand), "{e:?}");
+        let e = OtaError::from(run(&["sh", "-c", "exit 3"], ten));
+        assert_eq!(e.code, ErrorCode::DeploymentFailed);
+        assert_eq!(
+            e.detail,
+            "command `sh -c exit 3`: `sh -c exit 3` failed (exit status: 3)"
+        );
     }
 
     #[test]

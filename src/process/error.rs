@@ -17,22 +17,22 @@ use crate::error::{ErrorCode, OtaError};
 /// lossily); displays as `; stderr: <text>; stdout: <text>`, each part only when not empty.
 /// (`Box<str>`: an error that is returned often stays small.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Output {
+pub struct OutputTails {
     pub stderr: Box<str>,
     pub stdout: Box<str>,
 }
 
-impl Output {
-    pub(crate) fn new(stdout: &[u8], stderr: &[u8]) -> Output {
+impl OutputTails {
+    pub(crate) fn new(stdout: &[u8], stderr: &[u8]) -> OutputTails {
         let text = |b: &[u8]| Box::from(String::from_utf8_lossy(b).trim());
-        Output {
+        OutputTails {
             stderr: text(stderr),
             stdout: text(stdout),
         }
     }
 }
 
-impl fmt::Display for Output {
+impl fmt::Display for OutputTails {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (label, text) in [("stderr", &*self.stderr), ("stdout", &*self.stdout)] {
             if !text.is_empty() {
@@ -54,7 +54,7 @@ pub enum CommandFailure {
     Exited {
         what: String,
         status: ExitStatus,
-        output: Output,
+        output: OutputTails,
     },
     /// Still running at its time limit: killed with every process it started.
     #[error(
@@ -64,16 +64,16 @@ pub enum CommandFailure {
     TimedOut {
         what: String,
         limit: Duration,
-        output: Output,
+        output: OutputTails,
     },
     /// The updater is shutting down (SIGTERM): stopped with every process it started.
     #[error("{what} was stopped: the updater is shutting down{output}")]
-    Cancelled { what: String, output: Output },
+    Cancelled { what: String, output: OutputTails },
     #[error("waiting for {what} failed: {source}{output}")]
     Wait {
         what: String,
         source: io::Error,
-        output: Output,
+        output: OutputTails,
     },
 }
 
@@ -175,8 +175,8 @@ mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
 
-    fn output() -> Output {
-        Output::new(b"to-out\n", b"  to-err\n")
+    fn output() -> OutputTails {
+        OutputTails::new(b"to-out\n", b"  to-err\n")
     }
 
     /// docs/API.md 3: every process error reaches the contract with its code, and its detail is
@@ -232,7 +232,7 @@ mod tests {
                     unit: "a.service".into(),
                     failure: CommandFailure::Cancelled {
                         what: "systemctl".into(),
-                        output: Output::default(),
+                        output: OutputTails::default(),
                     },
                 },
                 ErrorCode::DeploymentFailed,
@@ -244,7 +244,7 @@ mod tests {
                     failure: CommandFailure::TimedOut {
                         what: "`sleep 9`".into(),
                         limit: Duration::from_millis(1500),
-                        output: Output::new(b"", b"late"),
+                        output: OutputTails::new(b"", b"late"),
                     },
                 },
                 ErrorCode::DeploymentFailed,
@@ -257,7 +257,7 @@ mod tests {
                     failure: CommandFailure::Exited {
                         what: "`x`".into(),
                         status: ExitStatus::from_raw(9),
-                        output: Output::default(),
+                        output: OutputTails::default(),
                     },
                 },
                 ErrorCode::DeploymentFailed,
@@ -319,7 +319,7 @@ mod tests {
             failure: CommandFailure::Exited {
                 what: "systemctl".into(),
                 status: ExitStatus::from_raw(5 << 8),
-                output: Output::default(),
+                output: OutputTails::default(),
             },
         };
         let failure = std::error::Error::source(&e)

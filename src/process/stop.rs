@@ -244,8 +244,14 @@ mod tests {
             Duration::from_millis(200),
             Duration::from_millis(200),
         )
-        .map_err(OtaError::from)
         .unwrap_err();
+        // The failed read is kept as the source, and the process named.
+        assert!(
+            matches!(&e, ProcessError::Unreadable { name: n, source }
+                if *n == name && source.to_string().starts_with("cannot list /proc: ")),
+            "{e:?}"
+        );
+        let e = OtaError::from(e);
         assert_eq!(e.code, ErrorCode::ProcessKillFailed, "{e}");
         assert!(e.detail.contains("cannot tell"), "{e}");
         // /proc unreadable right after the scan (descriptors exhausted mid-way): the process
@@ -259,9 +265,15 @@ mod tests {
             Duration::from_millis(300),
             Duration::from_millis(300),
         )
-        .map_err(OtaError::from)
         .unwrap_err();
         assert!(t.elapsed() >= Duration::from_millis(600));
+        let pid = child.id() as i32;
+        assert!(
+            matches!(&e, ProcessError::Unconfirmed { pid: p, source, .. }
+                if *p == pid && source.raw_os_error() == Some(Errno::MFILE.raw_os_error())),
+            "{e:?}"
+        );
+        let e = OtaError::from(e);
         assert_eq!(e.code, ErrorCode::ProcessKillFailed, "{e}");
         assert!(e.detail.contains("cannot confirm"), "{e}");
         assert!(child.try_wait().unwrap().is_none(), "must still be running");
