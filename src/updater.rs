@@ -413,7 +413,7 @@ impl Updater {
             cfg.allow_downgrade,
         ) {
             let _ = fsutil::remove_durable(&path);
-            self.fail(e, Discard::File);
+            self.fail(OtaError::from(e), Discard::File);
             return;
         }
         self.start_ota_gui();
@@ -545,7 +545,7 @@ impl Updater {
             None,
         ) {
             Ok(started) => tracing::info!("started ota-gui ({started})"),
-            Err(e) => tracing::warn!("cannot start ota-gui: {e}"),
+            Err(e) => tracing::warn!("cannot start ota-gui: {}", OtaError::from(e)),
         }
     }
 }

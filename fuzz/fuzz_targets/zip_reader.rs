@@ -17,8 +17,8 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use libfuzzer_sys::fuzz_target;
-use tope_updater::error::{ErrorCode, OtaError};
-use tope_updater::package::{Package, PackagePolicy, PublicKey, Signatures};
+use tope_updater::error::ErrorCode;
+use tope_updater::package::{Package, PackageError, PackagePolicy, PublicKey, Signatures};
 
 /// The public half of `fuzz/seeds/package-key.pem`, which signed the signed seed packages.
 const SEED_KEY: &str = "jamawG8hWHeodL8xXl2SuNZJ2SDE+2/2VqBfa7m1OUE=";
@@ -36,10 +36,10 @@ impl Write for Count {
     }
 }
 
-fn refused(e: &OtaError) {
+fn refused(e: &PackageError) {
     assert!(
         matches!(
-            e.code,
+            e.code(),
             ErrorCode::InvalidPackage | ErrorCode::InvalidManifest
         ),
         "{e}"
@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     match Package::open(&path, None, &policy(true)) {
         Ok(p) => assert_eq!(p.signed_by, pkg.signed_by),
         Err(e) => {
-            assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}");
+            assert_eq!(e.code(), ErrorCode::InvalidPackage, "{e}");
             assert!(pkg.signed_by.is_none(), "a signed package refused: {e}");
         }
     }
@@ -85,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(out.0, n, "{}", f.dst.display());
             }
             Err(e) => {
-                assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}");
+                assert_eq!(e.code(), ErrorCode::InvalidPackage, "{e}");
                 assert!(out.0 <= f.size, "{} bytes written for {f:?}", out.0);
             }
         }

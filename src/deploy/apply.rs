@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::error::{self, ErrorCode};
+use crate::error::{self, ErrorCode, OtaError};
 use crate::package::{Package, PlannedFile};
 
 use super::beneath::{lstat_at, unlink_at, Dir, Root};
@@ -236,10 +236,12 @@ fn write_staged(
         }
     };
     let mut out = File::from(fd);
-    pkg.extract_to(f, &mut out).map_err(|e| match e.code {
-        ErrorCode::InternalError => error::deployment_failed(e.detail),
-        _ => e,
-    })?;
+    pkg.extract_to(f, &mut out)
+        .map_err(OtaError::from)
+        .map_err(|e| match e.code {
+            ErrorCode::InternalError => error::deployment_failed(e.detail),
+            _ => e,
+        })?;
     rustix::fs::fchmod(&out, Mode::from_raw_mode(f.mode))
         .map_err(|e| io_err(format_args!("setting the mode of {shown}"), e.into()))?;
     if let Some((uid, gid)) = owner {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{self, ErrorCode, OtaError};
+use crate::process::ProcessError;
 
 use super::steps::Step;
 
@@ -103,19 +104,19 @@ pub enum HealthError {
     #[error("process {name} (pid {pid}) is no longer running")]
     Gone { name: String, pid: i32 },
     /// `systemctl is-active` did not say `active`.
-    #[error("service {service} is not active: {}", .source.detail)]
+    #[error("service {service} is not active: {source}")]
     Inactive {
         service: String,
         #[source]
-        source: OtaError,
+        source: Box<ProcessError>,
     },
     /// `health_cmd` never exited 0 within its time limit; `last` is why its last run failed
     /// (its exit status, its time limit, or why it could not be started, with its output).
-    #[error("health_cmd did not succeed within {} s: {}", .timeout.as_secs(), last.as_ref().map_or("", |e| e.detail.as_str()))]
+    #[error("health_cmd did not succeed within {} s: {}", .timeout.as_secs(), last.as_ref().map_or(String::new(), ToString::to_string))]
     TimedOut {
         timeout: Duration,
         #[source]
-        last: Option<OtaError>,
+        last: Option<Box<ProcessError>>,
     },
     /// The updater is stopping (SIGTERM).
     #[error("interrupted by shutdown")]

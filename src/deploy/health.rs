@@ -96,7 +96,7 @@ fn check_started(started: &Started, cancel: &AtomicBool) -> Result<(), HealthErr
         Started::Service(s) => process::systemctl("is-active", s, SYSTEMCTL_TIMEOUT, Some(cancel))
             .map_err(|source| HealthError::Inactive {
                 service: s.clone(),
-                source,
+                source: Box::new(source),
             }),
         Started::Nothing => Ok(()),
     }
@@ -117,7 +117,7 @@ fn run_health_cmd(h: &HealthCmd, cancel: &AtomicBool) -> Result<(), HealthError>
         }
         match process::run_to_completion(&h.argv, &h.env, left, cancel) {
             Ok(()) => return Ok(()),
-            Err(e) => last = Some(e),
+            Err(e) => last = Some(Box::new(e)),
         }
         let next = (begun + PERIOD).min(deadline);
         if !pause(next.saturating_duration_since(Instant::now()), cancel) {

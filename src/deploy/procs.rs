@@ -221,7 +221,7 @@ pub fn start_new(
             if services.insert(s.as_str()) {
                 on_event(InstallEvent::Restarting { module: &m.name });
                 process::systemctl("start", s, SYSTEMCTL_TIMEOUT, Some(cancel))
-                    .map_err(|e| fail(e.detail))?;
+                    .map_err(|e| fail(OtaError::from(e).detail))?;
             }
             started[i] = Started::Service(s.clone());
         } else if let Some(cmd) = &m.start_cmd {
@@ -240,7 +240,7 @@ pub fn start_new(
                 &process::ChildEnv::module(&m.name, version),
                 Some(cancel),
             )
-            .map_err(|e| fail(e.detail))?;
+            .map_err(|e| fail(OtaError::from(e).detail))?;
             let unit = match launched {
                 process::Started::Unit { name } => Some(name),
                 process::Started::Process { .. } => None,
@@ -280,6 +280,7 @@ pub fn start_old(
             if services.insert(s.as_str()) {
                 on_event(InstallEvent::Restarting { module: &m.name });
                 if let Err(e) = process::systemctl("start", s, SYSTEMCTL_TIMEOUT, None) {
+                    let e = OtaError::from(e);
                     tracing::error!("rollback: module {}: {e}", m.name);
                 }
             }
@@ -316,7 +317,7 @@ pub fn start_old(
                     "rollback: module {}: old process started again ({how})",
                     m.name
                 ),
-                Err(e) => tracing::error!("rollback: module {}: {e}", m.name),
+                Err(e) => tracing::error!("rollback: module {}: {}", m.name, OtaError::from(e)),
             }
         }
         if wait_running(name, stop_timeout).is_none() {

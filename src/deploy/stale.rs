@@ -57,8 +57,9 @@ pub fn stop_respawned(
     stop_timeout: Duration,
 ) -> Result<(), OtaError> {
     for (module, name) in names(modules, order) {
-        let stopped = process::stop_processes(name, stop_timeout)
-            .map_err(|e| error::kill_failed(format!("module {module}: {}", e.detail)))?;
+        let stopped = process::stop_processes(name, stop_timeout).map_err(|e| {
+            error::kill_failed(format!("module {module}: {}", OtaError::from(e).detail))
+        })?;
         for p in stopped {
             tracing::warn!(
                 "module {module}: process {name} (pid {}) was started again after it was \
@@ -83,7 +84,9 @@ pub fn stop_stale(
 ) -> Result<(), OtaError> {
     for (module, name) in names(modules, order) {
         let stopped = process::stop_processes_where(name, stop_timeout, &older(swap_tick))
-            .map_err(|e| error::deployment_failed(format!("module {module}: {}", e.detail)))?;
+            .map_err(|e| {
+                error::deployment_failed(format!("module {module}: {}", OtaError::from(e).detail))
+            })?;
         for p in stopped {
             tracing::warn!(
                 "module {module}: process {name} (pid {}) started before the files were \

@@ -154,9 +154,8 @@ impl Installation {
             let m = &self.pkg.manifest.modules[i];
             let env = process::ChildEnv::module(&m.name, &j.version);
             for cmd in m.post_argvs() {
-                process::run_to_completion(&cmd, &env, POST_CMD_TIMEOUT, opts.cancel).map_err(
-                    |e| error::deployment_failed(format!("module {}: {}", m.name, e.detail)),
-                )?;
+                process::run_to_completion(&cmd, &env, POST_CMD_TIMEOUT, opts.cancel)
+                    .map_err(|e| error::deployment_failed(format!("module {}: {e}", m.name)))?;
                 if opts.cancelled() {
                     return Ok(Flow::Cancelled);
                 }

@@ -8,8 +8,8 @@ use std::os::unix::fs::FileExt;
 
 use zip::CompressionMethod;
 
+use super::error::{EntryProblem, PackageError};
 use super::{MAX_ENTRIES, MAX_RATIO, MAX_TOTAL_UNCOMPRESSED, RATIO_CHECK_MIN};
-use crate::error::{self, OtaError};
 
 /// Largest central directory accepted: room for [`MAX_ENTRIES`] entries with names of about
 /// 80 bytes. The zip crate holds the whole directory (parsed) in memory.
@@ -58,10 +58,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
-fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, OtaError> {
+fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, PackageError> {
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, offset)
-        .map_err(|e| error::invalid_package(format!("not a readable ZIP: {e}")))?;
+        .map_err(|source| PackageError::ReadFailed { source })?;
     Ok(buf)
 }
 
@@ -77,14 +77,13 @@ fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, OtaError> {
 /// directory ends where its end record (or the zip64 one) begins, which also means nothing
 /// was prepended to the archive. `zip -r`, Python's zipfile and `tope-updater pack` all write
 /// that layout.
-pub fn check_central_directory(file: &File) -> Result<CentralDirectory, OtaError> {
-    let bad = |msg: String| Err(error::invalid_package(msg));
+pub fn check_central_directory(file: &File) -> Result<CentralDirectory, PackageError> {
     let len = file
         .metadata()
-        .map_err(|e| error::invalid_package(format!("cannot read the package: {e}")))?
+        .map_err(|source| PackageError::Metadata { source })?
         .len();
     if len < EOCD_LEN as u64 {
-        return bad(format!("not a ZIP: {len} bytes"));
+        return Err(PackageError::TooShort { len });
     }
     let tail_len = len.min((EOCD_LEN + usize::from(u16::MAX)) as u64) as usize;
     let tail_start = len - tail_len as u64;
@@ -105,12 +104,10 @@ pub fn check_central_directory(file: &File) -> Result<CentralDirectory, OtaError
         .find(|&(_, end)| end == tail_len)
         .map(|(i, _)| i)
     else {
-        return bad("not a ZIP: no end-of-central-directory record at the end of the file".into());
+        return Err(PackageError::NoEndRecord);
     };
     if candidates().any(|(i, end)| i > at && end <= tail_len) {
-        return bad(
-            "ambiguous ZIP: a second end-of-central-directory record follows the first".into(),
-        );
+        return Err(PackageError::AmbiguousEnd);
     }
     let eocd = &tail[at..at + EOCD_LEN];
     let eocd_pos = tail_start + at as u64;
@@ -123,7 +120,7 @@ pub fn check_central_directory(file: &File) -> Result<CentralDirectory, OtaError
         zip64_record(file, eocd_pos)?
     } else {
         if disk != 0 || cd_disk != 0 || entries_here != entries {
-            return bad("multi-disk ZIP archives are not supported".into());
+            return Err(PackageError::MultiDisk);
         }
         (
             CentralDirectory {
@@ -135,40 +132,35 @@ pub fn check_central_directory(file: &File) -> Result<CentralDirectory, OtaError
         )
     };
     if cd.entries > MAX_ENTRIES as u64 {
-        return bad(format!(
-            "{} entries, more than the {MAX_ENTRIES} allowed",
-            cd.entries
-        ));
+        return Err(PackageError::TooManyEntries {
+            entries: cd.entries,
+        });
     }
     if cd.size > MAX_CENTRAL_DIRECTORY {
-        return bad(format!(
-            "central directory of {} bytes, more than the {MAX_CENTRAL_DIRECTORY} allowed",
-            cd.size
-        ));
+        return Err(PackageError::CentralDirectoryTooBig {
+            size: cd.size,
+            max: MAX_CENTRAL_DIRECTORY,
+        });
     }
     if cd.offset.checked_add(cd.size) != Some(end_pos) {
-        return bad(
-            "the central directory does not end where its end record begins \
-             (data prepended or inserted: not a plain ZIP)"
-                .into(),
-        );
+        return Err(PackageError::NotPlain);
     }
     if cd.entries.saturating_mul(CDFH_MIN_LEN) > cd.size {
-        return bad(format!(
-            "{} entries cannot fit in a central directory of {} bytes",
-            cd.entries, cd.size
-        ));
+        return Err(PackageError::EntriesDoNotFit {
+            entries: cd.entries,
+            size: cd.size,
+        });
     }
     if cd.entries > 0 && read_at(file, cd.offset, 4)? != CDFH_SIG {
-        return bad("corrupt ZIP: no central directory at the offset its end record names".into());
+        return Err(PackageError::NoCentralDirectory);
     }
     Ok(cd)
 }
 
 /// The zip64 end record located just before the end record at `eocd_pos`; returns it and its
 /// position (where the central directory must end).
-fn zip64_record(file: &File, eocd_pos: u64) -> Result<(CentralDirectory, u64), OtaError> {
-    let bad = |msg: &str| Err(error::invalid_package(format!("corrupt zip64 ZIP: {msg}")));
+fn zip64_record(file: &File, eocd_pos: u64) -> Result<(CentralDirectory, u64), PackageError> {
+    let bad = |why: &'static str| Err(PackageError::CorruptZip64 { why });
     let Some(loc_pos) = eocd_pos.checked_sub(ZIP64_LOCATOR_LEN) else {
         return bad("no zip64 end record locator");
     };
@@ -251,49 +243,56 @@ pub fn deploy_mode(unix_mode: Option<u32>) -> u32 {
 /// to entry.
 pub fn scan_entries(
     archive: &mut zip::ZipArchive<File>,
-) -> Result<HashMap<String, EntryInfo>, OtaError> {
-    let bad = |msg: String| Err(error::invalid_package(msg));
+) -> Result<HashMap<String, EntryInfo>, PackageError> {
     if archive.len() > MAX_ENTRIES {
-        return bad(format!(
-            "{} entries, more than the {MAX_ENTRIES} allowed",
-            archive.len()
-        ));
+        return Err(PackageError::TooManyEntries {
+            entries: archive.len() as u64,
+        });
     }
     if archive.has_duplicate_names() {
-        return bad("two entries have the same name".into());
+        return Err(PackageError::DuplicateNames);
     }
     match archive.has_overlapping_entries() {
         Ok(false) => {}
-        Ok(true) => return bad("entries overlap each other (zip bomb or corrupt ZIP)".into()),
-        Err(e) => return bad(format!("corrupt ZIP: {e}")),
+        Ok(true) => return Err(PackageError::Overlapping),
+        Err(source) => return Err(PackageError::Corrupt { source }),
     }
     let mut entries: HashMap<String, EntryInfo> = HashMap::new();
     let mut total: u64 = 0;
     for index in 0..archive.len() {
         let e = archive
             .by_index_data(index)
-            .map_err(|e| error::invalid_package(format!("entry {index}: {e}")))?;
-        let raw = String::from_utf8_lossy(e.name_raw()).into_owned();
+            .map_err(|source| PackageError::Entry { index, source })?;
         let name = match e.name() {
             Ok(n) => n.into_owned(),
-            Err(err) => return bad(format!("entry {index} ({raw}): unreadable name: {err}")),
+            Err(source) => {
+                return Err(PackageError::UnreadableName {
+                    index,
+                    raw: String::from_utf8_lossy(e.name_raw()).into_owned(),
+                    source,
+                })
+            }
+        };
+        let bad = |why: EntryProblem| {
+            Err(PackageError::UnsafeEntry {
+                name: name.clone(),
+                why,
+            })
         };
         if e.encrypted() {
-            return bad(format!("entry {name}: encrypted entries are not supported"));
+            return bad(EntryProblem::Encrypted);
         }
         if e.is_symlink() {
-            return bad(format!("entry {name}: symbolic links are not allowed"));
+            return bad(EntryProblem::Symlink);
         }
         if e.enclosed_name().is_none() {
-            return bad(format!("entry {name}: path escapes the package root"));
+            return bad(EntryProblem::Escapes);
         }
         if name.starts_with('/') || name.contains('\\') || name.split('/').any(|c| c == "..") {
-            return bad(format!(
-                "entry {name}: absolute paths, `..` and `\\` are not allowed"
-            ));
+            return bad(EntryProblem::NotRelative);
         }
         let Some(canon) = canonical_rel(&name) else {
-            return bad(format!("entry {name}: not a path inside the package"));
+            return bad(EntryProblem::NotInside);
         };
         let is_dir = e.is_dir();
         let mode = e.unix_mode();
@@ -306,32 +305,24 @@ pub fn scan_entries(
                 _ => false,
             };
             if !ok {
-                return bad(format!(
-                    "entry {name}: file type {kind:o} is not a plain file or directory"
-                ));
+                return bad(EntryProblem::FileType { kind });
             }
         }
         if !is_dir {
             let method = e.compression();
             if method != CompressionMethod::Stored && method != CompressionMethod::Deflated {
-                return bad(format!(
-                    "entry {name}: compression method {method:?} is not supported"
-                ));
+                return bad(EntryProblem::Compression {
+                    method: format!("{method:?}"),
+                });
             }
         }
         let size = e.size();
         total = match total.checked_add(size) {
             Some(t) if t <= MAX_TOTAL_UNCOMPRESSED => t,
-            _ => {
-                return bad(format!(
-                    "more than {MAX_TOTAL_UNCOMPRESSED} bytes uncompressed in total"
-                ))
-            }
+            _ => return Err(PackageError::TooBigUncompressed),
         };
         if size > RATIO_CHECK_MIN && size / e.compressed_size().max(1) > MAX_RATIO {
-            return bad(format!(
-                "entry {name}: compression ratio above {MAX_RATIO} (zip bomb)"
-            ));
+            return bad(EntryProblem::Ratio);
         }
         let info = EntryInfo {
             index,
@@ -340,9 +331,7 @@ pub fn scan_entries(
             mode: deploy_mode(mode),
         };
         if entries.insert(canon.clone(), info).is_some() {
-            return bad(format!(
-                "entry {name}: another entry has the same path {canon}"
-            ));
+            return bad(EntryProblem::SamePath { canonical: canon });
         }
     }
     // A path may not be a file and a directory at once (`a` and `a/b`).
@@ -350,7 +339,12 @@ pub fn scan_entries(
         let mut cur = name.as_str();
         while let Some((parent, _)) = cur.rsplit_once('/') {
             if entries.get(parent).is_some_and(|p| !p.is_dir) {
-                return bad(format!("entry {name}: its parent {parent} is a file"));
+                return Err(PackageError::UnsafeEntry {
+                    name: name.clone(),
+                    why: EntryProblem::ParentIsFile {
+                        parent: parent.to_string(),
+                    },
+                });
             }
             cur = parent;
         }
@@ -358,35 +352,33 @@ pub fn scan_entries(
     Ok(entries)
 }
 
-/// The whole content of a small entry (`manifest.json`, `manifest.sig`), at most `max` bytes.
-/// Its size is checked against the central directory and the reader checks its CRC32.
+/// The whole content of a small entry (`manifest.json`, `manifest.sig`), at most `max` bytes;
+/// a bigger one is `too_big(size, max)`. Its size is checked against the central directory and
+/// the reader checks its CRC32.
 pub fn read_small_entry(
     archive: &mut zip::ZipArchive<File>,
     info: &EntryInfo,
-    name: &str,
+    name: &'static str,
     max: u64,
-    too_big: fn(String) -> OtaError,
-) -> Result<Vec<u8>, OtaError> {
+    too_big: fn(u64, u64) -> PackageError,
+) -> Result<Vec<u8>, PackageError> {
     if info.size > max {
-        return Err(too_big(format!(
-            "{name} is {} bytes, more than {max}",
-            info.size
-        )));
+        return Err(too_big(info.size, max));
     }
     let entry = archive
         .by_index(info.index)
-        .map_err(|e| error::invalid_package(format!("{name}: {e}")))?;
+        .map_err(|source| PackageError::SmallEntry { name, source })?;
     let mut bytes = Vec::new();
     entry
         .take(max + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| error::invalid_package(format!("{name}: {e}")))?;
+        .map_err(|source| PackageError::SmallEntryRead { name, source })?;
     if bytes.len() as u64 != info.size {
-        return Err(error::invalid_package(format!(
-            "{name}: {} bytes read, {} declared",
-            bytes.len(),
-            info.size
-        )));
+        return Err(PackageError::SmallEntrySize {
+            name,
+            read: bytes.len() as u64,
+            declared: info.size,
+        });
     }
     Ok(bytes)
 }

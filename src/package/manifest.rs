@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::archive::canonical_rel;
-use super::MANIFEST_NAME;
-use crate::error::{self, OtaError};
+use super::error::PackageError;
 use crate::paths::normalize_abs;
 
 /// Default of a module's `health_timeout_s` (docs/API.md section 8.4).
@@ -152,8 +151,8 @@ impl<'de> Deserialize<'de> for PostCmd {
 /// Parse `manifest.json`. A syntax or type error, or an unknown key, is `INVALID_MANIFEST`; an
 /// unknown key is named, with the known key it is closest to when there is one (`dest` ->
 /// `dst`): a misspelt `process_name` must never let a file be replaced under a running process.
-pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, OtaError> {
-    let bad = |e: serde_json::Error| error::invalid_manifest(format!("{MANIFEST_NAME}: {e}"));
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, PackageError> {
+    let bad = |source| PackageError::ManifestSyntax { source };
     let value: Value = serde_json::from_slice(bytes).map_err(bad)?;
     check_keys(&value)?;
     // From the bytes again (not the Value) so that type errors carry their line and column.
@@ -161,7 +160,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, OtaError> {
 }
 
 /// Refuse unknown keys at the top level and in every module.
-fn check_keys(value: &Value) -> Result<(), OtaError> {
+fn check_keys(value: &Value) -> Result<(), PackageError> {
     let Some(top) = value.as_object() else {
         return Ok(()); // the typed parse says what is wrong
     };
@@ -188,15 +187,13 @@ fn check_keys(value: &Value) -> Result<(), OtaError> {
     Ok(())
 }
 
-fn unknown_key(key: &str, place: &str, known: &[&str]) -> OtaError {
-    let hint = match suggest(key, known) {
-        Some(k) => format!(" (did you mean `{k}`?)"),
-        None => String::new(),
-    };
-    error::invalid_manifest(format!(
-        "{MANIFEST_NAME}: unknown key `{key}` {place}{hint}; known keys: {}",
-        known.join(", ")
-    ))
+fn unknown_key(key: &str, place: &str, known: &'static [&'static str]) -> PackageError {
+    PackageError::UnknownKey {
+        key: key.to_string(),
+        place: place.to_string(),
+        hint: suggest(key, known),
+        known,
+    }
 }
 
 /// The known key `key` is probably a misspelling of: the closest one (case ignored, a swap of
@@ -238,43 +235,50 @@ pub fn compare_versions(a: &str, b: &str) -> Option<Ordering> {
 /// The downgrade policy (config `allow_downgrade`): with `allow = false`, a package older than
 /// the installed version is `INVALID_PACKAGE`. The same version (a reinstall) and an unknown or
 /// unreadable installed version are accepted.
-pub fn check_downgrade(installed: Option<&str>, new: &str, allow: bool) -> Result<(), OtaError> {
+pub fn check_downgrade(
+    installed: Option<&str>,
+    new: &str,
+    allow: bool,
+) -> Result<(), PackageError> {
     let Some(installed) = installed else {
         return Ok(());
     };
     if !allow && compare_versions(new, installed) == Some(Ordering::Less) {
-        return Err(error::invalid_package(format!(
-            "downgrade from {installed} to {new} refused (allow_downgrade = false)"
-        )));
+        return Err(PackageError::Downgrade {
+            installed: installed.to_string(),
+            new: new.to_string(),
+        });
     }
     Ok(())
 }
 
-fn check_argv(module: &str, field: &str, argv: &[String]) -> Result<(), OtaError> {
+fn check_argv(module: &str, field: &str, argv: &[String]) -> Result<(), PackageError> {
     match argv.first() {
-        None => Err(error::invalid_manifest(format!(
-            "module {module}: {field} must not be empty"
-        ))),
-        Some(a0) if a0.is_empty() => Err(error::invalid_manifest(format!(
-            "module {module}: {field}[0] (the program) must not be empty"
-        ))),
-        Some(_) if argv.iter().any(|a| a.contains('\0')) => Err(error::invalid_manifest(format!(
-            "module {module}: {field} contains a NUL byte"
-        ))),
+        None => Err(PackageError::field(module, field, "must not be empty")),
+        Some(a0) if a0.is_empty() => Err(PackageError::field(
+            module,
+            format!("{field}[0]"),
+            "(the program) must not be empty",
+        )),
+        Some(_) if argv.iter().any(|a| a.contains('\0')) => {
+            Err(PackageError::field(module, field, "contains a NUL byte"))
+        }
         Some(_) => Ok(()),
     }
 }
 
-fn check_post_cmd(module: &str, k: usize, cmd: &PostCmd) -> Result<(), OtaError> {
+fn check_post_cmd(module: &str, k: usize, cmd: &PostCmd) -> Result<(), PackageError> {
     let field = format!("post_cmds[{k}]");
     match cmd {
         PostCmd::Argv(argv) => check_argv(module, &field, argv),
-        PostCmd::Shell(s) if s.trim().is_empty() => Err(error::invalid_manifest(format!(
-            "module {module}: {field} must not be an empty command"
-        ))),
-        PostCmd::Shell(s) if s.contains('\0') => Err(error::invalid_manifest(format!(
-            "module {module}: {field} contains a NUL byte"
-        ))),
+        PostCmd::Shell(s) if s.trim().is_empty() => Err(PackageError::field(
+            module,
+            field,
+            "must not be an empty command",
+        )),
+        PostCmd::Shell(s) if s.contains('\0') => {
+            Err(PackageError::field(module, field, "contains a NUL byte"))
+        }
         PostCmd::Shell(_) => Ok(()),
     }
 }
@@ -289,103 +293,97 @@ pub fn validate_manifest(
     m: &Manifest,
     expected_version: Option<&str>,
     allowed_roots: Option<&[PathBuf]>,
-) -> Result<(), OtaError> {
-    let bad = |msg: String| Err(error::invalid_manifest(msg));
+) -> Result<(), PackageError> {
     if !is_semver(&m.version) {
-        return bad(format!("version `{}` is not of the form x.y.z", m.version));
+        return Err(PackageError::BadVersion {
+            version: m.version.clone(),
+        });
     }
     if let Some(expected) = expected_version {
         if m.version != expected {
-            return bad(format!(
-                "version {} differs from the requested version {expected}",
-                m.version
-            ));
+            return Err(PackageError::VersionMismatch {
+                expected: expected.to_string(),
+                found: m.version.clone(),
+            });
         }
     }
     if m.modules.is_empty() {
-        return bad("modules: at least one module is required".into());
+        return Err(PackageError::NoModules);
     }
     let roots: Option<Vec<PathBuf>> =
         allowed_roots.map(|rs| rs.iter().filter_map(|r| normalize_abs(r)).collect());
     let mut names = HashSet::new();
     let mut dsts: HashMap<PathBuf, &str> = HashMap::new();
     for (i, md) in m.modules.iter().enumerate() {
+        let number = format!("#{}", i + 1);
         if md.name.is_empty() {
-            return bad(format!("module #{}: name must not be empty", i + 1));
+            return Err(PackageError::field(number, "name", "must not be empty"));
         }
         let name = md.name.as_str();
         if name.contains('\0') {
-            return bad(format!("module #{}: name contains a NUL byte", i + 1));
+            return Err(PackageError::field(number, "name", "contains a NUL byte"));
         }
+        let bad = |field: &str, why: String| Err(PackageError::field(name, field, why));
         if !names.insert(name) {
-            return bad(format!("module {name}: name is used by two modules"));
+            return bad("name", "is used by two modules".into());
         }
-        if md.src.is_empty() {
-            return bad(format!("module {name}: src must not be empty"));
+        let src = &md.src;
+        if src.is_empty() {
+            return bad("src", "must not be empty".into());
         }
-        if md.src.starts_with('/') {
-            return bad(format!(
-                "module {name}: src `{}` must be relative (no leading /)",
-                md.src
-            ));
+        if src.starts_with('/') {
+            return bad("src", format!("`{src}` must be relative (no leading /)"));
         }
-        if md.src.split('/').any(|c| c == "..") {
-            return bad(format!(
-                "module {name}: src `{}` must not contain `..`",
-                md.src
-            ));
+        if src.split('/').any(|c| c == "..") {
+            return bad("src", format!("`{src}` must not contain `..`"));
         }
-        if canonical_rel(&md.src).is_none() {
-            return bad(format!(
-                "module {name}: src `{}` is not a path inside the package",
-                md.src
-            ));
+        if canonical_rel(src).is_none() {
+            return bad("src", format!("`{src}` is not a path inside the package"));
         }
         let dst_s = md.dst.to_string_lossy();
         if dst_s.contains('\0') {
-            return bad(format!("module {name}: dst contains a NUL byte"));
+            return bad("dst", "contains a NUL byte".into());
         }
         if !md.dst.is_absolute() {
-            return bad(format!("module {name}: dst `{dst_s}` must be absolute"));
+            return bad("dst", format!("`{dst_s}` must be absolute"));
         }
         let Some(dst) = normalize_abs(&md.dst) else {
-            return bad(format!(
-                "module {name}: dst `{dst_s}` must not contain `..`"
-            ));
+            return bad("dst", format!("`{dst_s}` must not contain `..`"));
         };
         if let Some(roots) = &roots {
             if !roots.iter().any(|r| dst.starts_with(r)) {
-                return bad(format!(
-                    "module {name}: dst `{dst_s}` is outside the allowed roots {roots:?}"
-                ));
+                return Err(PackageError::DstOutsideRoots {
+                    module: name.to_string(),
+                    dst: dst_s.into_owned(),
+                    roots: roots.clone(),
+                });
             }
             if roots.iter().any(|r| &dst == r) {
-                return bad(format!(
-                    "module {name}: dst `{dst_s}` is an allowed root itself, not a path inside it"
-                ));
+                return bad(
+                    "dst",
+                    format!("`{dst_s}` is an allowed root itself, not a path inside it"),
+                );
             }
         } else if dst == std::path::Path::new("/") {
-            return bad(format!(
-                "module {name}: dst `{dst_s}` is the root directory"
-            ));
+            return bad("dst", format!("`{dst_s}` is the root directory"));
         }
         if let Some(other) = dsts.insert(dst, name) {
-            return bad(format!(
-                "module {name}: dst `{dst_s}` is also the dst of module {other}"
-            ));
+            return bad(
+                "dst",
+                format!("`{dst_s}` is also the dst of module {other}"),
+            );
         }
         if let Some(p) = &md.process_name {
             if p.is_empty() || p.contains('/') || p.contains('\0') {
-                return bad(format!(
-                    "module {name}: process_name `{p}` must be a non-empty name without `/`"
-                ));
+                return bad(
+                    "process_name",
+                    format!("`{p}` must be a non-empty name without `/`"),
+                );
             }
         }
         if let Some(s) = &md.service {
             if s.is_empty() || s.starts_with('-') || s.contains('\0') {
-                return bad(format!(
-                    "module {name}: service `{s}` must be a non-empty unit name"
-                ));
+                return bad("service", format!("`{s}` must be a non-empty unit name"));
             }
         }
         if let Some(c) = &md.start_cmd {
@@ -398,10 +396,13 @@ pub fn validate_manifest(
             check_argv(name, "health_cmd", c)?;
         }
         if !(1..=MAX_HEALTH_TIMEOUT_S).contains(&md.health_timeout_s) {
-            return bad(format!(
-                "module {name}: health_timeout_s {} must be between 1 and {MAX_HEALTH_TIMEOUT_S}",
-                md.health_timeout_s
-            ));
+            return bad(
+                "health_timeout_s",
+                format!(
+                    "{} must be between 1 and {MAX_HEALTH_TIMEOUT_S}",
+                    md.health_timeout_s
+                ),
+            );
         }
     }
     Ok(())
@@ -410,7 +411,7 @@ pub fn validate_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorCode;
+    use crate::error::{ErrorCode, OtaError};
 
     pub(crate) fn valid() -> Manifest {
         Manifest {
@@ -523,7 +524,9 @@ mod tests {
         for (edit, needle) in cases {
             let mut m = valid();
             edit(&mut m);
-            let e = validate_manifest(&m, Some(&m.version.clone()), Some(&roots)).unwrap_err();
+            let e = validate_manifest(&m, Some(&m.version.clone()), Some(&roots))
+                .map_err(OtaError::from)
+                .unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidManifest);
             assert!(e.detail.contains(needle), "{needle}: {e}");
         }
@@ -534,12 +537,18 @@ mod tests {
         let mut m = valid();
         m.modules[0].dst = "/srv/elsewhere/api".into();
         validate_manifest(&m, None, None).unwrap();
-        let e = validate_manifest(&m, None, Some(&[PathBuf::from("/opt/tope")])).unwrap_err();
+        let e = validate_manifest(&m, None, Some(&[PathBuf::from("/opt/tope")]))
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert!(e.detail.contains("outside the allowed roots"), "{e}");
-        let e = validate_manifest(&m, Some("9.9.9"), None).unwrap_err();
+        let e = validate_manifest(&m, Some("9.9.9"), None)
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert!(e.detail.contains("differs"), "{e}");
         m.modules[0].dst = "/".into();
-        let e = validate_manifest(&m, None, None).unwrap_err();
+        let e = validate_manifest(&m, None, None)
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert!(e.detail.contains("module api: dst"), "{e}");
         m.modules[0].dst = "relative".into();
         assert!(validate_manifest(&m, None, None).is_err());
@@ -557,14 +566,19 @@ mod tests {
         assert_eq!(m.modules[0].health_timeout_s, 30);
         assert_eq!(m.modules[0].health_timeout(), Duration::from_secs(30));
         assert_eq!(m.sha256, None);
-        let e = parse_manifest(br#"{"version":"1.0.0","modules":[],"extra":1}"#).unwrap_err();
+        let e = parse_manifest(br#"{"version":"1.0.0","modules":[],"extra":1}"#)
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidManifest);
         assert!(e.detail.contains("`extra`"), "{e}");
-        let e = parse_manifest(b"{not json").unwrap_err();
+        let e = parse_manifest(b"{not json")
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidManifest);
         let e = parse_manifest(
             br#"{"version":"1.0.0","modules":[{"name":"a","src":"a","dst":"/x","health_timeout_s":-1}]}"#,
         )
+        .map_err(OtaError::from)
         .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidManifest);
         // Round trip through the journal's serialisation, both post_cmds forms included.
@@ -600,7 +614,9 @@ mod tests {
             let text = format!(
                 r#"{{"version":"1.0.0","modules":[{{"name":"web","src":"a","dst":"/opt/tope/a",{extra}}}]}}"#
             );
-            let e = parse_manifest(text.as_bytes()).unwrap_err();
+            let e = parse_manifest(text.as_bytes())
+                .map_err(OtaError::from)
+                .unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidManifest, "{e}");
             assert!(
                 e.detail
@@ -612,13 +628,16 @@ mod tests {
                 None => assert!(!e.detail.contains("did you mean"), "{e}"),
             }
         }
-        let e = parse_manifest(br#"{"versoin":"1.0.0","modules":[]}"#).unwrap_err();
+        let e = parse_manifest(br#"{"versoin":"1.0.0","modules":[]}"#)
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert!(
             e.detail
                 .contains("unknown key `versoin` at the top level (did you mean `version`?)"),
             "{e}"
         );
         let e = parse_manifest(br#"{"version":"1.0.0","modules":[{"src":"a","dts":"/x"}]}"#)
+            .map_err(OtaError::from)
             .unwrap_err();
         assert!(e.detail.contains("`dts` in module #1"), "{e}");
     }
@@ -645,7 +664,9 @@ mod tests {
             let text = format!(
                 r#"{{"version":"1.0.0","modules":[{{"name":"a","src":"a","dst":"/x","post_cmds":{bad}}}]}}"#
             );
-            let e = parse_manifest(text.as_bytes()).unwrap_err();
+            let e = parse_manifest(text.as_bytes())
+                .map_err(OtaError::from)
+                .unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidManifest, "{bad}: {e}");
         }
     }
@@ -671,7 +692,9 @@ mod tests {
         check_downgrade(Some("1.2.3"), "1.2.3", false).unwrap();
         check_downgrade(Some("1.2.3"), "1.10.0", false).unwrap();
         check_downgrade(Some("not a version"), "1.0.0", false).unwrap();
-        let e = check_downgrade(Some("1.10.0"), "1.9.0", false).unwrap_err();
+        let e = check_downgrade(Some("1.10.0"), "1.9.0", false)
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidPackage);
         assert_eq!(
             e.to_string(),

@@ -24,6 +24,7 @@
 //! the entry's SHA-256 when the manifest names it, before the caller commits anything.
 
 mod archive;
+mod error;
 mod manifest;
 mod signature;
 
@@ -35,6 +36,7 @@ use std::path::{Path, PathBuf};
 pub use archive::{
     canonical_rel, deploy_mode, CentralDirectory, DEFAULT_MODE, MAX_CENTRAL_DIRECTORY,
 };
+pub use error::{EntryProblem, KeyError, PackageError};
 pub use manifest::{
     check_downgrade, compare_versions, is_semver, parse_manifest, validate_manifest, Manifest,
     Module, PostCmd, DEFAULT_HEALTH_TIMEOUT_S, MAX_HEALTH_TIMEOUT_S,
@@ -45,7 +47,6 @@ use archive::EntryInfo;
 use signature::EntryHashes;
 
 use crate::checksum::{Algorithm, Hasher};
-use crate::error::{self, OtaError};
 use crate::paths::normalize_abs;
 
 /// Name of the manifest at the root of the package.
@@ -121,7 +122,7 @@ impl std::fmt::Debug for Package {
 fn plan(
     manifest: &Manifest,
     entries: &HashMap<String, EntryInfo>,
-) -> Result<Vec<PlannedFile>, OtaError> {
+) -> Result<Vec<PlannedFile>, PackageError> {
     // Entries in ZIP order, so planning is deterministic.
     let mut ordered: Vec<(&String, &EntryInfo)> = entries.iter().collect();
     ordered.sort_by_key(|(_, i)| i.index);
@@ -129,9 +130,9 @@ fn plan(
     for (mi, md) in manifest.modules.iter().enumerate() {
         let name = &md.name;
         let (Some(src), Some(dst)) = (canonical_rel(&md.src), normalize_abs(&md.dst)) else {
-            return Err(error::invalid_manifest(format!(
-                "module {name}: invalid src or dst"
-            )));
+            return Err(PackageError::Unplannable {
+                module: name.clone(),
+            });
         };
         match entries.get(&src) {
             Some(e) if !e.is_dir => files.push(PlannedFile {
@@ -159,11 +160,12 @@ fn plan(
                     }
                 }
                 if files.len() == before {
-                    return Err(error::invalid_manifest(if found.is_some() {
-                        format!("module {name}: src {} is a directory without files", md.src)
+                    let (module, src) = (name.clone(), md.src.clone());
+                    return Err(if found.is_some() {
+                        PackageError::SrcEmptyDirectory { module, src }
                     } else {
-                        format!("module {name}: src {} not found in package", md.src)
-                    }));
+                        PackageError::SrcNotFound { module, src }
+                    });
                 }
             }
         }
@@ -173,12 +175,11 @@ fn plan(
     let mut owner: HashMap<&Path, usize> = HashMap::new();
     for f in &files {
         if let Some(other) = owner.insert(&f.dst, f.module) {
-            return Err(error::invalid_manifest(format!(
-                "modules {} and {} both write {}",
-                manifest.modules[other].name,
-                manifest.modules[f.module].name,
-                f.dst.display()
-            )));
+            return Err(PackageError::BothWrite {
+                first: manifest.modules[other].name.clone(),
+                second: manifest.modules[f.module].name.clone(),
+                dst: f.dst.clone(),
+            });
         }
     }
     for f in &files {
@@ -188,13 +189,12 @@ fn plan(
             .skip(1)
             .find_map(|a| owner.get(a).map(|m| (a, *m)));
         if let Some((path, other)) = conflict {
-            return Err(error::invalid_manifest(format!(
-                "module {}: {} conflicts with {} of module {}",
-                manifest.modules[f.module].name,
-                f.dst.display(),
-                path.display(),
-                manifest.modules[other].name
-            )));
+            return Err(PackageError::DstConflict {
+                module: manifest.modules[f.module].name.clone(),
+                dst: f.dst.clone(),
+                other: manifest.modules[other].name.clone(),
+                other_dst: path.to_path_buf(),
+            });
         }
     }
     Ok(files)
@@ -208,27 +208,33 @@ pub fn existing_ancestor(p: &Path) -> &Path {
 }
 
 /// Every filesystem receiving files must have room for them (old files stay until commit).
-fn check_space(files: &[PlannedFile]) -> Result<(), OtaError> {
+fn check_space(files: &[PlannedFile]) -> Result<(), PackageError> {
     use std::os::unix::fs::MetadataExt;
     // Per filesystem (device id): bytes needed and a directory on it.
     let mut need: HashMap<u64, (u64, PathBuf)> = HashMap::new();
     for f in files {
         let anc = existing_ancestor(&f.dst);
         let dev = std::fs::metadata(anc)
-            .map_err(|e| error::internal(format!("cannot inspect {}: {e}", anc.display())))?
+            .map_err(|source| PackageError::Inspect {
+                path: anc.to_path_buf(),
+                source,
+            })?
             .dev();
         let slot = need.entry(dev).or_insert((0, anc.to_path_buf()));
         slot.0 = slot.0.saturating_add(f.size).saturating_add(PER_FILE_SLACK);
     }
     for (bytes, dir) in need.values() {
-        let avail = crate::fsutil::available_bytes(dir).map_err(|e| {
-            error::internal(format!("cannot read free space of {}: {e}", dir.display()))
-        })?;
+        let avail =
+            crate::fsutil::available_bytes(dir).map_err(|source| PackageError::FreeSpace {
+                dir: dir.clone(),
+                source,
+            })?;
         if avail < *bytes {
-            return Err(error::disk_full(format!(
-                "the package needs {bytes} bytes on the filesystem of {}, {avail} available",
-                dir.display()
-            )));
+            return Err(PackageError::NoRoom {
+                needed: *bytes,
+                dir: dir.clone(),
+                available: avail,
+            });
         }
     }
     Ok(())
@@ -241,7 +247,7 @@ pub fn open_package(
     expected_version: &str,
     allowed_roots: &[PathBuf],
     signatures: Signatures,
-) -> Result<Package, OtaError> {
+) -> Result<Package, PackageError> {
     let policy = PackagePolicy {
         allowed_roots: Some(allowed_roots),
         signatures,
@@ -258,18 +264,19 @@ impl Package {
         path: &Path,
         expected_version: Option<&str>,
         policy: &PackagePolicy,
-    ) -> Result<Package, OtaError> {
-        let file = File::open(path)
-            .map_err(|e| error::invalid_package(format!("cannot open {}: {e}", path.display())))?;
+    ) -> Result<Package, PackageError> {
+        let file = File::open(path).map_err(|source| PackageError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let cd = archive::check_central_directory(&file)?;
-        let mut archive = zip::ZipArchive::new(file)
-            .map_err(|e| error::invalid_package(format!("not a readable ZIP: {e}")))?;
+        let mut archive =
+            zip::ZipArchive::new(file).map_err(|source| PackageError::NotZip { source })?;
         if archive.len() as u64 != cd.entries {
-            return Err(error::invalid_package(format!(
-                "the ZIP reader found {} entries where the end record declares {}",
-                archive.len(),
-                cd.entries
-            )));
+            return Err(PackageError::EntryCountMismatch {
+                found: archive.len(),
+                declared: cd.entries,
+            });
         }
         let entries = archive::scan_entries(&mut archive)?;
         let bytes = match entries.get(MANIFEST_NAME) {
@@ -278,13 +285,9 @@ impl Package {
                 info,
                 MANIFEST_NAME,
                 MAX_MANIFEST_BYTES,
-                error::invalid_manifest,
+                |size, max| PackageError::ManifestTooBig { size, max },
             )?,
-            _ => {
-                return Err(error::invalid_manifest(format!(
-                    "{MANIFEST_NAME} not found at the root of the package"
-                )))
-            }
+            _ => return Err(PackageError::ManifestMissing),
         };
         let Signatures {
             trusted_keys,
@@ -297,13 +300,9 @@ impl Package {
                 info,
                 SIGNATURE_NAME,
                 MAX_SIGNATURE_BYTES,
-                error::invalid_package,
+                |size, max| PackageError::SignatureTooBig { size, max },
             )?),
-            Some(_) => {
-                return Err(error::invalid_package(format!(
-                    "{SIGNATURE_NAME} is a directory"
-                )))
-            }
+            Some(_) => return Err(PackageError::SignatureIsDirectory),
             None => None,
         };
         // Authenticate the bytes before parsing them.
@@ -327,13 +326,20 @@ impl Package {
     /// manifest's is `INVALID_PACKAGE`, returned after the last byte was written and before
     /// the caller commits the file; a write error is `DISK_FULL` when the disk is full, else
     /// `INTERNAL_ERROR` (the caller names the file and decides what the installation reports).
-    pub fn extract_to(&mut self, f: &PlannedFile, out: &mut impl Write) -> Result<u64, OtaError> {
+    pub fn extract_to(
+        &mut self,
+        f: &PlannedFile,
+        out: &mut impl Write,
+    ) -> Result<u64, PackageError> {
         let expected = self.hashes.get(&f.entry);
         let mut hasher = expected.map(|_| Hasher::new(Algorithm::Sha256));
         let mut entry = self
             .archive
             .by_index(f.entry)
-            .map_err(|e| error::invalid_package(format!("entry {}: {e}", f.entry)))?;
+            .map_err(|source| PackageError::Entry {
+                index: f.entry,
+                source,
+            })?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut done: u64 = 0;
         loop {
@@ -341,12 +347,12 @@ impl Package {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(error::invalid_package(format!(
-                        "entry {} for {}: {e}",
-                        f.entry,
-                        f.dst.display()
-                    )))
+                Err(source) => {
+                    return Err(PackageError::EntryRead {
+                        index: f.entry,
+                        dst: f.dst.clone(),
+                        source,
+                    })
                 }
             };
             done += n as u64;
@@ -354,36 +360,35 @@ impl Package {
                 h.update(&buf[..n]);
             }
             if done > f.size {
-                return Err(error::invalid_package(format!(
-                    "entry {} for {}: more than the {} bytes declared",
-                    f.entry,
-                    f.dst.display(),
-                    f.size
-                )));
+                return Err(PackageError::EntryTooLong {
+                    index: f.entry,
+                    dst: f.dst.clone(),
+                    declared: f.size,
+                });
             }
-            out.write_all(&buf[..n]).map_err(|e| {
-                if error::is_disk_full(&e) {
-                    error::disk_full(format!("writing {}: {e}", f.dst.display()))
-                } else {
-                    error::internal(format!("writing {}: {e}", f.dst.display()))
-                }
-            })?;
+            out.write_all(&buf[..n])
+                .map_err(|source| PackageError::Write {
+                    dst: f.dst.clone(),
+                    source,
+                })?;
         }
         if done != f.size {
-            return Err(error::invalid_package(format!(
-                "entry {} for {}: {done} bytes, {} declared",
-                f.entry,
-                f.dst.display(),
-                f.size
-            )));
+            return Err(PackageError::EntryTooShort {
+                index: f.entry,
+                dst: f.dst.clone(),
+                read: done,
+                declared: f.size,
+            });
         }
         if let (Some((name, want)), Some(h)) = (expected, hasher) {
             let got = h.finalize();
             if &got != want {
-                return Err(error::invalid_package(format!(
-                    "entry {name} for {}: sha256 {got} differs from the manifest's {want}",
-                    f.dst.display()
-                )));
+                return Err(PackageError::EntryHashMismatch {
+                    name: name.clone(),
+                    dst: f.dst.clone(),
+                    expected: want.clone(),
+                    found: got,
+                });
             }
         }
         Ok(done)

@@ -20,10 +20,10 @@ use base64::Engine as _;
 use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 
 use super::archive::{canonical_rel, EntryInfo};
+use super::error::{KeyError, PackageError};
 use super::manifest::Manifest;
 use super::PlannedFile;
 use crate::checksum::{Algorithm, Checksum};
-use crate::error::{self, OtaError};
 
 /// Name of the signature at the root of the package.
 pub const SIGNATURE_NAME: &str = "manifest.sig";
@@ -79,10 +79,9 @@ impl fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// A new random key and its PKCS#8 PEM text (the file `keygen` writes).
-    pub fn generate() -> Result<(SigningKey, String), String> {
+    pub fn generate() -> Result<(SigningKey, String), KeyError> {
         let rng = ring::rand::SystemRandom::new();
-        let doc = Ed25519KeyPair::generate_pkcs8(&rng)
-            .map_err(|_| "the system's random generator failed".to_string())?;
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Random)?;
         let pem_text = pem::encode(&pem::Pem::new(PRIVATE_KEY_LABEL, doc.as_ref()));
         let key = SigningKey::from_pem(pem_text.as_bytes())?;
         Ok((key, pem_text))
@@ -90,17 +89,16 @@ impl SigningKey {
 
     /// Read a PKCS#8 PEM Ed25519 private key: as `keygen` writes it, or as
     /// `openssl genpkey -algorithm ed25519` does (without the public key inside).
-    pub fn from_pem(text: &[u8]) -> Result<SigningKey, String> {
-        let p = pem::parse(text).map_err(|e| format!("not a PEM file: {e}"))?;
+    pub fn from_pem(text: &[u8]) -> Result<SigningKey, KeyError> {
+        let p = pem::parse(text).map_err(|source| KeyError::NotPem { source })?;
         if p.tag() != PRIVATE_KEY_LABEL {
-            return Err(format!(
-                "a PEM `{}`, not a `{PRIVATE_KEY_LABEL}` (PKCS#8)",
-                p.tag()
-            ));
+            return Err(KeyError::NotPrivateKey {
+                tag: p.tag().to_string(),
+            });
         }
         Ed25519KeyPair::from_pkcs8_maybe_unchecked(p.contents())
             .map(SigningKey)
-            .map_err(|e| format!("not an Ed25519 PKCS#8 private key: {e}"))
+            .map_err(|rejected| KeyError::NotEd25519 { rejected })
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -122,32 +120,26 @@ pub fn check_signature(
     manifest: &[u8],
     trusted_keys: &[PublicKey],
     require_signature: bool,
-) -> Result<Option<PublicKey>, OtaError> {
+) -> Result<Option<PublicKey>, PackageError> {
     if trusted_keys.is_empty() && !require_signature {
         return Ok(None);
     }
     let Some(sig) = sig else {
         if require_signature {
-            return Err(error::invalid_package(format!(
-                "the package is not signed ({SIGNATURE_NAME} missing) and require_signature = true"
-            )));
+            return Err(PackageError::Unsigned);
         }
         return Ok(None);
     };
     let text = std::str::from_utf8(sig).unwrap_or("");
     let raw = BASE64.decode(text.trim()).unwrap_or_default();
     if raw.len() != 64 {
-        return Err(error::invalid_package(format!(
-            "{SIGNATURE_NAME} is not the base64 of a 64-byte Ed25519 signature"
-        )));
+        return Err(PackageError::SignatureMalformed);
     }
     match trusted_keys.iter().find(|k| k.verifies(manifest, &raw)) {
         Some(k) => Ok(Some(k.clone())),
-        None => Err(error::invalid_package(format!(
-            "{SIGNATURE_NAME} is not verified by any of the {} trusted key(s): \
-             signed with another key, or manifest.json was changed after signing",
-            trusted_keys.len()
-        ))),
+        None => Err(PackageError::Untrusted {
+            keys: trusted_keys.len(),
+        }),
     }
 }
 
@@ -161,24 +153,20 @@ pub fn entry_hashes(
     entries: &HashMap<String, EntryInfo>,
     files: &[PlannedFile],
     signed: bool,
-) -> Result<EntryHashes, OtaError> {
-    let bad = |msg: String| Err(error::invalid_package(msg));
+) -> Result<EntryHashes, PackageError> {
     let mut out = EntryHashes::new();
     for (name, hex) in manifest.sha256.iter().flatten() {
+        let name_ = || name.clone();
         let entry = canonical_rel(name).and_then(|c| entries.get(&c).map(|e| (c, e)));
         let Some((canon, entry)) = entry.filter(|(_, e)| !e.is_dir) else {
-            return bad(format!(
-                "the sha256 map names `{name}`, which is not a file of the package"
-            ));
+            return Err(PackageError::HashOfNoFile { name: name_() });
         };
         let sum = Checksum::from_hex(Algorithm::Sha256, hex).filter(|c| c.to_hex() == *hex);
         let Some(sum) = sum else {
-            return bad(format!(
-                "the sha256 of `{name}` is not 64 lowercase hex digits"
-            ));
+            return Err(PackageError::HashMalformed { name: name_() });
         };
         if out.insert(entry.index, (canon, sum)).is_some() {
-            return bad(format!("the sha256 map names `{name}` twice"));
+            return Err(PackageError::HashTwice { name: name_() });
         }
     }
     if signed {
@@ -188,11 +176,11 @@ pub fn entry_hashes(
                     .iter()
                     .find(|(_, e)| e.index == f.entry)
                     .map_or("?", |(n, _)| n.as_str());
-                return bad(format!(
-                    "entry {name} (for {}, module {}) has no sha256 in the signed manifest",
-                    f.dst.display(),
-                    manifest.modules[f.module].name
-                ));
+                return Err(PackageError::HashMissing {
+                    entry: name.to_string(),
+                    dst: f.dst.clone(),
+                    module: manifest.modules[f.module].name.clone(),
+                });
             }
         }
     }
@@ -202,7 +190,7 @@ pub fn entry_hashes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorCode;
+    use crate::error::{ErrorCode, OtaError};
 
     fn key() -> SigningKey {
         SigningKey::generate().unwrap().0
@@ -229,6 +217,7 @@ mod tests {
         let cert = pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3]));
         assert!(SigningKey::from_pem(cert.as_bytes())
             .unwrap_err()
+            .to_string()
             .contains("CERTIFICATE"));
     }
 
@@ -266,7 +255,7 @@ mod tests {
         assert!(check_signature(Some(spaced.as_bytes()), m, &keys, true).is_ok());
 
         let refused = |sig: Option<&[u8]>, msg: &[u8], keys: &[PublicKey], req: bool| {
-            let e = check_signature(sig, msg, keys, req).unwrap_err();
+            let e = OtaError::from(check_signature(sig, msg, keys, req).unwrap_err());
             assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}");
             e.detail
         };

@@ -4,7 +4,7 @@
 use super::archive::deploy_mode;
 use super::*;
 use crate::checksum::{Algorithm, Hasher};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, OtaError};
 use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
@@ -68,6 +68,7 @@ fn open(f: &Fx) -> Result<Package, OtaError> {
         std::slice::from_ref(&f.root),
         Signatures::default(),
     )
+    .map_err(OtaError::from)
 }
 
 fn err(f: &Fx) -> OtaError {
@@ -349,7 +350,7 @@ fn corrupted_data_fails_crc_on_extract() {
     let mut p = open(&f).unwrap();
     let pf = p.files[0].clone();
     let mut out = Vec::new();
-    let e = p.extract_to(&pf, &mut out).unwrap_err();
+    let e = OtaError::from(p.extract_to(&pf, &mut out).unwrap_err());
     assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}");
 }
 
@@ -364,7 +365,7 @@ fn space_is_checked_per_filesystem() {
         size,
     };
     check_space(&[pf(10)]).unwrap();
-    let e = check_space(&[pf(u64::MAX / 4), pf(u64::MAX / 4)]).unwrap_err();
+    let e = OtaError::from(check_space(&[pf(u64::MAX / 4), pf(u64::MAX / 4)]).unwrap_err());
     assert_eq!(e.code, ErrorCode::DiskFull, "{e}");
     assert_eq!(existing_ancestor(&f.root.join("new/dir/file")), f.root);
 }
@@ -425,7 +426,7 @@ fn open_with(f: &Fx, keys: &[PublicKey], require: bool) -> Result<Package, OtaEr
         trusted_keys: keys,
         require_signature: require,
     };
-    open_package(&f.zip, "1.2.3", std::slice::from_ref(&f.root), signatures)
+    open_package(&f.zip, "1.2.3", std::slice::from_ref(&f.root), signatures).map_err(OtaError::from)
 }
 
 /// Extract every planned file; the first error.
@@ -536,7 +537,7 @@ fn small_zip(f: &Fx) {
 }
 
 fn cd_check(f: &Fx) -> Result<CentralDirectory, OtaError> {
-    archive::check_central_directory(&File::open(&f.zip).unwrap())
+    archive::check_central_directory(&File::open(&f.zip).unwrap()).map_err(OtaError::from)
 }
 
 #[test]

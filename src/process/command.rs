@@ -22,8 +22,8 @@ use rustix::process::{Pid, Signal};
 
 use super::childenv::ChildEnv;
 use super::contain::{self, Step};
+use super::error::{CommandFailure, OutputTails, ProcessError};
 use super::show;
-use crate::error::{self, ErrorCode, OtaError};
 
 /// How much of a command's output is kept for an error message.
 pub(crate) const OUTPUT_TAIL: usize = 2048;
@@ -123,12 +123,7 @@ pub fn systemctl(
     unit: &str,
     timeout: Duration,
     cancel: Option<&AtomicBool>,
-) -> Result<(), OtaError> {
-    let code = if action == "stop" {
-        ErrorCode::ProcessKillFailed
-    } else {
-        ErrorCode::DeploymentFailed
-    };
+) -> Result<(), ProcessError> {
     let program = systemctl_program();
     tracing::info!("systemctl {action} {unit}");
     let mut cmd = Command::new(&program);
@@ -145,14 +140,15 @@ pub fn systemctl(
         Contain::Group,
     ) {
         Ok(()) => Ok(()),
-        Err(f) if action == "stop" && f.exit_code == Some(SYSTEMCTL_NOT_LOADED) => {
+        Err(f) if action == "stop" && f.exit_code() == Some(SYSTEMCTL_NOT_LOADED) => {
             tracing::warn!("systemctl stop {unit}: unit not loaded, nothing to stop");
             Ok(())
         }
-        Err(f) => Err(OtaError::new(
-            code,
-            format!("systemctl {action} {unit}: {}", f.detail),
-        )),
+        Err(failure) => Err(ProcessError::Systemctl {
+            action: action.to_string(),
+            unit: unit.to_string(),
+            failure,
+        }),
     }
 }
 
@@ -167,16 +163,18 @@ pub fn run_to_completion(
     env: &ChildEnv,
     timeout: Duration,
     cancel: &AtomicBool,
-) -> Result<(), OtaError> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| error::deployment_failed("cannot run an empty command"))?;
+) -> Result<(), ProcessError> {
+    let (program, args) = argv.split_first().ok_or(ProcessError::EmptyCommand)?;
     let mut cmd = Command::new(program);
     cmd.args(args);
     env.apply(&mut cmd);
     tracing::info!("running {}", show(argv));
-    run_command(cmd, &show(argv), timeout, Some(cancel), Contain::Step)
-        .map_err(|f| error::deployment_failed(format!("command {}: {}", show(argv), f.detail)))
+    run_command(cmd, &show(argv), timeout, Some(cancel), Contain::Step).map_err(|failure| {
+        ProcessError::Command {
+            command: show(argv),
+            failure,
+        }
+    })
 }
 
 /// Read `r` to its end, keeping only the last [`OUTPUT_TAIL`] bytes.
@@ -197,12 +195,6 @@ fn read_tail(mut r: impl Read) -> Vec<u8> {
         }
     }
     tail
-}
-
-/// Why [`run_command`] failed: the exit code when the command exited, and a detail.
-pub(crate) struct RunFailure {
-    pub exit_code: Option<i32>,
-    pub detail: String,
 }
 
 /// How the wait for a command ended.
@@ -232,7 +224,7 @@ pub(crate) fn run_command(
     timeout: Duration,
     cancel: Option<&AtomicBool>,
     contain: Contain,
-) -> Result<(), RunFailure> {
+) -> Result<(), CommandFailure> {
     let marker = (contain == Contain::Step).then(contain::new_marker);
     if let Some(m) = &marker {
         cmd.env(contain::STEP_VAR, m);
@@ -242,9 +234,9 @@ pub(crate) fn run_command(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = spawn(&mut cmd).map_err(|e| RunFailure {
-        exit_code: None,
-        detail: format!("cannot start {what}: {e}"),
+    let mut child = spawn(&mut cmd).map_err(|source| CommandFailure::Spawn {
+        what: what.to_string(),
+        source,
     })?;
     let group = Pid::from_child(&child);
     let mut step = marker.map(|m| Step::begin(group.as_raw_nonzero().get(), &m));
@@ -329,29 +321,27 @@ pub(crate) fn run_command(
             Err(_) => break,
         }
     }
-    let output = describe_output(&stdout, &stderr);
-    let fail = |exit_code, detail: String| {
-        Err(RunFailure {
-            exit_code,
-            detail: format!("{detail}{output}"),
-        })
-    };
-    match end {
-        End::Exited(st) if st.success() => Ok(()),
-        End::Exited(st) => fail(st.code(), format!("{what} failed ({st})")),
-        End::TimedOut => fail(
-            None,
-            format!(
-                "{what} did not finish within {} s and was killed",
-                timeout.as_secs_f32()
-            ),
-        ),
-        End::Cancelled => fail(
-            None,
-            format!("{what} was stopped: the updater is shutting down"),
-        ),
-        End::WaitFailed(e) => fail(None, format!("waiting for {what} failed: {e}")),
-    }
+    let output = OutputTails::new(&stdout, &stderr);
+    let what = what.to_string();
+    Err(match end {
+        End::Exited(st) if st.success() => return Ok(()),
+        End::Exited(status) => CommandFailure::Exited {
+            what,
+            status,
+            output,
+        },
+        End::TimedOut => CommandFailure::TimedOut {
+            what,
+            limit: timeout,
+            output,
+        },
+        End::Cancelled => CommandFailure::Cancelled { what, output },
+        End::WaitFailed(source) => CommandFailure::Wait {
+            what,
+            source,
+            output,
+        },
+    })
 }
 
 /// Whether process group `group` still has a member (a zombie counts until reaped).
@@ -402,22 +392,11 @@ fn end_group(child: &mut Child, group: Pid, mut reaped: bool, what: &str) -> boo
     false
 }
 
-fn describe_output(stdout: &[u8], stderr: &[u8]) -> String {
-    let mut s = String::new();
-    for (label, bytes) in [("stderr", stderr), ("stdout", stdout)] {
-        let text = String::from_utf8_lossy(bytes);
-        let text = text.trim();
-        if !text.is_empty() {
-            s.push_str(&format!("; {label}: {text}"));
-        }
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::{fake_systemctl, named_sleep, wait_found};
     use super::*;
+    use crate::error::{ErrorCode, OtaError};
     use std::fs;
 
     fn argv(a: &[&str]) -> Vec<String> {
@@ -456,8 +435,9 @@ mod tests {
     fn run_to_completion_statuses() {
         let c = no_cancel();
         run_to_completion(&argv(&["true"]), &env(), Duration::from_secs(10), &c).unwrap();
-        let e =
-            run_to_completion(&argv(&["false"]), &env(), Duration::from_secs(10), &c).unwrap_err();
+        let e = run_to_completion(&argv(&["false"]), &env(), Duration::from_secs(10), &c)
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::DeploymentFailed);
         assert!(e.detail.contains("`false`"), "{e}");
         assert!(e.detail.contains("exit status: 1"), "{e}");
@@ -467,6 +447,7 @@ mod tests {
             Duration::from_secs(10),
             &c,
         )
+        .map_err(OtaError::from)
         .unwrap_err();
         assert!(e.detail.contains("exit status: 3"), "{e}");
         assert!(e.detail.contains("stderr: to-err"), "{e}");
@@ -477,6 +458,7 @@ mod tests {
             Duration::from_secs(1),
             &c,
         )
+        .map_err(OtaError::from)
         .unwrap_err();
         assert!(e.detail.contains("cannot start"), "{e}");
         assert!(run_to_completion(&[], &env(), Duration::from_secs(1), &c).is_err());
@@ -490,8 +472,51 @@ mod tests {
             Duration::from_secs(10),
             &no_cancel(),
         )
+        .map_err(OtaError::from)
         .unwrap_err();
         assert!(e.detail.len() < 3 * OUTPUT_TAIL, "{}", e.detail.len());
+    }
+
+    /// docs/API.md 3 and 8.1: how a real command failed is kept as facts (exit code or signal,
+    /// the time limit, the spawn's errno), and each reaches the contract as DEPLOYMENT_FAILED.
+    #[test]
+    fn contract_3_command_failures_keep_their_facts() {
+        use std::os::unix::process::ExitStatusExt;
+        let c = no_cancel();
+        let run = |a: &[&str], limit| run_to_completion(&argv(a), &env(), limit, &c).unwrap_err();
+        let failure = |e: ProcessError| match e {
+            ProcessError::Command { failure, .. } => failure,
+            other => panic!("{other:?}"),
+        };
+        let ten = Duration::from_secs(10);
+        let f = failure(run(&["sh", "-c", "exit 3"], ten));
+        assert_eq!(f.exit_code(), Some(3), "{f:?}");
+        let f = failure(run(&["sh", "-c", "kill -9 $$"], ten));
+        assert!(
+            matches!(&f, CommandFailure::Exited { status, .. } if status.signal() == Some(9)),
+            "{f:?}"
+        );
+        assert_eq!(f.exit_code(), None);
+        let limit = Duration::from_millis(200);
+        let f = failure(run(&["sleep", "5"], limit));
+        assert!(
+            matches!(&f, CommandFailure::TimedOut { limit: l, .. } if *l == limit),
+            "{f:?}"
+        );
+        let f = failure(run(&["/nonexistent/prog"], ten));
+        assert!(
+            matches!(&f, CommandFailure::Spawn { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound),
+            "{f:?}"
+        );
+        let e = run_to_completion(&[], &env(), ten, &c).unwrap_err();
+        assert!(matches!(e, ProcessError::EmptyCommand), "{e:?}");
+        let e = OtaError::from(run(&["sh", "-c", "exit 3"], ten));
+        assert_eq!(e.code, ErrorCode::DeploymentFailed);
+        assert_eq!(
+            e.detail,
+            "command `sh -c exit 3`: `sh -c exit 3` failed (exit status: 3)"
+        );
     }
 
     #[test]
@@ -504,6 +529,7 @@ mod tests {
             Duration::from_millis(200),
             &c,
         )
+        .map_err(OtaError::from)
         .unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         assert!(e.detail.contains("did not finish"), "{e}");
@@ -519,6 +545,7 @@ mod tests {
             Duration::from_millis(300),
             &c,
         )
+        .map_err(OtaError::from)
         .unwrap_err();
         // Far below the 100 s sleep; the margin is for a loaded machine.
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
@@ -546,6 +573,7 @@ mod tests {
             Duration::from_secs(60),
             &cancel,
         )
+        .map_err(OtaError::from)
         .unwrap_err();
         let cancelled_at = setter.join().unwrap();
         let took = cancelled_at.elapsed();
@@ -639,7 +667,9 @@ mod tests {
         let fake = fake_systemctl(d.path(), "stop bad.service");
         SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
         systemctl("stop", "good.service", Duration::from_secs(10), None).unwrap();
-        let e = systemctl("stop", "bad.service", Duration::from_secs(10), None).unwrap_err();
+        let e = systemctl("stop", "bad.service", Duration::from_secs(10), None)
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::ProcessKillFailed);
         assert!(e.detail.contains("bad.service"), "{e}");
         assert!(e.detail.contains("refused"), "{e}");
@@ -651,7 +681,9 @@ mod tests {
         );
         let fake = fake_systemctl(d.path(), "start bad.service");
         SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
-        let e = systemctl("start", "bad.service", Duration::from_secs(10), None).unwrap_err();
+        let e = systemctl("start", "bad.service", Duration::from_secs(10), None)
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::DeploymentFailed);
         // Exit status 5 on stop: the unit is not loaded, nothing runs.
         let fake5 = d.path().join("fake5");

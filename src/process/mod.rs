@@ -25,6 +25,7 @@
 mod childenv;
 mod command;
 mod contain;
+mod error;
 mod identity;
 mod names;
 mod procfs;
@@ -38,6 +39,7 @@ pub use childenv::{ChildEnv, MODULE_VAR, VERSION_VAR};
 #[cfg(test)]
 pub(crate) use command::SYSTEMCTL_OVERRIDE;
 pub use command::{run_to_completion, set_children_fd_limit, systemctl};
+pub use error::{CommandFailure, OutputTails, ProcessError};
 pub use identity::{identity, Identity};
 pub use procfs::{
     describe, is_alive, is_running, liveness, scan, Liveness, ProcId, RunningProcess,

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use super::childenv::ChildEnv;
 use super::command::{run_command, spawn, Contain};
+use super::error::ProcessError;
 use super::spawn::{is_executable, reap_in_background, systemd_run_program, unit_name, Started};
-use crate::error::{self, OtaError};
 
 /// Time limit of one `systemd-run` launch (it returns once the unit has started).
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,13 +67,11 @@ fn command_line<'a>(how: &AsItRan<'a>, cwd: &Path) -> &'a [OsString] {
 
 /// Start the process again as it ran (see the module documentation). `DEPLOYMENT_FAILED` when
 /// `argv` is empty or the program cannot be started.
-pub fn start_as_it_ran(how: &AsItRan) -> Result<Started, OtaError> {
+pub fn start_as_it_ran(how: &AsItRan) -> Result<Started, ProcessError> {
     let cwd = how.cwd.filter(|d| d.is_dir()).unwrap_or(Path::new("/"));
     let argv = command_line(how, cwd);
     let Some((program, args)) = argv.split_first() else {
-        return Err(error::deployment_failed(
-            "cannot start a process: empty command",
-        ));
+        return Err(ProcessError::EmptyStart);
     };
     let shown = super::show(how.argv);
     if let Some(systemd_run) = systemd_run_program() {
@@ -100,8 +98,10 @@ pub fn start_as_it_ran(how: &AsItRan) -> Result<Started, OtaError> {
         None => ChildEnv::tool().apply(&mut cmd),
     }
     set_credentials(&mut cmd, how);
-    let child = spawn(&mut cmd)
-        .map_err(|e| error::deployment_failed(format!("cannot start {shown}: {e}")))?;
+    let child = spawn(&mut cmd).map_err(|source| ProcessError::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
     let pid = child.id();
     tracing::info!("started {shown} again as it ran (pid {pid})");
     reap_in_background(child);
@@ -174,15 +174,15 @@ fn launch_unit(
     argv: &[OsString],
     cwd: &Path,
     shown: &str,
-) -> Result<Started, OtaError> {
+) -> Result<Started, ProcessError> {
     // systemd-run only reports that the unit started, not that the program could be executed:
     // a path that is no executable file is refused here, as a plain start would refuse it.
     let program = Path::new(&argv[0]);
     if program.as_os_str().as_bytes().contains(&b'/') && !is_executable(&cwd.join(program)) {
-        return Err(error::deployment_failed(format!(
-            "cannot start {shown}: {} is not an executable file",
-            program.display()
-        )));
+        return Err(ProcessError::NotExecutable {
+            command: shown.to_string(),
+            program: program.to_path_buf(),
+        });
     }
     let unit = unit_name(program);
     let mut cmd = Command::new(systemd_run);
@@ -237,8 +237,12 @@ fn launch_unit(
     }
     cmd.args(argv.map(|a| escape(a.as_bytes())));
     let what = format!("systemd-run of {shown}");
-    run_command(cmd, &what, LAUNCH_TIMEOUT, None, Contain::Group)
-        .map_err(|f| error::deployment_failed(format!("cannot start {shown}: {}", f.detail)))?;
+    run_command(cmd, &what, LAUNCH_TIMEOUT, None, Contain::Group).map_err(|failure| {
+        ProcessError::Launch {
+            command: shown.to_string(),
+            failure,
+        }
+    })?;
     tracing::info!("started {shown} again as it ran, as unit {unit}");
     Ok(Started::Unit { name: unit })
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::childenv::ChildEnv;
 use super::command::{run_command, spawn, Contain};
-use crate::error::{self, OtaError};
+use super::error::ProcessError;
 
 /// Time limit of one `systemd-run` launch (it returns once the unit has started).
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,7 +86,7 @@ pub fn spawn_detached<S: AsRef<OsStr>>(
     argv: &[S],
     env: &ChildEnv,
     cancel: Option<&AtomicBool>,
-) -> Result<Started, OtaError> {
+) -> Result<Started, ProcessError> {
     launch(argv, None, Some(env), cancel)
 }
 
@@ -96,7 +96,7 @@ pub fn spawn_detached<S: AsRef<OsStr>>(
 pub fn spawn_detached_in<S: AsRef<OsStr>>(
     argv: &[S],
     cwd: Option<&Path>,
-) -> Result<Started, OtaError> {
+) -> Result<Started, ProcessError> {
     launch(argv, cwd, None, None)
 }
 
@@ -107,13 +107,11 @@ fn launch<S: AsRef<OsStr>>(
     cwd: Option<&Path>,
     env: Option<&ChildEnv>,
     cancel: Option<&AtomicBool>,
-) -> Result<Started, OtaError> {
+) -> Result<Started, ProcessError> {
     let cwd = cwd.filter(|d| d.is_dir()).unwrap_or(Path::new("/"));
     let argv: Vec<&OsStr> = argv.iter().map(AsRef::as_ref).collect();
     let Some((program, args)) = argv.split_first() else {
-        return Err(error::deployment_failed(
-            "cannot start a process: empty command",
-        ));
+        return Err(ProcessError::EmptyStart);
     };
     let shown = super::show(&argv);
     if let Some(systemd_run) = systemd_run_program() {
@@ -129,8 +127,10 @@ fn launch<S: AsRef<OsStr>>(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0);
-    let child = spawn(&mut cmd)
-        .map_err(|e| error::deployment_failed(format!("cannot start {shown}: {e}")))?;
+    let child = spawn(&mut cmd).map_err(|source| ProcessError::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
     let pid = child.id();
     tracing::info!("started {shown} (pid {pid})");
     reap_in_background(child);
@@ -145,16 +145,16 @@ fn launch_unit(
     env: Option<&ChildEnv>,
     shown: &str,
     cancel: Option<&AtomicBool>,
-) -> Result<Started, OtaError> {
+) -> Result<Started, ProcessError> {
     // systemd-run only reports that the unit started, not that the program could be executed:
     // a path that is no executable file is refused here, as a plain start would refuse it.
     let program = Path::new(argv[0]);
     let resolved = cwd.join(program);
     if program.as_os_str().as_encoded_bytes().contains(&b'/') && !is_executable(&resolved) {
-        return Err(error::deployment_failed(format!(
-            "cannot start {shown}: {} is not an executable file",
-            program.display()
-        )));
+        return Err(ProcessError::NotExecutable {
+            command: shown.to_string(),
+            program: program.to_path_buf(),
+        });
     }
     let unit = unit_name(program);
     let mut cmd = Command::new(systemd_run);
@@ -177,8 +177,12 @@ fn launch_unit(
         .args(["--collect", "--quiet", "--no-ask-password", "--"])
         .args(argv);
     let what = format!("systemd-run of {shown}");
-    run_command(cmd, &what, LAUNCH_TIMEOUT, cancel, Contain::Group)
-        .map_err(|f| error::deployment_failed(format!("cannot start {shown}: {}", f.detail)))?;
+    run_command(cmd, &what, LAUNCH_TIMEOUT, cancel, Contain::Group).map_err(|failure| {
+        ProcessError::Launch {
+            command: shown.to_string(),
+            failure,
+        }
+    })?;
     tracing::info!("started {shown} as unit {unit}");
     Ok(Started::Unit { name: unit })
 }
@@ -258,6 +262,7 @@ pub(super) fn reap_in_background(mut child: Child) {
 mod tests {
     use super::super::tests::{fake_systemd_run, named_sleep, wait_found};
     use super::*;
+    use crate::error::OtaError;
     use std::fs;
 
     #[test]
@@ -325,7 +330,9 @@ mod tests {
         );
         super::super::stop_by_name(&name, Duration::from_secs(5)).unwrap();
         // A program that is not there is refused before systemd-run runs.
-        let e = spawn_detached(&["/nonexistent/x"], &ChildEnv::tool(), None).unwrap_err();
+        let e = spawn_detached(&["/nonexistent/x"], &ChildEnv::tool(), None)
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert!(e.detail.contains("not an executable"), "{e}");
         assert_eq!(fs::read_to_string(d.path().join("log")).unwrap(), log);
         // systemd-run failing is a start failure.
@@ -336,7 +343,9 @@ mod tests {
             fs::set_permissions(&failing, fs::Permissions::from_mode(0o755)).unwrap();
         }
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = Some(failing));
-        let e = spawn_detached(&[path.display().to_string()], &ChildEnv::tool(), None).unwrap_err();
+        let e = spawn_detached(&[path.display().to_string()], &ChildEnv::tool(), None)
+            .map_err(OtaError::from)
+            .unwrap_err();
         assert!(e.detail.contains("Unit exists"), "{e}");
         SYSTEMD_RUN_OVERRIDE.with(|o| *o.borrow_mut() = None);
     }

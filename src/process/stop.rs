@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
+use super::error::ProcessError;
 use super::procfs::{self, Found, Liveness, Procfs, RealProcfs, RunningProcess};
 use super::{ProcId, POLL};
-use crate::error::{self, OtaError};
 
 /// How long to wait for a process to disappear after SIGKILL.
 const KILL_CONFIRM: Duration = Duration::from_secs(5);
@@ -72,7 +72,7 @@ pub(crate) fn stop_with(
     name: &str,
     timeout: Duration,
     confirm: Duration,
-) -> Result<Vec<RunningProcess>, OtaError> {
+) -> Result<Vec<RunningProcess>, ProcessError> {
     stop_where(fs, name, timeout, confirm, &|_| true)
 }
 
@@ -83,11 +83,10 @@ fn stop_where(
     timeout: Duration,
     confirm: Duration,
     which: &dyn Fn(&RunningProcess) -> bool,
-) -> Result<Vec<RunningProcess>, OtaError> {
-    let mut found = procfs::scan_with(fs, name).map_err(|e| {
-        error::kill_failed(format!(
-            "cannot tell whether process {name} runs, so it cannot be stopped: {e}"
-        ))
+) -> Result<Vec<RunningProcess>, ProcessError> {
+    let mut found = procfs::scan_with(fs, name).map_err(|source| ProcessError::Unreadable {
+        name: name.to_string(),
+        source,
     })?;
     found.retain(|f| which(&f.info));
     if found.is_empty() {
@@ -96,6 +95,7 @@ fn stop_where(
     }
     let pids: Vec<i32> = found.iter().map(|f| f.info.id.pid).collect();
     tracing::info!("stopping process {name} pids {pids:?}");
+    let begun = Instant::now();
     for f in &found {
         if let Err(e) = signal(fs, f, Signal::TERM) {
             tracing::warn!("SIGTERM to {name} (pid {}) failed: {e}", f.info.id.pid);
@@ -119,13 +119,15 @@ fn stop_where(
             .into_iter()
             .next()
         {
-            let pid = f.info.id.pid;
-            return Err(error::kill_failed(match why {
-                Liveness::Unknown(e) => {
-                    format!("process {name} (pid {pid}): cannot confirm that it is gone: {e}")
-                }
-                _ => format!("process {name} (pid {pid}) still alive after SIGKILL"),
-            }));
+            let (name, pid) = (name.to_string(), f.info.id.pid);
+            return Err(match why {
+                Liveness::Unknown(source) => ProcessError::Unconfirmed { name, pid, source },
+                _ => ProcessError::KillFailed {
+                    name,
+                    pid,
+                    after: begun.elapsed(),
+                },
+            });
         }
     }
     Ok(found.into_iter().map(|f| f.info).collect())
@@ -135,7 +137,7 @@ fn stop_where(
 /// confirm within 5 s more that they are gone. Returns the processes that were stopped, with
 /// the argv each ran with (empty when none was running). `PROCESS_KILL_FAILED` when one
 /// survives SIGKILL, or when `/proc` cannot be read to find them or to confirm they are gone.
-pub fn stop_processes(name: &str, timeout: Duration) -> Result<Vec<RunningProcess>, OtaError> {
+pub fn stop_processes(name: &str, timeout: Duration) -> Result<Vec<RunningProcess>, ProcessError> {
     stop_with(&RealProcfs, name, timeout, KILL_CONFIRM)
 }
 
@@ -145,12 +147,12 @@ pub fn stop_processes_where(
     name: &str,
     timeout: Duration,
     which: &dyn Fn(&RunningProcess) -> bool,
-) -> Result<Vec<RunningProcess>, OtaError> {
+) -> Result<Vec<RunningProcess>, ProcessError> {
     stop_where(&RealProcfs, name, timeout, KILL_CONFIRM, which)
 }
 
 /// [`stop_processes`], returning only the identities.
-pub fn stop_by_name(name: &str, timeout: Duration) -> Result<Vec<ProcId>, OtaError> {
+pub fn stop_by_name(name: &str, timeout: Duration) -> Result<Vec<ProcId>, ProcessError> {
     Ok(stop_processes(name, timeout)?
         .into_iter()
         .map(|p| p.id)
@@ -162,7 +164,7 @@ mod tests {
     use super::super::procfs::tests::FailingProcfs;
     use super::super::tests::{named_sleep, wait_found};
     use super::*;
-    use crate::error::ErrorCode;
+    use crate::error::{ErrorCode, OtaError};
     use rustix::io::Errno;
     use std::process::Command;
 
@@ -243,6 +245,13 @@ mod tests {
             Duration::from_millis(200),
         )
         .unwrap_err();
+        // The failed read is kept as the source, and the process named.
+        assert!(
+            matches!(&e, ProcessError::Unreadable { name: n, source }
+                if *n == name && source.to_string().starts_with("cannot list /proc: ")),
+            "{e:?}"
+        );
+        let e = OtaError::from(e);
         assert_eq!(e.code, ErrorCode::ProcessKillFailed, "{e}");
         assert!(e.detail.contains("cannot tell"), "{e}");
         // /proc unreadable right after the scan (descriptors exhausted mid-way): the process
@@ -258,6 +267,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(t.elapsed() >= Duration::from_millis(600));
+        let pid = child.id() as i32;
+        assert!(
+            matches!(&e, ProcessError::Unconfirmed { pid: p, source, .. }
+                if *p == pid && source.raw_os_error() == Some(Errno::MFILE.raw_os_error())),
+            "{e:?}"
+        );
+        let e = OtaError::from(e);
         assert_eq!(e.code, ErrorCode::ProcessKillFailed, "{e}");
         assert!(e.detail.contains("cannot confirm"), "{e}");
         assert!(child.try_wait().unwrap().is_none(), "must still be running");

@@ -25,6 +25,7 @@ use crate::checksum::Algorithm;
 use crate::config::Config;
 use crate::console::Console;
 use crate::download::file::file_url_of;
+use crate::error::OtaError;
 use crate::fsutil::{read_back, ReadBack, MAX_READ_BACK};
 use crate::package::{Package, PackagePolicy};
 
@@ -151,7 +152,7 @@ fn request_for(args: &Args, cfg: &Config, console: &Console) -> Result<Request, 
         signatures: cfg.signatures(),
     };
     let version = Package::open(&path, None, &policy)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(|e| format!("{}: {}", path.display(), OtaError::from(e)))?
         .manifest
         .version;
     let name = path

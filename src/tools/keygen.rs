@@ -9,7 +9,7 @@ use crate::package::SigningKey;
 /// Write a new private key to `out` (PKCS#8 PEM, mode 0600, never over an existing file) and
 /// return its public key as `trusted_keys` takes it.
 pub fn run(out: &Path) -> Result<String, String> {
-    let (key, pem_text) = SigningKey::generate()?;
+    let (key, pem_text) = SigningKey::generate().map_err(|e| e.to_string())?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

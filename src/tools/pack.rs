@@ -21,6 +21,7 @@ use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
 use crate::checksum::{Algorithm, Checksum, Hasher};
+use crate::error::OtaError;
 use crate::package::{
     parse_manifest, validate_manifest, Manifest, Package, PackagePolicy, PublicKey, Signatures,
     SigningKey, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, SIGNATURE_NAME,
@@ -69,8 +70,9 @@ pub fn run(
     let key = key.map(read_key).transpose()?;
     let manifest_path = dir.join(MANIFEST_NAME);
     let original = read_bounded(&manifest_path, MAX_MANIFEST_BYTES)?;
-    let manifest = parse_manifest(&original).map_err(|e| e.to_string())?;
-    validate_manifest(&manifest, None, roots.as_deref()).map_err(|e| e.to_string())?;
+    let manifest = parse_manifest(&original).map_err(|e| OtaError::from(e).to_string())?;
+    validate_manifest(&manifest, None, roots.as_deref())
+        .map_err(|e| OtaError::from(e).to_string())?;
     let package_name = out
         .file_name()
         .and_then(|n| n.to_str())
@@ -337,7 +339,7 @@ fn write_and_check(
     };
     Package::open(tmp, None, &policy)
         .map(|_| ())
-        .map_err(|e| format!("the package built is refused: {e}"))
+        .map_err(|e| format!("the package built is refused: {}", OtaError::from(e)))
 }
 
 /// Deflate a file only when a sample of its head shrinks: already compressed data (images,

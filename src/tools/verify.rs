@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::OtaError;
 use crate::package::{Package, PackagePolicy, PublicKey, Signatures};
 
 /// Check the package at `file`. The keys are `keys` (base64, as `keygen` prints them) plus,
@@ -30,12 +31,12 @@ pub fn run(file: &Path, keys: &[String], config: Option<&Path>) -> Result<String
                 || cfg.as_ref().is_some_and(|c| c.require_signature),
         },
     };
-    let mut pkg = Package::open(file, None, &policy).map_err(|e| e.to_string())?;
+    let mut pkg = Package::open(file, None, &policy).map_err(|e| OtaError::from(e).to_string())?;
     let mut bytes = 0;
     for f in pkg.files.clone() {
         bytes += pkg
             .extract_to(&f, &mut std::io::sink())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| OtaError::from(e).to_string())?;
     }
     let signature = match (&pkg.signed_by, trusted.is_empty()) {
         (Some(k), _) => format!("signed by {k}"),
