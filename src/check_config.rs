@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, ServerTable};
 
 /// Run the command; the exit code.
 pub fn run(path: Option<&Path>) -> ExitCode {
@@ -38,14 +38,6 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// The `[server]` table as the configuration file writes it.
-#[derive(Serialize)]
-struct ServerTable {
-    head_timeout_ms: u64,
-    idle_timeout_ms: u64,
-    request_timeout_ms: u64,
 }
 
 /// Every key of the configuration file, in the order docs/API.md 7 lists them; the tables
@@ -92,10 +84,6 @@ fn utf8(key: &'static str, p: &Path) -> Result<PathBuf, EffectiveError> {
     }
 }
 
-fn ms(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Every key of `cfg` as a TOML document the daemon reads back to the same configuration,
 /// written by the `toml` crate. Unset optional keys are named in a comment.
 pub fn effective_toml(cfg: &Config) -> Result<String, EffectiveError> {
@@ -139,11 +127,7 @@ pub fn effective_toml(cfg: &Config) -> Result<String, EffectiveError> {
         trusted_keys: trusted_keys.iter().map(|k| k.to_base64()).collect(),
         require_signature: *require_signature,
         allow_downgrade: *allow_downgrade,
-        server: ServerTable {
-            head_timeout_ms: ms(server.head),
-            idle_timeout_ms: ms(server.idle),
-            request_timeout_ms: ms(server.request),
-        },
+        server: ServerTable::from(*server),
     };
     let mut out = String::new();
     if ca_file.is_none() {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::package::{PublicKey, Signatures};
 use crate::paths::normalize_abs;
@@ -59,16 +59,33 @@ struct RawConfig {
     trusted_keys: Option<Vec<String>>,
     require_signature: Option<bool>,
     allow_downgrade: Option<bool>,
-    server: Option<RawServer>,
+    server: Option<ServerTable>,
 }
 
-/// The `[server]` table: the API's connection timeouts in milliseconds (docs/API.md 7).
-#[derive(Debug, Default, Deserialize)]
+/// The `[server]` table as a configuration file holds it: the API's connection timeouts in
+/// milliseconds (docs/API.md 7), each optional. Read by the daemon; written by `check-config`
+/// and by the kit that starts daemons for the demo and the tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawServer {
-    head_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    request_timeout_ms: Option<u64>,
+pub struct ServerTable {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+}
+
+impl From<ServerTimeouts> for ServerTable {
+    /// Every timeout, in milliseconds.
+    fn from(t: ServerTimeouts) -> ServerTable {
+        let ms = |d: std::time::Duration| Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        ServerTable {
+            head_timeout_ms: ms(t.head),
+            idle_timeout_ms: ms(t.idle),
+            request_timeout_ms: ms(t.request),
+        }
+    }
 }
 
 /// Bounds of the `[server]` timeouts, in milliseconds: never so short that a real client on a
@@ -98,7 +115,7 @@ fn timeout_ms(
     }
 }
 
-fn server_timeouts(raw: Option<RawServer>) -> Result<ServerTimeouts, ConfigError> {
+fn server_timeouts(raw: Option<ServerTable>) -> Result<ServerTimeouts, ConfigError> {
     let raw = raw.unwrap_or_default();
     let d = ServerTimeouts::default();
     Ok(ServerTimeouts {
