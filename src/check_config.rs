@@ -175,6 +175,27 @@ mod tests {
         assert_eq!(Config::from_toml(&text).unwrap(), cfg);
     }
 
+    /// A path TOML cannot hold (not UTF-8) is an error naming its key, never a lossy path
+    /// that the daemon would read back as another directory.
+    #[test]
+    fn a_non_utf8_path_is_an_error_naming_its_key() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut cfg = Config::from_toml("").unwrap();
+        cfg.work_dir = PathBuf::from(std::ffi::OsStr::from_bytes(b"/var/lib/\xff"));
+        let e = effective_toml(&cfg).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                EffectiveError::NotUtf8 {
+                    key: "work_dir",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("config key `work_dir`"), "{e}");
+    }
+
     /// docs/API.md 8.7: `check-config` prints every key, written by the `toml` crate, and the
     /// daemon's loader reads the file back to the same configuration.
     #[test]

@@ -99,13 +99,16 @@ pub fn run(args: &Args, config: Option<&Path>) -> ExitCode {
                     what: "runtime",
                     source,
                 })?;
-            rt.block_on(async {
+            let driven = rt.block_on(async {
                 let r = drive(addr, &req, &console).await;
                 // Whatever ended it, what follows starts on a line of its own.
                 console.end_bar();
                 r
-            })
-            .map_err(|e| match e {
+            });
+            // A `/progress` request still running on the blocking pool (after a Ctrl-C) ends
+            // by itself within its timeout; the command does not wait for it.
+            rt.shutdown_background();
+            driven.map_err(|e| match e {
                 Stop::Unreachable(ToolError::Client(source)) => {
                     Stop::Unreachable(ToolError::NoDaemon { addr, source })
                 }
