@@ -57,6 +57,8 @@ const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Lines of the daemon log shown after a failure.
 const LOG_TAIL_LINES: usize = 40;
 
+/// How long the daemon may take to exit after SIGTERM.
+const SIGTERM_WAIT: Duration = Duration::from_secs(20);
 /// How long the daemon may take to answer `/progress` after its start.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -283,9 +285,9 @@ impl Demo {
                 "demo: printerd {NEW_VERSION} running as pid {pid} (was pid {old_pid})"
             )),
             None => {
-                return Err(ToolError::Failed(format!(
-                    "printerd {NEW_VERSION} is not running after the update (start_cmd)"
-                )))
+                return Err(ToolError::NotRestarted {
+                    version: NEW_VERSION,
+                })
             }
         }
         let printerd_log =
@@ -326,7 +328,7 @@ impl Demo {
             if let Some(child) = self.daemon.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.console.end_bar();
-                    return Err(ToolError::Failed(format!("the daemon exited ({status})")));
+                    return Err(ToolError::DaemonExited(status));
                 }
             }
             match get_progress(listen).await {
@@ -351,11 +353,10 @@ impl Demo {
             }
             if Instant::now() > deadline {
                 self.console.end_bar();
-                return Err(ToolError::Failed(format!(
-                    "no {} within {} s",
-                    until.join("/"),
-                    STAGE_TIMEOUT.as_secs()
-                )));
+                return Err(ToolError::StageTimeout {
+                    until: until.join("/"),
+                    within: STAGE_TIMEOUT,
+                });
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
@@ -373,7 +374,7 @@ impl Demo {
                 if let Some(pid) = pid {
                     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
                 }
-                let deadline = Instant::now() + Duration::from_secs(20);
+                let deadline = Instant::now() + SIGTERM_WAIT;
                 loop {
                     match child.try_wait() {
                         Ok(Some(status)) => {
@@ -387,9 +388,9 @@ impl Demo {
                         Ok(None) => {
                             let _ = child.kill();
                             let _ = child.wait();
-                            result = Err(ToolError::Failed(
-                                "the daemon did not exit within 20 s of SIGTERM".into(),
-                            ));
+                            result = Err(ToolError::NoExitOnSigterm {
+                                within: SIGTERM_WAIT,
+                            });
                             break;
                         }
                         Err(e) => {
@@ -445,13 +446,14 @@ fn describe_failure(what: &'static str, p: Progress) -> ToolError {
     }
 }
 
-fn expect_code_200(answer: &Value, endpoint: &str) -> DemoResult<()> {
+fn expect_code_200(answer: &Value, endpoint: &'static str) -> DemoResult<()> {
     if answer.get("code").and_then(Value::as_i64) == Some(200) {
         Ok(())
     } else {
-        Err(ToolError::Failed(format!(
-            "{endpoint} was refused: {answer}"
-        )))
+        Err(ToolError::EndpointRefused {
+            endpoint,
+            answer: answer.clone(),
+        })
     }
 }
 /// The package at `/<PACKAGE_NAME>` (Range, If-Range, HEAD), throttled; 404 elsewhere. Every

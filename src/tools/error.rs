@@ -182,9 +182,40 @@ pub enum ToolError {
         message: String,
         error: Option<String>,
     },
-    /// The daemon, or a step of the exchange with it, failed; the text says how.
+    /// The daemon refused a request: the envelope's `msg` (`<CODE>: <detail>`), or the whole
+    /// answer when it has none.
     #[error("{0}")]
-    Failed(String),
+    RequestRefused(String),
+    /// The update ended `failed`: its `<CODE>: <detail>`.
+    #[error("{0}")]
+    UpdateFailed(String),
+    /// The updater went back to `idle` while the update was followed.
+    #[error("the updater is idle: the update is no longer running")]
+    NoLongerRunning,
+    /// Hashing a package was stopped before it completed.
+    #[error("interrupted")]
+    HashInterrupted,
+    /// A request of the demo refused by the daemon, with the whole answer.
+    #[error("{endpoint} was refused: {answer}")]
+    EndpointRefused {
+        endpoint: &'static str,
+        answer: serde_json::Value,
+    },
+    /// The daemon the demo started exited while it was followed.
+    #[error("the daemon exited ({0})")]
+    DaemonExited(std::process::ExitStatus),
+    /// No stage of `until` came within the time.
+    #[error("no {until} within {} s", within.as_secs())]
+    StageTimeout {
+        until: String,
+        within: std::time::Duration,
+    },
+    /// The updated program the demo deploys is not running after the update.
+    #[error("printerd {version} is not running after the update (start_cmd)")]
+    NotRestarted { version: &'static str },
+    /// The daemon the demo started did not stop on SIGTERM.
+    #[error("the daemon did not exit within {} s of SIGTERM", within.as_secs())]
+    NoExitOnSigterm { within: std::time::Duration },
 }
 
 impl ToolError {

@@ -209,7 +209,7 @@ fn request_for(args: &Args, cfg: &Config, console: &Console) -> Result<Request, 
             crate::download::hash_file(&path, Algorithm::Md5, None, &mut |_| {})
                 .map_err(|e| ToolError::inspect(&path, e))?
                 .map(|c| c.to_hex())
-                .ok_or_else(|| ToolError::Failed("interrupted".into()))?
+                .ok_or(ToolError::HashInterrupted)?
         }
     };
     Ok(Request {
@@ -327,7 +327,7 @@ fn check_answer(answer: &Value) -> Result<(), Stop> {
     if answer.get("code").and_then(Value::as_i64) == Some(200) {
         return Ok(());
     }
-    Err(Stop::Failed(ToolError::Failed(
+    Err(Stop::Failed(ToolError::RequestRefused(
         answer
             .get("msg")
             .and_then(Value::as_str)
@@ -406,7 +406,7 @@ async fn follow(
                 console.bar(&p);
                 if p.stage == "failed" {
                     console.end_bar();
-                    return Err(Stop::Failed(ToolError::Failed(
+                    return Err(Stop::Failed(ToolError::UpdateFailed(
                         p.error.unwrap_or_else(|| "INTERNAL_ERROR: failed".into()),
                     )));
                 }
@@ -418,9 +418,7 @@ async fn follow(
                 }
                 if p.stage == "idle" {
                     console.end_bar();
-                    return Err(Stop::Failed(ToolError::Failed(
-                        "the updater is idle: the update is no longer running".into(),
-                    )));
+                    return Err(Stop::Failed(ToolError::NoLongerRunning));
                 }
             }
             // The daemon may restart during an update: keep asking for a while.
