@@ -124,9 +124,8 @@ pub fn main() -> ExitCode {
         Some(Command::Keygen { out }) => tools::finish("keygen", tools::keygen::run(&out)),
         Some(Command::Pack { dir, out, key }) => tools::finish(
             "pack",
-            tools::pack::run(&dir, &out, key.as_deref(), config).and_then(|p| {
-                serde_json::to_string(&p).map_err(|e| format!("cannot print the result: {e}"))
-            }),
+            tools::pack::run(&dir, &out, key.as_deref(), config)
+                .and_then(|p| serde_json::to_string(&p).map_err(tools::ToolError::Print)),
         ),
         Some(Command::Install {
             target,

@@ -3,10 +3,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::package::{PublicKey, Signatures};
 use crate::paths::normalize_abs;
+use crate::server::ServerTimeouts;
 
 /// The daemon's configuration, after defaults and validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +35,8 @@ pub struct Config {
     pub require_signature: bool,
     /// Accept a package older than the installed version (device-api's rollbacks).
     pub allow_downgrade: bool,
+    /// The API's connection timeouts, the `[server]` table (docs/API.md 7 and 8.2).
+    pub server: ServerTimeouts,
 }
 
 /// The file as written by an operator; every key optional.
@@ -56,6 +59,85 @@ struct RawConfig {
     trusted_keys: Option<Vec<String>>,
     require_signature: Option<bool>,
     allow_downgrade: Option<bool>,
+    server: Option<ServerTable>,
+}
+
+/// The `[server]` table as a configuration file holds it: the API's connection timeouts in
+/// milliseconds (docs/API.md 7), each optional. Read by the daemon; written by `check-config`
+/// and by the kit that starts daemons for the demo and the tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTable {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+}
+
+impl From<ServerTimeouts> for ServerTable {
+    /// Every timeout, in milliseconds.
+    fn from(t: ServerTimeouts) -> ServerTable {
+        let ms = |d: std::time::Duration| Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        ServerTable {
+            head_timeout_ms: ms(t.head),
+            idle_timeout_ms: ms(t.idle),
+            request_timeout_ms: ms(t.request),
+        }
+    }
+}
+
+/// Bounds of the `[server]` timeouts, in milliseconds: never so short that a real client on a
+/// loaded printer is cut off, never so long that idle connections pile up for hours.
+pub const SERVER_TIMEOUT_MS_MIN: u64 = 100;
+/// Upper bound of `head_timeout_ms` and `request_timeout_ms` (10 minutes).
+pub const HEAD_REQUEST_TIMEOUT_MS_MAX: u64 = 600_000;
+/// Upper bound of `idle_timeout_ms` (1 hour).
+pub const IDLE_TIMEOUT_MS_MAX: u64 = 3_600_000;
+
+/// One `[server]` timeout: its default when absent, else within `min..=max`.
+fn timeout_ms(
+    key: &'static str,
+    value: Option<u64>,
+    default: std::time::Duration,
+    max: u64,
+) -> Result<std::time::Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(ms) if (SERVER_TIMEOUT_MS_MIN..=max).contains(&ms) => {
+            Ok(std::time::Duration::from_millis(ms))
+        }
+        Some(_) => Err(invalid(
+            key,
+            format!("must be between {SERVER_TIMEOUT_MS_MIN} and {max} (milliseconds)"),
+        )),
+    }
+}
+
+fn server_timeouts(raw: Option<ServerTable>) -> Result<ServerTimeouts, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let d = ServerTimeouts::default();
+    Ok(ServerTimeouts {
+        head: timeout_ms(
+            "server.head_timeout_ms",
+            raw.head_timeout_ms,
+            d.head,
+            HEAD_REQUEST_TIMEOUT_MS_MAX,
+        )?,
+        idle: timeout_ms(
+            "server.idle_timeout_ms",
+            raw.idle_timeout_ms,
+            d.idle,
+            IDLE_TIMEOUT_MS_MAX,
+        )?,
+        request: timeout_ms(
+            "server.request_timeout_ms",
+            raw.request_timeout_ms,
+            d.request,
+            HEAD_REQUEST_TIMEOUT_MS_MAX,
+        )?,
+    })
 }
 
 /// A configuration problem; the message names the key.
@@ -280,6 +362,7 @@ impl Config {
                 "is true but trusted_keys is empty: no package could be installed",
             ));
         }
+        let server = server_timeouts(raw.server)?;
         if let Some(ca) = &raw.ca_file {
             if ca.as_os_str().is_empty() {
                 return Err(invalid("ca_file", "must not be empty"));
@@ -305,6 +388,7 @@ impl Config {
             trusted_keys,
             require_signature,
             allow_downgrade: raw.allow_downgrade.unwrap_or(true),
+            server,
         })
     }
 
@@ -345,6 +429,7 @@ mod tests {
         assert!(c.trusted_keys.is_empty());
         assert!(!c.require_signature);
         assert!(c.allow_downgrade);
+        assert_eq!(c.server, ServerTimeouts::default());
     }
 
     #[test]
@@ -367,6 +452,11 @@ settle_s = 0
 trusted_keys = ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]
 require_signature = true
 allow_downgrade = false
+
+[server]
+head_timeout_ms = 1500
+idle_timeout_ms = 4000
+request_timeout_ms = 2500
 "#,
         )
         .unwrap();
@@ -391,6 +481,57 @@ allow_downgrade = false
         assert_eq!(c.trusted_keys[0].to_base64(), base64_of(&key));
         assert!(c.require_signature);
         assert!(!c.allow_downgrade);
+        assert_eq!(
+            c.server,
+            ServerTimeouts {
+                head: std::time::Duration::from_millis(1500),
+                idle: std::time::Duration::from_millis(4000),
+                request: std::time::Duration::from_millis(2500),
+            }
+        );
+    }
+
+    /// docs/API.md 7 and 8.2: the `[server]` timeouts default to 10 s, 60 s and 10 s, one
+    /// may be given alone, and each is refused outside its bounds naming the key.
+    #[test]
+    fn contract_8_2_server_timeouts_defaults_partial_and_bounds() {
+        let c = Config::from_toml("[server]\nidle_timeout_ms = 250\n").unwrap();
+        assert_eq!(c.server.idle, std::time::Duration::from_millis(250));
+        assert_eq!(c.server.head, std::time::Duration::from_secs(10));
+        assert_eq!(c.server.request, std::time::Duration::from_secs(10));
+        assert_eq!(
+            Config::from_toml("[server]\n").unwrap().server,
+            ServerTimeouts::default()
+        );
+        for (toml, key) in [
+            ("head_timeout_ms = 99", "server.head_timeout_ms"),
+            ("head_timeout_ms = 600001", "server.head_timeout_ms"),
+            ("idle_timeout_ms = 0", "server.idle_timeout_ms"),
+            ("idle_timeout_ms = 3600001", "server.idle_timeout_ms"),
+            ("request_timeout_ms = 50", "server.request_timeout_ms"),
+            ("request_timeout_ms = 600001", "server.request_timeout_ms"),
+        ] {
+            let e = Config::from_toml(&format!("[server]\n{toml}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("between"), "{toml}: {e}");
+        }
+        for ok in [
+            "head_timeout_ms = 100",
+            "head_timeout_ms = 600000",
+            "idle_timeout_ms = 3600000",
+        ] {
+            let c = Config::from_toml(&format!("[server]\n{ok}\n"));
+            assert!(c.is_ok(), "{ok}");
+        }
+        let e = Config::from_toml("[server]\nheader_timeout_ms = 5000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("header_timeout_ms"), "{e}");
+        let e = Config::from_toml("[server]\nhead_timeout_ms = \"10s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("head_timeout_ms"), "{e}");
     }
 
     fn base64_of(b: &[u8]) -> String {

@@ -91,7 +91,7 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
              end in DOWNLOAD_FAILED"
         );
     }
-    let limits = raise_fd_limit();
+    let limits = raise_fd_limit(cfg.server);
     let shutdown = Shutdown::new();
     let reporter = Arc::new(Reporter::new());
     let device_api = cfg.device_api_url.clone();
@@ -137,8 +137,9 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
     }
 }
 
-/// Raise the descriptor soft limit to the hard one, log both, and derive the API's limits.
-fn raise_fd_limit() -> crate::server::Limits {
+/// Raise the descriptor soft limit to the hard one, log both, and derive the API's limits
+/// (with the configured timeouts, `[server]`).
+fn raise_fd_limit(timeouts: crate::server::ServerTimeouts) -> crate::server::Limits {
     let (fd, err) = crate::server::raise_fd_limit();
     if let Some(e) = err {
         tracing::warn!(
@@ -151,13 +152,17 @@ fn raise_fd_limit() -> crate::server::Limits {
         // Programs the updater starts get the limit it was started with.
         crate::process::set_children_fd_limit(fd.soft_before);
     }
-    let limits = crate::server::Limits::for_fd_limit(fd.soft);
+    let limits = crate::server::Limits::for_fd_limit(fd.soft, timeouts);
     tracing::info!(
-        "file descriptors: soft limit {} (was {}), hard limit {}; at most {} API connections",
+        "file descriptors: soft limit {} (was {}), hard limit {}; at most {} API connections; \
+         request head within {} ms, idle connections closed after {} ms, requests within {} ms",
         fd.soft,
         fd.soft_before,
         fd.hard,
-        limits.max_connections
+        limits.max_connections,
+        limits.head.as_millis(),
+        limits.idle.as_millis(),
+        limits.request.as_millis()
     );
     limits
 }

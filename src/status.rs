@@ -397,13 +397,13 @@ fn outcome_line(o: &Outcome) -> String {
 }
 
 /// Ask the daemon on `listen` for `/progress` (a loopback address when it listens on all),
-/// through the same bounded probe as the systemd health reporter: at most
+/// through the crate's one `/progress` client (also the systemd health probe): at most
 /// [`QUERY_TIMEOUT`] in all and a 64 KiB answer, so a hostile listener on the API port can
 /// neither hang `status` nor fill its memory (docs/API.md 9.6).
 fn query_daemon(listen: SocketAddr) -> DaemonView {
-    let addr = crate::systemd::probe_addr(listen);
-    let progress = match crate::systemd::probe(addr, QUERY_TIMEOUT) {
-        crate::systemd::Probe::Answer {
+    let addr = crate::apiclient::probe_addr(listen);
+    let progress = match crate::apiclient::probe(addr, QUERY_TIMEOUT) {
+        crate::apiclient::Probe::Answer {
             body: Some(body), ..
         } => body.get("data").filter(|d| d.is_object()).cloned(),
         _ => None,

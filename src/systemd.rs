@@ -2,7 +2,8 @@
 //! that is fed only while the daemon is healthy.
 //!
 //! A thread of its own asks the daemon's own `GET /api/v1.0/progress` over loopback every
-//! period, exactly as ota-gui would. Only an answer with HTTP 200 and the API's envelope feeds
+//! period, exactly as ota-gui would (through the crate's one `/progress` client,
+//! [`crate::apiclient::probe`]). Only an answer with HTTP 200 and the API's envelope feeds
 //! the watchdog (`WATCHDOG=1`); a wedged runtime, a dead accept loop or a handler stuck on a
 //! lock answers nothing, the watchdog is not fed, and systemd restarts the daemon after
 //! `WatchdogSec` (the state is crash-consistent, so a restart is always safe). Each answer also
@@ -12,23 +13,19 @@
 //! watchdog only once READY=1 is sent and disarms it when the service stops, so the thread
 //! starts after READY and ends with the shutdown.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 use serde_json::Value;
 
+pub use crate::apiclient::{probe, probe_addr, Probe, PROGRESS_PATH as PROBE_PATH};
 use crate::shutdown::Shutdown;
 
-/// Path of the endpoint the health probe asks.
-pub const PROBE_PATH: &str = "/api/v1.0/progress";
 /// Longest `STATUS=` text sent; longer texts are cut (an error may carry a long detail).
 pub const MAX_STATUS_CHARS: usize = 200;
 /// How often the status is refreshed when no watchdog asks for more.
 const STATUS_PERIOD: Duration = Duration::from_secs(2);
-/// Largest probe answer read: /progress is a few hundred bytes.
-const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 
 /// When to probe and how long a probe may take, from `WATCHDOG_USEC`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,15 +55,6 @@ pub fn timing(watchdog: Option<Duration>) -> Timing {
             }
         }
     }
-}
-
-/// What one probe of `/progress` got.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Probe {
-    /// An HTTP answer: its status code and its body (parsed when it is JSON).
-    Answer { status: u16, body: Option<Value> },
-    /// No answer: refused, timed out, closed early, not HTTP.
-    NoAnswer(String),
 }
 
 /// The watchdog decision: feed it only for an HTTP 200 carrying the API envelope
@@ -138,78 +126,6 @@ pub fn one_line(text: &str, max: usize) -> String {
         out.push('…');
     }
     out
-}
-
-/// The address the probe connects to: the listen address, with a wildcard IP replaced by
-/// the loopback address of its family.
-pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
-    let ip = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, listen.port())
-}
-
-/// One `GET /progress` to the daemon itself, bounded by `timeout` as a whole.
-///
-/// A plain HTTP/1.0 request over a `TcpStream` rather than reqwest: it is one request to
-/// our own loopback port, and reqwest would need a second async runtime in this thread
-/// (its blocking client starts one) plus TLS setup. HTTP/1.0 makes the server close the
-/// connection after a body of known length (no chunked encoding to decode).
-pub fn probe(addr: SocketAddr, timeout: Duration) -> Probe {
-    match probe_inner(addr, timeout) {
-        Ok(p) => p,
-        Err(e) => Probe::NoAnswer(e.to_string()),
-    }
-}
-
-fn probe_inner(addr: SocketAddr, timeout: Duration) -> std::io::Result<Probe> {
-    let deadline = Instant::now() + timeout;
-    let left = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))
-    };
-    let mut stream = TcpStream::connect_timeout(&addr, left()?)?;
-    stream.set_write_timeout(Some(left()?))?;
-    let request = format!("GET {PROBE_PATH} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        stream.set_read_timeout(Some(left()?))?;
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-        if raw.len() as u64 > MAX_ANSWER_BYTES {
-            return Err(std::io::Error::other("answer too large"));
-        }
-    }
-    parse_answer(&raw)
-}
-
-/// Status code and JSON body of a raw HTTP/1.x answer read to EOF.
-fn parse_answer(raw: &[u8]) -> std::io::Result<Probe> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("connection closed before a complete answer"))?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("answer head is not text"))?;
-    let status_line = head.lines().next().unwrap_or("");
-    let mut parts = status_line.split(' ');
-    let status = match (parts.next(), parts.next()) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code
-            .parse::<u16>()
-            .map_err(|_| bad("bad status code in the answer"))?,
-        _ => return Err(bad("answer is not HTTP")),
-    };
-    let body = serde_json::from_slice(&raw[split + 4..]).ok();
-    Ok(Probe::Answer { status, body })
 }
 
 /// Starts the health thread when the daemon runs under systemd (`NOTIFY_SOCKET` set):
@@ -413,28 +329,6 @@ mod tests {
             assert!(t.timeout <= w / 2 || t.timeout == Duration::from_millis(200));
         }
         assert_eq!(timing(None).period, STATUS_PERIOD);
-    }
-
-    #[test]
-    fn wildcard_listen_is_probed_on_loopback() {
-        let p = |s: &str| probe_addr(s.parse().unwrap()).to_string();
-        assert_eq!(p("0.0.0.0:12315"), "127.0.0.1:12315");
-        assert_eq!(p("[::]:12315"), "[::1]:12315");
-        assert_eq!(p("127.0.0.2:80"), "127.0.0.2:80");
-    }
-
-    #[test]
-    fn answers_are_parsed_from_raw_http() {
-        let raw = b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\ncontent-length: 17\r\n\r\n{\"code\":200,\"x\":1}";
-        match parse_answer(raw).unwrap() {
-            Probe::Answer { status, body } => {
-                assert_eq!(status, 200);
-                assert_eq!(body.unwrap()["code"], 200);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\n").is_err());
-        assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
     }
 
     #[test]

@@ -24,8 +24,9 @@
 
 mod printer;
 
-use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,8 @@ use serde_json::{json, Value};
 
 use crate::apiclient::{api_client, get_progress, post, Progress};
 use crate::console::Console;
-use crate::kit::{self, range, FakeDeviceApi, Part, Request, Server};
+use crate::kit::{self, range, DaemonConfig, FakeDeviceApi, Part, Request, Server};
+use crate::tools::ToolError;
 use printer::{
     build_package, install_old_version, list_tree, printerd_pids, start_old_printerd,
     wait_for_printerd, Package,
@@ -55,17 +57,24 @@ const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Lines of the daemon log shown after a failure.
 const LOG_TAIL_LINES: usize = 40;
 
-/// The demo reports errors as human sentences; nothing matches on them.
-type DemoResult<T> = Result<T, String>;
+/// How long the daemon may take to exit after SIGTERM.
+const SIGTERM_WAIT: Duration = Duration::from_secs(20);
+/// How long the daemon may take to answer `/progress` after its start.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Attach a sentence of context to any displayable error.
+type DemoResult<T> = Result<T, ToolError>;
+
+/// Attach what the demo was doing to an error (kept as the source).
 trait Context<T> {
     fn ctx(self, what: impl std::fmt::Display) -> DemoResult<T>;
 }
 
-impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E> {
     fn ctx(self, what: impl std::fmt::Display) -> DemoResult<T> {
-        self.map_err(|e| format!("{what}: {e}"))
+        self.map_err(|e| ToolError::Step {
+            what: what.to_string(),
+            source: Box::new(e),
+        })
     }
 }
 
@@ -86,7 +95,7 @@ pub fn run() -> ExitCode {
         let mut demo = Demo::new(console.clone());
         let outcome = tokio::select! {
             r = demo.run() => r,
-            _ = tokio::signal::ctrl_c() => Err("interrupted (Ctrl-C)".to_string()),
+            _ = tokio::signal::ctrl_c() => Err(ToolError::Interrupted),
         };
         console.end_bar();
         let stopped = demo.shutdown().await;
@@ -108,7 +117,7 @@ pub fn run() -> ExitCode {
 struct Demo {
     console: Arc<Console>,
     sandbox: PathBuf,
-    daemon: Option<tokio::process::Child>,
+    daemon: Option<Child>,
     daemon_log: PathBuf,
     /// Absolute path the `printerd` script is deployed to.
     printerd_path: PathBuf,
@@ -197,52 +206,38 @@ impl Demo {
             root.display()
         ));
 
-        // 6. The daemon.
+        // 6. The daemon, configured and started by the kit the integration tests use.
         let listen = kit::free_port().ctx("cannot find a free port")?;
         let config_path = sandbox.join("config.toml");
-        let config = format!(
-            "# Written by `tope-updater demo`.\n\
-             listen = {}\n\
-             work_dir = {}\n\
-             device_api_url = {}\n\
-             allowed_roots = [{}]\n\
-             ca_file = {}\n\
-             ota_gui_path = {}\n\
-             stop_timeout_s = 3\n\
-             log_level = \"debug\"\n",
-            toml_str(&listen.to_string()),
-            toml_path(&work),
-            toml_str(&api_url),
-            toml_path(&root),
-            toml_path(&ca_file),
-            toml_path(&sandbox.join("no-ota-gui")),
-        );
-        std::fs::write(&config_path, config).ctx("cannot write the daemon config")?;
+        let mut config = DaemonConfig::new(listen, &work, &api_url, vec![root.clone()]);
+        config.ca_file = Some(ca_file);
+        config.ota_gui_path = sandbox.join("no-ota-gui");
+        config.stop_timeout_s = 3;
+        config.log_level = Some("debug".into());
+        let text = config.to_toml("")?;
+        std::fs::write(
+            &config_path,
+            format!("# Written by `tope-updater demo`.\n{text}"),
+        )
+        .ctx("cannot write the daemon config")?;
         let exe = std::env::current_exe().ctx("cannot find this program's path")?;
         let log = std::fs::File::create(&self.daemon_log).ctx("cannot create daemon.log")?;
         let log2 = log.try_clone().ctx("cannot duplicate daemon.log")?;
-        let child = tokio::process::Command::new(&exe)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .current_dir(&sandbox)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .ctx(format!("cannot start {}", exe.display()))?;
+        let child =
+            kit::daemon::serve_command(&mut Command::new(&exe), &config_path, &sandbox, log, log2)
+                .spawn()
+                .ctx(format!("cannot start {}", exe.display()))?;
         con.line(&format!(
             "demo: daemon started (pid {}): {} serve --config {}",
-            child.id().unwrap_or(0),
+            child.id(),
             exe.display(),
             config_path.display()
         ));
         con.line(&format!("demo: daemon log {}", self.daemon_log.display()));
-        self.daemon = Some(child);
+        self.wait_until_up(child, listen).await?;
 
         let client = api_client()?;
         let base = format!("http://{listen}/api/v1.0");
-        self.wait_until_up(&client, &base).await?;
         con.line(&format!("demo: daemon answers on {base}"));
 
         // 7. Download.
@@ -256,9 +251,9 @@ impl Demo {
         let answer = post(&client, &format!("{base}/download"), &body).await?;
         con.line(&format!("demo: POST /download -> {answer}"));
         expect_code_200(&answer, "/download")?;
-        let p = self.watch(&client, &base, &["toInstall"]).await?;
+        let p = self.watch(listen, &["toInstall"]).await?;
         if p.stage != "toInstall" {
-            return Err(describe_failure("download", &p));
+            return Err(describe_failure("download", p));
         }
 
         // 8. Installation.
@@ -270,9 +265,9 @@ impl Demo {
         .await?;
         con.line(&format!("demo: POST /update -> {answer}"));
         expect_code_200(&answer, "/update")?;
-        let p = self.watch(&client, &base, &["success"]).await?;
+        let p = self.watch(listen, &["success"]).await?;
         if p.stage != "success" {
-            return Err(describe_failure("installation", &p));
+            return Err(describe_failure("installation", p));
         }
         // Let the last callbacks (sent within 500 ms) print before the summary.
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -290,9 +285,9 @@ impl Demo {
                 "demo: printerd {NEW_VERSION} running as pid {pid} (was pid {old_pid})"
             )),
             None => {
-                return Err(format!(
-                    "printerd {NEW_VERSION} is not running after the update (start_cmd)"
-                ))
+                return Err(ToolError::NotRestarted {
+                    version: NEW_VERSION,
+                })
             }
         }
         let printerd_log =
@@ -311,42 +306,32 @@ impl Demo {
         Ok(())
     }
 
-    /// Poll `/progress` until the daemon answers, or fail if it exits first.
-    async fn wait_until_up(&mut self, client: &reqwest::Client, base: &str) -> DemoResult<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(child) = self.daemon.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("the daemon exited at start ({status})"));
-                }
-            }
-            if get_progress(client, base).await.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err("the daemon did not answer /progress within 20 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    /// Wait (on the blocking pool, the kit's wait) until the daemon answers `/progress`, or
+    /// fail if it exits first; the daemon is kept to be stopped either way.
+    async fn wait_until_up(&mut self, mut child: Child, listen: SocketAddr) -> DemoResult<()> {
+        let waited = tokio::task::spawn_blocking(move || {
+            let ready = kit::daemon::wait_ready(listen, &mut child, READY_TIMEOUT);
+            (child, ready)
+        })
+        .await
+        .ctx("waiting for the daemon")?;
+        let (child, ready) = waited;
+        self.daemon = Some(child);
+        ready.map(|_| ()).map_err(ToolError::from)
     }
 
     /// Show a live progress line until the stage is one of `until` or `failed`.
-    async fn watch(
-        &mut self,
-        client: &reqwest::Client,
-        base: &str,
-        until: &[&str],
-    ) -> DemoResult<Progress> {
+    async fn watch(&mut self, listen: SocketAddr, until: &[&str]) -> DemoResult<Progress> {
         let deadline = Instant::now() + STAGE_TIMEOUT;
         let mut errors = 0;
         loop {
             if let Some(child) = self.daemon.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.console.end_bar();
-                    return Err(format!("the daemon exited ({status})"));
+                    return Err(ToolError::DaemonExited(status));
                 }
             }
-            match get_progress(client, base).await {
+            match get_progress(listen).await {
                 Ok(p) => {
                     errors = 0;
                     self.console.bar(&p);
@@ -359,17 +344,19 @@ impl Demo {
                     errors += 1;
                     if errors >= 25 {
                         self.console.end_bar();
-                        return Err(format!("/progress stopped answering: {e}"));
+                        return Err(ToolError::Step {
+                            what: "/progress stopped answering".into(),
+                            source: Box::new(e),
+                        });
                     }
                 }
             }
             if Instant::now() > deadline {
                 self.console.end_bar();
-                return Err(format!(
-                    "no {} within {} s",
-                    until.join("/"),
-                    STAGE_TIMEOUT.as_secs()
-                ));
+                return Err(ToolError::StageTimeout {
+                    until: until.join("/"),
+                    within: STAGE_TIMEOUT,
+                });
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
@@ -381,21 +368,35 @@ impl Demo {
         let mut result = Ok(());
         if let Some(mut child) = self.daemon.take() {
             if let Ok(None) = child.try_wait() {
-                if let Some(pid) = child
-                    .id()
-                    .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-                {
+                let pid = i32::try_from(child.id())
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw);
+                if let Some(pid) = pid {
                     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
                 }
-                match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-                    Ok(Ok(status)) => self
-                        .console
-                        .line(&format!("demo: daemon stopped by SIGTERM ({status})")),
-                    Ok(Err(e)) => self.console.line(&format!("demo: daemon wait failed: {e}")),
-                    Err(_) => {
-                        let _ = child.start_kill();
-                        let _ = child.wait().await;
-                        result = Err("the daemon did not exit within 20 s of SIGTERM".into());
+                let deadline = Instant::now() + SIGTERM_WAIT;
+                loop {
+                    match child.try_wait() {
+                        Ok(Some(status)) => {
+                            self.console
+                                .line(&format!("demo: daemon stopped by SIGTERM ({status})"));
+                            break;
+                        }
+                        Ok(None) if Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Ok(None) => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            result = Err(ToolError::NoExitOnSigterm {
+                                within: SIGTERM_WAIT,
+                            });
+                            break;
+                        }
+                        Err(e) => {
+                            self.console.line(&format!("demo: daemon wait failed: {e}"));
+                            break;
+                        }
                     }
                 }
             }
@@ -436,20 +437,23 @@ impl Demo {
     }
 }
 
-fn describe_failure(what: &str, p: &Progress) -> String {
-    format!(
-        "{what} ended in stage {} ({}): {}",
-        p.stage,
-        p.message,
-        p.error.as_deref().unwrap_or("no error given")
-    )
+fn describe_failure(what: &'static str, p: Progress) -> ToolError {
+    ToolError::Ended {
+        what,
+        stage: p.stage,
+        message: p.message,
+        error: p.error,
+    }
 }
 
-fn expect_code_200(answer: &Value, endpoint: &str) -> DemoResult<()> {
+fn expect_code_200(answer: &Value, endpoint: &'static str) -> DemoResult<()> {
     if answer.get("code").and_then(Value::as_i64) == Some(200) {
         Ok(())
     } else {
-        Err(format!("{endpoint} was refused: {answer}"))
+        Err(ToolError::EndpointRefused {
+            endpoint,
+            answer: answer.clone(),
+        })
     }
 }
 /// The package at `/<PACKAGE_NAME>` (Range, If-Range, HEAD), throttled; 404 elsewhere. Every
@@ -499,25 +503,9 @@ fn report_line(v: &Value) -> String {
     )
 }
 
-/// A TOML basic string (JSON string escapes are valid TOML).
-fn toml_str(s: &str) -> String {
-    Value::String(s.to_string()).to_string()
-}
-
-fn toml_path(p: &Path) -> String {
-    toml_str(&p.to_string_lossy())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn toml_strings_are_escaped() {
-        assert_eq!(toml_str("a\"b\\c"), "\"a\\\"b\\\\c\"");
-        let t: toml::Table = toml::from_str(&format!("k = {}", toml_str("x\"y\\z"))).unwrap();
-        assert_eq!(t["k"].as_str(), Some("x\"y\\z"));
-    }
 
     #[test]
     fn reports_are_shown_with_stage_progress_and_error() {

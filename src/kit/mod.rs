@@ -4,6 +4,8 @@
 //! - [`serve`]: a package server on loopback, plain HTTP or HTTPS, whose every answer is chosen
 //!   by a function of the request: the honest answer of [`range`] (`Range`, `If-Range`, `ETag`,
 //!   206/416) or a hostile one (a cut body, a lying `Content-Range`, a pause, a trickle).
+//! - [`daemon`]: the real daemon started with a configuration of the caller's (written by the
+//!   `toml` crate) and awaited until its `/progress` answers.
 //! - [`device_api`]: a fake device-api recording the updater's reports; it can be down, come
 //!   back on the same port, answer a chosen status or answer late.
 //! - [`tls`]: a CA and a server certificate for `127.0.0.1`/`localhost`, generated on the spot.
@@ -14,6 +16,7 @@
 //! with [`crate::process::scan`]: the kit has neither of its own. It is built only with the
 //! `demo` feature; the printer build (`--no-default-features`) leaves it out.
 
+pub mod daemon;
 pub mod device_api;
 pub mod package;
 pub mod range;
@@ -25,6 +28,7 @@ use std::path::Path;
 
 use crate::checksum::{Algorithm, Hasher};
 
+pub use daemon::{DaemonConfig, DaemonError};
 pub use device_api::FakeDeviceApi;
 pub use package::{build_package, build_zip, manifest, pseudo_random_bytes, Entry, Noise};
 pub use serve::{Answer, Part, Request, Responder, Server};

@@ -2,13 +2,18 @@
 //! nobody can starve the API (docs/API.md 8.2). `axum::serve` has no header-read timeout, no
 //! idle timeout and no connection cap.
 //!
-//! - A connection must send a complete request head within [`HEAD_TIMEOUT`] of being accepted,
-//!   or of the first byte of its next request; a trickle of bytes does not extend that.
-//! - A keep-alive connection with no request in progress is closed after [`IDLE_TIMEOUT`].
-//!   (hyper's own `header_read_timeout` also runs while a keep-alive connection idles, so it
-//!   cannot give 10 s for a head and 60 s of idling at once: both are timed here.)
-//! - A request must be answered within [`REQUEST_TIMEOUT`] of its head (a body trickled in
-//!   byte by byte ends there), or the connection is closed.
+//! The three timeouts are a [`ServerTimeouts`] given to the server (the daemon takes them from
+//! the configuration's `[server]` table, docs/API.md 7; the defaults are the contract's):
+//!
+//! - A connection must send a complete request head within `head` (default [`HEAD_TIMEOUT`])
+//!   of being accepted, or of the first byte of its next request; a trickle of bytes does not
+//!   extend that.
+//! - A keep-alive connection with no request in progress is closed after `idle` (default
+//!   [`IDLE_TIMEOUT`]). (hyper's own `header_read_timeout` also runs while a keep-alive
+//!   connection idles, so it cannot give 10 s for a head and 60 s of idling at once: both are
+//!   timed here.)
+//! - A request must be answered within `request` (default [`REQUEST_TIMEOUT`]) of its head (a
+//!   body trickled in byte by byte ends there), or the connection is closed.
 //! - At most `cap` connections live at once, derived from the descriptor soft limit so that
 //!   most descriptors stay free for an installation. The loop never stops accepting: a legit
 //!   client must never wait in the kernel's backlog behind attackers. When a connection comes
@@ -71,6 +76,28 @@ pub fn bind(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+/// The API's connection timeouts (docs/API.md 8.2; configured in `[server]`, docs/API.md 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTimeouts {
+    /// Time to send a complete request head.
+    pub head: Duration,
+    /// Time a keep-alive connection may idle between requests.
+    pub idle: Duration,
+    /// Time from a complete head to the answer.
+    pub request: Duration,
+}
+
+impl Default for ServerTimeouts {
+    /// The contract's: 10 s for a head, 60 s of idling, 10 s for a request.
+    fn default() -> Self {
+        ServerTimeouts {
+            head: HEAD_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+            request: REQUEST_TIMEOUT,
+        }
+    }
+}
+
 /// The limits one server applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -81,15 +108,15 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The contract's timeouts, and a connection cap of one eighth of the descriptor soft
-    /// limit (between 4 and [`MAX_CONNECTIONS`]): with the usual 1024, 128 connections, and
-    /// nearly 900 descriptors left for downloading and deploying.
-    pub fn for_fd_limit(nofile_soft: u64) -> Limits {
+    /// `timeouts`, and a connection cap of one eighth of the descriptor soft limit (between
+    /// 4 and [`MAX_CONNECTIONS`]): with the usual 1024, 128 connections, and nearly 900
+    /// descriptors left for downloading and deploying.
+    pub fn for_fd_limit(nofile_soft: u64, timeouts: ServerTimeouts) -> Limits {
         let cap = usize::try_from(nofile_soft / 8).unwrap_or(usize::MAX);
         Limits {
-            head: HEAD_TIMEOUT,
-            idle: IDLE_TIMEOUT,
-            request: REQUEST_TIMEOUT,
+            head: timeouts.head,
+            idle: timeouts.idle,
+            request: timeouts.request,
             max_connections: cap.clamp(MIN_CONNECTIONS, MAX_CONNECTIONS),
         }
     }
@@ -218,21 +245,42 @@ mod tests {
 
     #[test]
     fn cap_follows_the_fd_limit_within_bounds() {
-        assert_eq!(Limits::for_fd_limit(1024).max_connections, 128);
-        assert_eq!(Limits::for_fd_limit(256).max_connections, 32);
-        assert_eq!(Limits::for_fd_limit(10).max_connections, MIN_CONNECTIONS);
+        let t = ServerTimeouts::default();
+        assert_eq!(Limits::for_fd_limit(1024, t).max_connections, 128);
+        assert_eq!(Limits::for_fd_limit(256, t).max_connections, 32);
+        assert_eq!(Limits::for_fd_limit(10, t).max_connections, MIN_CONNECTIONS);
         assert_eq!(
-            Limits::for_fd_limit(1 << 20).max_connections,
+            Limits::for_fd_limit(1 << 20, t).max_connections,
             MAX_CONNECTIONS
         );
         assert_eq!(
-            Limits::for_fd_limit(u64::MAX).max_connections,
+            Limits::for_fd_limit(u64::MAX, t).max_connections,
             MAX_CONNECTIONS
         );
-        let l = Limits::for_fd_limit(1024);
+    }
+
+    /// docs/API.md 8.2: by default a head gets 10 s, an idle connection 60 s, a request 10 s;
+    /// timeouts given to the server are the ones it applies.
+    #[test]
+    fn contract_8_2_default_timeouts_and_given_ones() {
+        let l = Limits::for_fd_limit(1024, ServerTimeouts::default());
         assert_eq!(
-            (l.head, l.idle),
-            (Duration::from_secs(10), Duration::from_secs(60))
+            (l.head, l.idle, l.request),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                Duration::from_secs(10)
+            )
+        );
+        let given = ServerTimeouts {
+            head: Duration::from_millis(300),
+            idle: Duration::from_millis(900),
+            request: Duration::from_millis(500),
+        };
+        let l = Limits::for_fd_limit(1024, given);
+        assert_eq!(
+            (l.head, l.idle, l.request),
+            (given.head, given.idle, given.request)
         );
     }
 

@@ -14,18 +14,19 @@
 //!   the update fails; 2 when no daemon answers (naming the address tried); 130 after Ctrl-C,
 //!   which stops following, never the update.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::error::ToolError;
 use crate::apiclient::{self, ClientError, Progress};
 use crate::checksum::Algorithm;
 use crate::config::Config;
 use crate::console::Console;
 use crate::download::file::file_url_of;
-use crate::error::OtaError;
 use crate::fsutil::{read_back, ReadBack, MAX_READ_BACK};
 use crate::package::{Package, PackagePolicy};
 
@@ -51,9 +52,9 @@ pub struct Args {
 #[derive(Debug)]
 enum Stop {
     /// Refused, failed, or bad input: exit 1 with this text.
-    Failed(String),
+    Failed(ToolError),
     /// No daemon answers: exit 2.
-    Unreachable(String),
+    Unreachable(ToolError),
     /// Ctrl-C: exit 130, the update goes on.
     Interrupted,
 }
@@ -61,10 +62,16 @@ enum Stop {
 impl From<ClientError> for Stop {
     fn from(e: ClientError) -> Stop {
         if e.unreachable {
-            Stop::Unreachable(e.text)
+            Stop::Unreachable(ToolError::Client(e))
         } else {
-            Stop::Failed(e.text)
+            Stop::Failed(ToolError::Client(e))
         }
+    }
+}
+
+impl From<ToolError> for Stop {
+    fn from(e: ToolError) -> Stop {
+        Stop::Failed(e)
     }
 }
 
@@ -80,27 +87,31 @@ pub struct Request {
 
 pub fn run(args: &Args, config: Option<&Path>) -> ExitCode {
     let result = Config::load(config)
-        .map_err(|e| Stop::Failed(e.to_string()))
+        .map_err(|e| Stop::Failed(e.into()))
         .and_then(|cfg| {
-            let addr = crate::systemd::probe_addr(cfg.listen);
+            let addr = crate::apiclient::probe_addr(cfg.listen);
             let console = Console::per_stage();
-            let req = request_for(args, &cfg, &console).map_err(Stop::Failed)?;
+            let req = request_for(args, &cfg, &console)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| Stop::Failed(format!("runtime: {e}")))?;
-            let base = format!("http://{addr}/api/v1.0");
-            rt.block_on(async {
-                let r = drive(&base, &req, &console).await;
+                .map_err(|source| ToolError::System {
+                    what: "runtime",
+                    source,
+                })?;
+            let driven = rt.block_on(async {
+                let r = drive(addr, &req, &console).await;
                 // Whatever ended it, what follows starts on a line of its own.
                 console.end_bar();
                 r
-            })
-            .map_err(|e| match e {
-                Stop::Unreachable(why) => Stop::Unreachable(format!(
-                    "no updater answers on {addr} ({why}); is it running? \
-                         (systemctl status tope-updater)"
-                )),
+            });
+            // A `/progress` request still running on the blocking pool (after a Ctrl-C) ends
+            // by itself within its timeout; the command does not wait for it.
+            rt.shutdown_background();
+            driven.map_err(|e| match e {
+                Stop::Unreachable(ToolError::Client(source)) => {
+                    Stop::Unreachable(ToolError::NoDaemon { addr, source })
+                }
                 other => other,
             })
         });
@@ -133,52 +144,61 @@ fn is_url(target: &str) -> bool {
 }
 
 /// The `/download` request for the target.
-fn request_for(args: &Args, cfg: &Config, console: &Console) -> Result<Request, String> {
+fn request_for(args: &Args, cfg: &Config, console: &Console) -> Result<Request, ToolError> {
     if is_url(&args.target) {
         return url_request(args);
     }
     if args.size.is_some() || args.md5.is_some() || args.version.is_some() {
-        return Err(
+        return Err(ToolError::Usage(
             "--size, --md5 and --version are for a URL; a file's are read from the file".into(),
-        );
+        ));
     }
-    let path = std::fs::canonicalize(&args.target).map_err(|e| format!("{}: {e}", args.target))?;
-    let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let path =
+        std::fs::canonicalize(&args.target).map_err(|e| ToolError::inspect(&args.target, e))?;
+    let meta = std::fs::metadata(&path).map_err(|e| ToolError::inspect(&path, e))?;
     if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
+        return Err(ToolError::NotAFile { path });
     }
     let policy = PackagePolicy {
         allowed_roots: Some(&cfg.allowed_roots),
         signatures: cfg.signatures(),
     };
     let version = Package::open(&path, None, &policy)
-        .map_err(|e| format!("{}: {}", path.display(), OtaError::from(e)))?
+        .map_err(|source| ToolError::PackageAt {
+            path: path.clone(),
+            source: source.into(),
+        })?
         .manifest
         .version;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| format!("{}: the file name is not UTF-8", path.display()))?
+        .ok_or_else(|| ToolError::BadFile {
+            path: path.clone(),
+            why: "the file name is not UTF-8".into(),
+        })?
         .to_string();
     let sidecar = args.json.clone().unwrap_or_else(|| sidecar_of(&path));
     let described = read_description(&sidecar, args.json.is_some())?;
     let md5 = match described {
         Some(d) if d.package_size != Some(meta.len()) => {
-            return Err(format!(
-                "{} describes a package of {} bytes, {} has {}: not its description",
-                sidecar.display(),
-                d.package_size.map_or("unknown".into(), |s| s.to_string()),
-                path.display(),
-                meta.len()
-            ))
+            return Err(ToolError::About {
+                why: format!(
+                    "describes a package of {} bytes, {} has {}: not its description",
+                    d.package_size.map_or("unknown".into(), |s| s.to_string()),
+                    path.display(),
+                    meta.len()
+                ),
+                path: sidecar,
+            })
         }
         Some(Description {
             version: Some(v), ..
         }) if v != version => {
-            return Err(format!(
-                "{} is for version {v}, the package's manifest says {version}",
-                sidecar.display()
-            ))
+            return Err(ToolError::About {
+                path: sidecar,
+                why: format!("is for version {v}, the package's manifest says {version}"),
+            })
         }
         Some(Description {
             package_md5: Some(md5),
@@ -187,9 +207,9 @@ fn request_for(args: &Args, cfg: &Config, console: &Console) -> Result<Request, 
         _ => {
             console.line(&format!("computing the MD5 of {}...", path.display()));
             crate::download::hash_file(&path, Algorithm::Md5, None, &mut |_| {})
-                .map_err(|e| format!("{}: {e}", path.display()))?
+                .map_err(|e| ToolError::inspect(&path, e))?
                 .map(|c| c.to_hex())
-                .ok_or("interrupted")?
+                .ok_or(ToolError::HashInterrupted)?
         }
     };
     Ok(Request {
@@ -220,20 +240,27 @@ struct Description {
 /// Read a `pack` line from `path`; `None` when the file is absent and was not asked for.
 /// Read only when it is a regular file of at most 1 MiB; an error names a line and column,
 /// never the content.
-fn read_description(path: &Path, required: bool) -> Result<Option<Description>, String> {
+fn read_description(path: &Path, required: bool) -> Result<Option<Description>, ToolError> {
     let data = match read_back(path, MAX_READ_BACK) {
         ReadBack::Missing if !required => return Ok(None),
-        ReadBack::Missing => return Err(format!("{}: no such file", path.display())),
-        ReadBack::Refused(why) => return Err(format!("{} {why}", path.display())),
+        ReadBack::Missing => {
+            return Err(ToolError::BadFile {
+                path: path.to_path_buf(),
+                why: "no such file".into(),
+            })
+        }
+        ReadBack::Refused(why) => {
+            return Err(ToolError::About {
+                path: path.to_path_buf(),
+                why,
+            })
+        }
         ReadBack::Data(d) => d,
     };
-    let v: Value = serde_json::from_slice(&data).map_err(|e| {
-        format!(
-            "{}: not the JSON line `pack` prints (line {}, column {})",
-            path.display(),
-            e.line(),
-            e.column()
-        )
+    let v: Value = serde_json::from_slice(&data).map_err(|e| ToolError::NotPackLine {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
     })?;
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let md5 = text("package_md5");
@@ -241,10 +268,10 @@ fn read_description(path: &Path, required: bool) -> Result<Option<Description>, 
         .as_deref()
         .is_some_and(|m| m.len() != 32 || !m.bytes().all(|b| b.is_ascii_hexdigit()))
     {
-        return Err(format!(
-            "{}: package_md5 is not 32 hex characters",
-            path.display()
-        ));
+        return Err(ToolError::BadFile {
+            path: path.to_path_buf(),
+            why: "package_md5 is not 32 hex characters".into(),
+        });
     }
     Ok(Some(Description {
         version: text("version"),
@@ -254,16 +281,16 @@ fn read_description(path: &Path, required: bool) -> Result<Option<Description>, 
     }))
 }
 
-fn url_request(args: &Args) -> Result<Request, String> {
+fn url_request(args: &Args) -> Result<Request, ToolError> {
     let d = match &args.json {
         Some(p) => read_description(p, true)?.unwrap_or_default(),
         None => Description::default(),
     };
     let missing = |what: &str| {
-        format!(
+        ToolError::Usage(format!(
             "a URL needs {what}: give --size, --md5 and --version, or --json FILE holding the \
              line `pack` printed"
-        )
+        ))
     };
     let url_name = args
         .target
@@ -300,20 +327,24 @@ fn check_answer(answer: &Value) -> Result<(), Stop> {
     if answer.get("code").and_then(Value::as_i64) == Some(200) {
         return Ok(());
     }
-    Err(Stop::Failed(
+    Err(Stop::Failed(ToolError::RequestRefused(
         answer
             .get("msg")
             .and_then(Value::as_str)
             .map_or_else(|| format!("unexpected answer {answer}"), str::to_string),
-    ))
+    )))
 }
 
 /// The whole exchange with the daemon; the version installed.
-async fn drive(base: &str, req: &Request, console: &Console) -> Result<String, Stop> {
-    let client = apiclient::api_client().map_err(Stop::Failed)?;
+async fn drive(addr: SocketAddr, req: &Request, console: &Console) -> Result<String, Stop> {
+    let base = format!("http://{addr}/api/v1.0");
+    let client = apiclient::api_client()?;
     // One SIGINT stream for the whole exchange: a Ctrl-C between two awaits is kept, not lost.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| Stop::Failed(format!("cannot watch for Ctrl-C: {e}")))?;
+        .map_err(|source| ToolError::System {
+            what: "cannot watch for Ctrl-C",
+            source,
+        })?;
     let sig = &mut sigint;
     let body = json!({
         "version": req.version,
@@ -334,14 +365,7 @@ async fn drive(base: &str, req: &Request, console: &Console) -> Result<String, S
     .map_err(Stop::from)?;
     check_answer(&answer)?;
     // `installing` or `success`: someone else asked for the update meanwhile.
-    let ready = follow(
-        sig,
-        &client,
-        base,
-        console,
-        &["toInstall", "installing", "success"],
-    )
-    .await?;
+    let ready = follow(sig, addr, console, &["toInstall", "installing", "success"]).await?;
     if ready.stage == "toInstall" {
         let body = json!({ "version": req.version });
         let answer = interruptible(
@@ -352,7 +376,7 @@ async fn drive(base: &str, req: &Request, console: &Console) -> Result<String, S
         .map_err(Stop::from)?;
         check_answer(&answer)?;
     }
-    follow(sig, &client, base, console, &["success"]).await?;
+    follow(sig, addr, console, &["success"]).await?;
     Ok(req.version.clone())
 }
 
@@ -370,22 +394,21 @@ async fn interruptible<T>(
 /// Follow `/progress` until a stage of `until` (returned) or `failed` (its error).
 async fn follow(
     sigint: &mut tokio::signal::unix::Signal,
-    client: &reqwest::Client,
-    base: &str,
+    addr: SocketAddr,
     console: &Console,
     until: &[&str],
 ) -> Result<Progress, Stop> {
     let mut answered = Instant::now();
     loop {
-        match interruptible(sigint, apiclient::get_progress(client, base)).await? {
+        match interruptible(sigint, apiclient::get_progress(addr)).await? {
             Ok(p) => {
                 answered = Instant::now();
                 console.bar(&p);
                 if p.stage == "failed" {
                     console.end_bar();
-                    return Err(Stop::Failed(
+                    return Err(Stop::Failed(ToolError::UpdateFailed(
                         p.error.unwrap_or_else(|| "INTERNAL_ERROR: failed".into()),
-                    ));
+                    )));
                 }
                 if until.contains(&p.stage.as_str()) {
                     if p.stage == "success" || !console.is_tty() {
@@ -395,9 +418,7 @@ async fn follow(
                 }
                 if p.stage == "idle" {
                     console.end_bar();
-                    return Err(Stop::Failed(
-                        "the updater is idle: the update is no longer running".into(),
-                    ));
+                    return Err(Stop::Failed(ToolError::NoLongerRunning));
                 }
             }
             // The daemon may restart during an update: keep asking for a while.
@@ -435,7 +456,8 @@ mod tests {
         args.size = Some(11);
         args.json = None;
         let e = url_request(&args).unwrap_err();
-        assert!(e.contains("--md5"), "{e}");
+        assert!(matches!(e, ToolError::Usage(_)), "{e:?}");
+        assert!(e.to_string().contains("--md5"), "{e}");
         args.md5 = Some("0".repeat(32));
         args.version = Some("2.0.0".into());
         let r = url_request(&args).unwrap();
@@ -448,8 +470,12 @@ mod tests {
         let p = d.path().join("p.zip.json");
         std::fs::write(&p, "secret-content").unwrap();
         let e = read_description(&p, true).unwrap_err();
-        assert!(!e.contains("secret"), "{e}");
-        assert_eq!(read_description(&d.path().join("no"), false), Ok(None));
+        assert!(matches!(e, ToolError::NotPackLine { line: 1, .. }), "{e:?}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(matches!(
+            read_description(&d.path().join("no"), false),
+            Ok(None)
+        ));
         assert_eq!(
             sidecar_of(Path::new("/m/u.zip")),
             Path::new("/m/u.zip.json")

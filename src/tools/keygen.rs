@@ -4,28 +4,28 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use super::error::{Doing, ToolError};
 use crate::package::SigningKey;
 
 /// Write a new private key to `out` (PKCS#8 PEM, mode 0600, never over an existing file) and
 /// return its public key as `trusted_keys` takes it.
-pub fn run(out: &Path) -> Result<String, String> {
-    let (key, pem_text) = SigningKey::generate().map_err(|e| e.to_string())?;
+pub fn run(out: &Path) -> Result<String, ToolError> {
+    let (key, pem_text) = SigningKey::generate().map_err(ToolError::Key)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(out)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => format!(
-                "{} already exists; refusing to overwrite a key (remove it first)",
-                out.display()
-            ),
-            _ => format!("cannot create {}: {e}", out.display()),
+            std::io::ErrorKind::AlreadyExists => ToolError::KeyExists {
+                path: out.to_path_buf(),
+            },
+            _ => ToolError::file(Doing::Creating, out, e),
         })?;
     let written = f.write_all(pem_text.as_bytes()).and_then(|()| f.sync_all());
     if let Err(e) = written {
         let _ = std::fs::remove_file(out);
-        return Err(format!("cannot write {}: {e}", out.display()));
+        return Err(ToolError::file(Doing::WritingKey, out, e));
     }
     Ok(key.public_key().to_base64())
 }
@@ -46,7 +46,8 @@ mod tests {
         assert_eq!(key.public_key().to_base64(), public);
         let before = std::fs::read(&p).unwrap();
         let e = run(&p).unwrap_err();
-        assert!(e.contains("already exists"), "{e}");
+        assert!(matches!(e, ToolError::KeyExists { .. }), "{e:?}");
+        assert!(e.to_string().contains("already exists"), "{e}");
         assert_eq!(std::fs::read(&p).unwrap(), before);
     }
 }

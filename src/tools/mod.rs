@@ -3,6 +3,7 @@
 //! exits 0, or 1 with the reason on stderr. And for a person at the printer (9.2): `install`
 //! has the running daemon install a package from a file or a URL.
 
+pub mod error;
 pub mod install;
 pub mod keygen;
 pub mod pack;
@@ -12,10 +13,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::Config;
+pub use error::ToolError;
 
 /// Print the outcome of command `name`: `ok` on stdout (when not empty) and exit 0, or the
 /// reason on stderr and exit 1.
-pub fn finish(name: &str, result: Result<String, String>) -> ExitCode {
+pub fn finish(name: &str, result: Result<String, ToolError>) -> ExitCode {
     match result {
         Ok(ok) => {
             if !ok.is_empty() {
@@ -32,7 +34,6 @@ pub fn finish(name: &str, result: Result<String, String>) -> ExitCode {
 
 /// The daemon's configuration when `--config` was given (its `allowed_roots`, and for
 /// `verify` its keys, then apply).
-fn load_config(path: Option<&Path>) -> Result<Option<Config>, String> {
-    path.map(|p| Config::load(Some(p)).map_err(|e| e.to_string()))
-        .transpose()
+fn load_config(path: Option<&Path>) -> Result<Option<Config>, ToolError> {
+    Ok(path.map(|p| Config::load(Some(p))).transpose()?)
 }

@@ -20,8 +20,8 @@ use serde_json::Value;
 use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
+use super::error::{Doing, ToolError};
 use crate::checksum::{Algorithm, Checksum, Hasher};
-use crate::error::OtaError;
 use crate::package::{
     parse_manifest, validate_manifest, Manifest, Package, PackagePolicy, PublicKey, Signatures,
     SigningKey, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, SIGNATURE_NAME,
@@ -64,25 +64,24 @@ pub fn run(
     out: &Path,
     key: Option<&Path>,
     config: Option<&Path>,
-) -> Result<Packed, String> {
+) -> Result<Packed, ToolError> {
     let cfg = super::load_config(config)?;
     let roots = cfg.as_ref().map(|c| c.allowed_roots.clone());
     let key = key.map(read_key).transpose()?;
     let manifest_path = dir.join(MANIFEST_NAME);
     let original = read_bounded(&manifest_path, MAX_MANIFEST_BYTES)?;
-    let manifest = parse_manifest(&original).map_err(|e| OtaError::from(e).to_string())?;
-    validate_manifest(&manifest, None, roots.as_deref())
-        .map_err(|e| OtaError::from(e).to_string())?;
+    let manifest = parse_manifest(&original)?;
+    validate_manifest(&manifest, None, roots.as_deref())?;
     let package_name = out
         .file_name()
         .and_then(|n| n.to_str())
         .filter(|n| crate::state::usable_package_name(n))
         .ok_or_else(|| {
-            format!(
+            ToolError::Usage(format!(
                 "--out {}: its file name is the package_name device-api sends, and /download \
                  would refuse it (a plain UTF-8 name of at most 255 bytes, not ending in .tmp)",
                 out.display()
-            )
+            ))
         })?
         .to_string();
     let sources = collect(dir, &manifest)?;
@@ -111,10 +110,13 @@ pub fn run(
     );
     let outcome = result.and_then(|()| {
         let (size, md5) = md5_of(&tmp)?;
-        std::fs::rename(&tmp, out)
-            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), out.display()))?;
+        std::fs::rename(&tmp, out).map_err(|source| ToolError::Rename {
+            from: tmp.clone(),
+            to: out.to_path_buf(),
+            source,
+        })?;
         crate::fsutil::fsync_parent(out)
-            .map_err(|e| format!("cannot sync the directory of {}: {e}", out.display()))?;
+            .map_err(|e| ToolError::file(Doing::SyncingDirOf, out, e))?;
         Ok((size, md5))
     });
     let (package_size, package_md5) = match outcome {
@@ -132,47 +134,60 @@ pub fn run(
     })
 }
 
-fn read_key(path: &Path) -> Result<SigningKey, String> {
+fn read_key(path: &Path) -> Result<SigningKey, ToolError> {
     let text = read_bounded(path, MAX_KEY_BYTES)?;
-    SigningKey::from_pem(&text).map_err(|e| format!("--key {}: {e}", path.display()))
+    SigningKey::from_pem(&text).map_err(|source| ToolError::KeyFile {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A file a person names on the command line: a regular file (a symlink to one is followed)
 /// of at most `max` bytes, never a FIFO that would block or a device that never ends.
-fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, ToolError> {
     match crate::fsutil::read_operator_file(path, max) {
         crate::fsutil::ReadBack::Data(b) => Ok(b),
-        crate::fsutil::ReadBack::Missing => {
-            Err(format!("cannot open {}: no such file", path.display()))
-        }
-        crate::fsutil::ReadBack::Refused(why) => Err(format!("{}: {why}", path.display())),
+        crate::fsutil::ReadBack::Missing => Err(ToolError::Missing {
+            path: path.to_path_buf(),
+        }),
+        crate::fsutil::ReadBack::Refused(why) => Err(ToolError::Refused {
+            path: path.to_path_buf(),
+            why,
+        }),
     }
 }
 
 /// Every file the modules name, each once, in a stable order. Symbolic links and special
 /// files are refused (the daemon refuses them in a package).
-fn collect(dir: &Path, manifest: &Manifest) -> Result<Vec<Source>, String> {
+fn collect(dir: &Path, manifest: &Manifest) -> Result<Vec<Source>, ToolError> {
     let mut out: BTreeMap<String, Source> = BTreeMap::new();
     for md in &manifest.modules {
         // validate_manifest has checked that src is a relative path without `..`.
-        let name = crate::package::canonical_rel(&md.src)
-            .ok_or_else(|| format!("module {}: src `{}` is not a path", md.name, md.src))?;
+        let name = crate::package::canonical_rel(&md.src).ok_or_else(|| {
+            ToolError::Content(format!(
+                "module {}: src `{}` is not a path",
+                md.name, md.src
+            ))
+        })?;
         if name == MANIFEST_NAME || name == SIGNATURE_NAME {
-            return Err(format!(
+            return Err(ToolError::Content(format!(
                 "module {}: src `{name}` is the package's own {name}",
                 md.name
-            ));
+            )));
         }
         let path = dir.join(&name);
-        let meta = std::fs::symlink_metadata(&path)
-            .map_err(|e| format!("module {}: src {}: {e}", md.name, path.display()))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| ToolError::ModuleSrc {
+            module: md.name.clone(),
+            path: path.clone(),
+            source,
+        })?;
         add(&mut out, name, path, &meta)?;
     }
     if out.len() + 2 > MAX_ENTRIES {
-        return Err(format!(
+        return Err(ToolError::Content(format!(
             "{} files, more than a package may hold ({MAX_ENTRIES} entries)",
             out.len()
-        ));
+        )));
     }
     Ok(out.into_values().collect())
 }
@@ -182,13 +197,13 @@ fn add(
     name: String,
     path: PathBuf,
     meta: &std::fs::Metadata,
-) -> Result<(), String> {
+) -> Result<(), ToolError> {
     let kind = meta.file_type();
     if kind.is_symlink() {
-        return Err(format!(
+        return Err(ToolError::Content(format!(
             "{} is a symbolic link: packages may not hold links (copy the file instead)",
             path.display()
-        ));
+        )));
     }
     if kind.is_file() {
         out.entry(name.clone()).or_insert(Source {
@@ -200,33 +215,32 @@ fn add(
         return Ok(());
     }
     if !kind.is_dir() {
-        return Err(format!(
+        return Err(ToolError::Content(format!(
             "{} is not a regular file or directory",
             path.display()
-        ));
+        )));
     }
     if out.len() > MAX_ENTRIES {
-        return Err(format!("more than {MAX_ENTRIES} files"));
+        return Err(ToolError::Content(format!("more than {MAX_ENTRIES} files")));
     }
     let mut children = Vec::new();
-    for e in std::fs::read_dir(&path).map_err(|e| format!("{}: {e}", path.display()))? {
-        let e = e.map_err(|e| format!("{}: {e}", path.display()))?;
-        let child = e
-            .file_name()
-            .into_string()
-            .map_err(|n| format!("{}: the name {n:?} is not UTF-8", path.display()))?;
+    for e in std::fs::read_dir(&path).map_err(|e| ToolError::inspect(&path, e))? {
+        let e = e.map_err(|e| ToolError::inspect(&path, e))?;
+        let child = e.file_name().into_string().map_err(|n| {
+            ToolError::Content(format!("{}: the name {n:?} is not UTF-8", path.display()))
+        })?;
         if child.contains('\\') {
-            return Err(format!(
+            return Err(ToolError::Content(format!(
                 "{}: the name {child} holds a `\\`, which packages may not",
                 path.display()
-            ));
+            )));
         }
         children.push(child);
     }
     children.sort();
     for child in children {
         let p = path.join(&child);
-        let meta = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let meta = std::fs::symlink_metadata(&p).map_err(|e| ToolError::inspect(&p, e))?;
         add(out, format!("{name}/{child}"), p, &meta)?;
     }
     Ok(())
@@ -234,18 +248,17 @@ fn add(
 
 /// A new file beside `out`, named `.tope-pack-<16 random hex digits>` and created here (never
 /// an existing one), for the ZIP until it is complete and checked.
-fn create_own_tmp(out: &Path) -> Result<(PathBuf, File), String> {
+fn create_own_tmp(out: &Path) -> Result<(PathBuf, File), ToolError> {
     use ring::rand::SecureRandom;
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     let rng = ring::rand::SystemRandom::new();
-    let mut last = String::new();
+    let mut last = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
     for _ in 0..4 {
         let mut bytes = [0u8; 8];
-        rng.fill(&mut bytes)
-            .map_err(|_| "the system's random generator failed".to_string())?;
+        rng.fill(&mut bytes).map_err(|_| ToolError::Random)?;
         let tmp = dir.join(format!(".tope-pack-{}", crate::checksum::hex(&bytes)));
         match OpenOptions::new()
             .write(true)
@@ -254,14 +267,14 @@ fn create_own_tmp(out: &Path) -> Result<(PathBuf, File), String> {
             .open(&tmp)
         {
             Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = e.to_string(),
-            Err(e) => return Err(format!("cannot create {}: {e}", tmp.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(ToolError::file(Doing::Creating, tmp, e)),
         }
     }
-    Err(format!(
-        "cannot create a temporary file in {}: {last}",
-        dir.display()
-    ))
+    Err(ToolError::NoTempName {
+        dir: dir.to_path_buf(),
+        last,
+    })
 }
 
 /// Write the ZIP to `tmp` (opened as `file`) and check it as the daemon would.
@@ -273,17 +286,20 @@ fn write_and_check(
     manifest: &Manifest,
     key: Option<&SigningKey>,
     roots: Option<Vec<PathBuf>>,
-) -> Result<(), String> {
-    let werr = |e: &dyn std::fmt::Display| format!("writing {}: {e}", tmp.display());
+) -> Result<(), ToolError> {
+    let werr = |e: std::io::Error| ToolError::file(Doing::Writing, tmp, e);
+    let zerr = |source: zip::result::ZipError| ToolError::Zip {
+        path: tmp.to_path_buf(),
+        source,
+    };
     let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(CHUNK, file));
     let mut hashes: BTreeMap<String, Checksum> = BTreeMap::new();
     let mut buf = vec![0u8; CHUNK];
     for s in sources {
         let opts = options(s.mode, method_for(&s.path)?).large_file(s.size >= LARGE_FILE);
-        zip.start_file(s.name.as_str(), opts)
-            .map_err(|e| werr(&e))?;
+        zip.start_file(s.name.as_str(), opts).map_err(zerr)?;
         let mut input =
-            File::open(&s.path).map_err(|e| format!("cannot open {}: {e}", s.path.display()))?;
+            File::open(&s.path).map_err(|e| ToolError::file(Doing::Opening, &s.path, e))?;
         let mut hasher = Hasher::new(Algorithm::Sha256);
         let mut done: u64 = 0;
         loop {
@@ -291,18 +307,18 @@ fn write_and_check(
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("reading {}: {e}", s.path.display())),
+                Err(e) => return Err(ToolError::file(Doing::Reading, &s.path, e)),
             };
             hasher.update(&buf[..n]);
-            zip.write_all(&buf[..n]).map_err(|e| werr(&e))?;
+            zip.write_all(&buf[..n]).map_err(werr)?;
             done += n as u64;
         }
         if done != s.size {
-            return Err(format!(
-                "{} changed while it was packed ({} bytes, then {done})",
-                s.path.display(),
-                s.size
-            ));
+            return Err(ToolError::Changed {
+                path: s.path.clone(),
+                before: s.size,
+                after: done,
+            });
         }
         hashes.insert(s.name.clone(), hasher.finalize());
     }
@@ -314,18 +330,18 @@ fn write_and_check(
         }
     };
     zip.start_file(MANIFEST_NAME, options(0o644, CompressionMethod::Deflated))
-        .map_err(|e| werr(&e))?;
-    zip.write_all(&manifest_bytes).map_err(|e| werr(&e))?;
+        .map_err(zerr)?;
+    zip.write_all(&manifest_bytes).map_err(werr)?;
     if let Some(k) = key {
         zip.start_file(SIGNATURE_NAME, options(0o644, CompressionMethod::Stored))
-            .map_err(|e| werr(&e))?;
+            .map_err(zerr)?;
         zip.write_all(k.sign_manifest(&manifest_bytes).as_bytes())
-            .map_err(|e| werr(&e))?;
+            .map_err(werr)?;
     }
-    let mut w = zip.finish().map_err(|e| werr(&e))?;
-    w.flush().map_err(|e| werr(&e))?;
-    let file = w.into_inner().map_err(|e| werr(e.error()))?;
-    file.sync_all().map_err(|e| werr(&e))?;
+    let mut w = zip.finish().map_err(zerr)?;
+    w.flush().map_err(werr)?;
+    let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
+    file.sync_all().map_err(werr)?;
     drop(file);
 
     // The daemon's own checks, on the file just written.
@@ -339,17 +355,17 @@ fn write_and_check(
     };
     Package::open(tmp, None, &policy)
         .map(|_| ())
-        .map_err(|e| format!("the package built is refused: {}", OtaError::from(e)))
+        .map_err(|e| ToolError::Built(e.into()))
 }
 
 /// Deflate a file only when a sample of its head shrinks: already compressed data (images,
 /// archives, compressed firmware) is stored, which makes packing it several times faster and
 /// the package no bigger.
-fn method_for(path: &Path) -> Result<CompressionMethod, String> {
+fn method_for(path: &Path) -> Result<CompressionMethod, ToolError> {
     let mut head = Vec::with_capacity(SAMPLE);
     File::open(path)
         .and_then(|f| f.take(SAMPLE as u64).read_to_end(&mut head))
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        .map_err(|e| ToolError::file(Doing::Reading, path, e))?;
     if head.len() < SAMPLE {
         return Ok(CompressionMethod::Deflated);
     }
@@ -357,7 +373,7 @@ fn method_for(path: &Path) -> Result<CompressionMethod, String> {
     let packed = enc
         .write_all(&head)
         .and_then(|()| enc.finish())
-        .map_err(|e| format!("compressing {}: {e}", path.display()))?;
+        .map_err(|e| ToolError::file(Doing::Compressing, path, e))?;
     Ok(if packed.len() * 100 > head.len() * 95 {
         CompressionMethod::Stored
     } else {
@@ -376,18 +392,23 @@ fn options(mode: u32, method: CompressionMethod) -> SimpleFileOptions {
 
 /// `manifest.json` with its `sha256` map set to the files packed (the author's keys and
 /// values otherwise kept).
-fn with_hashes(original: &[u8], hashes: &BTreeMap<String, Checksum>) -> Result<Vec<u8>, String> {
-    let mut v: Value =
-        serde_json::from_slice(original).map_err(|e| format!("{MANIFEST_NAME}: {e}"))?;
+fn with_hashes(original: &[u8], hashes: &BTreeMap<String, Checksum>) -> Result<Vec<u8>, ToolError> {
+    let json_err = |source| ToolError::ManifestJson {
+        name: MANIFEST_NAME,
+        source,
+    };
+    let mut v: Value = serde_json::from_slice(original).map_err(json_err)?;
     let Some(obj) = v.as_object_mut() else {
-        return Err(format!("{MANIFEST_NAME}: not a JSON object"));
+        return Err(ToolError::Content(format!(
+            "{MANIFEST_NAME}: not a JSON object"
+        )));
     };
     let map = hashes
         .iter()
         .map(|(k, c)| (k.clone(), Value::String(c.to_hex())))
         .collect();
     obj.insert("sha256".to_string(), Value::Object(map));
-    let mut bytes = serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?;
+    let mut bytes = serde_json::to_vec_pretty(&v).map_err(json_err)?;
     bytes.push(b'\n');
     Ok(bytes)
 }
@@ -397,21 +418,21 @@ fn with_hashes(original: &[u8], hashes: &BTreeMap<String, Checksum>) -> Result<V
 fn check_stale_hashes(
     manifest: &Manifest,
     hashes: &BTreeMap<String, Checksum>,
-) -> Result<(), String> {
+) -> Result<(), ToolError> {
     for (name, hex) in manifest.sha256.iter().flatten() {
         let actual = crate::package::canonical_rel(name).and_then(|n| hashes.get(&n));
         match actual {
             Some(c) if c.to_hex() == *hex => {}
             Some(c) => {
-                return Err(format!(
+                return Err(ToolError::Content(format!(
                     "{MANIFEST_NAME}: the sha256 of {name} is {hex}, the file's is {c} \
                      (pack with --key to have the map written, or fix it)"
-                ))
+                )))
             }
             None => {
-                return Err(format!(
+                return Err(ToolError::Content(format!(
                     "{MANIFEST_NAME}: the sha256 map names {name}, which no module packs"
-                ))
+                )))
             }
         }
     }
@@ -419,8 +440,8 @@ fn check_stale_hashes(
 }
 
 /// Size and MD5 of the package (what device-api announces in `/download`).
-fn md5_of(path: &Path) -> Result<(u64, String), String> {
-    let mut f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+fn md5_of(path: &Path) -> Result<(u64, String), ToolError> {
+    let mut f = File::open(path).map_err(|e| ToolError::file(Doing::Opening, path, e))?;
     let mut h = Hasher::new(Algorithm::Md5);
     let mut buf = vec![0u8; CHUNK];
     let mut size = 0u64;
@@ -432,7 +453,7 @@ fn md5_of(path: &Path) -> Result<(u64, String), String> {
                 size += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+            Err(e) => return Err(ToolError::file(Doing::Reading, path, e)),
         }
     }
     Ok((size, h.finalize().to_hex()))

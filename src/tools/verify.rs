@@ -3,14 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::OtaError;
+use super::error::ToolError;
 use crate::package::{Package, PackagePolicy, PublicKey, Signatures};
 
 /// Check the package at `file`. The keys are `keys` (base64, as `keygen` prints them) plus,
 /// with `config`, its `trusted_keys`; a signature is required when `--key` is given or the
 /// config requires one. `allowed_roots` applies only with `config`. Every file a module
 /// deploys is read (CRC32, size, SHA-256 when the manifest names it). Returns a summary.
-pub fn run(file: &Path, keys: &[String], config: Option<&Path>) -> Result<String, String> {
+pub fn run(file: &Path, keys: &[String], config: Option<&Path>) -> Result<String, ToolError> {
     let cfg = super::load_config(config)?;
     let mut trusted: Vec<PublicKey> = cfg
         .as_ref()
@@ -18,7 +18,9 @@ pub fn run(file: &Path, keys: &[String], config: Option<&Path>) -> Result<String
         .unwrap_or_default();
     for k in keys {
         let key = PublicKey::from_base64(k).ok_or_else(|| {
-            format!("--key `{k}` is not the base64 of a 32-byte Ed25519 public key")
+            ToolError::Usage(format!(
+                "--key `{k}` is not the base64 of a 32-byte Ed25519 public key"
+            ))
         })?;
         trusted.push(key);
     }
@@ -31,12 +33,10 @@ pub fn run(file: &Path, keys: &[String], config: Option<&Path>) -> Result<String
                 || cfg.as_ref().is_some_and(|c| c.require_signature),
         },
     };
-    let mut pkg = Package::open(file, None, &policy).map_err(|e| OtaError::from(e).to_string())?;
+    let mut pkg = Package::open(file, None, &policy)?;
     let mut bytes = 0;
     for f in pkg.files.clone() {
-        bytes += pkg
-            .extract_to(&f, &mut std::io::sink())
-            .map_err(|e| OtaError::from(e).to_string())?;
+        bytes += pkg.extract_to(&f, &mut std::io::sink())?;
     }
     let signature = match (&pkg.signed_by, trusted.is_empty()) {
         (Some(k), _) => format!("signed by {k}"),

@@ -1,11 +1,17 @@
-//! The real `tope-updater` binary, started with a config file in the test's directory.
+//! The real `tope-updater` binary, started with a config file in the test's directory: the
+//! test-shaped face of the crate's kit (`tope_updater::kit::daemon`, shared with `demo`),
+//! which writes the config (with the `toml` crate), builds the command line and awaits the
+//! first `/progress`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tope_updater::kit::daemon as kit;
+use tope_updater::kit::DaemonConfig;
+use tope_updater::server::ServerTimeouts;
 
 use super::http;
 use super::{FakeDeviceApi, Nginx, Workspace};
@@ -22,8 +28,10 @@ pub struct DaemonOptions {
     pub ota_gui_path: Option<PathBuf>,
     /// Write `ca_file = <workspace>/ca.pem` (the nginx CA) when that file exists.
     pub use_ca_file: bool,
-    /// More TOML lines, appended as they are.
+    /// More TOML, merged into the config (a key given here wins).
     pub extra_toml: String,
+    /// The API's timeouts (`[server]`); `None`: the contract's 10 s / 60 s / 10 s.
+    pub server_timeouts: Option<ServerTimeouts>,
 }
 
 impl Default for DaemonOptions {
@@ -34,6 +42,7 @@ impl Default for DaemonOptions {
             ota_gui_path: None,
             use_ca_file: true,
             extra_toml: String::new(),
+            server_timeouts: None,
         }
     }
 }
@@ -49,31 +58,39 @@ pub struct Daemon {
     pub first_progress: Option<Value>,
 }
 
-fn toml_str(p: &Path) -> String {
-    serde_json::to_string(&p.display().to_string()).unwrap()
-}
-
-/// The TOML config for a daemon of this workspace.
-pub fn config_text(ws: &Workspace, api: &FakeDeviceApi, port: u16, o: &DaemonOptions) -> String {
-    let gui = o
+/// The config of a daemon of this workspace, as the kit writes it.
+pub fn daemon_config(
+    ws: &Workspace,
+    api: &FakeDeviceApi,
+    port: u16,
+    o: &DaemonOptions,
+) -> DaemonConfig {
+    let mut c = DaemonConfig::new(
+        ([127, 0, 0, 1], port).into(),
+        &ws.work_dir(),
+        &api.url(),
+        vec![ws.root()],
+    );
+    c.ota_gui_path = o
         .ota_gui_path
         .clone()
         .unwrap_or_else(|| ws.path().join("no-such-ota-gui"));
-    let mut t = format!(
-        "listen = \"127.0.0.1:{port}\"\nwork_dir = {}\ndevice_api_url = \"{}\"\n\
-         allowed_roots = [{}]\nota_gui_path = {}\nstop_timeout_s = {}\nallow_http = {}\n",
-        toml_str(&ws.work_dir()),
-        api.url(),
-        toml_str(&ws.root()),
-        toml_str(&gui),
-        o.stop_timeout_s,
-        o.allow_http,
-    );
-    if o.use_ca_file && ws.ca_file().exists() {
-        t.push_str(&format!("ca_file = {}\n", toml_str(&ws.ca_file())));
+    c.stop_timeout_s = o.stop_timeout_s;
+    c.allow_http = o.allow_http;
+    c.ca_file = (o.use_ca_file && ws.ca_file().exists()).then(|| ws.ca_file());
+    match o.server_timeouts {
+        Some(t) => c.with_server_timeouts(t),
+        None => c,
     }
-    t.push_str(&o.extra_toml);
-    t
+}
+
+/// The TOML config for a daemon of this workspace (`extra_toml` merged in). Without
+/// `server_timeouts` and without a table in `extra_toml` it holds no table, so more keys may
+/// be appended to it.
+pub fn config_text(ws: &Workspace, api: &FakeDeviceApi, port: u16, o: &DaemonOptions) -> String {
+    daemon_config(ws, api, port, o)
+        .to_toml(&o.extra_toml)
+        .unwrap_or_else(|e| panic!("daemon config: {e}"))
 }
 
 /// Appends `serve --config <config_path>` to `cmd` (the binary itself, or a program that runs
@@ -88,30 +105,12 @@ pub fn serve_command<'a>(
 ) -> &'a mut Command {
     let out = std::fs::File::create(out_dir.join(format!("{stem}.stdout"))).unwrap();
     let err = std::fs::File::create(out_dir.join(format!("{stem}.stderr"))).unwrap();
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config_path)
-        .current_dir(out_dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    for v in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
-        cmd.env_remove(v);
-    }
     // Programs the daemon starts are plain children here, also on a host where systemd runs
     // (a test must not leave transient units behind); tests of systemd-run name a fake.
     if !cmd.get_envs().any(|(k, _)| k == "TOPE_SYSTEMD_RUN") {
         cmd.env("TOPE_SYSTEMD_RUN", "");
     }
-    std::os::unix::process::CommandExt::process_group(cmd, 0);
-    cmd
+    kit::serve_command(cmd, config_path, out_dir, out, err)
 }
 
 /// Spawns the binary with `serve --config <path>`, output into `daemon-<run>.stdout` and
@@ -211,27 +210,10 @@ impl Daemon {
                 .expect("spawn the wrapped tope-updater")
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = http::request(self.addr, "GET", &format!("{API}/progress"), None, b"") {
-                if r.status == 200 {
-                    self.first_progress = serde_json::from_slice(&r.body).ok();
-                    return;
-                }
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "tope-updater exited ({status}) before answering /progress:\n{}",
-                    self.output()
-                );
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "tope-updater did not answer /progress within 30 s:\n{}",
-                    self.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = self.child.as_mut().expect("just spawned");
+        match kit::wait_ready(self.addr, child, Duration::from_secs(30)) {
+            Ok(first) => self.first_progress = Some(first),
+            Err(e) => panic!("tope-updater: {e}:\n{}", self.output()),
         }
     }
 

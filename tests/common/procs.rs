@@ -275,20 +275,9 @@ impl WrappedDaemon {
             out_dir: out_dir.to_path_buf(),
             stem: stem.to_string(),
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = d.try_request("GET", "/progress", None, b"") {
-                if r.status == 200 {
-                    return d;
-                }
-            }
-            if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("the daemon exited ({st}) before answering:\n{}", d.output());
-            }
-            if std::time::Instant::now() >= deadline {
-                panic!("the daemon did not answer within 30 s:\n{}", d.output());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match tope_updater::kit::daemon::wait_ready(d.addr, &mut d.child, Duration::from_secs(30)) {
+            Ok(_) => d,
+            Err(e) => panic!("{e}:\n{}", d.output()),
         }
     }
 
