@@ -16,6 +16,7 @@ use std::io;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::checksum::Checksum;
 use crate::fsutil::ReadBack;
 use crate::lifecycle::{self, Lifecycle, Stage};
 use crate::workdir::OwnFile;
@@ -45,8 +46,13 @@ pub struct Outcome {
     pub at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub package_md5: Option<String>,
+    /// The package's announced MD5, lowercase hex on disk as always.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::checksum::md5_hex_opt"
+    )]
+    pub package_md5: Option<Checksum>,
     /// The installation it ends, when it ends one (see `Lifecycle::install_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_id: Option<u64>,
@@ -186,6 +192,7 @@ pub fn append_history(file: &OwnFile, o: &Outcome) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum::Algorithm;
     use crate::error;
     use crate::lifecycle::{PackageSpec, Validator};
 
@@ -195,7 +202,8 @@ mod tests {
             package_url: "https://a/p.zip".into(),
             package_name: "p.zip".into(),
             package_size: 10,
-            package_md5: "0123456789abcdef0123456789abcdef".into(),
+            package_md5: Checksum::from_hex(Algorithm::Md5, "0123456789abcdef0123456789abcdef")
+                .unwrap(),
         }
     }
 
@@ -230,6 +238,28 @@ mod tests {
         assert_eq!(load(&f), Some(o.clone()));
         assert_eq!(peek(&f), Ok(Some(o)));
         assert!(Outcome::of(&Lifecycle::new(), now()).is_none());
+    }
+
+    /// docs/API.md 8.5: an outcome written by 0.1.0 (the fixture is its exact output) loads,
+    /// its `package_md5` a checksum, and is written back byte for byte.
+    #[test]
+    fn api_8_5_outcome_of_0_1_0_loads_and_keeps_its_format() {
+        let bytes = include_bytes!("../tests/fixtures/outcome-0.1.0.json");
+        let d = tempfile::tempdir().unwrap();
+        let f = crate::workdir::OwnFile::new(d.path().join("outcome.json"));
+        std::fs::write(f.path(), bytes).unwrap();
+        let o = load(&f).unwrap();
+        assert_eq!(
+            o.package_md5,
+            Checksum::from_hex(Algorithm::Md5, "d41d8cd98f00b204e9800998ecf8427e")
+        );
+        assert_eq!(serde_json::to_vec_pretty(&o).unwrap(), bytes);
+        // Without the field (a failed download of no package) it is still an outcome.
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let mut v = v.as_object().unwrap().clone();
+        v.remove("package_md5");
+        let o: Outcome = serde_json::from_value(v.into()).unwrap();
+        assert_eq!(o.package_md5, None);
     }
 
     #[test]

@@ -69,7 +69,10 @@ pub enum DownloadError {
     /// A `file://` source failed: gone, shorter or longer than `package_size`, a read error
     /// (a stick pulled mid-copy). Never retried, and the partial copy is not kept.
     #[error("{url}: {reason}")]
-    SourceLost { url: String, reason: String },
+    SourceLost {
+        url: String,
+        reason: super::file::SourceError,
+    },
     #[error("cannot set up the download: {0}")]
     Setup(String),
     #[error("the download's write thread crashed")]

@@ -89,12 +89,12 @@ pub fn download(
 ) -> Result<DownloadOutcome, DownloadError> {
     // docs/API.md 9.2: a `file://` package is copied, not fetched.
     let source = if file::is_file_url(&p.spec.package_url) {
-        Some(file::file_url_path(&p.spec.package_url).map_err(|reason| {
-            DownloadError::SourceLost {
+        Some(
+            file::file_url_path(&p.spec.package_url).map_err(|e| DownloadError::SourceLost {
                 url: p.spec.package_url.clone(),
-                reason,
-            }
-        })?)
+                reason: e.into(),
+            })?,
+        )
     } else {
         None
     };
