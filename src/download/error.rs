@@ -75,6 +75,8 @@ pub enum DownloadError {
     },
     #[error("cannot set up the download: {0}")]
     Setup(String),
+    #[error("cannot set up the download")]
+    Client(#[from] crate::net::NetError),
     #[error("the download's write thread crashed")]
     WriterCrashed,
 }
@@ -118,9 +120,10 @@ impl From<DownloadError> for OtaError {
                 format!("cannot write {}", path.display()),
                 source,
             ),
-            DownloadError::Read { .. } | DownloadError::Setup(_) | DownloadError::WriterCrashed => {
-                error::internal(chain(&e))
-            }
+            DownloadError::Read { .. }
+            | DownloadError::Setup(_)
+            | DownloadError::Client(_)
+            | DownloadError::WriterCrashed => error::internal(chain(&e)),
         }
     }
 }
