@@ -1,4 +1,4 @@
-//! The request bodies as typed values (docs/API.md 1 and 9.7): each field of `/download` and
+//! The request bodies as typed values (docs/API.md 1, 8.3 and 9.2): each field of `/download` and
 //! `/update` is parsed once, here at the API edge, into a value that can only hold what the
 //! contract accepts. Inward, nothing checks them again; the whole-package hash travels as a
 //! [`Checksum`], never as text.
