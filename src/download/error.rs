@@ -73,8 +73,13 @@ pub enum DownloadError {
         url: String,
         reason: super::file::SourceError,
     },
-    #[error("cannot set up the download: {0}")]
-    Setup(String),
+    /// The download's own runtime or threads could not be made (`what`: `runtime`,
+    /// `threads`).
+    #[error("cannot set up the download: {what}: {io}")]
+    Setup {
+        what: &'static str,
+        io: std::io::Error,
+    },
     #[error("cannot set up the download")]
     Client(#[from] crate::net::NetError),
     #[error("the download's write thread crashed")]
@@ -121,7 +126,7 @@ impl From<DownloadError> for OtaError {
                 source,
             ),
             DownloadError::Read { .. }
-            | DownloadError::Setup(_)
+            | DownloadError::Setup { .. }
             | DownloadError::Client(_)
             | DownloadError::WriterCrashed => error::internal(chain(&e)),
         }
@@ -174,6 +179,22 @@ mod tests {
         assert_eq!(
             OtaError::from(DownloadError::WriterCrashed).code,
             ErrorCode::InternalError
+        );
+        let setup = OtaError::from(DownloadError::Setup {
+            what: "threads",
+            io: std::io::Error::from_raw_os_error(11),
+        });
+        assert_eq!(setup.code, ErrorCode::InternalError);
+        assert!(
+            setup
+                .detail
+                .starts_with("cannot set up the download: threads: "),
+            "{setup}"
+        );
+        let client = DownloadError::from(crate::net::NetError::CaFileMissing("/ca.pem".into()));
+        assert_eq!(
+            OtaError::from(client).detail,
+            "cannot set up the download: ca_file /ca.pem: no such file"
         );
     }
 }

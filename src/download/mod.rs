@@ -101,7 +101,10 @@ pub fn download(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| DownloadError::Setup(format!("runtime: {e}")))?;
+        .map_err(|io| DownloadError::Setup {
+            what: "runtime",
+            io,
+        })?;
     let Some((file, hasher, keep)) = disk::prepare_file(&p, p.hasher.clone())? else {
         return Ok(DownloadOutcome::Interrupted {
             bytes: p.resume_from,
@@ -128,7 +131,10 @@ pub fn download(
             Ok(w) => w,
             Err(e) => {
                 ck.stop();
-                return Err(DownloadError::Setup(format!("threads: {e}")));
+                return Err(DownloadError::Setup {
+                    what: "threads",
+                    io: e,
+                });
             }
         };
         let w = disk::Writer {
