@@ -3,7 +3,11 @@
 //!
 //! Every answer is HTTP 200 with `{"code", "msg", "data"}`; the body is read by hand (not by an
 //! extractor) so that a wrong content type, a body over 64 KiB or malformed JSON all become
-//! `code 400 VALIDATION_ERROR` instead of axum's own 4xx answers.
+//! `code 400 VALIDATION_ERROR` instead of axum's own 4xx answers. The body is then parsed
+//! into typed values (`request`): a version, a package source, a package name, a size, the
+//! package's [`Checksum`](crate::checksum::Checksum); inward only those travel.
+
+pub mod request;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -16,13 +20,15 @@ use serde_json::{json, Value};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::error::{self, ErrorCode, OtaError};
-use crate::lifecycle::{PackageSpec, Stage, Status};
+use crate::lifecycle::{Stage, Status};
 use crate::updater::Updater;
+pub use request::{Download, InvalidRequest, PackageName, PackageSource, Version};
 
 /// Requests larger than this are refused with code 400.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// `POST /api/v1.0/download` body.
+/// `POST /api/v1.0/download` body, as sent: [`validate_download`] parses it into a
+/// [`Download`].
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct DownloadRequest {
     /// Semantic version `x.y.z` of the package.
@@ -181,77 +187,24 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
 pub use crate::package::is_semver as valid_version;
 pub use crate::state::valid_package_name;
 
-/// Validate a `/download` request into a [`PackageSpec`] (md5 lowercased).
+/// Parse a `/download` body into a [`Download`] (docs/API.md 1): the first field that breaks
+/// a rule, in the order version, URL, name, size, MD5, answers `VALIDATION_ERROR`.
 pub fn validate_download(
     r: DownloadRequest,
     allow_http: bool,
     max_package_size: u64,
-) -> Result<PackageSpec, OtaError> {
-    if !valid_version(&r.version) {
-        return Err(error::validation(format!(
-            "version `{}` must look like 1.2.3",
-            r.version
-        )));
-    }
-    let url = r.package_url.trim();
-    let lower = url.to_ascii_lowercase();
-    let is_file = crate::download::file::is_file_url(url);
-    if is_file {
-        // docs/API.md 9.2: the syntax here; the file itself off the runtime (`check_source`).
-        crate::download::file::file_url_path(url)
-            .map_err(|e| error::validation(format!("package_url: {e}")))?;
-    }
-    let scheme_ok =
-        is_file || lower.starts_with("https://") || (allow_http && lower.starts_with("http://"));
-    if !scheme_ok {
-        return Err(error::validation(if lower.starts_with("http://") {
-            "package_url must be https:// (plain http:// needs allow_http = true)".to_string()
-        } else {
-            format!(
-                "package_url `{}` must be an https:// or file:/// URL",
-                crate::net::redact_url(url)
-            )
-        }));
-    }
-    if !is_file
-        && reqwest::Url::parse(url)
-            .map(|u| u.host_str().is_none())
-            .unwrap_or(true)
-    {
-        return Err(error::validation(format!(
-            "package_url `{}` is not a valid URL",
-            crate::net::redact_url(url)
-        )));
-    }
-    if !valid_package_name(&r.package_name) {
-        return Err(error::validation(
-            "package_name must be a plain file name (no `/`, `\\`, NUL, not `.` or `..`, at most 255 bytes)",
-        ));
-    }
-    if crate::workdir::is_own_tmp_name(&r.package_name) {
-        return Err(error::validation(format!(
-            "package_name `{}` is reserved: the updater uses that name in ./tmp/ for its own files",
-            r.package_name
-        )));
-    }
-    if r.package_size == 0 {
-        return Err(error::validation("package_size must be at least 1"));
-    }
-    if r.package_size > max_package_size {
-        return Err(error::validation(format!(
-            "package_size {} exceeds max_package_size {}",
-            r.package_size, max_package_size
-        )));
-    }
-    if r.package_md5.len() != 32 || !r.package_md5.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(error::validation("package_md5 must be 32 hex characters"));
-    }
-    Ok(PackageSpec {
-        version: r.version,
-        package_url: url.to_string(),
-        package_name: r.package_name,
-        package_size: r.package_size,
-        package_md5: r.package_md5.to_ascii_lowercase(),
+) -> Result<Download, OtaError> {
+    let version = Version::parse(r.version)?;
+    let source = PackageSource::parse(&r.package_url, allow_http)?;
+    let package_name = PackageName::parse(r.package_name)?;
+    let package_size = request::package_size(r.package_size, max_package_size)?;
+    let package_md5 = request::package_md5(&r.package_md5)?;
+    Ok(Download {
+        version,
+        source,
+        package_name,
+        package_size,
+        package_md5,
     })
 }
 
@@ -265,13 +218,13 @@ async fn download(State(u): State<Updater>, headers: HeaderMap, body: Body) -> R
         Err(e) => return fail(&e),
     };
     let cfg = u.config();
-    let spec = match validate_download(req, cfg.allow_http, cfg.max_package_size) {
-        Ok(s) => s,
+    let download = match validate_download(req, cfg.allow_http, cfg.max_package_size) {
+        Ok(d) => d,
         Err(e) => return fail(&e),
     };
     match off_the_runtime(move || {
-        check_source(&spec)?;
-        u.request_download(spec)
+        check_source(&download.source)?;
+        u.request_download(download.into())
     })
     .await
     {
@@ -284,14 +237,9 @@ async fn download(State(u): State<Updater>, headers: HeaderMap, body: Body) -> R
 /// device, symlink or missing file): refused at once with `VALIDATION_ERROR`. Looked at with
 /// `lstat` and a non-blocking open, never read here; on a blocking thread, so a slow medium
 /// never holds up the runtime.
-pub fn check_source(spec: &PackageSpec) -> Result<(), OtaError> {
-    use crate::download::file;
-    if !file::is_file_url(&spec.package_url) {
-        return Ok(());
-    }
-    file::file_url_path(&spec.package_url)
-        .and_then(|p| file::open_source(&p))
-        .map(drop)
+pub fn check_source(source: &PackageSource) -> Result<(), OtaError> {
+    source
+        .check_file()
         .map_err(|e| error::validation(format!("package_url: {e}")))
 }
 
@@ -315,13 +263,11 @@ async fn update(State(u): State<Updater>, headers: HeaderMap, body: Body) -> Res
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    if !valid_version(&req.version) {
-        return fail(&error::validation(format!(
-            "version `{}` must look like 1.2.3",
-            req.version
-        )));
-    }
-    match off_the_runtime(move || u.request_update(&req.version)).await {
+    let version = match Version::parse(req.version) {
+        Ok(v) => v,
+        Err(e) => return fail(&e.into()),
+    };
+    match off_the_runtime(move || u.request_update(version.as_str())).await {
         Ok(status) => ok(json!({ "status": status })),
         Err(e) => fail(&e),
     }
@@ -450,7 +396,23 @@ mod tests {
             100,
         )
         .unwrap();
-        assert_eq!(s.package_md5, MD5, "uppercase is accepted and normalised");
+        assert_eq!(
+            s.package_md5.to_string(),
+            MD5,
+            "uppercase is accepted and normalised"
+        );
+        // Several faults: the first field in the table's order is named.
+        let e = validate_download(req("1.2", "ftp://h", "a/b", 0, "x"), false, 100).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "VALIDATION_ERROR: version `1.2` must look like 1.2.3"
+        );
+        let e =
+            validate_download(req("1.2.3", "https://h/p", "p", 0, "x"), false, 100).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "VALIDATION_ERROR: package_size must be at least 1"
+        );
     }
 
     #[test]
@@ -461,7 +423,7 @@ mod tests {
             100,
         )
         .unwrap();
-        assert_eq!(s.package_url, "file:///media/usb/p.zip");
+        assert_eq!(s.source.as_str(), "file:///media/usb/p.zip");
         for url in [
             "file://rel",
             "file:x",
@@ -473,13 +435,7 @@ mod tests {
             assert_eq!(e.code, ErrorCode::ValidationError, "{url}: {e}");
         }
         let d = tempfile::tempdir().unwrap();
-        let spec = |url: String| PackageSpec {
-            version: "1.2.3".into(),
-            package_url: url,
-            package_name: "p.zip".into(),
-            package_size: 3,
-            package_md5: MD5.into(),
-        };
+        let spec = |url: String| PackageSource::parse(&url, false).unwrap();
         let f = d.path().join("p.zip");
         std::fs::write(&f, b"zip").unwrap();
         assert!(check_source(&spec(crate::download::file::file_url_of(&f))).is_ok());

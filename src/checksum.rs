@@ -1,6 +1,10 @@
 //! Integrity as data: which algorithm, which digest (as RAUC's `RaucChecksum`), instead of a
 //! hash type spelled out in every signature. The download verifies the announced MD5 with it,
 //! the package verifies each signed entry's SHA-256 with it.
+//!
+//! On disk (`tmp/state.json`, `tmp/outcome.json`, `tmp/history.jsonl`) the announced MD5 is
+//! the lowercase hex string `package_md5` it always was: [`md5_hex`] and [`md5_hex_opt`] are
+//! the serde forms of that field (either case is read, lowercase is written).
 
 use std::fmt;
 
@@ -64,6 +68,44 @@ impl Checksum {
 impl fmt::Display for Checksum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
+    }
+}
+
+/// `#[serde(with = "md5_hex")]`: a [`Checksum`] of [`Algorithm::Md5`] as its hex string.
+pub mod md5_hex {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    use super::{Algorithm, Checksum};
+
+    pub fn serialize<S: Serializer>(c: &Checksum, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&c.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Checksum, D::Error> {
+        let text = String::deserialize(d)?;
+        Checksum::from_hex(Algorithm::Md5, &text).ok_or_else(|| {
+            de::Error::invalid_value(de::Unexpected::Str(&text), &"32 hex characters")
+        })
+    }
+}
+
+/// `#[serde(default, with = "md5_hex_opt")]`: an optional [`md5_hex`].
+pub mod md5_hex_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Checksum;
+
+    pub fn serialize<S: Serializer>(c: &Option<Checksum>, s: S) -> Result<S::Ok, S::Error> {
+        match c {
+            Some(c) => super::md5_hex::serialize(c, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Checksum>, D::Error> {
+        #[derive(Deserialize)]
+        struct Hex(#[serde(with = "super::md5_hex")] Checksum);
+        Ok(Option::<Hex>::deserialize(d)?.map(|h| h.0))
     }
 }
 
@@ -152,5 +194,48 @@ mod tests {
             Checksum::from_hex(Algorithm::Sha256, "5eb63bbbe01eeed093cb22bb8f5acdc3").is_none()
         );
         assert!(Checksum::from_hex(Algorithm::Md5, "+eb63bbbe01eeed093cb22bb8f5acdc3").is_none());
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Fields {
+        #[serde(with = "md5_hex")]
+        md5: Checksum,
+        #[serde(default, with = "md5_hex_opt")]
+        maybe: Option<Checksum>,
+    }
+
+    /// docs/API.md 5: `package_md5` stays a lowercase hex string on disk; either case is read.
+    #[test]
+    fn md5_fields_are_hex_strings_on_disk() {
+        let c = Checksum::from_hex(Algorithm::Md5, "5eb63bbbe01eeed093cb22bb8f5acdc3").unwrap();
+        let f = Fields {
+            md5: c.clone(),
+            maybe: Some(c.clone()),
+        };
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"md5":"5eb63bbbe01eeed093cb22bb8f5acdc3","maybe":"5eb63bbbe01eeed093cb22bb8f5acdc3"}"#
+        );
+        let read: Fields =
+            serde_json::from_str(r#"{"md5":"5EB63BBBE01EEED093CB22BB8F5ACDC3","maybe":null}"#)
+                .unwrap();
+        assert_eq!(
+            read,
+            Fields {
+                md5: c,
+                maybe: None
+            }
+        );
+        let absent: Fields =
+            serde_json::from_str(r#"{"md5":"5eb63bbbe01eeed093cb22bb8f5acdc3"}"#).unwrap();
+        assert_eq!(absent.maybe, None);
+        for bad in [
+            r#"{"md5":"5eb63bbbe01eeed093cb22bb8f5acdc"}"#,
+            r#"{"md5":"x"}"#,
+            r#"{"md5":7}"#,
+            r#"{"md5":"5eb63bbbe01eeed093cb22bb8f5acdc3","maybe":"zz"}"#,
+        ] {
+            assert!(serde_json::from_str::<Fields>(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use crate::error::{self, OtaError};
 use crate::lifecycle;
-use crate::workdir::OwnFile;
+use crate::workdir::{OwnFile, OwnFileError};
 
 /// Attempts in a row after which recovery is given up.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -86,12 +86,12 @@ pub fn load(file: &OwnFile) -> Option<Attempts> {
     file.load(parse)
 }
 
-fn parse(bytes: &[u8]) -> Result<Attempts, String> {
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+fn parse(bytes: &[u8]) -> Result<Attempts, serde_json::Error> {
+    serde_json::from_slice(bytes)
 }
 
 /// The counter, read without touching anything (for `status`).
-pub fn peek(file: &OwnFile) -> Result<Option<Attempts>, String> {
+pub fn peek(file: &OwnFile) -> Result<Option<Attempts>, OwnFileError<serde_json::Error>> {
     file.peek(parse)
 }
 
@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(peek(&f).unwrap().unwrap().attempts, 3);
         reset(&f).unwrap();
         assert_eq!(gate(load(&f).as_ref()), Gate::Try { attempt: 1 });
-        assert_eq!(peek(&f), Ok(None));
+        assert_eq!(peek(&f).unwrap(), None);
     }
 
     #[test]
@@ -182,7 +182,13 @@ mod tests {
         let f = OwnFile::new(d.path().join("recovery.json"));
         let p = f.path().to_path_buf();
         std::fs::write(&p, b"{\"attempts\": ").unwrap();
-        assert!(peek(&f).is_err());
+        let e = peek(&f).unwrap_err();
+        assert!(matches!(e.kind, crate::workdir::Unusable::Parse(_)), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: EOF while parsing", p.display())),
+            "{e}"
+        );
         assert_eq!(load(&f), None);
         assert!(d.path().join("recovery.json.unusable").exists());
     }

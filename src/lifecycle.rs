@@ -26,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::checksum::Checksum;
 use crate::error::OtaError;
 
 mod machine;
@@ -127,14 +128,17 @@ impl std::fmt::Display for Stage {
     }
 }
 
-/// What `/download` asked for, validated (md5 lowercase).
+/// What `/download` asked for, validated at the API edge (`crate::api::request`), or as
+/// `state.json` recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackageSpec {
     pub version: String,
     pub package_url: String,
     pub package_name: String,
     pub package_size: u64,
-    pub package_md5: String,
+    /// The whole package's announced hash (an [`Algorithm::Md5`](crate::checksum::Algorithm)
+    /// digest: `package_md5`).
+    pub package_md5: Checksum,
 }
 
 impl PackageSpec {

@@ -1,11 +1,35 @@
 //! HTTP clients: TLS trust (bundled roots + the system store + config `ca_file`), timeouts.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+
+/// Why a client cannot be built. The `ca_file` ones name the file (config key `ca_file`).
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("ca_file {}: no such file", .0.display())]
+    CaFileMissing(PathBuf),
+    /// Not a regular file of at most [`MAX_CA_FILE_BYTES`], or unreadable (fsutil's words).
+    #[error("ca_file {}: {why}", path.display())]
+    CaFileRefused { path: PathBuf, why: String },
+    #[error("ca_file {}: {pem}", path.display())]
+    CaFilePem {
+        path: PathBuf,
+        pem: rustls::pki_types::pem::Error,
+    },
+    /// A certificate rustls does not take as a trust anchor.
+    #[error("ca_file {}: {tls}", path.display())]
+    CaFileCertificate { path: PathBuf, tls: rustls::Error },
+    #[error("ca_file {}: no PEM certificate found", .0.display())]
+    CaFileEmpty(PathBuf),
+    #[error("TLS setup: {0}")]
+    Tls(rustls::Error),
+    #[error("HTTP client: {0}")]
+    Client(reqwest::Error),
+}
 
 /// Build the rustls configuration every client of the updater uses.
 ///
@@ -16,7 +40,7 @@ use rustls::pki_types::CertificateDer;
 /// Largest `ca_file` read: a whole system CA bundle is about 200 KiB.
 pub const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
-pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, NetError> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -29,32 +53,36 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, S
         let pem = match crate::fsutil::read_operator_file(path, MAX_CA_FILE_BYTES) {
             crate::fsutil::ReadBack::Data(b) => b,
             crate::fsutil::ReadBack::Missing => {
-                return Err(format!("ca_file {}: no such file", path.display()))
+                return Err(NetError::CaFileMissing(path.to_path_buf()))
             }
             crate::fsutil::ReadBack::Refused(why) => {
-                return Err(format!("ca_file {}: {why}", path.display()))
+                return Err(NetError::CaFileRefused {
+                    path: path.to_path_buf(),
+                    why,
+                })
             }
         };
         let iter = CertificateDer::pem_slice_iter(&pem);
         let mut n = 0;
         for cert in iter {
-            let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            let cert = cert.map_err(|pem| NetError::CaFilePem {
+                path: path.to_path_buf(),
+                pem,
+            })?;
+            roots.add(cert).map_err(|tls| NetError::CaFileCertificate {
+                path: path.to_path_buf(),
+                tls,
+            })?;
             n += 1;
         }
         if n == 0 {
-            return Err(format!(
-                "ca_file {}: no PEM certificate found",
-                path.display()
-            ));
+            return Err(NetError::CaFileEmpty(path.to_path_buf()));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(NetError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))
@@ -66,7 +94,7 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, S
 pub fn download_client(
     tls: &rustls::ClientConfig,
     allow_http: bool,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, NetError> {
     let policy = reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() >= 5 {
             attempt.error("too many redirects")
@@ -86,7 +114,7 @@ pub fn download_client(
         .http1_only()
         .user_agent(concat!("tope-updater/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("HTTP client: {e}"))
+        .map_err(NetError::Client)
 }
 
 /// A URL as logs, errors and reports show it: without user info, query string and fragment
@@ -117,14 +145,14 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The device-api callback client: loopback, so never through a proxy.
-pub fn callback_client(tls: &rustls::ClientConfig) -> Result<reqwest::Client, String> {
+pub fn callback_client(tls: &rustls::ClientConfig) -> Result<reqwest::Client, NetError> {
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls.clone())
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .http1_only()
         .build()
-        .map_err(|e| format!("HTTP client: {e}"))
+        .map_err(NetError::Client)
 }
 
 #[cfg(test)]
@@ -166,8 +194,25 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("ca.pem");
         std::fs::write(&p, "not a pem").unwrap();
-        assert!(tls_config(Some(&p)).unwrap_err().contains("ca_file"));
-        assert!(tls_config(Some(&d.path().join("missing.pem"))).is_err());
+        let e = tls_config(Some(&p)).unwrap_err();
+        assert!(matches!(e, NetError::CaFileEmpty(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("ca_file {}: no PEM certificate found", p.display())
+        );
+        let missing = d.path().join("missing.pem");
+        let e = tls_config(Some(&missing)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("ca_file {}: no such file", missing.display())
+        );
+        std::fs::write(
+            &p,
+            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = tls_config(Some(&p)).unwrap_err();
+        assert!(matches!(e, NetError::CaFilePem { .. }), "{e}");
         let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         std::fs::write(&p, ca.cert.pem()).unwrap();
         assert!(tls_config(Some(&p)).is_ok());
@@ -183,7 +228,12 @@ mod tests {
         crate::fsutil::make_fifo(&fifo);
         for p in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
             let e = tls_config(Some(p)).unwrap_err();
-            assert!(e.contains("not a regular file"), "{}: {e}", p.display());
+            assert!(matches!(e, NetError::CaFileRefused { .. }), "{e}");
+            assert!(
+                e.to_string().contains("not a regular file"),
+                "{}: {e}",
+                p.display()
+            );
         }
     }
 }

@@ -16,9 +16,10 @@ use std::io;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::checksum::Checksum;
 use crate::fsutil::ReadBack;
 use crate::lifecycle::{self, Lifecycle, Stage};
-use crate::workdir::OwnFile;
+use crate::workdir::{OwnFile, OwnFileError};
 
 /// Outcomes kept in the history.
 pub const HISTORY_LEN: usize = 50;
@@ -45,8 +46,13 @@ pub struct Outcome {
     pub at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub package_md5: Option<String>,
+    /// The package's announced MD5, lowercase hex on disk as always.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::checksum::md5_hex_opt"
+    )]
+    pub package_md5: Option<Checksum>,
     /// The installation it ends, when it ends one (see `Lifecycle::install_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_id: Option<u64>,
@@ -83,13 +89,32 @@ impl Outcome {
             && l.error().map(|e| cut(&e.to_string())) == self.error
     }
 
-    fn parse(bytes: &[u8]) -> Result<Outcome, String> {
-        let o: Outcome = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    fn parse(bytes: &[u8]) -> Result<Outcome, NotAnOutcome> {
+        let o: Outcome = serde_json::from_slice(bytes).map_err(NotAnOutcome::Json)?;
         if !matches!(o.stage, Stage::Success | Stage::Failed) {
-            return Err(format!("stage {} is not an outcome", o.stage));
+            return Err(NotAnOutcome::Stage(o.stage));
         }
         Ok(o)
     }
+}
+
+/// Why `outcome.json` (or a line of the history) is not an outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum NotAnOutcome {
+    #[error("{0}")]
+    Json(serde_json::Error),
+    /// A stage other than `success` or `failed`.
+    #[error("stage {0} is not an outcome")]
+    Stage(Stage),
+}
+
+/// Why `installed.json` names no installed version.
+#[derive(Debug, thiserror::Error)]
+pub enum NoInstalledVersion {
+    #[error("not JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("no x.y.z `version`")]
+    Version,
 }
 
 /// Cut `s` to [`MAX_TEXT`] bytes at a character boundary.
@@ -109,12 +134,12 @@ fn cut(s: &str) -> String {
 pub fn installed(file: &OwnFile) -> Option<String> {
     file.load(|bytes| {
         let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+            serde_json::from_slice(bytes).map_err(NoInstalledVersion::Json)?;
         v.get("version")
             .and_then(serde_json::Value::as_str)
             .filter(|v| crate::package::is_semver(v))
             .map(str::to_string)
-            .ok_or_else(|| "no x.y.z `version`".to_string())
+            .ok_or(NoInstalledVersion::Version)
     })
 }
 
@@ -131,7 +156,7 @@ pub fn load(file: &OwnFile) -> Option<Outcome> {
 
 /// Read the last outcome without touching anything (for `status`): `Err` says why it is
 /// not usable.
-pub fn peek(file: &OwnFile) -> Result<Option<Outcome>, String> {
+pub fn peek(file: &OwnFile) -> Result<Option<Outcome>, OwnFileError<NotAnOutcome>> {
     file.peek(Outcome::parse)
 }
 
@@ -186,8 +211,10 @@ pub fn append_history(file: &OwnFile, o: &Outcome) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum::Algorithm;
     use crate::error;
     use crate::lifecycle::{PackageSpec, Validator};
+    use crate::workdir::Unusable;
 
     fn spec() -> PackageSpec {
         PackageSpec {
@@ -195,7 +222,8 @@ mod tests {
             package_url: "https://a/p.zip".into(),
             package_name: "p.zip".into(),
             package_size: 10,
-            package_md5: "0123456789abcdef0123456789abcdef".into(),
+            package_md5: Checksum::from_hex(Algorithm::Md5, "0123456789abcdef0123456789abcdef")
+                .unwrap(),
         }
     }
 
@@ -228,8 +256,30 @@ mod tests {
         assert!(o.describes(&l));
         save(&f, &o).unwrap();
         assert_eq!(load(&f), Some(o.clone()));
-        assert_eq!(peek(&f), Ok(Some(o)));
+        assert_eq!(peek(&f).unwrap(), Some(o));
         assert!(Outcome::of(&Lifecycle::new(), now()).is_none());
+    }
+
+    /// docs/API.md 8.5: an outcome written by 0.1.0 (the fixture is its exact output) loads,
+    /// its `package_md5` a checksum, and is written back byte for byte.
+    #[test]
+    fn api_8_5_outcome_of_0_1_0_loads_and_keeps_its_format() {
+        let bytes = include_bytes!("../tests/fixtures/outcome-0.1.0.json");
+        let d = tempfile::tempdir().unwrap();
+        let f = crate::workdir::OwnFile::new(d.path().join("outcome.json"));
+        std::fs::write(f.path(), bytes).unwrap();
+        let o = load(&f).unwrap();
+        assert_eq!(
+            o.package_md5,
+            Checksum::from_hex(Algorithm::Md5, "d41d8cd98f00b204e9800998ecf8427e")
+        );
+        assert_eq!(serde_json::to_vec_pretty(&o).unwrap(), bytes);
+        // Without the field (a failed download of no package) it is still an outcome.
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let mut v = v.as_object().unwrap().clone();
+        v.remove("package_md5");
+        let o: Outcome = serde_json::from_value(v.into()).unwrap();
+        assert_eq!(o.package_md5, None);
     }
 
     #[test]
@@ -252,7 +302,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = crate::workdir::OwnFile::new(d.path().join("outcome.json"));
         let p = f.path().to_path_buf();
-        for bad in [&b"{\"stage\": \"succ"[..], b"[]", br#"{"id":1,"stage":"idle","version":"","message":"","error":null,"progress":0,"at":"","delivered":false}"#] {
+        let idle = br#"{"id":1,"stage":"idle","version":"","message":"","error":null,"progress":0,"at":"","delivered":false}"#;
+        std::fs::write(&p, idle).unwrap();
+        let e = peek(&f).unwrap_err();
+        assert!(
+            matches!(e.kind, Unusable::Parse(NotAnOutcome::Stage(Stage::Idle))),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("{}: stage idle is not an outcome", p.display())
+        );
+        for bad in [&b"{\"stage\": \"succ"[..], b"[]", idle] {
             std::fs::write(&p, bad).unwrap();
             assert!(peek(&f).is_err());
             assert_eq!(load(&f), None);

@@ -191,8 +191,22 @@ impl Reporter {
     }
 }
 
-async fn post(client: &reqwest::Client, url: &str, r: &Report) -> Result<(), String> {
-    let body = serde_json::to_vec(r).map_err(|e| e.to_string())?;
+/// Why a report was not delivered (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum NotDelivered {
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    /// No answer: connection refused, timeout. Without the URL (the log line names it,
+    /// redacted).
+    #[error("{0}")]
+    Send(reqwest::Error),
+    /// An answer other than HTTP 200.
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+}
+
+async fn post(client: &reqwest::Client, url: &str, r: &Report) -> Result<(), NotDelivered> {
+    let body = serde_json::to_vec(r).map_err(NotDelivered::Encode)?;
     let resp = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -200,13 +214,12 @@ async fn post(client: &reqwest::Client, url: &str, r: &Report) -> Result<(), Str
         .timeout(POST_TIMEOUT)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| NotDelivered::Send(e.without_url()))?;
     // device-api answers 200; anything else (a 204, a 500 of a device-api that is starting)
     // is not a delivery and is retried.
-    if resp.status() == reqwest::StatusCode::OK {
-        Ok(())
-    } else {
-        Err(format!("HTTP {}", resp.status()))
+    match resp.status() {
+        reqwest::StatusCode::OK => Ok(()),
+        status => Err(NotDelivered::Status(status)),
     }
 }
 
@@ -236,6 +249,34 @@ mod tests {
         assert_eq!(rep.front(), Some(r("failed", 5)));
         rep.pop_sent(&r("failed", 5));
         assert_eq!(rep.front(), None);
+    }
+
+    /// docs/API.md 2 and 8.3: only an HTTP 200 is a delivery; a failure is logged without
+    /// the URL's user info.
+    #[test]
+    fn contract_2_what_is_not_a_delivery_and_how_it_reads() {
+        assert_eq!(
+            NotDelivered::Status(reqwest::StatusCode::NO_CONTENT).to_string(),
+            "HTTP 204 No Content"
+        );
+        let tls = crate::net::tls_config(None).unwrap();
+        let client = crate::net::callback_client(&tls).unwrap();
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://user:s3cret@127.0.0.1:{port}/api/v1.0/ota/report");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(post(&client, &url, &r("failed", 5)))
+            .unwrap_err();
+        assert!(matches!(e, NotDelivered::Send(_)), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::checksum::{Algorithm, Checksum};
 use crate::fsutil::ReadBack;
 use crate::lifecycle::{self, Lifecycle, PackageSpec, Stage, Validator};
 use crate::workdir::OwnFile;
@@ -17,7 +18,9 @@ pub struct PersistedState {
     pub package_url: String,
     pub package_name: String,
     pub package_size: u64,
-    pub package_md5: String,
+    /// Lowercase hex on disk (the Python updater's field); either case is read.
+    #[serde(with = "crate::checksum::md5_hex")]
+    pub package_md5: Checksum,
     pub bytes_downloaded: u64,
     /// ISO 8601 time of this write.
     pub last_update: String,
@@ -77,7 +80,7 @@ impl PersistedState {
             package_url: self.package_url.clone(),
             package_name: self.package_name.clone(),
             package_size: self.package_size,
-            package_md5: self.package_md5.to_ascii_lowercase(),
+            package_md5: self.package_md5.clone(),
         }
     }
 
@@ -140,27 +143,37 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
             }
         };
     }
-    let st = PersistedState {
-        version: req!(text("version"), "version"),
-        package_url: req!(text("package_url"), "package_url"),
-        package_name: req!(text("package_name"), "package_name"),
-        package_size: req!(num("package_size"), "package_size"),
-        package_md5: req!(text("package_md5"), "package_md5"),
-        bytes_downloaded: num("bytes_downloaded").unwrap_or(0),
-        last_update: text("last_update").unwrap_or_default(),
-        stage: req!(text("stage"), "stage"),
-        verified_at: text("verified_at"),
-        etag: text("etag"),
-        last_modified: text("last_modified"),
-        error: text("error"),
-        install_id: o.get("install_id").and_then(Value::as_u64),
-    };
+    let version = req!(text("version"), "version");
+    let package_url = req!(text("package_url"), "package_url");
+    let package_name = req!(text("package_name"), "package_name");
+    let package_size = req!(num("package_size"), "package_size");
+    let md5 = req!(text("package_md5"), "package_md5");
+    let stage = req!(text("stage"), "stage");
     if !missing.is_empty() {
         return LoadOutcome::Unusable(format!(
             "missing or mistyped fields: {}",
             missing.join(", ")
         ));
     }
+    // A package that can never be verified is not worth resuming.
+    let Some(package_md5) = Checksum::from_hex(Algorithm::Md5, &md5) else {
+        return LoadOutcome::Unusable("package_md5 is not 32 hex characters".into());
+    };
+    let st = PersistedState {
+        version,
+        package_url,
+        package_name,
+        package_size,
+        package_md5,
+        bytes_downloaded: num("bytes_downloaded").unwrap_or(0),
+        last_update: text("last_update").unwrap_or_default(),
+        stage,
+        verified_at: text("verified_at"),
+        etag: text("etag"),
+        last_modified: text("last_modified"),
+        error: text("error"),
+        install_id: o.get("install_id").and_then(Value::as_u64),
+    };
     if st.stage().is_none() {
         return LoadOutcome::Unusable(format!("unknown stage `{}`", st.stage));
     }
@@ -212,9 +225,58 @@ mod tests {
             LoadOutcome::Loaded(st) => {
                 assert_eq!(st.bytes_downloaded, 400);
                 assert_eq!(st.stage(), Some(Stage::Downloading));
-                assert_eq!(st.spec().package_md5, "0123456789abcdef0123456789abcdef");
+                assert_eq!(
+                    st.spec().package_md5.to_hex(),
+                    "0123456789abcdef0123456789abcdef"
+                );
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// docs/API.md 5: state files written by 0.1.0 (the fixtures are its exact output, with
+    /// `package_md5` a hex string) load, and are written back byte for byte as they were.
+    #[test]
+    fn api_5_state_files_of_0_1_0_load_and_keep_their_format() {
+        let fixtures: [(&[u8], &str, Stage); 2] = [
+            (
+                include_bytes!("../tests/fixtures/state-0.1.0-to-install.json"),
+                "9e107d9d372bb6826bd81d3542a419d6",
+                Stage::ToInstall,
+            ),
+            (
+                include_bytes!("../tests/fixtures/state-0.1.0-failed.json"),
+                "d41d8cd98f00b204e9800998ecf8427e",
+                Stage::Failed,
+            ),
+        ];
+        for (bytes, md5, stage) in fixtures {
+            let LoadOutcome::Loaded(st) = parse(bytes) else {
+                panic!("{}", String::from_utf8_lossy(bytes))
+            };
+            assert_eq!(st.stage(), Some(stage));
+            let expected = Checksum::from_hex(Algorithm::Md5, md5).unwrap();
+            assert_eq!(st.package_md5, expected);
+            assert_eq!(st.spec().package_md5, expected);
+            assert_eq!(serde_json::to_vec_pretty(&st).unwrap(), bytes);
+        }
+    }
+
+    /// A `package_md5` that is not 32 hex characters can never verify a download: such a
+    /// state is set aside like any unusable one, rather than resumed.
+    #[test]
+    fn a_state_whose_md5_is_not_hex_is_unusable() {
+        for md5 in [
+            "x",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdeg",
+        ] {
+            let text = sample().replace("0123456789ABCDEF0123456789abcdef", md5);
+            assert_eq!(
+                parse(text.as_bytes()),
+                LoadOutcome::Unusable("package_md5 is not 32 hex characters".into()),
+                "{md5}"
+            );
         }
     }
 

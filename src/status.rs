@@ -144,13 +144,13 @@ pub fn collect(cfg: &Config, daemon: DaemonView) -> StatusView {
     };
     let outcome_file = work.outcome();
     let last = outcome::peek(&outcome_file).unwrap_or_else(|why| {
-        note(outcome_file.path(), why);
+        note(&why.path, why.kind.to_string());
         None
     });
     let journal = work.journal();
     let journal_path = journal.path();
     let pending = workdir::peek_journal(&work).unwrap_or_else(|why| {
-        note(journal_path, why);
+        note(&why.path, why.kind.to_string());
         Some(JournalSummary {
             version: None,
             phase: None,
@@ -159,7 +159,7 @@ pub fn collect(cfg: &Config, daemon: DaemonView) -> StatusView {
     let counter = work.recovery();
     let counter_path = counter.path();
     let counted = guard::peek(&counter).unwrap_or_else(|why| {
-        note(counter_path, why);
+        note(&why.path, why.kind.to_string());
         None
     });
     let all = outcome::history(&work.history());

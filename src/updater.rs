@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::checksum::{Algorithm, Checksum, Hasher};
+use crate::checksum::{Checksum, Hasher};
 use crate::config::Config;
 use crate::deploy::{self, InstallEvent, InstallOptions, InstallOutcome};
 use crate::download::{self, DownloadOutcome, DownloadParams, DownloadSink};
@@ -71,7 +71,7 @@ enum Discard {
 
 /// Whether `actual` is the MD5 `/download` announced.
 fn md5_matches(spec: &PackageSpec, actual: &Checksum) -> bool {
-    Checksum::from_hex(Algorithm::Md5, &spec.package_md5).as_ref() == Some(actual)
+    spec.package_md5 == *actual
 }
 
 impl Updater {
@@ -269,7 +269,7 @@ impl Updater {
             path: &path,
             resume_from,
             validator,
-            hasher: Hasher::new(Algorithm::Md5),
+            hasher: Hasher::new(spec.package_md5.algorithm),
             max_bytes_per_s: self.inner.cfg.max_download_bytes_per_s,
             tls: self.inner.tls.clone(),
             allow_http: self.inner.cfg.allow_http,
@@ -364,7 +364,7 @@ impl Updater {
         let path = self.package_path(&spec.package_name);
         let res = download::hash_file(
             &path,
-            Algorithm::Md5,
+            spec.package_md5.algorithm,
             Some(&self.inner.shutdown),
             &mut |n| {
                 lock(&self.inner.life).verify_progress(n);
@@ -387,7 +387,7 @@ impl Updater {
         };
         let path = self.package_path(&spec.package_name);
         // The file may have changed since it was verified.
-        match download::hash_file(&path, Algorithm::Md5, None, &mut |_| {}) {
+        match download::hash_file(&path, spec.package_md5.algorithm, None, &mut |_| {}) {
             Ok(Some(md5)) if md5_matches(&spec, &md5) => {}
             Ok(Some(md5)) => {
                 self.reject_mismatch(&spec, &md5, " changed since verification");
@@ -599,6 +599,7 @@ impl DownloadSink for Updater {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum::Algorithm;
     use crate::sync::lock;
 
     /// A consumer of reports besides device-api's: what a fleet server's feedback plugs into.
@@ -634,7 +635,7 @@ mod tests {
             package_url: crate::download::file::file_url_of(&source),
             package_name: "p.zip".into(),
             package_size: data.len() as u64,
-            package_md5: md5.finalize().to_string(),
+            package_md5: md5.finalize(),
         };
         let tls = crate::net::tls_config(None).unwrap();
         let reporter = Arc::new(Reporter::new());

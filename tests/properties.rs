@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 
 use proptest::prelude::*;
 use time::OffsetDateTime;
+use tope_updater::checksum::{Algorithm, Checksum};
 use tope_updater::error::{self, ErrorCode};
 use tope_updater::lifecycle::{
     DownloadDecision, Lifecycle, PackageSpec, Stage, UpdateDecision, Validator,
@@ -17,7 +18,8 @@ fn spec(n: u8, size: u64) -> PackageSpec {
         package_url: format!("https://h/p{n}.zip"),
         package_name: format!("p{n}.zip"),
         package_size: size,
-        package_md5: format!("{:032x}", n),
+        package_md5: Checksum::from_hex(Algorithm::Md5, &format!("{:032x}", n))
+            .expect("32 hex digits"),
     }
 }
 

@@ -91,3 +91,51 @@ fn contract_8_3_two_mib_state_json_is_set_aside_not_read() {
     let d2 = Daemon::start(&ws2, &api, DaemonOptions::default());
     assert_eq!(stage_of(&d2.progress()), "downloading");
 }
+
+/// docs/API.md 5: a state.json written by 0.1.0 (`tests/fixtures`, its exact output) is
+/// understood by the daemon: its failure is shown as it was recorded, and the file is kept.
+#[test]
+fn api_5_state_json_of_0_1_0_is_understood() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let fixture = include_bytes!("fixtures/state-0.1.0-failed.json");
+    write_file(&ws.state_file(), fixture, 0o644);
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    assert_eq!(
+        p["data"]["error"].as_str(),
+        Some("DEPLOYMENT_FAILED: post command exited 1"),
+        "{p}"
+    );
+    assert_eq!(p["data"]["version"].as_str(), Some("1.2.4"), "{p}");
+    assert!(ws.state_file().exists(), "a usable state.json stays");
+    assert!(!ws.work_dir().join("tmp/state.json.unusable").exists());
+}
+
+/// docs/API.md 5: a state.json whose `package_md5` is not 32 hex characters could never
+/// verify its package: it is set aside with a warning and the daemon starts idle, where the
+/// same file with a good MD5 resumes its download (see above).
+#[test]
+fn api_5_state_json_with_a_bad_md5_is_set_aside() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let text = String::from_utf8(resumable_state()).unwrap();
+    let bad = text.replace(
+        "0123456789abcdef0123456789abcdef",
+        "0123456789abcdef0123456789abcdeg",
+    );
+    assert_ne!(bad, text);
+    write_file(&ws.state_file(), bad.as_bytes(), 0o644);
+    let d = Daemon::start(&ws, &api, DaemonOptions::default());
+    assert_eq!(stage_of(&d.progress()), "idle");
+    assert!(!ws.state_file().exists(), "state.json must be moved away");
+    let aside = ws.work_dir().join("tmp/state.json.unusable");
+    assert_eq!(std::fs::read(&aside).expect("set aside"), bad.as_bytes());
+    let log = log_of(&ws);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("package_md5 is not 32 hex characters")),
+        "a warning must say why:\n{log}"
+    );
+}

@@ -15,7 +15,8 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
-use tope_updater::api::{self, DownloadRequest, UpdateRequest, MAX_BODY};
+use tope_updater::api::{self, Download, DownloadRequest, UpdateRequest, Version, MAX_BODY};
+use tope_updater::checksum::Algorithm;
 use tope_updater::error::{ErrorCode, OtaError};
 use tope_updater::lifecycle::PackageSpec;
 use tope_updater::state::valid_package_name;
@@ -56,12 +57,17 @@ fn copy(r: &DownloadRequest) -> DownloadRequest {
     }
 }
 
-/// Every rule of the contract's `/download` table holds for an accepted request.
-fn meets_the_contract(spec: &PackageSpec, allow_http: bool) {
+/// Every rule of the contract's `/download` table holds for an accepted request, and for
+/// the lifecycle's record of it.
+fn meets_the_contract(download: &Download, allow_http: bool) {
+    assert_eq!(download.package_md5.algorithm, Algorithm::Md5, "{download:?}");
+    let spec = &PackageSpec::from(download.clone());
     assert!(api::valid_version(&spec.version), "{spec:?}");
     let url = spec.package_url.to_ascii_lowercase();
     assert!(
-        url.starts_with("https://") || (allow_http && url.starts_with("http://")),
+        url.starts_with("https://")
+            || url.starts_with("file:")
+            || (allow_http && url.starts_with("http://")),
         "{spec:?}"
     );
     assert_eq!(spec.package_url.trim(), spec.package_url, "{spec:?}");
@@ -74,10 +80,10 @@ fn meets_the_contract(spec: &PackageSpec, allow_http: bool) {
         (1..=MAX_PACKAGE_SIZE).contains(&spec.package_size),
         "{spec:?}"
     );
-    assert_eq!(spec.package_md5.len(), 32, "{spec:?}");
+    let md5 = spec.package_md5.to_string();
+    assert_eq!(md5.len(), 32, "{spec:?}");
     assert!(
-        spec.package_md5
-            .bytes()
+        md5.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         "{spec:?}"
     );
@@ -96,7 +102,7 @@ fn download(r: DownloadRequest) {
             refused_as_validation(e);
             meets_the_contract(l, true);
             assert!(
-                l.package_url.to_ascii_lowercase().starts_with("http://"),
+                l.source.as_str().to_ascii_lowercase().starts_with("http://"),
                 "allow_http let through {l:?}"
             );
         }
@@ -120,7 +126,11 @@ fuzz_target!(|data: &[u8]| {
         match read::<UpdateRequest>(content_type, data) {
             Ok(r) => {
                 assert!(json && data.len() <= MAX_BODY, "read from {content_type}");
-                let _ = api::valid_version(&r.version);
+                let parsed = Version::parse(r.version.clone());
+                assert_eq!(parsed.is_ok(), api::valid_version(&r.version));
+                if let Err(e) = parsed {
+                    refused_as_validation(&e.into());
+                }
             }
             Err(e) => refused_as_validation(&e),
         }

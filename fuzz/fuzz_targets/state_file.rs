@@ -13,6 +13,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use time::OffsetDateTime;
+use tope_updater::checksum::{Algorithm, Checksum};
 use tope_updater::deploy::Recovery;
 use tope_updater::error;
 use tope_updater::lifecycle::Stage;
@@ -34,7 +35,7 @@ fn outcome(stage: Stage, install_id: Option<u64>, error: Option<&str>) -> Outcom
         progress: 100,
         at: "2026-11-25T10:00:00Z".into(),
         package_name: Some("tope-1.2.3.zip".into()),
-        package_md5: Some("0123456789abcdef0123456789abcdef".into()),
+        package_md5: Checksum::from_hex(Algorithm::Md5, "0123456789abcdef0123456789abcdef"),
         install_id,
         delivered: false,
     }

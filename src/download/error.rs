@@ -69,9 +69,19 @@ pub enum DownloadError {
     /// A `file://` source failed: gone, shorter or longer than `package_size`, a read error
     /// (a stick pulled mid-copy). Never retried, and the partial copy is not kept.
     #[error("{url}: {reason}")]
-    SourceLost { url: String, reason: String },
-    #[error("cannot set up the download: {0}")]
-    Setup(String),
+    SourceLost {
+        url: String,
+        reason: super::file::SourceError,
+    },
+    /// The download's own runtime or threads could not be made (`what`: `runtime`,
+    /// `threads`).
+    #[error("cannot set up the download: {what}: {io}")]
+    Setup {
+        what: &'static str,
+        io: std::io::Error,
+    },
+    #[error("cannot set up the download")]
+    Client(#[from] crate::net::NetError),
     #[error("the download's write thread crashed")]
     WriterCrashed,
 }
@@ -115,9 +125,10 @@ impl From<DownloadError> for OtaError {
                 format!("cannot write {}", path.display()),
                 source,
             ),
-            DownloadError::Read { .. } | DownloadError::Setup(_) | DownloadError::WriterCrashed => {
-                error::internal(chain(&e))
-            }
+            DownloadError::Read { .. }
+            | DownloadError::Setup { .. }
+            | DownloadError::Client(_)
+            | DownloadError::WriterCrashed => error::internal(chain(&e)),
         }
     }
 }
@@ -168,6 +179,22 @@ mod tests {
         assert_eq!(
             OtaError::from(DownloadError::WriterCrashed).code,
             ErrorCode::InternalError
+        );
+        let setup = OtaError::from(DownloadError::Setup {
+            what: "threads",
+            io: std::io::Error::from_raw_os_error(11),
+        });
+        assert_eq!(setup.code, ErrorCode::InternalError);
+        assert!(
+            setup
+                .detail
+                .starts_with("cannot set up the download: threads: "),
+            "{setup}"
+        );
+        let client = DownloadError::from(crate::net::NetError::CaFileMissing("/ca.pem".into()));
+        assert_eq!(
+            OtaError::from(client).detail,
+            "cannot set up the download: ca_file /ca.pem: no such file"
         );
     }
 }

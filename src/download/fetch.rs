@@ -52,7 +52,7 @@ pub(super) async fn run<'a>(
     keep: u64,
 ) -> Result<Finished, DownloadError> {
     let size = p.spec.package_size;
-    let client = crate::net::download_client(&p.tls, p.allow_http).map_err(DownloadError::Setup)?;
+    let client = crate::net::download_client(&p.tls, p.allow_http)?;
     let validator = p.validator.clone();
     let mut job = Job {
         shown_url: redact_url(&p.spec.package_url),

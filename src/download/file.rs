@@ -40,6 +40,71 @@ const CHUNK: usize = 256 * 1024;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 const CHECKPOINT_MIN_BYTES: u64 = 1 << 20;
 
+/// Why a `file:` URL is not acceptable (the text follows `package_url: ` in a
+/// `VALIDATION_ERROR`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileUrlError {
+    #[error("a file URL must be file:///<absolute path>")]
+    NotAbsolute,
+    #[error("a file URL takes no query or fragment (escape `?` as %3F, `#` as %23)")]
+    QueryOrFragment,
+    #[error("a file URL names a file on this printer: host `{0}` is not empty or localhost")]
+    Host(String),
+    #[error("a file URL holds a `%` that is not followed by two hex digits")]
+    BadEscape,
+    #[error("a file URL may not hold a NUL byte")]
+    Nul,
+}
+
+/// Why a `file://` source cannot be copied: refused before the copy (`VALIDATION_ERROR` at
+/// `/download`) or lost during it (`DOWNLOAD_FAILED`). Each message names the file; an I/O
+/// error's own text ends it.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Url(#[from] FileUrlError),
+    #[error("{} is not an absolute path", .0.display())]
+    NotAbsolute(PathBuf),
+    /// `lstat`, `open`, `fstat` of the file or of a directory above it failed.
+    #[error("{}: {io}", path.display())]
+    Io { path: PathBuf, io: std::io::Error },
+    #[error("{} is {kind}", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error(
+        "{} is not readable by every user (mode {mode:04o}); only such files are copied",
+        path.display()
+    )]
+    NotReadableByAll { path: PathBuf, mode: u32 },
+    #[error(
+        "{} is in {}, which not every user may enter (mode {mode:04o}); only files every user \
+         may read are copied",
+        path.display(),
+        dir.display()
+    )]
+    DirClosed {
+        path: PathBuf,
+        dir: PathBuf,
+        mode: u32,
+    },
+    /// `fstat` of the opened source failed.
+    #[error("{0}")]
+    Stat(std::io::Error),
+    #[error("{} is {len} bytes, package_size is {size}", path.display())]
+    WrongSize { path: PathBuf, len: u64, size: u64 },
+    #[error("cannot seek to byte {at}: {io}")]
+    Seek { at: u64, io: std::io::Error },
+    #[error("read error at byte {at} of {} (medium removed?): {io}", path.display())]
+    Read {
+        path: PathBuf,
+        at: u64,
+        io: std::io::Error,
+    },
+    #[error("{} ended at byte {at} of {size} (medium removed or file changed)", path.display())]
+    Ended { path: PathBuf, at: u64, size: u64 },
+    #[error("{} grew beyond package_size {size} while it was copied", path.display())]
+    Grew { path: PathBuf, size: u64 },
+}
+
 /// Whether `url` names a file (`file:` scheme, any case), whatever else it holds.
 pub fn is_file_url(url: &str) -> bool {
     url.get(..5)
@@ -47,32 +112,28 @@ pub fn is_file_url(url: &str) -> bool {
 }
 
 /// The absolute path a `file:` URL names, or why it is not acceptable.
-pub fn file_url_path(url: &str) -> Result<PathBuf, String> {
+pub fn file_url_path(url: &str) -> Result<PathBuf, FileUrlError> {
     let rest = url
         .get(..7)
         .filter(|s| s.eq_ignore_ascii_case("file://"))
         .map(|_| &url[7..])
-        .ok_or("a file URL must be file:///<absolute path>")?;
+        .ok_or(FileUrlError::NotAbsolute)?;
     if rest.contains(['?', '#']) {
-        return Err("a file URL takes no query or fragment (escape `?` as %3F, `#` as %23)".into());
+        return Err(FileUrlError::QueryOrFragment);
     }
-    let slash = rest
-        .find('/')
-        .ok_or("a file URL must be file:///<absolute path>")?;
+    let slash = rest.find('/').ok_or(FileUrlError::NotAbsolute)?;
     let host = &rest[..slash];
     if !host.is_empty() && !host.eq_ignore_ascii_case("localhost") {
-        return Err(format!(
-            "a file URL names a file on this printer: host `{host}` is not empty or localhost"
-        ));
+        return Err(FileUrlError::Host(host.to_string()));
     }
     let path = percent_decode(&rest[slash..])?;
     if path.contains(&0) {
-        return Err("a file URL may not hold a NUL byte".into());
+        return Err(FileUrlError::Nul);
     }
     Ok(PathBuf::from(OsString::from_vec(path)))
 }
 
-fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
+fn percent_decode(s: &str) -> Result<Vec<u8>, FileUrlError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -82,7 +143,7 @@ fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("a file URL holds a `%` that is not followed by two hex digits")?;
+                .ok_or(FileUrlError::BadEscape)?;
             out.push(hex);
             i += 3;
         } else {
@@ -127,29 +188,34 @@ fn kind(ft: std::fs::FileType) -> &'static str {
 /// Open the source without following a final symlink and without ever blocking, and make
 /// sure it is a regular file. The error is a sentence for the `VALIDATION_ERROR` or the
 /// `DOWNLOAD_FAILED` detail.
-pub fn open_source(path: &Path) -> Result<File, String> {
+pub fn open_source(path: &Path) -> Result<File, SourceError> {
     if !path.is_absolute() {
-        return Err(format!("{} is not an absolute path", path.display()));
+        return Err(SourceError::NotAbsolute(path.to_path_buf()));
     }
+    let io = |io: std::io::Error| SourceError::Io {
+        path: path.to_path_buf(),
+        io,
+    };
+    let not_regular = |ft: std::fs::FileType| SourceError::NotRegular {
+        path: path.to_path_buf(),
+        kind: kind(ft),
+    };
     // lstat first: a FIFO or device is refused without being opened at all.
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path).map_err(io)?;
     if !meta.file_type().is_file() {
-        return Err(format!("{} is {}", path.display(), kind(meta.file_type())));
+        return Err(not_regular(meta.file_type()));
     }
     let fd = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| format!("{}: {}", path.display(), std::io::Error::from(e)))?;
+    .map_err(|e| io(e.into()))?;
     let file = File::from(fd);
     // Swapped for something else between the lstat and the open?
-    let ft = file
-        .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .file_type();
+    let ft = file.metadata().map_err(io)?.file_type();
     if !ft.is_file() {
-        return Err(format!("{} is {}", path.display(), kind(ft)));
+        return Err(not_regular(ft));
     }
     readable_by_anyone(path, &file)?;
     Ok(file)
@@ -160,33 +226,36 @@ pub fn open_source(path: &Path) -> Result<File, String> {
 /// directory above it), so that the copy, its size check and its MD5 check never tell a caller
 /// anything about a file it could not read itself (`/etc/shadow`, a key in `/root`). A stick's
 /// files are readable by all with the usual mount options.
-fn readable_by_anyone(path: &Path, file: &File) -> Result<(), String> {
+fn readable_by_anyone(path: &Path, file: &File) -> Result<(), SourceError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = file
         .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(|io| SourceError::Io {
+            path: path.to_path_buf(),
+            io,
+        })?
         .permissions()
         .mode();
     if mode & 0o004 == 0 {
-        return Err(format!(
-            "{} is not readable by every user (mode {:04o}); only such files are copied",
-            path.display(),
-            mode & 0o7777
-        ));
+        return Err(SourceError::NotReadableByAll {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+        });
     }
     for dir in path.ancestors().skip(1) {
         let mode = std::fs::metadata(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .map_err(|io| SourceError::Io {
+                path: dir.to_path_buf(),
+                io,
+            })?
             .permissions()
             .mode();
         if mode & 0o001 == 0 {
-            return Err(format!(
-                "{} is in {}, which not every user may enter (mode {:04o}); only files every \
-                 user may read are copied",
-                path.display(),
-                dir.display(),
-                mode & 0o7777
-            ));
+            return Err(SourceError::DirClosed {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+                mode: mode & 0o7777,
+            });
         }
     }
     Ok(())
@@ -219,7 +288,7 @@ struct Copy<'a> {
 }
 
 impl Copy<'_> {
-    fn lost(&self, reason: String) -> DownloadError {
+    fn lost(&self, reason: SourceError) -> DownloadError {
         DownloadError::SourceLost {
             url: self.url.clone(),
             reason,
@@ -258,7 +327,7 @@ pub(super) fn run(
     })?;
     let meta = file.metadata().map_err(|e| DownloadError::SourceLost {
         url: url.clone(),
-        reason: e.to_string(),
+        reason: SourceError::Stat(e),
     })?;
     let mut c = Copy {
         p,
@@ -272,11 +341,11 @@ pub(super) fn run(
         last_ckpt_at: Instant::now(),
     };
     if meta.len() != size {
-        return Err(c.lost(format!(
-            "{} is {} bytes, package_size is {size}",
-            source.display(),
-            meta.len()
-        )));
+        return Err(c.lost(SourceError::WrongSize {
+            path: source.to_path_buf(),
+            len: meta.len(),
+            size,
+        }));
     }
     if keep > 0 && p.validator != c.validator {
         tracing::info!(
@@ -296,7 +365,7 @@ pub(super) fn run(
         c.offset
     );
     file.seek(SeekFrom::Start(c.offset))
-        .map_err(|e| c.lost(format!("cannot seek to byte {}: {e}", c.offset)))?;
+        .map_err(|io| c.lost(SourceError::Seek { at: c.offset, io }))?;
     let mut last_step = report_step(download_percent(c.offset, size));
     while c.offset < size {
         if p.shutdown.is_set() {
@@ -305,19 +374,19 @@ pub(super) fn run(
         }
         let want = (size - c.offset).min(CHUNK as u64) as usize;
         let mut buf = vec![0u8; want];
-        let n = read_retrying(&mut file, &mut buf).map_err(|e| {
-            c.lost(format!(
-                "read error at byte {} of {} (medium removed?): {e}",
-                c.offset,
-                source.display()
-            ))
+        let n = read_retrying(&mut file, &mut buf).map_err(|io| {
+            c.lost(SourceError::Read {
+                path: source.to_path_buf(),
+                at: c.offset,
+                io,
+            })
         })?;
         if n == 0 {
-            return Err(c.lost(format!(
-                "{} ended at byte {} of {size} (medium removed or file changed)",
-                source.display(),
-                c.offset
-            )));
+            return Err(c.lost(SourceError::Ended {
+                path: source.to_path_buf(),
+                at: c.offset,
+                size,
+            }));
         }
         buf.truncate(n);
         c.send(WriteMsg::Data(buf.into()))?;
@@ -339,16 +408,17 @@ pub(super) fn run(
     match read_retrying(&mut file, &mut probe) {
         Ok(0) => {}
         Ok(_) => {
-            return Err(c.lost(format!(
-                "{} grew beyond package_size {size} while it was copied",
-                source.display()
-            )))
+            return Err(c.lost(SourceError::Grew {
+                path: source.to_path_buf(),
+                size,
+            }))
         }
-        Err(e) => {
-            return Err(c.lost(format!(
-                "read error at byte {size} of {} (medium removed?): {e}",
-                source.display()
-            )))
+        Err(io) => {
+            return Err(c.lost(SourceError::Read {
+                path: source.to_path_buf(),
+                at: size,
+                io,
+            }))
         }
     }
     c.checkpoint()?;
@@ -422,7 +492,7 @@ mod tests {
             (d.path().join("missing"), "No such file"),
             (PathBuf::from("rel.zip"), "not an absolute path"),
         ] {
-            let e = open_source(&p).unwrap_err();
+            let e = open_source(&p).unwrap_err().to_string();
             assert!(e.contains(why), "{}: {e}", p.display());
         }
     }
@@ -440,7 +510,7 @@ mod tests {
         let f = d.path().join("p.zip");
         std::fs::write(&f, b"zip").unwrap();
         mode(&f, 0o640);
-        let e = open_source(&f).unwrap_err();
+        let e = open_source(&f).unwrap_err().to_string();
         assert!(e.contains("not readable by every user (mode 0640)"), "{e}");
         mode(&f, 0o644);
         assert!(open_source(&f).is_ok());
@@ -450,7 +520,7 @@ mod tests {
         std::fs::write(&inner, b"zip").unwrap();
         mode(&inner, 0o644);
         mode(&private, 0o700);
-        let e = open_source(&inner).unwrap_err();
+        let e = open_source(&inner).unwrap_err().to_string();
         assert!(
             e.contains("which not every user may enter (mode 0700)"),
             "{e}"

@@ -89,19 +89,22 @@ pub fn download(
 ) -> Result<DownloadOutcome, DownloadError> {
     // docs/API.md 9.2: a `file://` package is copied, not fetched.
     let source = if file::is_file_url(&p.spec.package_url) {
-        Some(file::file_url_path(&p.spec.package_url).map_err(|reason| {
-            DownloadError::SourceLost {
+        Some(
+            file::file_url_path(&p.spec.package_url).map_err(|e| DownloadError::SourceLost {
                 url: p.spec.package_url.clone(),
-                reason,
-            }
-        })?)
+                reason: e.into(),
+            })?,
+        )
     } else {
         None
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| DownloadError::Setup(format!("runtime: {e}")))?;
+        .map_err(|io| DownloadError::Setup {
+            what: "runtime",
+            io,
+        })?;
     let Some((file, hasher, keep)) = disk::prepare_file(&p, p.hasher.clone())? else {
         return Ok(DownloadOutcome::Interrupted {
             bytes: p.resume_from,
@@ -128,7 +131,10 @@ pub fn download(
             Ok(w) => w,
             Err(e) => {
                 ck.stop();
-                return Err(DownloadError::Setup(format!("threads: {e}")));
+                return Err(DownloadError::Setup {
+                    what: "threads",
+                    io: e,
+                });
             }
         };
         let w = disk::Writer {

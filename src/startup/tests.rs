@@ -9,13 +9,17 @@ use crate::error::ErrorCode;
 
 const MD5: &str = "0123456789abcdef0123456789abcdef";
 
+fn md5() -> crate::checksum::Checksum {
+    crate::checksum::Checksum::from_hex(crate::checksum::Algorithm::Md5, MD5).unwrap()
+}
+
 fn state(stage: &str, bytes: u64, verified: bool, err: Option<&str>) -> PersistedState {
     PersistedState {
         version: "1.2.3".into(),
         package_url: "https://a/p.zip".into(),
         package_name: "p.zip".into(),
         package_size: 1000,
-        package_md5: MD5.into(),
+        package_md5: md5(),
         bytes_downloaded: bytes,
         last_update: "2026-11-25T10:00:00Z".into(),
         stage: stage.into(),
@@ -42,7 +46,7 @@ fn outcome_of(l: &Lifecycle, delivered: bool) -> Outcome {
 
 fn success(version: &str, install_id: Option<u64>) -> Outcome {
     let mut o = outcome_of(&Lifecycle::restored_success(version), true);
-    o.package_md5 = Some(MD5.into());
+    o.package_md5 = Some(md5());
     o.install_id = install_id;
     o
 }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use own_file::OwnFile;
+pub use own_file::{OwnFile, OwnFileError, Unusable};
 
 /// `tmp/state.json`: the download or installation in progress (the Python updater's format).
 pub const STATE_FILE: &str = "state.json";
@@ -117,14 +117,19 @@ pub struct JournalSummary {
     pub phase: Option<String>,
 }
 
+/// A journal file whose content is not a journal of any format.
+#[derive(Debug, thiserror::Error)]
+#[error("not a journal: {0}")]
+pub struct NotAJournal(pub serde_json::Error);
+
 impl JournalSummary {
-    pub fn parse(bytes: &[u8]) -> Result<JournalSummary, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("not a journal: {e}"))
+    pub fn parse(bytes: &[u8]) -> Result<JournalSummary, NotAJournal> {
+        serde_json::from_slice(bytes).map_err(NotAJournal)
     }
 }
 
 /// The journal's summary, read without touching anything; `Err` says why it cannot be read.
-pub fn peek_journal(work: &WorkDir) -> Result<Option<JournalSummary>, String> {
+pub fn peek_journal(work: &WorkDir) -> Result<Option<JournalSummary>, OwnFileError<NotAJournal>> {
     work.journal().peek(JournalSummary::parse)
 }
 
@@ -184,21 +189,26 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let w = WorkDir::new(d.path());
         std::fs::create_dir_all(w.backups()).unwrap();
-        assert_eq!(peek_journal(&w), Ok(None));
+        assert_eq!(peek_journal(&w).unwrap(), None);
         std::fs::write(
             w.journal().path(),
             br#"{"format": 9, "version": "1.2.3", "phase": "deploying", "more": [1]}"#,
         )
         .unwrap();
         assert_eq!(
-            peek_journal(&w),
-            Ok(Some(JournalSummary {
+            peek_journal(&w).unwrap(),
+            Some(JournalSummary {
                 version: Some("1.2.3".into()),
                 phase: Some("deploying".into())
-            }))
+            })
         );
         std::fs::write(w.journal().path(), b"{\"vers").unwrap();
-        assert!(peek_journal(&w).is_err());
+        let e = peek_journal(&w).unwrap_err();
+        assert!(matches!(e.kind, Unusable::Parse(NotAJournal(_))), "{e}");
+        assert!(e.to_string().starts_with(&format!(
+            "{}: not a journal: EOF while parsing",
+            w.journal().path().display()
+        )));
         // Peeking never sets anything aside.
         assert!(w.journal().path().exists());
     }

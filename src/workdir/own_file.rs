@@ -5,6 +5,26 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil::{self, ReadBack};
 
+/// Why one of the updater's own files is not usable: `<path>: <why>`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {kind}", path.display())]
+pub struct OwnFileError<E> {
+    pub path: PathBuf,
+    pub kind: Unusable<E>,
+}
+
+/// What is wrong with an own file; `E` is the error of the file's parser.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable<E> {
+    /// Not read at all: not a regular file, over [`fsutil::MAX_READ_BACK`] bytes, or a read
+    /// that failed, in [`fsutil::read_back`]'s words.
+    #[error("{0}")]
+    Refused(String),
+    /// Read, but its content is not what the updater writes.
+    #[error("{0}")]
+    Parse(E),
+}
+
 /// A file the updater keeps (state, outcome, history, installed version, recovery counter,
 /// journal). Reads never block and never bloat ([`fsutil::read_back`]); writes are atomic and
 /// durable ([`fsutil::write_atomic`]).
@@ -29,40 +49,39 @@ impl OwnFile {
 
     /// For the daemon: the parsed file, or `None` when there is none. One that is refused or
     /// does not parse is set aside with a warning (never blocking start-up) and counts as none.
-    pub fn load<T>(&self, parse: impl FnOnce(&[u8]) -> Result<T, String>) -> Option<T> {
-        let why = match self.read() {
-            ReadBack::Missing => return None,
-            ReadBack::Data(bytes) => match parse(&bytes) {
-                Ok(v) => return Some(v),
-                Err(e) => e,
-            },
-            ReadBack::Refused(why) => why,
+    pub fn load<T, E: std::fmt::Display>(
+        &self,
+        parse: impl FnOnce(&[u8]) -> Result<T, E>,
+    ) -> Option<T> {
+        let why = match self.peek(parse) {
+            Ok(found) => return found,
+            Err(why) => why,
         };
         match self.set_aside() {
-            Ok(aside) => tracing::warn!(
-                "ignoring {}: {why}; set aside as {}",
-                self.path.display(),
-                aside.display()
-            ),
-            Err(e) => tracing::warn!(
-                "ignoring {}: {why}; cannot set it aside: {e}",
-                self.path.display()
-            ),
+            Ok(aside) => tracing::warn!("ignoring {why}; set aside as {}", aside.display()),
+            Err(e) => tracing::warn!("ignoring {why}; cannot set it aside: {e}"),
         }
         None
     }
 
     /// For `status`: the parsed file without touching anything; `Err` says why it is not
     /// usable.
-    pub fn peek<T>(
+    pub fn peek<T, E>(
         &self,
-        parse: impl FnOnce(&[u8]) -> Result<T, String>,
-    ) -> Result<Option<T>, String> {
-        match self.read() {
-            ReadBack::Missing => Ok(None),
-            ReadBack::Data(bytes) => parse(&bytes).map(Some),
-            ReadBack::Refused(why) => Err(why),
-        }
+        parse: impl FnOnce(&[u8]) -> Result<T, E>,
+    ) -> Result<Option<T>, OwnFileError<E>> {
+        let kind = match self.read() {
+            ReadBack::Missing => return Ok(None),
+            ReadBack::Data(bytes) => match parse(&bytes) {
+                Ok(v) => return Ok(Some(v)),
+                Err(e) => Unusable::Parse(e),
+            },
+            ReadBack::Refused(why) => Unusable::Refused(why),
+        };
+        Err(OwnFileError {
+            path: self.path.clone(),
+            kind,
+        })
     }
 
     /// Write `bytes` atomically and durably.
@@ -103,12 +122,8 @@ impl OwnFile {
 mod tests {
     use super::*;
 
-    fn number(b: &[u8]) -> Result<u32, String> {
-        std::str::from_utf8(b)
-            .map_err(|e| e.to_string())?
-            .trim()
-            .parse()
-            .map_err(|e: std::num::ParseIntError| e.to_string())
+    fn number(b: &[u8]) -> Result<u32, std::num::ParseIntError> {
+        String::from_utf8_lossy(b).trim().parse()
     }
 
     #[test]
@@ -117,10 +132,15 @@ mod tests {
         let f = OwnFile::new(d.path().join("n.json"));
         assert_eq!(f.load(number), None);
         f.save(b"7").unwrap();
-        assert_eq!(f.peek(number), Ok(Some(7)));
+        assert_eq!(f.peek(number).unwrap(), Some(7));
         assert_eq!(f.load(number), Some(7));
         f.save(b"seven").unwrap();
-        assert!(f.peek(number).is_err());
+        let e = f.peek(number).unwrap_err();
+        assert!(matches!(e.kind, Unusable::Parse(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("{}: invalid digit found in string", f.path().display())
+        );
         assert!(f.path().exists(), "peek touches nothing");
         assert_eq!(f.load(number), None);
         assert!(!f.path().exists());
@@ -136,5 +156,22 @@ mod tests {
         f.remove().unwrap();
         f.remove().unwrap();
         assert!(!f.path().exists());
+    }
+
+    /// docs/API.md 8.3: what is not a regular file is refused unread, and says so.
+    #[test]
+    fn api_8_3_peek_names_a_refused_file_and_why() {
+        let d = tempfile::tempdir().unwrap();
+        let f = OwnFile::new(d.path().join("n.json"));
+        std::fs::create_dir(f.path()).unwrap();
+        let e = f.peek(number).unwrap_err();
+        assert_eq!(e.path, f.path());
+        assert!(matches!(e.kind, Unusable::Refused(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("{}: is not a regular file", f.path().display())
+        );
+        assert_eq!(f.load(number), None);
+        assert!(d.path().join("n.json.unusable").is_dir());
     }
 }

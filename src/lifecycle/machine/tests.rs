@@ -1,5 +1,6 @@
 //! The transitions of [`Lifecycle`], one by one and through a whole update.
 use super::*;
+use crate::checksum::{Algorithm, Checksum};
 use crate::error::ErrorCode;
 use crate::lifecycle::{iso8601, DownloadDecision, UpdateDecision};
 
@@ -9,7 +10,8 @@ fn spec(v: &str, url: &str) -> PackageSpec {
         package_url: url.into(),
         package_name: "p.zip".into(),
         package_size: 1000,
-        package_md5: "0123456789abcdef0123456789abcdef".into(),
+        package_md5: Checksum::from_hex(Algorithm::Md5, "0123456789abcdef0123456789abcdef")
+            .unwrap(),
     }
 }
 
