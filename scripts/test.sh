@@ -62,6 +62,11 @@ ensure_tool systemd-analyze systemd
 ensure_tool mkfs.ext4 e2fsprogs
 ensure_tool losetup mount
 ensure_tool script bsdutils
+# The fleet tests (docs/API.md 9.1) run a real goosebit: a SWU made with GNU cpio, goosebit
+# installed once into a cached virtual environment (scripts/goosebit.sh says why it fails).
+ensure_tool cpio cpio
+ensure_tool python3 python3-venv
+scripts/goosebit.sh >/dev/null
 
 # Every check is timed; the times are printed at the end (the budget is 90 minutes on a fresh
 # 2-core machine; the test suite is built first, so that its run time stands on its own).
