@@ -26,23 +26,30 @@ as_root() {
 }
 
 apt_updated=0
-# ensure_tool COMMAND DEBIAN-PACKAGE
-ensure_tool() {
-    local tool=$1 package=$2
-    if command -v "$tool" >/dev/null 2>&1; then
-        return 0
-    fi
+# apt_install DEBIAN-PACKAGE
+apt_install() {
+    local package=$1
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "test.sh: '$tool' is missing and apt-get is not available; install '$package'" >&2
+        echo "test.sh: apt-get is not available; install '$package'" >&2
         return 1
     fi
-    echo "test.sh: installing $package (for $tool)"
+    echo "test.sh: installing $package"
     if [ "$apt_updated" -eq 0 ]; then
         as_root apt-get update
         apt_updated=1
     fi
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "$package"
+}
+
+# ensure_tool COMMAND DEBIAN-PACKAGE
+ensure_tool() {
+    local tool=$1 package=$2
+    if command -v "$tool" >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "test.sh: '$tool' is missing"
+    apt_install "$package"
     command -v "$tool" >/dev/null 2>&1 || {
         echo "test.sh: '$tool' still missing after installing $package" >&2
         return 1
@@ -62,6 +69,19 @@ ensure_tool systemd-analyze systemd
 ensure_tool mkfs.ext4 e2fsprogs
 ensure_tool losetup mount
 ensure_tool script bsdutils
+# The fleet tests (docs/API.md 9.1) run a real goosebit: a SWU made with GNU cpio, goosebit
+# installed once into a cached virtual environment (scripts/goosebit.sh says why it fails).
+ensure_tool cpio cpio
+ensure_tool python3 python3
+# Debian's python3 comes without venv and ensurepip: they are python3-venv.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+    python3 -c 'import venv, ensurepip' || {
+        echo "test.sh: python3's venv module is still missing after installing python3-venv" >&2
+        exit 1
+    }
+fi
+scripts/goosebit.sh >/dev/null
 
 # Every check is timed; the times are printed at the end (the budget is 90 minutes on a fresh
 # 2-core machine; the test suite is built first, so that its run time stands on its own).

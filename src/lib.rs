@@ -13,6 +13,7 @@ pub mod demo;
 pub mod deploy;
 pub mod download;
 pub mod error;
+pub mod fleet;
 pub mod fsutil;
 pub mod guard;
 #[cfg(feature = "demo")]

@@ -16,6 +16,7 @@ compile_error!(
 pub mod bench;
 pub mod daemon;
 pub mod device_api;
+pub mod goosebit;
 pub mod hostile;
 pub mod http;
 pub mod nginx;

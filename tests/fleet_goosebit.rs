@@ -1,0 +1,262 @@
+//! docs/API.md 9.1 against a real fleet server: goosebit, spoken to over DDI with the crate's
+//! wire types (`tope_updater::fleet::ddi`), its state read back through its own API.
+//!
+//! `TOPE_DDI_CAPTURE=1 cargo test --test fleet_goosebit` also writes the bodies goosebit sent
+//! to `tests/fixtures/ddi/goosebit/`, the fixtures of the unit tests of `fleet/ddi.rs`.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::goosebit::{printer_attributes, swu_fixture, DeviceAuth, Goosebit, GoosebitOptions};
+use common::{unique_name, wait_until};
+use tope_updater::fleet::ddi::{
+    ActionId, ConfigData, ControllerBase, DeploymentBase, Feedback, HashAlgorithm,
+};
+
+/// Writes a body goosebit sent as a fixture when `TOPE_DDI_CAPTURE` is set (pretty-printed;
+/// the unit tests parse exactly these files).
+fn capture(name: &str, body: &[u8]) {
+    if std::env::var_os("TOPE_DDI_CAPTURE").is_none() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ddi/goosebit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let value: serde_json::Value = serde_json::from_slice(body).expect("goosebit sent JSON");
+    let mut text = serde_json::to_string_pretty(&value).unwrap();
+    text.push('\n');
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// Polls as a device does; the answer must be 200 and parse.
+fn poll(gb: &Goosebit, device: &str) -> (ControllerBase, Vec<u8>) {
+    let answer = gb.http.get(&gb.controller_url(device), &[]).ok("poll");
+    let base = ControllerBase::parse(&answer.body)
+        .unwrap_or_else(|e| panic!("poll answer does not parse ({e}): {}", answer.text()));
+    (base, answer.body)
+}
+
+/// Polls, follows `configData` with the printer's attributes and `sw_version`.
+fn register(gb: &Goosebit, device: &str, board: &str, revision: &str, sw_version: &str) {
+    let (base, _) = poll(gb, device);
+    let link = base
+        .links
+        .config_data
+        .expect("a new device is asked for its configData");
+    let url = link.url("configData").expect("configData link is a URL");
+    let body = ConfigData::merge(&printer_attributes(board, revision), sw_version, "0.1.0");
+    gb.http
+        .send_json("PUT", url.as_str(), &[], body.to_json())
+        .ok("configData");
+}
+
+fn sha1_hex(data: &[u8]) -> String {
+    let out = std::process::Command::new("sha1sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(data)?;
+            c.wait_with_output()
+        })
+        .expect("sha1sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// docs/API.md 9.1: the first poll registers the device in the fleet server's registry and
+/// asks for `configData`; the `sleep` it states parses (goosebit asks a new device back in
+/// 10 s); a `configData` merge with the attributes and `sw_version` shows in the device view,
+/// and from then on the poll states the server's `poll_time` and no longer asks for it.
+#[test]
+fn ddi_9_1_poll_registers_device_and_config_data_shows_in_registry() {
+    let Some(gb) = Goosebit::start() else { return };
+    let device = unique_name("dev");
+    assert!(gb.device(&device).is_none(), "unknown before its poll");
+
+    let (base, body) = poll(&gb, &device);
+    capture("controller_register.json", &body);
+    assert_eq!(base.poll_interval().unwrap(), Some(Duration::from_secs(10)));
+    assert!(base.links.deployment_base.is_none());
+    let config_link = base.links.config_data.clone().expect("configData link");
+    assert_eq!(
+        config_link.url("configData").unwrap().as_str(),
+        format!("{}/configData", gb.controller_url(&device))
+    );
+    let seen = gb.device(&device).expect("in the registry after one poll");
+    assert_eq!(seen.last_state, "Unknown");
+
+    register(&gb, &device, "tope-x1", "rev2", "1.0.0");
+    let view = gb.device(&device).expect("still in the registry");
+    assert_eq!(view.last_state, "Registered", "{:?}", view.raw);
+    assert_eq!(view.sw_version.as_deref(), Some("1.0.0"));
+    assert_eq!(view.hw_model.as_deref(), Some("tope-x1"));
+    assert_eq!(view.hw_revision.as_deref(), Some("rev2"));
+    assert!(
+        view.last_seen.is_some(),
+        "last contact recorded: {:?}",
+        view.raw
+    );
+
+    let (base, body) = poll(&gb, &device);
+    capture("controller_idle.json", &body);
+    assert_eq!(base.poll_interval().unwrap(), Some(Duration::from_secs(5)));
+    assert!(base.links.config_data.is_none() && base.links.deployment_base.is_none());
+}
+
+/// Registers a device, uploads a SWU made for its board, assigns it, and returns the parsed
+/// deployment, the SWU's bytes and the action id.
+fn offered_deployment(
+    gb: &Goosebit,
+    device: &str,
+    version: &str,
+    capture_as: Option<&str>,
+) -> (DeploymentBase, Vec<u8>) {
+    register(gb, device, "tope-x1", "rev2", "1.0.0");
+    let image = tope_updater::kit::pseudo_random_bytes(70_000, 7);
+    let swu = swu_fixture(
+        gb.dir(),
+        &format!("tope-{version}.swu"),
+        version,
+        Some(("tope-x1", &["rev2"])),
+        &format!("tope-{version}.zip"),
+        &image,
+    );
+    let swu_bytes = std::fs::read(&swu).unwrap();
+    let software = gb.upload_software(&swu);
+    gb.assign(device, software);
+
+    let (base, body) = poll(gb, device);
+    if let Some(name) = capture_as {
+        capture(&format!("{name}_poll.json"), &body);
+    }
+    let link = base
+        .links
+        .deployment_base
+        .expect("the poll links deploymentBase once a software is assigned");
+    let url = link.url("deploymentBase").unwrap();
+    let answer = gb.http.get(url.as_str(), &[]).ok("deploymentBase");
+    if let Some(name) = capture_as {
+        capture(&format!("{name}.json"), &answer.body);
+    }
+    let deployment = DeploymentBase::parse(&answer.body)
+        .unwrap_or_else(|e| panic!("deploymentBase does not parse ({e}): {}", answer.text()));
+    assert_eq!(deployment.id.as_str(), software.to_string());
+    (deployment, swu_bytes)
+}
+
+/// docs/API.md 9.1: an assigned software is offered through `deploymentBase`; its answer
+/// parses with the artifact's size and strongest hash equal to the uploaded file's (goosebit
+/// states only `sha1`), its download link gives the same bytes, and `proceeding` then
+/// `closed`/`success` feedback makes goosebit show the device finished on the new `sw_version`.
+#[test]
+fn ddi_9_1_deployment_downloads_and_success_feedback_finishes_device() {
+    let Some(gb) = Goosebit::start() else { return };
+    let device = unique_name("dev");
+    let (deployment, swu) = offered_deployment(&gb, &device, "1.2.3", Some("deployment_base"));
+
+    let artifact = deployment.the_artifact().expect("one chunk, one artifact");
+    assert_eq!(artifact.filename, "tope-1.2.3.swu");
+    assert_eq!(artifact.size, swu.len() as u64);
+    let hash = artifact.hashes.strongest().unwrap();
+    assert_eq!(hash.algorithm, HashAlgorithm::Sha1);
+    assert_eq!(hash.hex, sha1_hex(&swu));
+    assert!(
+        artifact.download_url(false).is_err(),
+        "goosebit links plain http: refused without allow_http"
+    );
+    let url = artifact.download_url(true).unwrap();
+    let downloaded = gb.http.get(url.as_str(), &[]).ok("artifact download");
+    assert!(downloaded.body == swu, "downloaded artifact differs");
+
+    let action = deployment.id.clone();
+    let feedback_url = format!(
+        "{}/deploymentBase/{action}/feedback",
+        gb.controller_url(&device)
+    );
+    let proceeding = Feedback::proceeding(&action, 1, 3, vec!["downloading".into()]);
+    gb.http
+        .send_json("POST", &feedback_url, &[], proceeding.to_json())
+        .ok("proceeding feedback");
+    let view = gb.device(&device).unwrap();
+    assert_eq!(view.last_state, "Running", "{:?}", view.raw);
+
+    let done = Feedback::success(&action, vec!["installed 1.2.3".into()]);
+    gb.http
+        .send_json("POST", &feedback_url, &[], done.to_json())
+        .ok("closed feedback");
+    let view = gb.device(&device).unwrap();
+    assert_eq!(view.last_state, "Finished", "{:?}", view.raw);
+    assert_eq!(view.sw_version.as_deref(), Some("1.2.3"));
+    assert_eq!(view.progress, Some(100));
+    let log = view.log.unwrap_or_default();
+    assert!(
+        log.contains("downloading") && log.contains("installed 1.2.3"),
+        "{log}"
+    );
+
+    let (base, _) = poll(&gb, &device);
+    assert!(
+        base.links.deployment_base.is_none(),
+        "nothing more to offer once the device runs the assigned version"
+    );
+}
+
+/// docs/API.md 9.1: `closed`/`failure` feedback whose `details` hold the outcome's
+/// `"<CODE>: <detail>"` shows as `Error` in goosebit with the details in its log, the version
+/// unchanged; goosebit then offers nothing more to that device.
+#[test]
+fn ddi_9_1_failure_feedback_shows_error_with_details() {
+    let Some(gb) = Goosebit::start() else { return };
+    let device = unique_name("dev");
+    let (deployment, _) = offered_deployment(&gb, &device, "2.0.0", None);
+    let action: ActionId = deployment.id.clone();
+    let feedback_url = format!(
+        "{}/deploymentBase/{action}/feedback",
+        gb.controller_url(&device)
+    );
+    let error = "DEPLOYMENT_FAILED: health check of device-api failed: exited with 3";
+    let failed = Feedback::failure(&action, error, vec!["rolled back".into()]);
+    gb.http
+        .send_json("POST", &feedback_url, &[], failed.to_json())
+        .ok("failure feedback");
+
+    let view = gb.device(&device).unwrap();
+    assert_eq!(view.last_state, "Error", "{:?}", view.raw);
+    assert_eq!(view.sw_version.as_deref(), Some("1.0.0"));
+    let log = view.log.unwrap_or_default();
+    assert!(log.contains(error) && log.contains("rolled back"), "{log}");
+    let (base, _) = poll(&gb, &device);
+    assert!(base.links.deployment_base.is_none());
+}
+
+/// docs/API.md 9.1 (`target_token`): with goosebit's device auth on, a device whose token is
+/// set polls with `Authorization: TargetToken <t>`; without it, or with another, it is refused.
+#[test]
+fn ddi_9_1_target_token_authenticates_the_device() {
+    let options = GoosebitOptions {
+        device_auth: DeviceAuth::Lax,
+        ..GoosebitOptions::default()
+    };
+    let Some(gb) = Goosebit::start_with(options) else {
+        return;
+    };
+    let device = unique_name("dev");
+    poll(&gb, &device);
+    gb.set_device_token(&device, "s3cr3t-token");
+    let url = gb.controller_url(&device);
+    let status_with = |header: Option<&str>| {
+        let headers: Vec<(&str, &str)> = header.map(|h| ("Authorization", h)).into_iter().collect();
+        gb.http.get(&url, &headers).status
+    };
+    wait_until("the token to be in force", Duration::from_secs(5), || {
+        (status_with(None) == 401).then_some(())
+    });
+    assert_eq!(status_with(Some("TargetToken wrong")), 401);
+    assert_eq!(status_with(Some("TargetToken s3cr3t-token")), 200);
+}
