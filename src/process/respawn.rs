@@ -15,16 +15,14 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use super::childenv::ChildEnv;
-use super::command::{run_command, spawn, Contain};
 use super::error::ProcessError;
-use super::spawn::{is_executable, reap_in_background, systemd_run_program, unit_name, Started};
-
-/// Time limit of one `systemd-run` launch (it returns once the unit has started).
-const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+use super::spawn::{
+    check_executable, detached, is_executable, run_launch, spawn_reaped, systemd_run_program,
+    unit_name, unit_options, Started,
+};
 
 /// How a process ran. `None` (a journal of an earlier version) keeps the updater's own.
 #[derive(Debug, Clone, Copy)]
@@ -77,13 +75,7 @@ pub fn start_as_it_ran(how: &AsItRan) -> Result<Started, ProcessError> {
     if let Some(systemd_run) = systemd_run_program() {
         return launch_unit(&systemd_run, how, argv, cwd, &shown);
     }
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
+    let mut cmd = detached(program, args, cwd);
     match how.env {
         Some(env) => {
             cmd.env_clear();
@@ -98,13 +90,8 @@ pub fn start_as_it_ran(how: &AsItRan) -> Result<Started, ProcessError> {
         None => ChildEnv::tool().apply(&mut cmd),
     }
     set_credentials(&mut cmd, how);
-    let child = spawn(&mut cmd).map_err(|source| ProcessError::Spawn {
-        command: shown.clone(),
-        source,
-    })?;
-    let pid = child.id();
+    let pid = spawn_reaped(&mut cmd, &shown)?;
     tracing::info!("started {shown} again as it ran (pid {pid})");
-    reap_in_background(child);
     Ok(Started::Process { pid })
 }
 
@@ -175,15 +162,8 @@ fn launch_unit(
     cwd: &Path,
     shown: &str,
 ) -> Result<Started, ProcessError> {
-    // systemd-run only reports that the unit started, not that the program could be executed:
-    // a path that is no executable file is refused here, as a plain start would refuse it.
     let program = Path::new(&argv[0]);
-    if program.as_os_str().as_bytes().contains(&b'/') && !is_executable(&cwd.join(program)) {
-        return Err(ProcessError::NotExecutable {
-            command: shown.to_string(),
-            program: program.to_path_buf(),
-        });
-    }
+    check_executable(program, cwd, shown)?;
     let unit = unit_name(program);
     let mut cmd = Command::new(systemd_run);
     // systemd-run itself gets the tools' environment; the unit gets the recorded one.
@@ -199,9 +179,7 @@ fn launch_unit(
         let list: Vec<String> = groups.iter().map(u32::to_string).collect();
         cmd.arg(format!("--property=SupplementaryGroups={}", list.join(" ")));
     }
-    // A program that daemonizes again keeps running once its first process exits 0.
-    cmd.arg("--property=RemainAfterExit=yes")
-        .args(["--collect", "--quiet", "--no-ask-password", "--"])
+    unit_options(&mut cmd)
         .args(["/bin/sh", "-c", SCRIPT, "sh"])
         .arg(escape(cwd.as_os_str().as_bytes()));
     // Without a recorded environment (a journal of an earlier version): the tools'
@@ -236,13 +214,7 @@ fn launch_unit(
         }
     }
     cmd.args(argv.map(|a| escape(a.as_bytes())));
-    let what = format!("systemd-run of {shown}");
-    run_command(cmd, &what, LAUNCH_TIMEOUT, None, Contain::Group).map_err(|failure| {
-        ProcessError::Launch {
-            command: shown.to_string(),
-            failure,
-        }
-    })?;
+    run_launch(cmd, shown, None)?;
     tracing::info!("started {shown} again as it ran, as unit {unit}");
     Ok(Started::Unit { name: unit })
 }
@@ -254,6 +226,7 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::ffi::OsStringExt;
+    use std::time::Duration;
 
     /// A shell under a unique name (a symlink: `comm` is the link's name) and how it runs:
     /// a loop, a non-UTF-8 argument, an empty one.

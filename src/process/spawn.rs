@@ -117,24 +117,83 @@ fn launch<S: AsRef<OsStr>>(
     if let Some(systemd_run) = systemd_run_program() {
         return launch_unit(&systemd_run, &argv, cwd, env, &shown, cancel);
     }
-    let mut cmd = Command::new(program);
+    let mut cmd = detached(program, args, cwd);
     if let Some(env) = env {
         env.apply(&mut cmd);
     }
+    let pid = spawn_reaped(&mut cmd, &shown)?;
+    tracing::info!("started {shown} (pid {pid})");
+    Ok(Started::Process { pid })
+}
+
+/// A program to start detached: in `cwd`, without standard input or output, in a process group
+/// of its own (so that stopping it later reaches its children too).
+pub(super) fn detached<A: AsRef<OsStr>>(program: &OsStr, args: &[A], cwd: &Path) -> Command {
+    let mut cmd = Command::new(program);
     cmd.args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0);
-    let child = spawn(&mut cmd).map_err(|source| ProcessError::Spawn {
-        command: shown.clone(),
+    cmd
+}
+
+/// Spawn a detached command and leave its exit status to a reaper thread; its pid.
+pub(super) fn spawn_reaped(cmd: &mut Command, shown: &str) -> Result<u32, ProcessError> {
+    let child = spawn(cmd).map_err(|source| ProcessError::Spawn {
+        command: shown.to_string(),
         source,
     })?;
     let pid = child.id();
-    tracing::info!("started {shown} (pid {pid})");
     reap_in_background(child);
-    Ok(Started::Process { pid })
+    Ok(pid)
+}
+
+/// systemd-run only reports that the unit started, not that the program could be executed: a
+/// program given by a path that is no executable file is refused here, as a plain start would
+/// refuse it.
+pub(super) fn check_executable(
+    program: &Path,
+    cwd: &Path,
+    shown: &str,
+) -> Result<(), ProcessError> {
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') && !is_executable(&cwd.join(program))
+    {
+        return Err(ProcessError::NotExecutable {
+            command: shown.to_string(),
+            program: program.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The options every transient unit gets, then the end of `systemd-run`'s own options.
+/// A program that daemonizes: its first process exits 0 and leaves the program running in the
+/// unit's cgroup, which systemd would stop with a unit whose main process is gone. The unit
+/// stays active instead, and fails when the first process does (docs/API.md 9.6).
+pub(super) fn unit_options(cmd: &mut Command) -> &mut Command {
+    cmd.arg("--property=RemainAfterExit=yes").args([
+        "--collect",
+        "--quiet",
+        "--no-ask-password",
+        "--",
+    ])
+}
+
+/// Run a prepared `systemd-run`; a failure is the launch of `shown` failing.
+pub(super) fn run_launch(
+    cmd: Command,
+    shown: &str,
+    cancel: Option<&AtomicBool>,
+) -> Result<(), ProcessError> {
+    let what = format!("systemd-run of {shown}");
+    run_command(cmd, &what, LAUNCH_TIMEOUT, cancel, Contain::Group)
+        .map(|_| ())
+        .map_err(|failure| ProcessError::Launch {
+            command: shown.to_string(),
+            failure,
+        })
 }
 
 /// Start `argv` as a transient service through `systemd-run`.
@@ -146,16 +205,8 @@ fn launch_unit(
     shown: &str,
     cancel: Option<&AtomicBool>,
 ) -> Result<Started, ProcessError> {
-    // systemd-run only reports that the unit started, not that the program could be executed:
-    // a path that is no executable file is refused here, as a plain start would refuse it.
     let program = Path::new(argv[0]);
-    let resolved = cwd.join(program);
-    if program.as_os_str().as_encoded_bytes().contains(&b'/') && !is_executable(&resolved) {
-        return Err(ProcessError::NotExecutable {
-            command: shown.to_string(),
-            program: program.to_path_buf(),
-        });
-    }
+    check_executable(program, cwd, shown)?;
     let unit = unit_name(program);
     let mut cmd = Command::new(systemd_run);
     let mut workdir = std::ffi::OsString::from("--working-directory=");
@@ -170,19 +221,8 @@ fn launch_unit(
             cmd.arg(set);
         }
     }
-    // A start_cmd that daemonizes: its first process exits 0 and leaves the program running
-    // in the unit's cgroup, which systemd would stop with a unit whose main process is gone.
-    // The unit stays active instead, and fails when the first process does (docs/API.md 9.6).
-    cmd.arg("--property=RemainAfterExit=yes")
-        .args(["--collect", "--quiet", "--no-ask-password", "--"])
-        .args(argv);
-    let what = format!("systemd-run of {shown}");
-    run_command(cmd, &what, LAUNCH_TIMEOUT, cancel, Contain::Group).map_err(|failure| {
-        ProcessError::Launch {
-            command: shown.to_string(),
-            failure,
-        }
-    })?;
+    unit_options(&mut cmd).args(argv);
+    run_launch(cmd, shown, cancel)?;
     tracing::info!("started {shown} as unit {unit}");
     Ok(Started::Unit { name: unit })
 }
