@@ -6,10 +6,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::{assert_error, stage_of, BIN};
+use common::daemon::{assert_error, stage_of, status_json};
 use common::procs::KillOnDrop;
 use common::*;
 use serde_json::{json, Value};
@@ -26,16 +25,6 @@ fn failed_recoveries(work: &Path) -> usize {
         .unwrap_or_default()
         .matches("recovery of an interrupted installation failed")
         .count()
-}
-
-fn status_json(config: &Path) -> Value {
-    let out = Command::new(BIN)
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .expect("run tope-updater status");
-    assert!(out.status.success(), "status: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
 }
 
 #[test]

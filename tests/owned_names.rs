@@ -9,9 +9,8 @@ mod pkgkit;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::daemon::{stage_of, BIN};
+use common::daemon::{stage_of, status_json};
 use common::*;
 use serde_json::{json, Value};
 
@@ -108,17 +107,6 @@ impl Fx {
             .collect();
         assert!(left.is_empty(), "staging files left: {left:?}");
     }
-}
-
-/// `tope-updater status --config <config> --json`.
-fn status_json(config: &Path) -> Value {
-    let out = Command::new(BIN)
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .expect("run tope-updater status");
-    assert!(out.status.success(), "status: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
 }
 
 /// Every path below `dir` (directories included) with its mode and, for files, content.

@@ -504,3 +504,14 @@ pub fn delayed_flushes(trace: &Path) -> usize {
     assert!(n > 0, "no flush was delayed: is strace's inject working?");
     n
 }
+
+/// `tope-updater status --config <config> --json`.
+pub fn status_json(config: &Path) -> Value {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("run tope-updater status");
+    assert!(out.status.success(), "status: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
