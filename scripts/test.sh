@@ -58,6 +58,8 @@ ensure_tool groff groff-base
 ensure_tool ip iproute2
 ensure_tool nsenter util-linux
 ensure_tool systemd-analyze systemd
+ensure_tool swupdate swupdate
+ensure_tool cpio cpio
 # The USB stick example's test: an ext4 image on a loop device; `install` on a terminal.
 ensure_tool mkfs.ext4 e2fsprogs
 ensure_tool losetup mount

@@ -237,4 +237,3 @@ impl Envelope {
         Window::new(file, self.offset, self.len)
     }
 }
-
