@@ -180,6 +180,14 @@ fn every_refusal_names_what_is_wrong_docs_api_9_3() {
     let mut bad_field = env(&good);
     bad_field[6 + 8 * 6] = b'z';
     refused(c.open(&bad_field), "c_filesize");
+    let many: Vec<(String, Vec<u8>)> = (0..1100).map(|i| (format!("m{i}"), vec![])).collect();
+    let mut members: Vec<(&str, &[u8])> = vec![("sw-description", good.as_bytes())];
+    members.extend(many.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
+    members.push(("p.zip", &zip));
+    refused(
+        c.open(&archive("070701", &members)),
+        "more than 1024 members",
+    );
     let mut mixed = member("070701", "sw-description", good.as_bytes(), 0o100644);
     mixed.extend(member("070702", "p.zip", &zip, 0o100644));
     refused(c.open(&mixed), "bad magic");

@@ -48,6 +48,8 @@ pub enum SwuError {
         expected: u32,
         actual: u32,
     },
+    #[error("the archive has more than {limit} members")]
+    TooManyMembers { limit: usize },
     #[error("the archive ends without its TRAILER!!! member")]
     NoTrailer,
     #[error("the first member is {found:?}, not sw-description")]

@@ -163,6 +163,8 @@ impl Parser<'_> {
         depth: usize,
     ) -> Result<Vec<(String, Value)>, SyntaxError> {
         let mut out: Vec<(String, Value)> = Vec::new();
+        // The names seen, so that a group of thousands of settings stays linear.
+        let mut seen = std::collections::HashSet::new();
         loop {
             self.skip()?;
             match (self.peek(), close) {
@@ -204,7 +206,7 @@ impl Parser<'_> {
                 }
             }
             let value = self.value(depth)?;
-            if out.iter().any(|(n, _)| *n == name) {
+            if !seen.insert(name.clone()) {
                 return Err(SyntaxError {
                     line,
                     msg: format!("setting {name:?} given twice in one group"),

@@ -34,6 +34,8 @@ pub use write::write_envelope;
 
 /// Largest `sw-description` read.
 pub const MAX_DESCRIPTION: u64 = 64 * 1024;
+/// Most members read (the trailer included): an envelope has a handful.
+pub const MAX_MEMBERS: usize = 1024;
 
 /// What the writer puts in `sw-description` besides the image.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -135,7 +137,10 @@ pub fn read<R: Read + Seek>(r: &mut R, file_len: u64) -> Result<Envelope, SwuErr
 
     let mut image: Option<cpio::Member> = None;
     let mut at = first.next;
-    loop {
+    for count in 1.. {
+        if count >= MAX_MEMBERS {
+            return Err(SwuError::TooManyMembers { limit: MAX_MEMBERS });
+        }
         let m = cpio::read_member(r, at, file_len).map_err(|e| match e {
             SwuError::Truncated { .. } if at >= file_len => SwuError::NoTrailer,
             e => e,
