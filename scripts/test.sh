@@ -65,13 +65,17 @@ ensure_tool groff groff-base
 ensure_tool ip iproute2
 ensure_tool nsenter util-linux
 ensure_tool systemd-analyze systemd
+# The SWU envelope's tests (docs/API.md 9.3): SWUpdate itself reads what `swu` writes (its
+# Debian build only takes signed descriptions: openssl signs them), GNU cpio lists and packs.
+ensure_tool swupdate swupdate
+ensure_tool openssl openssl
+ensure_tool cpio cpio
 # The USB stick example's test: an ext4 image on a loop device; `install` on a terminal.
 ensure_tool mkfs.ext4 e2fsprogs
 ensure_tool losetup mount
 ensure_tool script bsdutils
 # The fleet tests (docs/API.md 9.1) run a real goosebit: a SWU made with GNU cpio, goosebit
 # installed once into a cached virtual environment (scripts/goosebit.sh says why it fails).
-ensure_tool cpio cpio
 ensure_tool python3 python3
 # Debian's python3 comes without venv and ensurepip: they are python3-venv.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then

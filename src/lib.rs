@@ -31,6 +31,7 @@ pub mod shutdown;
 pub mod startup;
 pub mod state;
 pub mod status;
+pub mod swu;
 pub mod sync;
 pub mod systemd;
 pub mod tools;
