@@ -273,3 +273,35 @@ fn docs_api_9_4_committed_is_finished_and_prepared_touches_no_file() {
     );
     assert!(!journal::path(&f.backups).exists());
 }
+
+/// The `journal` fuzz target's check on its seeds (`fuzz/corpus/journal/`, the 0.1.0 fixtures'
+/// journals among them): a file is a journal of at most one format, and the summary reader of
+/// start-up and `status` agrees with the parser that accepts it on the version and the phase.
+#[test]
+fn docs_api_9_4_the_fuzz_seeds_hold_the_journal_targets_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/journal");
+    let mut legacy_seeds = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let data = fs::read(&path).unwrap();
+        let summary = crate::workdir::JournalSummary::parse(&data);
+        let (version, phase) = match (journal::parse(&data), legacy::parse(&data)) {
+            (Ok(_), Ok(_)) => panic!("{}: both parsers accept it", path.display()),
+            (Ok(j), Err(_)) => (j.version, serde_json::to_value(j.phase).unwrap()),
+            (Err(_), Ok(j)) => {
+                legacy_seeds += 1;
+                (j.version, serde_json::to_value(j.phase).unwrap())
+            }
+            (Err(_), Err(_)) => continue,
+        };
+        let s = summary.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            s.version.as_deref(),
+            Some(version.as_str()),
+            "{}",
+            path.display()
+        );
+        assert_eq!(s.phase.as_deref(), phase.as_str(), "{}", path.display());
+    }
+    assert!(legacy_seeds >= 3, "the 0.1.0 fixtures' journals are seeds");
+}
