@@ -14,6 +14,7 @@ use crate::fsutil::{self, ReadBack};
 
 use super::beneath::{legacy_tmp_name, stage_name};
 use super::error::JournalError;
+use super::legacy::{self, LegacyJournal};
 pub use super::stopped::Stopped;
 
 /// File name of the journal inside the backups directory (the work dir's layout:
@@ -172,6 +173,8 @@ pub fn write(backups_dir: &Path, j: &Journal) -> Result<(), OtaError> {
 pub enum Found {
     None,
     Journal(Box<Journal>),
+    /// A journal of release 0.1.0 (no `format` field: docs/API.md 9.4), not checked yet.
+    Legacy(Box<LegacyJournal>),
     /// Unreadable or of an unknown format: set aside as `journal.json.unusable`.
     SetAside(String),
 }
@@ -183,11 +186,21 @@ pub fn read(backups_dir: &Path) -> Found {
         ReadBack::Missing => return Found::None,
         ReadBack::Data(bytes) => match parse(&bytes) {
             Ok(j) => return Found::Journal(Box::new(j)),
+            // Written by release 0.1.0: its own format, read strictly.
+            Err(JournalError::NoFormat) => match legacy::parse(&bytes) {
+                Ok(j) => return Found::Legacy(Box::new(j)),
+                Err(why) => why.to_string(),
+            },
             Err(why) => why.to_string(),
         },
         ReadBack::Refused(why) => why,
     };
-    match fsutil::set_aside(&p) {
+    set_aside(backups_dir, &why)
+}
+
+/// Set the journal aside as unusable, `why` and where it went in the answer.
+pub fn set_aside(backups_dir: &Path, why: &str) -> Found {
+    match fsutil::set_aside(&path(backups_dir)) {
         Ok(aside) => Found::SetAside(format!("{why}; kept as {}", aside.display())),
         Err(e) => Found::SetAside(format!("{why}; it could not be set aside: {e}")),
     }

@@ -33,6 +33,7 @@ mod driver;
 mod error;
 mod health;
 mod journal;
+mod legacy;
 mod plan;
 mod procs;
 mod rollback;
@@ -54,6 +55,8 @@ pub use health::HealthCmd;
 pub use journal::JOURNAL_NAME;
 /// The install journal's reader and writer as start-up recovery uses them (for `fuzz/`).
 pub use journal::{encode as encode_journal, parse as parse_journal};
+/// The reader of release 0.1.0's journal (docs/API.md 9.4), for `fuzz/`.
+pub use legacy::{parse as parse_legacy_journal, LegacyJournal, LegacyPhase};
 pub use steps::Step;
 
 use apply::Roots;
@@ -212,21 +215,37 @@ pub fn finish(backups_dir: &Path) {
 
 /// At start-up, before the API reports anything: finish or roll back an interrupted
 /// installation. An error means files could not be restored (the journal is kept and the next
-/// start retries), or the journal was unusable (set aside, reported once).
-pub fn recover(backups_dir: &Path, stop_timeout: Duration) -> Result<Recovery, OtaError> {
+/// start retries), or the journal was unusable (set aside, reported once). A journal of release
+/// 0.1.0 is checked against `allowed_roots` and the backups directory first (`legacy`).
+pub fn recover(
+    backups_dir: &Path,
+    allowed_roots: &[PathBuf],
+    stop_timeout: Duration,
+) -> Result<Recovery, OtaError> {
     let _ = std::fs::remove_file(crate::fsutil::tmp_sibling(&journal::path(backups_dir)));
+    let unusable = |why: String| {
+        let e = crate::error::internal(format!(
+            "the install journal was unusable ({why}); files of the interrupted installation, \
+             if any, were not checked"
+        ));
+        tracing::error!("{e}");
+        e
+    };
     let j = match journal::read(backups_dir) {
         journal::Found::None => {
             rollback::remove_backup_files(backups_dir);
             return Ok(Recovery::Nothing);
         }
-        journal::Found::SetAside(why) => {
-            let e = crate::error::internal(format!(
-                "the install journal was unusable ({why}); files of the interrupted installation, \
-                 if any, were not checked"
-            ));
-            tracing::error!("{e}");
-            return Err(e);
+        journal::Found::SetAside(why) => return Err(unusable(why)),
+        journal::Found::Legacy(old) => {
+            let checked = match old.check(backups_dir, allowed_roots) {
+                Ok(c) => c,
+                Err(why) => match journal::set_aside(backups_dir, &why.to_string()) {
+                    journal::Found::SetAside(why) => return Err(unusable(why)),
+                    _ => return Err(unusable(why.to_string())),
+                },
+            };
+            return recover_legacy(&checked, backups_dir, stop_timeout);
         }
         journal::Found::Journal(j) => j,
     };
@@ -245,4 +264,26 @@ pub fn recover(backups_dir: &Path, stop_timeout: Duration) -> Result<Recovery, O
             Ok(Recovery::RolledBack { version: j.version })
         }
     }
+}
+
+/// [`recover`] for a checked journal of release 0.1.0: committed, its cleanup finished;
+/// otherwise rolled back as 0.1.0 would have.
+fn recover_legacy(
+    j: &legacy::Checked,
+    backups_dir: &Path,
+    stop_timeout: Duration,
+) -> Result<Recovery, OtaError> {
+    let version = j.version.clone();
+    if j.phase == LegacyPhase::Committed {
+        tracing::info!("finishing the cleanup of version {version}, installed by release 0.1.0");
+        legacy::cleanup(j, backups_dir);
+        return Ok(Recovery::Completed { version });
+    }
+    tracing::warn!(
+        "installation of version {version} by release 0.1.0 was interrupted (phase {:?}): \
+         rolling back",
+        j.phase
+    );
+    legacy::rollback(j, backups_dir, stop_timeout)?;
+    Ok(Recovery::RolledBack { version })
 }

@@ -181,7 +181,7 @@ pub enum Started {
 
 /// Wait until a process named `name` runs (at most `limit`); a `/proc` that cannot be read
 /// counts as "not yet".
-fn wait_running(name: &str, limit: Duration) -> Option<ProcId> {
+pub(super) fn wait_running(name: &str, limit: Duration) -> Option<ProcId> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(p) = process::scan(name)

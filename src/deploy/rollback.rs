@@ -32,7 +32,7 @@ use crate::fsutil;
 use super::apply::{copy_at, files_dir, Roots, FILES_DIR};
 use super::beneath::unlink_at;
 use super::error::RollbackIncomplete;
-use super::journal::{self, Journal, Phase};
+use super::journal::{self, CreatedDir, Journal, Phase};
 use super::plan::{start_order, stops};
 use super::{procs, InstallEvent};
 
@@ -96,7 +96,14 @@ pub fn restore_files(j: &Journal, roots: &mut Roots, backups_dir: &Path) -> Vec<
                 };
                 let through = j.restore_name(n, name);
                 remove_staged(dir.fd.as_fd(), &through, &where_)?;
-                restore_one(files.as_fd(), &n.to_string(), &dir.fd, &through, name)
+                let num = n.to_string();
+                restore_one(
+                    files.as_fd(),
+                    OsStr::new(&num),
+                    &dir.fd,
+                    &through,
+                    OsStr::new(name),
+                )
             });
             if let Err(e) = result {
                 failures.push(format!("{}: {e}", where_.join(name).display()));
@@ -106,14 +113,18 @@ pub fn restore_files(j: &Journal, roots: &mut Roots, backups_dir: &Path) -> Vec<
             failures.push(format!("flushing {}: {e}", where_.display()));
         }
     }
-    remove_created(j, roots);
+    remove_created(&j.created, roots);
     failures
 }
 
 /// Remove the staging file `name` of the installation from `dir` (at `where_`). The updater
 /// only ever creates regular files there: a directory at that name (a `<name>.tmp/` named by a
 /// journal of format 2) is someone else's and stays.
-fn remove_staged(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, where_: &Path) -> io::Result<()> {
+pub(super) fn remove_staged(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &OsStr,
+    where_: &Path,
+) -> io::Result<()> {
     match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
         Err(rustix::io::Errno::ISDIR) => {
@@ -129,12 +140,12 @@ fn remove_staged(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, where_: &Path) 
 
 /// Put backup `num` back as `name` in `dir`, through `tmp` (the installation's own name,
 /// already removed).
-fn restore_one(
+pub(super) fn restore_one(
     files: std::os::fd::BorrowedFd<'_>,
-    num: &str,
+    num: &OsStr,
     dir: &std::os::fd::OwnedFd,
     tmp: &OsStr,
-    name: &str,
+    name: &OsStr,
 ) -> io::Result<()> {
     match rustix::fs::linkat(files, num, dir, tmp, AtFlags::empty()) {
         Ok(()) => {}
@@ -153,7 +164,7 @@ fn restore_one(
         Err(rustix::io::Errno::NOENT) => {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("backup {num} is missing"),
+                format!("backup {} is missing", Path::new(num).display()),
             ))
         }
         Err(e) => return Err(e.into()),
@@ -165,8 +176,8 @@ fn restore_one(
 }
 
 /// Remove the directories the installation created, innermost first, when empty.
-fn remove_created(j: &Journal, roots: &mut Roots) {
-    for c in j.created.iter().rev() {
+pub(super) fn remove_created(created: &[CreatedDir], roots: &mut Roots) {
+    for c in created.iter().rev() {
         let (Some(parent), Some(name)) = (c.rel.parent(), c.rel.file_name()) else {
             continue;
         };

@@ -56,6 +56,7 @@ impl Updater {
             let cfg = &self.inner.cfg;
             match deploy::recover(
                 &cfg.work().backups(),
+                &cfg.allowed_roots,
                 Duration::from_secs(cfg.stop_timeout_s),
             ) {
                 Ok(_) => error::deployment_failed(format!(

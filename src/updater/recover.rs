@@ -104,7 +104,8 @@ impl Updater {
         let cfg = &self.inner.cfg;
         let backups = cfg.work().backups();
         let stop = Duration::from_secs(cfg.stop_timeout_s);
-        let run = std::panic::AssertUnwindSafe(|| deploy::recover(&backups, stop));
+        let roots = &cfg.allowed_roots;
+        let run = std::panic::AssertUnwindSafe(|| deploy::recover(&backups, roots, stop));
         match std::panic::catch_unwind(run) {
             Ok(Ok(r)) => Recovered::Done(r),
             Ok(Err(e)) => {

@@ -14,6 +14,7 @@ use crate::error::ErrorCode;
 use crate::package::tests::{build_zip, manifest_json, E};
 
 mod driver;
+mod legacy;
 mod processes;
 
 struct Fx {
@@ -239,7 +240,7 @@ fn install_deploys_modes_dirs_and_cleans_backups() {
         ]
     );
     assert_eq!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::Nothing
     );
 }
@@ -447,7 +448,7 @@ fn interrupted_staging_is_cleaned_by_recover() {
     assert_eq!(f.staged("app", 0, "bin").as_deref(), Some("new-bin"));
     assert_eq!(f.read("app/bin").as_deref(), Some("old-bin"));
     assert_eq!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::RolledBack {
             version: "1.2.3".into()
         }
@@ -473,7 +474,7 @@ fn interrupted_after_the_swap_is_rolled_back_by_recover_twice() {
     assert!(rollback::restore_files(&j, &mut Roots::default(), &f.backups).is_empty());
     assert_old(&f);
     assert_eq!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::RolledBack {
             version: "1.2.3".into()
         }
@@ -481,7 +482,7 @@ fn interrupted_after_the_swap_is_rolled_back_by_recover_twice() {
     assert_old(&f);
     assert!(f.clean());
     assert_eq!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::Nothing
     );
 }
@@ -501,7 +502,7 @@ fn contract_9_6_journal_of_format_2_is_recovered_as_before() {
     f.as_format_2();
     assert_eq!(f.read("app/bin.tmp").as_deref(), Some("new-bin"));
     assert!(matches!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::RolledBack { .. }
     ));
     assert_old(&f);
@@ -515,7 +516,7 @@ fn contract_9_6_journal_of_format_2_is_recovered_as_before() {
     assert_eq!(f.read("app/bin").as_deref(), Some("new-bin"));
     f.as_format_2();
     assert!(matches!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::RolledBack { .. }
     ));
     assert_old(&f);
@@ -565,7 +566,7 @@ fn contract_9_6_journal_of_format_2_with_a_directory_at_name_tmp_is_recovered() 
     fs::remove_file(f.root.join("app/bin.tmp")).unwrap();
     f.put("app/bin.tmp/keep", "not the updater's", 0o644);
     assert!(matches!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::RolledBack { .. }
     ));
     assert_eq!(
@@ -581,7 +582,7 @@ fn contract_9_6_journal_of_format_2_with_a_directory_at_name_tmp_is_recovered() 
     f.as_format_2();
     f.put("app/bin.tmp/keep", "not the updater's", 0o644);
     assert!(matches!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::RolledBack { .. }
     ));
     assert_eq!(f.read("app/bin").as_deref(), Some("old-bin"));
@@ -599,7 +600,7 @@ fn missing_backup_keeps_the_journal() {
     f.install(Duration::from_secs(1), &mut Vec::new(), Some("Restarting"))
         .unwrap();
     fs::remove_dir_all(f.backups.join(FILES_DIR)).unwrap();
-    let e = recover(&f.backups, Duration::from_secs(1)).unwrap_err();
+    let e = recover(&f.backups, &[], Duration::from_secs(1)).unwrap_err();
     assert!(e.detail.contains("app/bin"), "{e}");
     assert!(f.backups.join(JOURNAL_NAME).exists());
 }
@@ -617,7 +618,7 @@ fn committed_journal_completes_cleanup() {
     );
     assert_eq!(f.journal().phase, Phase::Committed);
     assert_eq!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::Completed {
             version: "1.2.3".into()
         }
@@ -634,12 +635,12 @@ fn unusable_journal_is_set_aside_and_reported() {
         "{\"format\": 2, \"version\": \"1.2",
     )
     .unwrap();
-    let e = recover(&f.backups, Duration::from_secs(1)).unwrap_err();
+    let e = recover(&f.backups, &[], Duration::from_secs(1)).unwrap_err();
     assert_eq!(e.code, ErrorCode::InternalError, "{e}");
     assert!(!f.backups.join(JOURNAL_NAME).exists());
     assert!(f.backups.join("journal.json.unusable").exists());
     assert_eq!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::Nothing
     );
 }

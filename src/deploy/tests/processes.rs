@@ -418,7 +418,7 @@ fn contract_8_1_sigterm_stops_a_hanging_systemctl_and_the_next_start_rolls_back(
 
     let fake = fake_systemctl(f.d.path(), "none");
     SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = Some(fake));
-    let rec = recover(&f.backups, Duration::from_secs(1));
+    let rec = recover(&f.backups, &[], Duration::from_secs(1));
     SYSTEMCTL_OVERRIDE.with(|o| *o.borrow_mut() = None);
     assert!(matches!(rec, Ok(Recovery::RolledBack { .. })), "{rec:?}");
     let log = fs::read_to_string(&log).unwrap();
@@ -459,7 +459,7 @@ fn docs_api_6_sigterm_during_the_stop_ends_before_any_file_is_replaced() {
         "stopped, not started again"
     );
     assert_eq!(
-        recover(&f.backups, Duration::from_secs(1)).unwrap(),
+        recover(&f.backups, &[], Duration::from_secs(1)).unwrap(),
         Recovery::RolledBack {
             version: "1.2.3".into()
         }
