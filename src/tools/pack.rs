@@ -1,5 +1,6 @@
 //! `tope-updater pack DIR --out FILE [--key FILE] [--config PATH] [--board NAME]
-//! [--hardware-compatibility REV]...`: build a package from a directory holding `manifest.json` and the files it names.
+//! [--hardware-compatibility REV]...`: build a package from a directory holding
+//! `manifest.json` and the files it names.
 //!
 //! Streaming and single pass: every file is read once, in chunks, hashed (SHA-256) and
 //! compressed into the ZIP as it is read (only its first 64 KiB are read once more, to store
