@@ -383,3 +383,37 @@ fn api_9_3_foreign_double_and_missing_images_are_invalid_package() {
     assert_eq!(stage_of(&p), "success", "{p}");
     assert!(f.ws.root().join("app/bin").exists());
 }
+
+/// docs/API.md 9.3: the ZIP inside an envelope is read in place, never held in memory: the
+/// daemon installing an envelope around a 40 MiB file grows its peak resident memory
+/// (`VmHWM`) by far less than the image (it grew by more than the image with the image read
+/// into memory).
+#[test]
+fn api_9_3_envelope_installs_in_constant_memory() {
+    const BIG: usize = 40 * 1024 * 1024;
+    let d = tempfile::tempdir().unwrap();
+    let f = fx("");
+    let src = d.path().join("src");
+    let dst = f.ws.root().join("big/blob");
+    pkgkit::package_dir(
+        &src,
+        &manifest(
+            V,
+            vec![json!({"name": "big", "src": "blob", "dst": dst.display().to_string()})],
+        ),
+        &[("blob", &pseudo_random_bytes(BIG, 5), 0o644)],
+    );
+    let out = d.path().join("big.swu");
+    pack(&src, &out, None, &[]);
+    let pid = f.d.pid();
+    let before = common::bench::proc_status_kib(pid, "VmHWM").expect("VmHWM");
+    let p = f.install_file(&out);
+    assert_eq!(stage_of(&p), "success", "{p}");
+    let after = common::bench::proc_status_kib(pid, "VmHWM").expect("VmHWM");
+    assert!(
+        after < before + 16 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB for a {} KiB image",
+        BIG / 1024
+    );
+    assert_eq!(std::fs::metadata(&dst).unwrap().len(), BIG as u64);
+}
