@@ -417,3 +417,38 @@ fn api_9_3_envelope_installs_in_constant_memory() {
     );
     assert_eq!(std::fs::metadata(&dst).unwrap().len(), BIG as u64);
 }
+
+/// docs/API.md 9.3 with 9.2: `tope-updater install X.swu` (a person at the printer with a USB
+/// stick) reads the version from the package inside the envelope and installs it to `success`.
+#[test]
+fn api_9_3_install_command_takes_an_envelope_from_a_stick() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fx("");
+    let src = package_dir(d.path(), &f.ws.root());
+    let stick = d.path().join("stick");
+    std::fs::create_dir(&stick).unwrap();
+    let swu = stick.join("update.swu");
+    pack(&src, &swu, None, &["--board", "tope-mk4"]);
+    let out = std::process::Command::new(common::daemon::BIN)
+        .arg("install")
+        .arg(&swu)
+        .arg("--config")
+        .arg(&f.d.config_path)
+        .output()
+        .expect("run tope-updater install");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.ends_with(&format!("installed version {V}\n")),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(f.ws.root().join("app/data/blob")).unwrap(),
+        pseudo_random_bytes(BLOB_LEN, BLOB_SEED)
+    );
+}
