@@ -56,15 +56,24 @@ pub enum Command {
         out: PathBuf,
     },
     /// Build a package from DIR (manifest.json and the files it names); prints the JSON
-    /// device-api needs for /download. `--config` applies its allowed_roots.
+    /// device-api needs for /download. `--config` applies its allowed_roots. With an `--out`
+    /// ending in `.swu`, the package is wrapped in a SWU envelope (for fleet servers).
     Pack {
         dir: PathBuf,
-        /// The package to write; its file name is the package_name.
+        /// The package to write; its file name is the package_name. `.swu`: a SWU envelope
+        /// around the package.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Sign with this private key (from `keygen`): adds the sha256 map and manifest.sig.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+        /// `.swu` only: put the image in this board's section of sw-description (a fleet
+        /// server offers it to devices whose hw_boardname is NAME).
+        #[arg(long, value_name = "NAME")]
+        board: Option<String>,
+        /// `.swu` only: a hardware revision the package is for; repeatable.
+        #[arg(long = "hardware-compatibility", value_name = "REV")]
+        hardware_compatibility: Vec<String>,
     },
     /// Install a package through the running daemon (its `listen` address from --config):
     /// a local FILE (a USB stick: size, MD5 and version read from it, or size and MD5 from
@@ -122,10 +131,25 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "demo")]
         Some(Command::Demo) => crate::demo::run(),
         Some(Command::Keygen { out }) => tools::finish("keygen", tools::keygen::run(&out)),
-        Some(Command::Pack { dir, out, key }) => tools::finish(
+        Some(Command::Pack {
+            dir,
+            out,
+            key,
+            board,
+            hardware_compatibility,
+        }) => tools::finish(
             "pack",
-            tools::pack::run(&dir, &out, key.as_deref(), config)
-                .and_then(|p| serde_json::to_string(&p).map_err(tools::ToolError::Print)),
+            tools::pack::run(
+                &dir,
+                &out,
+                key.as_deref(),
+                config,
+                &tools::pack::Wrap {
+                    board,
+                    hardware_compatibility,
+                },
+            )
+            .and_then(|p| serde_json::to_string(&p).map_err(tools::ToolError::Print)),
         ),
         Some(Command::Install {
             target,

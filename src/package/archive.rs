@@ -2,14 +2,13 @@
 //! it, then every entry's name, type, compression and size (see the rules in `package/mod.rs`).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 
 use zip::CompressionMethod;
 
 use super::error::{EntryProblem, PackageError};
 use super::{MAX_ENTRIES, MAX_RATIO, MAX_TOTAL_UNCOMPRESSED, RATIO_CHECK_MIN};
+use crate::swu::Window;
 
 /// Largest central directory accepted: room for [`MAX_ENTRIES`] entries with names of about
 /// 80 bytes. The zip crate holds the whole directory (parsed) in memory.
@@ -58,7 +57,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
-fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, PackageError> {
+fn read_at(file: &Window, offset: u64, len: usize) -> Result<Vec<u8>, PackageError> {
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, offset)
         .map_err(|source| PackageError::ReadFailed { source })?;
@@ -77,11 +76,11 @@ fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, PackageError
 /// directory ends where its end record (or the zip64 one) begins, which also means nothing
 /// was prepended to the archive. `zip -r`, Python's zipfile and `tope-updater pack` all write
 /// that layout.
-pub fn check_central_directory(file: &File) -> Result<CentralDirectory, PackageError> {
-    let len = file
-        .metadata()
-        .map_err(|source| PackageError::Metadata { source })?
-        .len();
+///
+/// `file` is the ZIP's bytes: the whole file, or the image inside a SWU envelope (docs/API.md
+/// 9.3), so offsets are the ZIP's own and the rules are the same for both.
+pub fn check_central_directory(file: &Window) -> Result<CentralDirectory, PackageError> {
+    let len = file.len();
     if len < EOCD_LEN as u64 {
         return Err(PackageError::TooShort { len });
     }
@@ -159,7 +158,7 @@ pub fn check_central_directory(file: &File) -> Result<CentralDirectory, PackageE
 
 /// The zip64 end record located just before the end record at `eocd_pos`; returns it and its
 /// position (where the central directory must end).
-fn zip64_record(file: &File, eocd_pos: u64) -> Result<(CentralDirectory, u64), PackageError> {
+fn zip64_record(file: &Window, eocd_pos: u64) -> Result<(CentralDirectory, u64), PackageError> {
     let bad = |why: &'static str| Err(PackageError::CorruptZip64 { why });
     let Some(loc_pos) = eocd_pos.checked_sub(ZIP64_LOCATOR_LEN) else {
         return bad("no zip64 end record locator");
@@ -242,7 +241,7 @@ pub fn deploy_mode(unix_mode: Option<u32>) -> u32 {
 /// Scan the central directory: every safety rule on entries, and the map from canonical name
 /// to entry.
 pub fn scan_entries(
-    archive: &mut zip::ZipArchive<File>,
+    archive: &mut zip::ZipArchive<Window>,
 ) -> Result<HashMap<String, EntryInfo>, PackageError> {
     if archive.len() > MAX_ENTRIES {
         return Err(PackageError::TooManyEntries {
@@ -356,7 +355,7 @@ pub fn scan_entries(
 /// a bigger one is `too_big(size, max)`. Its size is checked against the central directory and
 /// the reader checks its CRC32.
 pub fn read_small_entry(
-    archive: &mut zip::ZipArchive<File>,
+    archive: &mut zip::ZipArchive<Window>,
     info: &EntryInfo,
     name: &'static str,
     max: u64,

@@ -13,6 +13,7 @@ use zip::result::ZipError;
 use super::{MANIFEST_NAME, MAX_ENTRIES, MAX_RATIO, MAX_TOTAL_UNCOMPRESSED, SIGNATURE_NAME};
 use crate::checksum::Checksum;
 use crate::error::{self, ErrorCode, OtaError};
+use crate::swu::SwuError;
 
 /// What is wrong with one entry of the ZIP (the "unsafe entry" rules of docs/API.md 4 and 8.3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +90,17 @@ pub enum PackageError {
     Corrupt { source: ZipError },
     #[error("more than {MAX_TOTAL_UNCOMPRESSED} bytes uncompressed in total")]
     TooBigUncompressed,
+
+    // --- The SWU envelope around the ZIP (docs/API.md 9.3) ---
+    /// The envelope is unreadable or refused; the detail is `SWU envelope: <what>`.
+    #[error("{}", source.detail())]
+    Envelope { source: SwuError },
+    /// `software.version` of `sw-description` is not the inner manifest's `version`.
+    #[error(
+        "SWU envelope: sw-description's software.version {envelope} differs from the version          {manifest} of the package's {}",
+        MANIFEST_NAME
+    )]
+    EnvelopeVersion { envelope: String, manifest: String },
 
     // --- Entries ---
     /// The zip crate cannot give entry `index`.
@@ -311,6 +323,7 @@ impl PackageError {
             Write { source, .. } if error::is_disk_full(source) => ErrorCode::DiskFull,
             NoRoom { .. } => ErrorCode::DiskFull,
             Write { .. } | Inspect { .. } | FreeSpace { .. } => ErrorCode::InternalError,
+            Envelope { source } => source.code(),
             Open { .. }
             | Metadata { .. }
             | ReadFailed { .. }
@@ -330,6 +343,7 @@ impl PackageError {
             | Overlapping
             | Corrupt { .. }
             | TooBigUncompressed
+            | EnvelopeVersion { .. }
             | Entry { .. }
             | UnreadableName { .. }
             | UnsafeEntry { .. }

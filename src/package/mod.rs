@@ -2,6 +2,11 @@
 //! 8.6 and 8.8). The daemon ([`open_package`]) and the package author's tools (`pack`,
 //! `verify`) check a package through the one path, [`Package::open`]; nothing is deployed
 //! before it passed:
+//! - SWU envelope (docs/API.md 9.3, `INVALID_PACKAGE`): a file whose first bytes are a cpio
+//!   magic (never decided by its name) is read by `swu`, its image's sha256 checked against
+//!   `sw-description` in one streaming pass, and the ZIP inside it read in place through a
+//!   [`Window`] (a plain ZIP is a window over the whole file), so every rule below applies to
+//!   both alike; `software.version` must be the manifest's `version`.
 //! - ZIP level (`INVALID_PACKAGE`, `archive.rs`): a central directory of more than 65536
 //!   entries or 8 MiB, refused from its end record before it is read; an unreadable or corrupt
 //!   archive, duplicate names (also after normalising `a//b` and `./a` to `a/b`), entries
@@ -31,6 +36,7 @@ mod signature;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub use archive::{
@@ -48,6 +54,7 @@ use signature::EntryHashes;
 
 use crate::checksum::{Algorithm, Hasher};
 use crate::paths::normalize_abs;
+use crate::swu::{self, Envelope, Window};
 
 /// Name of the manifest at the root of the package.
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -98,7 +105,9 @@ pub struct PlannedFile {
 
 /// An opened, checked package, ready to be deployed.
 pub struct Package {
-    archive: zip::ZipArchive<File>,
+    archive: zip::ZipArchive<Window>,
+    /// The SWU envelope the package came in (docs/API.md 9.3); `None` for a plain ZIP.
+    pub envelope: Option<Envelope>,
     pub manifest: Manifest,
     /// Every file to deploy, module by module in manifest order.
     pub files: Vec<PlannedFile>,
@@ -111,6 +120,7 @@ pub struct Package {
 impl std::fmt::Debug for Package {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Package")
+            .field("envelope", &self.envelope)
             .field("manifest", &self.manifest)
             .field("files", &self.files)
             .field("signed_by", &self.signed_by)
@@ -257,6 +267,35 @@ pub fn open_package(
     Ok(pkg)
 }
 
+/// The package ZIP's bytes in `file`: the whole file, or, when its first bytes are a cpio
+/// magic (never its name), the image of a SWU envelope (docs/API.md 9.3) once its sha256 is
+/// the one `sw-description` states. Read in place either way: nothing is copied.
+fn zip_window(file: File, path: &Path) -> Result<(Window, Option<Envelope>), PackageError> {
+    let envelope_err = |source| PackageError::Envelope { source };
+    let mut first = [0u8; 6];
+    let n = file
+        .read_at(&mut first, 0)
+        .map_err(|source| PackageError::ReadFailed { source })?;
+    if !swu::is_envelope(&first[..n]) {
+        let zip = Window::whole(file).map_err(|source| PackageError::Metadata { source })?;
+        return Ok((zip, None));
+    }
+    let len = file
+        .metadata()
+        .map_err(|source| PackageError::Metadata { source })?
+        .len();
+    let mut reader = &file;
+    let env = swu::read(&mut reader, len).map_err(envelope_err)?;
+    let copy = file
+        .try_clone()
+        .map_err(|source| PackageError::Metadata { source })?;
+    env.verify_sha256_of(copy, path).map_err(envelope_err)?;
+    let zip = env
+        .window(file)
+        .map_err(|source| PackageError::Metadata { source })?;
+    Ok((zip, Some(env)))
+}
+
 impl Package {
     /// Every check of the package that does not depend on the device (the one checking path
     /// of the daemon, `pack` and `verify`): ZIP safety, the signature, the manifest, the plan.
@@ -269,9 +308,10 @@ impl Package {
             path: path.to_path_buf(),
             source,
         })?;
-        let cd = archive::check_central_directory(&file)?;
+        let (zip, envelope) = zip_window(file, path)?;
+        let cd = archive::check_central_directory(&zip)?;
         let mut archive =
-            zip::ZipArchive::new(file).map_err(|source| PackageError::NotZip { source })?;
+            zip::ZipArchive::new(zip).map_err(|source| PackageError::NotZip { source })?;
         if archive.len() as u64 != cd.entries {
             return Err(PackageError::EntryCountMismatch {
                 found: archive.len(),
@@ -308,11 +348,18 @@ impl Package {
         // Authenticate the bytes before parsing them.
         let signed_by = check_signature(sig.as_deref(), &bytes, trusted_keys, require_signature)?;
         let manifest = parse_manifest(&bytes)?;
+        if let Some(env) = envelope.as_ref().filter(|e| e.version != manifest.version) {
+            return Err(PackageError::EnvelopeVersion {
+                envelope: env.version.clone(),
+                manifest: manifest.version.clone(),
+            });
+        }
         validate_manifest(&manifest, expected_version, policy.allowed_roots)?;
         let files = plan(&manifest, &entries)?;
         let hashes = signature::entry_hashes(&manifest, &entries, &files, signed_by.is_some())?;
         Ok(Package {
             archive,
+            envelope,
             manifest,
             files,
             signed_by,

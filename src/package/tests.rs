@@ -537,7 +537,8 @@ fn small_zip(f: &Fx) {
 }
 
 fn cd_check(f: &Fx) -> Result<CentralDirectory, OtaError> {
-    archive::check_central_directory(&File::open(&f.zip).unwrap()).map_err(OtaError::from)
+    let zip = Window::whole(File::open(&f.zip).unwrap()).unwrap();
+    archive::check_central_directory(&zip).map_err(OtaError::from)
 }
 
 #[test]
@@ -596,4 +597,108 @@ fn contract_8_3_central_directory_is_checked_from_its_end_record() {
     assert_eq!(err(&f).code, ErrorCode::InvalidPackage);
     std::fs::write(&f.zip, b"PK").unwrap();
     assert!(err(&f).detail.contains("not a ZIP"), "{}", err(&f));
+}
+
+/// `zip_path` wrapped in a SWU envelope at `<zip_path>.swu` claiming `version`.
+fn envelope_of(zip_path: &Path, version: &str) -> PathBuf {
+    let out = zip_path.with_extension("swu");
+    let meta = crate::swu::EnvelopeMeta {
+        version: version.into(),
+        ..Default::default()
+    };
+    crate::swu::write_envelope(&out, zip_path, &meta).unwrap();
+    out
+}
+
+/// docs/API.md 9.3: an envelope is told by its first bytes and its package is read in place,
+/// every file planned and extracted as from the plain ZIP.
+#[test]
+fn api_9_3_the_package_inside_an_envelope_opens_and_extracts() {
+    let f = fx();
+    let m = manifest_json("1.2.3", &module(&f.root, "app", "app", "app"));
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("app/bin", b"binary", 0o755),
+        ],
+    );
+    // Named like a ZIP: the name decides nothing.
+    let swu = envelope_of(&f.zip, "1.2.3");
+    let disguised = f.zip.with_file_name("disguised.zip");
+    std::fs::rename(&swu, &disguised).unwrap();
+    let mut pkg = open_package(
+        &disguised,
+        "1.2.3",
+        std::slice::from_ref(&f.root),
+        Signatures::default(),
+    )
+    .unwrap();
+    let env = pkg.envelope.clone().expect("read as an envelope");
+    assert_eq!(env.filename, "p.zip");
+    assert_eq!(pkg.files.len(), 1);
+    let mut out = Vec::new();
+    pkg.extract_to(&pkg.files[0].clone(), &mut out).unwrap();
+    assert_eq!(out, b"binary");
+    assert!(
+        open(&f).unwrap().envelope.is_none(),
+        "a plain ZIP is no envelope"
+    );
+}
+
+/// docs/API.md 9.3: `software.version` must be the inner manifest's version.
+#[test]
+fn api_9_3_envelope_version_must_be_the_manifests() {
+    let f = fx();
+    let m = manifest_json("1.2.3", &module(&f.root, "app", "app", "app"));
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("app/bin", b"binary", 0o755),
+        ],
+    );
+    let swu = envelope_of(&f.zip, "1.2.4");
+    let e = OtaError::from(
+        Package::open(
+            &swu,
+            None,
+            &PackagePolicy {
+                allowed_roots: None,
+                signatures: Signatures::default(),
+            },
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}");
+    assert!(
+        e.detail.contains("1.2.4") && e.detail.contains("1.2.3"),
+        "names both versions: {e}"
+    );
+}
+
+/// docs/API.md 8.3 and 9.3: the ZIP rules apply to the image as to a file, with the image's
+/// own offsets: data prepended to the ZIP inside the envelope is still "not a plain ZIP".
+#[test]
+fn api_9_3_zip_rules_apply_inside_the_envelope() {
+    let f = fx();
+    let m = manifest_json("1.2.3", &module(&f.root, "app", "app", "app"));
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("app/bin", b"binary", 0o755),
+        ],
+    );
+    let mut bytes = b"junk".to_vec();
+    bytes.extend(std::fs::read(&f.zip).unwrap());
+    std::fs::write(&f.zip, bytes).unwrap();
+    let swu = envelope_of(&f.zip, "1.2.3");
+    let policy = PackagePolicy {
+        allowed_roots: None,
+        signatures: Signatures::default(),
+    };
+    let e = OtaError::from(Package::open(&swu, None, &policy).unwrap_err());
+    assert_eq!(e.code, ErrorCode::InvalidPackage, "{e}");
+    assert!(e.detail.contains("not a plain ZIP"), "{e}");
 }

@@ -95,6 +95,15 @@ impl SwuError {
         SwuError::Description(msg.into())
     }
 
+    /// The contract detail: `SWU envelope: <what>` for what is wrong with an envelope, the
+    /// I/O error as it is for reading or writing one.
+    pub fn detail(&self) -> String {
+        match self {
+            SwuError::Write { .. } | SwuError::Read { .. } => self.to_string(),
+            _ => format!("SWU envelope: {self}"),
+        }
+    }
+
     /// The failure code: an unreadable or broken envelope is `INVALID_PACKAGE` (docs/API.md
     /// 9.3); failing to write one is the updater's own I/O (`INTERNAL_ERROR`).
     pub fn code(&self) -> ErrorCode {
@@ -107,11 +116,6 @@ impl SwuError {
 
 impl From<SwuError> for OtaError {
     fn from(e: SwuError) -> OtaError {
-        let code = e.code();
-        let detail = match &e {
-            SwuError::Write { .. } | SwuError::Read { .. } => e.to_string(),
-            _ => format!("SWU envelope: {e}"),
-        };
-        OtaError::new(code, detail)
+        OtaError::new(e.code(), e.detail())
     }
 }

@@ -30,7 +30,7 @@ pub use cpio::Format;
 pub use description::IMAGE_TYPE;
 pub use error::SwuError;
 pub use window::Window;
-pub use write::write_envelope;
+pub use write::{check_meta, write_envelope, write_envelope_for};
 
 /// Largest `sw-description` read.
 pub const MAX_DESCRIPTION: u64 = 64 * 1024;
@@ -200,6 +200,12 @@ impl Envelope {
     /// against `sw-description`'s sha256 (and the `crc` format's checksum). Constant memory.
     pub fn verify_sha256(&self, file: &Path) -> Result<(), SwuError> {
         let f = File::open(file).map_err(read_err(file))?;
+        self.verify_sha256_of(f, file)
+    }
+
+    /// [`Envelope::verify_sha256`] on the envelope already open as `f` (named `file` in
+    /// errors), so the bytes checked are those of the file the caller goes on reading.
+    pub fn verify_sha256_of(&self, f: File, file: &Path) -> Result<(), SwuError> {
         let mut w = self.window(f).map_err(read_err(file))?;
         let mut hasher = Sha256::new();
         let mut sum = 0u32;

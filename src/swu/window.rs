@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 
 /// `Read + Seek` over `[start, start + len)` of a file; position 0 is `start`. Reads stop at
 /// the end of the range; seeking past it is allowed (reads there return nothing).
@@ -32,6 +33,25 @@ impl Window {
         })
     }
 
+    /// A window over the whole of `file` (a package ZIP that is not in an envelope), so the
+    /// ZIP reader has one kind of input (docs/API.md 9.3).
+    pub fn whole(file: File) -> io::Result<Window> {
+        let len = file.metadata()?.len();
+        Window::new(file, 0, len)
+    }
+
+    /// Fill `buf` from position `offset` of the window, leaving the position as it is. Reading
+    /// past the end of the window is `UnexpectedEof`, as for a file.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match offset.checked_add(buf.len() as u64) {
+            Some(end) if end <= self.len => self.file.read_exact_at(buf, self.start + offset),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the window",
+            )),
+        }
+    }
+
     /// The window's length.
     pub fn len(&self) -> u64 {
         self.len
@@ -54,8 +74,9 @@ impl Read for Window {
             return Ok(0);
         }
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.file.read(&mut buf[..want])?;
+        // One positioned read: the file's own offset is not used, so clones of the file
+        // (the sha256 pass, the ZIP reader) never disturb each other.
+        let n = self.file.read_at(&mut buf[..want], self.start + self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }

@@ -56,7 +56,9 @@ fn image_name(out: &Path) -> String {
     }
 }
 
-fn check_meta(meta: &EnvelopeMeta) -> Result<(), SwuError> {
+/// Whether the writer accepts `meta` (see docs/API.md 9.3), so a tool can refuse it before
+/// building the package.
+pub fn check_meta(meta: &EnvelopeMeta) -> Result<(), SwuError> {
     let printable = |s: &str| !s.is_empty() && !s.chars().any(char::is_control) && s.len() <= 256;
     if !printable(&meta.version) {
         return Err(SwuError::Meta(format!(
@@ -129,13 +131,25 @@ fn create_temp(out: &Path) -> Result<(PathBuf, File), SwuError> {
 /// padded to 512 bytes as GNU cpio does). Atomic: `out` is replaced only when all is written
 /// and synced.
 pub fn write_envelope(out: &Path, zip: &Path, meta: &EnvelopeMeta) -> Result<(), SwuError> {
+    write_envelope_for(out, zip, meta, out)
+}
+
+/// [`write_envelope`] with the image named after `named_after` instead of `out`: `pack`
+/// writes the envelope to a temporary of its own, checks it, then renames it to the name the
+/// image was named after.
+pub fn write_envelope_for(
+    out: &Path,
+    zip: &Path,
+    meta: &EnvelopeMeta,
+    named_after: &Path,
+) -> Result<(), SwuError> {
     check_meta(meta)?;
     let (sha, len, sum) = digest(zip)?;
     let size = u32::try_from(len).map_err(|_| SwuError::TooLarge {
         what: zip.display().to_string(),
         len,
     })?;
-    let filename = image_name(out);
+    let filename = image_name(named_after);
     let text = description::render(meta, &filename, &hex(&sha));
     let (tmp, file) = create_temp(out)?;
     let result = write_to(file, &tmp, zip, &text, &filename, size, sum).and_then(|()| {

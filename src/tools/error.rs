@@ -22,6 +22,7 @@ pub enum Doing {
     WritingKey,
     Compressing,
     SyncingDirOf,
+    Removing,
 }
 
 impl std::fmt::Display for Doing {
@@ -34,6 +35,7 @@ impl std::fmt::Display for Doing {
             Doing::WritingKey => "cannot write",
             Doing::Compressing => "compressing",
             Doing::SyncingDirOf => "cannot sync the directory of",
+            Doing::Removing => "cannot remove",
         })
     }
 }
@@ -118,6 +120,9 @@ pub enum ToolError {
     /// The package's own checks (the daemon's rules).
     #[error("{0}")]
     Package(#[from] OtaError),
+    /// The SWU envelope `pack --out FILE.swu` writes around the package (docs/API.md 9.3).
+    #[error("{0}")]
+    Envelope(crate::swu::SwuError),
     /// The package just built fails the daemon's own checks.
     #[error("the package built is refused: {0}")]
     Built(OtaError),

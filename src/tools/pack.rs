@@ -1,5 +1,6 @@
-//! `tope-updater pack DIR --out FILE [--key FILE] [--config PATH]`: build a package from a
-//! directory holding `manifest.json` and the files it names.
+//! `tope-updater pack DIR --out FILE [--key FILE] [--config PATH] [--board NAME]
+//! [--hardware-compatibility REV]...`: build a package from a directory holding
+//! `manifest.json` and the files it names.
 //!
 //! Streaming and single pass: every file is read once, in chunks, hashed (SHA-256) and
 //! compressed into the ZIP as it is read (only its first 64 KiB are read once more, to store
@@ -8,6 +9,12 @@
 //! written to a new file of its own beside `FILE` (`.tope-pack-<random>`, created exclusively:
 //! a `FILE.tmp` of someone else's is never touched, docs/API.md 9.6), checked by the daemon's
 //! own [`Package::open`], then renamed to `FILE`: a failed run never leaves a package behind.
+//!
+//! `--out FILE.swu` (docs/API.md 9.3): the ZIP written as above is wrapped by
+//! [`crate::swu::write_envelope_for`] into a second temporary of its own (the image named
+//! after `FILE`, `--board` and `--hardware-compatibility` in `sw-description`), the ZIP
+//! removed, and the envelope checked and renamed to `FILE`; the JSON line describes the
+//! envelope.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -26,6 +33,7 @@ use crate::package::{
     parse_manifest, validate_manifest, Manifest, Package, PackagePolicy, PublicKey, Signatures,
     SigningKey, MANIFEST_NAME, MAX_ENTRIES, MAX_MANIFEST_BYTES, SIGNATURE_NAME,
 };
+use crate::swu::EnvelopeMeta;
 
 /// Read and write buffer size.
 const CHUNK: usize = 256 * 1024;
@@ -58,13 +66,36 @@ struct Source {
     size: u64,
 }
 
+/// What `pack` writes around the ZIP when `--out` names a `.swu` file: a SWU envelope
+/// (docs/API.md 9.3), the image standing in `board`'s section when one is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wrap {
+    pub board: Option<String>,
+    pub hardware_compatibility: Vec<String>,
+}
+
+/// Whether `out` names a SWU envelope: its extension is `.swu` (in any case).
+pub fn is_swu(out: &Path) -> bool {
+    out.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("swu"))
+}
+
 /// Build the package (see the module documentation).
 pub fn run(
     dir: &Path,
     out: &Path,
     key: Option<&Path>,
     config: Option<&Path>,
+    wrap: &Wrap,
 ) -> Result<Packed, ToolError> {
+    let swu = is_swu(out);
+    if !swu && (wrap.board.is_some() || !wrap.hardware_compatibility.is_empty()) {
+        return Err(ToolError::Usage(format!(
+            "--board and --hardware-compatibility describe a SWU envelope; --out {} is not a \
+             .swu file",
+            out.display()
+        )));
+    }
     let cfg = super::load_config(config)?;
     let roots = cfg.as_ref().map(|c| c.allowed_roots.clone());
     let key = key.map(read_key).transpose()?;
@@ -84,6 +115,15 @@ pub fn run(
             ))
         })?
         .to_string();
+    let meta = swu.then(|| EnvelopeMeta {
+        version: manifest.version.clone(),
+        board: wrap.board.clone(),
+        hardware_compatibility: wrap.hardware_compatibility.clone(),
+    });
+    if let Some(m) = &meta {
+        // Refused before anything is packed, not after a 500 MB ZIP is written.
+        crate::swu::check_meta(m).map_err(|e| ToolError::Usage(e.to_string()))?;
+    }
     let sources = collect(dir, &manifest)?;
     // Modes are packed as they are; the daemon masks them on deployment (docs/API.md 9.6).
     for s in &sources {
@@ -98,31 +138,22 @@ pub fn run(
         }
     }
 
-    let (tmp, file) = create_own_tmp(out)?;
-    let result = write_and_check(
-        &tmp,
-        file,
-        &sources,
-        &original,
-        &manifest,
-        key.as_ref(),
-        roots,
-    );
-    let outcome = result.and_then(|()| {
-        let (size, md5) = md5_of(&tmp)?;
-        std::fs::rename(&tmp, out).map_err(|source| ToolError::Rename {
-            from: tmp.clone(),
-            to: out.to_path_buf(),
-            source,
-        })?;
-        crate::fsutil::fsync_parent(out)
-            .map_err(|e| ToolError::file(Doing::SyncingDirOf, out, e))?;
-        Ok((size, md5))
-    });
-    let (package_size, package_md5) = match outcome {
+    let mut made = Vec::new();
+    let job = Job {
+        out,
+        sources: &sources,
+        original: &original,
+        manifest: &manifest,
+        key: key.as_ref(),
+        roots: roots.as_deref(),
+        meta: meta.as_ref(),
+    };
+    let (package_size, package_md5) = match job.build(&mut made) {
         Ok(x) => x,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            for tmp in &made {
+                let _ = std::fs::remove_file(tmp);
+            }
             return Err(e);
         }
     };
@@ -132,6 +163,76 @@ pub fn run(
         package_size,
         package_md5,
     })
+}
+
+/// One run of `pack` once its inputs are read.
+struct Job<'a> {
+    out: &'a Path,
+    sources: &'a [Source],
+    original: &'a [u8],
+    manifest: &'a Manifest,
+    key: Option<&'a SigningKey>,
+    roots: Option<&'a [PathBuf]>,
+    /// `Some`: wrap the ZIP in a SWU envelope.
+    meta: Option<&'a EnvelopeMeta>,
+}
+
+impl Job<'_> {
+    /// Write the ZIP (and the envelope) to temporaries of its own beside `out` (each pushed
+    /// to `made` as soon as it exists, for the caller to remove on failure), check the result
+    /// as the daemon would, then rename it to `out`. Returns its size and MD5.
+    fn build(&self, made: &mut Vec<PathBuf>) -> Result<(u64, String), ToolError> {
+        let (zip_tmp, file) = create_own_tmp(self.out)?;
+        made.push(zip_tmp.clone());
+        write_zip(
+            &zip_tmp,
+            file,
+            self.sources,
+            self.original,
+            self.manifest,
+            self.key,
+        )?;
+        let done = match self.meta {
+            None => zip_tmp,
+            Some(meta) => {
+                let (env_tmp, file) = create_own_tmp(self.out)?;
+                drop(file);
+                made.push(env_tmp.clone());
+                // The image is named after `out` (`printer-1.2.swu` holds `printer-1.2.zip`).
+                crate::swu::write_envelope_for(&env_tmp, &zip_tmp, meta, self.out)
+                    .map_err(ToolError::Envelope)?;
+                std::fs::remove_file(&zip_tmp)
+                    .map_err(|e| ToolError::file(Doing::Removing, &zip_tmp, e))?;
+                env_tmp
+            }
+        };
+        self.check(&done)?;
+        let (size, md5) = md5_of(&done)?;
+        std::fs::rename(&done, self.out).map_err(|source| ToolError::Rename {
+            from: done.clone(),
+            to: self.out.to_path_buf(),
+            source,
+        })?;
+        crate::fsutil::fsync_parent(self.out)
+            .map_err(|e| ToolError::file(Doing::SyncingDirOf, self.out, e))?;
+        Ok((size, md5))
+    }
+
+    /// The daemon's own checks ([`Package::open`]), on the file just written: a ZIP, or the
+    /// envelope with the package in it.
+    fn check(&self, path: &Path) -> Result<(), ToolError> {
+        let own: Vec<PublicKey> = self.key.map(|k| k.public_key()).into_iter().collect();
+        let policy = PackagePolicy {
+            allowed_roots: self.roots,
+            signatures: Signatures {
+                trusted_keys: &own,
+                require_signature: self.key.is_some(),
+            },
+        };
+        Package::open(path, None, &policy)
+            .map(|_| ())
+            .map_err(|e| ToolError::Built(e.into()))
+    }
 }
 
 fn read_key(path: &Path) -> Result<SigningKey, ToolError> {
@@ -277,15 +378,14 @@ fn create_own_tmp(out: &Path) -> Result<(PathBuf, File), ToolError> {
     })
 }
 
-/// Write the ZIP to `tmp` (opened as `file`) and check it as the daemon would.
-fn write_and_check(
+/// Write the ZIP to `tmp` (opened as `file`).
+fn write_zip(
     tmp: &Path,
     file: File,
     sources: &[Source],
     original: &[u8],
     manifest: &Manifest,
     key: Option<&SigningKey>,
-    roots: Option<Vec<PathBuf>>,
 ) -> Result<(), ToolError> {
     let werr = |e: std::io::Error| ToolError::file(Doing::Writing, tmp, e);
     let zerr = |source: zip::result::ZipError| ToolError::Zip {
@@ -343,19 +443,7 @@ fn write_and_check(
     let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
     file.sync_all().map_err(werr)?;
     drop(file);
-
-    // The daemon's own checks, on the file just written.
-    let own: Vec<PublicKey> = key.map(|k| k.public_key()).into_iter().collect();
-    let policy = PackagePolicy {
-        allowed_roots: roots.as_deref(),
-        signatures: Signatures {
-            trusted_keys: &own,
-            require_signature: key.is_some(),
-        },
-    };
-    Package::open(tmp, None, &policy)
-        .map(|_| ())
-        .map_err(|e| ToolError::Built(e.into()))
+    Ok(())
 }
 
 /// Deflate a file only when a sample of its head shrinks: already compressed data (images,

@@ -1,5 +1,6 @@
 //! `tope-updater verify FILE [--key PUBKEY]... [--config PATH]`: the daemon's own checks on a
-//! package, down to every byte of every file to deploy.
+//! package, down to every byte of every file to deploy; a SWU envelope (docs/API.md 9.3) is
+//! checked as the daemon checks it, and the summary names its board and hardware revisions.
 
 use std::path::{Path, PathBuf};
 
@@ -43,8 +44,23 @@ pub fn run(file: &Path, keys: &[String], config: Option<&Path>) -> Result<String
         (None, true) => "signature not checked (no key given)".to_string(),
         (None, false) => "not signed".to_string(),
     };
+    // docs/API.md 9.3: an envelope says so, with what a fleet server matches it by.
+    let envelope = match &pkg.envelope {
+        None => String::new(),
+        Some(env) => format!(
+            "; SWU envelope holding {} (sha256 {}), board {}, hardware compatibility {}",
+            env.filename,
+            env.sha256_hex(),
+            env.board.as_deref().unwrap_or("any"),
+            if env.hardware_compatibility.is_empty() {
+                "any".to_string()
+            } else {
+                env.hardware_compatibility.join(", ")
+            }
+        ),
+    };
     Ok(format!(
-        "{}: version {}, {} module(s), {} file(s), {bytes} bytes; {signature}",
+        "{}: version {}, {} module(s), {} file(s), {bytes} bytes; {signature}{envelope}",
         file.display(),
         pkg.manifest.version,
         pkg.manifest.modules.len(),

@@ -590,11 +590,11 @@ impl Drop for Goosebit {
     }
 }
 
-/// A SWU envelope for goosebit (docs/API.md 9.3's shape, written for the tests only): a `newc`
-/// cpio archive made by GNU `cpio -o -H newc` whose first member is a `sw-description` with
-/// `software.version` and one image `{ filename; type = "tope-package"; sha256 }`, followed by
-/// the image. With `board` (`hw_boardname`, its `hardware-compatibility` revisions) the image
-/// stands in that board's section, so goosebit makes the software compatible with that board.
+/// A SWU envelope for goosebit (docs/API.md 9.3), written by the updater's own
+/// `swu::write_envelope_for`: `sw-description` with `software.version` and one image
+/// `{ filename = image_name; type = "tope-package"; sha256 }`, followed by the image. With
+/// `board` (`hw_boardname`, its `hardware-compatibility` revisions) the image stands in that
+/// board's section, so goosebit makes the software compatible with that board.
 pub fn swu_fixture(
     dir: &Path,
     swu_name: &str,
@@ -603,47 +603,25 @@ pub fn swu_fixture(
     image_name: &str,
     image: &[u8],
 ) -> PathBuf {
-    use sha2::{Digest, Sha256};
-    let staging = dir.join(format!("{swu_name}.staging"));
-    std::fs::create_dir_all(&staging).unwrap();
-    let sha256: String = Sha256::digest(image)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let images = format!(
-        "images: ( {{ filename = \"{image_name}\"; type = \"tope-package\"; \
-         sha256 = \"{sha256}\"; }} );"
-    );
-    let body = match board {
-        Some((name, revisions)) => {
-            let revs: Vec<String> = revisions.iter().map(|r| format!("\"{r}\"")).collect();
-            format!(
-                "    {name} = {{\n        hardware-compatibility = [ {} ];\n        {images}\n    }};\n",
-                revs.join(", ")
-            )
-        }
-        None => format!("    {images}\n"),
+    let image_path = dir.join(format!("{swu_name}.image"));
+    std::fs::write(&image_path, image).unwrap();
+    let meta = tope_updater::swu::EnvelopeMeta {
+        version: version.to_string(),
+        board: board.map(|(name, _)| name.to_string()),
+        hardware_compatibility: board
+            .map(|(_, revs)| revs.iter().map(|r| r.to_string()).collect())
+            .unwrap_or_default(),
     };
-    let desc = format!("software =\n{{\n    version = \"{version}\";\n{body}}}\n");
-    std::fs::write(staging.join("sw-description"), desc).unwrap();
-    std::fs::write(staging.join(image_name), image).unwrap();
     let out_path = dir.join(swu_name);
-    let out = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new("cpio")
-        .args(["-o", "-H", "newc", "--quiet"])
-        .current_dir(&staging)
-        .stdin(Stdio::piped())
-        .stdout(out)
-        .spawn()
-        .expect("run GNU cpio (scripts/test.sh installs it)");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("cpio stdin");
-        // The member order matters: sw-description first.
-        writeln!(stdin, "sw-description\n{image_name}").unwrap();
-    }
-    assert!(child.wait().unwrap().success(), "cpio failed");
-    std::fs::remove_dir_all(&staging).unwrap();
+    // The image member is named after `image_name` (`<stem>.zip`).
+    tope_updater::swu::write_envelope_for(&out_path, &image_path, &meta, Path::new(image_name))
+        .unwrap_or_else(|e| panic!("write {}: {e}", out_path.display()));
+    let written = tope_updater::swu::open(&out_path).unwrap();
+    assert_eq!(
+        written.filename, image_name,
+        "an image name the writer keeps"
+    );
+    std::fs::remove_file(&image_path).unwrap();
     out_path
 }
 
