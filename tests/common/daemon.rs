@@ -417,6 +417,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // The whole process group (serve_command makes one per start): under a wrapper such
+            // as strace, killing the wrapper alone would leave the daemon running.
+            if let Some(p) = rustix::process::Pid::from_raw(c.id() as i32) {
+                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
