@@ -9,6 +9,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
+use common::cpio::member;
 use common::package::{build_package, manifest};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -32,31 +33,6 @@ fn package_bytes() -> Vec<u8> {
             0o755,
         )],
     )
-}
-
-/// One cpio member, written by hand from cpio(5) ("New ASCII Format").
-fn member(magic: &str, name: &str, data: &[u8], mode: u32) -> Vec<u8> {
-    let check = if magic == "070702" {
-        data.iter().fold(0u32, |s, b| s.wrapping_add(u32::from(*b)))
-    } else {
-        0
-    };
-    let namesize = name.len() + 1;
-    let mut out = format!(
-        "{magic}{:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{namesize:08x}{check:08x}",
-        1, 0, 0, 1, 0, data.len(), 0, 0, 0, 0
-    )
-    .into_bytes();
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
-    out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
-    out
 }
 
 fn archive(magic: &str, members: &[(&str, &[u8])]) -> Vec<u8> {

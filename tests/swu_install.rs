@@ -277,36 +277,10 @@ fn api_9_3_tampered_image_is_refused_naming_the_sha256() {
     assert!(f.ws.root().join("app/data/blob").exists());
 }
 
-/// One `newc` cpio member (cpio(5), "New ASCII Format"), written independently of the
-/// updater's writer.
+/// One `newc` cpio member (the trailer with mode 0).
 fn newc(name: &str, data: &[u8]) -> Vec<u8> {
     let mode: u32 = if name == "TRAILER!!!" { 0 } else { 0o100644 };
-    let mut out = format!(
-        "070701{:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-        1,
-        0,
-        0,
-        1,
-        0,
-        data.len(),
-        0,
-        0,
-        0,
-        0,
-        name.len() + 1,
-        0
-    )
-    .into_bytes();
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
-    out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
-    out
+    common::cpio::member("070701", name, data, mode)
 }
 
 /// An envelope of `images` (libconfig image groups) and `members` after `sw-description`.

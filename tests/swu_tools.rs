@@ -102,27 +102,6 @@ fn sign(dir: &Path, desc: &Path, key: &Path, cert: &Path) -> Vec<u8> {
     fs::read(sig).unwrap()
 }
 
-/// One `crc` member as cpio(5) describes it (for the signature spliced in below).
-fn crc_member(name: &str, data: &[u8]) -> Vec<u8> {
-    let check = data.iter().fold(0u32, |s, b| s.wrapping_add(u32::from(*b)));
-    let mut out =
-        format!(
-        "070702{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{check:08x}",
-        9, 0o100644, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1
-    )
-        .into_bytes();
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
-    out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
-    out
-}
-
 /// The first member of a cpio archive: where its data starts, its length, where it ends.
 fn first_member(bytes: &[u8]) -> (usize, usize, usize) {
     let field = |i: usize| {
@@ -140,7 +119,12 @@ fn signed_copy(dir: &Path, envelope: &Path, key: &Path, cert: &Path) -> PathBuf 
     let (data, len, end) = first_member(&bytes);
     let desc = dir.join("desc.txt");
     fs::write(&desc, &bytes[data..data + len]).unwrap();
-    let sig = crc_member("sw-description.sig", &sign(dir, &desc, key, cert));
+    let sig = common::cpio::member(
+        "070702",
+        "sw-description.sig",
+        &sign(dir, &desc, key, cert),
+        0o100644,
+    );
     let mut out = bytes[..end].to_vec();
     out.extend_from_slice(&sig);
     out.extend_from_slice(&bytes[end..]);

@@ -14,6 +14,7 @@ compile_error!(
 );
 
 pub mod bench;
+pub mod cpio;
 pub mod daemon;
 pub mod device_api;
 pub mod goosebit;
