@@ -599,6 +599,18 @@ fn contract_8_3_central_directory_is_checked_from_its_end_record() {
     assert!(err(&f).detail.contains("not a ZIP"), "{}", err(&f));
 }
 
+/// At `f.zip`: version 1.2.3, one module `app` whose `app/bin` holds `binary`.
+fn one_module_zip(f: &Fx) {
+    let m = manifest_json("1.2.3", &module(&f.root, "app", "app", "app"));
+    build_zip(
+        &f.zip,
+        &[
+            E::File("manifest.json", m.as_bytes(), 0o644),
+            E::File("app/bin", b"binary", 0o755),
+        ],
+    );
+}
+
 /// `zip_path` wrapped in a SWU envelope at `<zip_path>.swu` claiming `version`.
 fn envelope_of(zip_path: &Path, version: &str) -> PathBuf {
     let out = zip_path.with_extension("swu");
@@ -615,14 +627,7 @@ fn envelope_of(zip_path: &Path, version: &str) -> PathBuf {
 #[test]
 fn api_9_3_the_package_inside_an_envelope_opens_and_extracts() {
     let f = fx();
-    let m = manifest_json("1.2.3", &module(&f.root, "app", "app", "app"));
-    build_zip(
-        &f.zip,
-        &[
-            E::File("manifest.json", m.as_bytes(), 0o644),
-            E::File("app/bin", b"binary", 0o755),
-        ],
-    );
+    one_module_zip(&f);
     // Named like a ZIP: the name decides nothing.
     let swu = envelope_of(&f.zip, "1.2.3");
     let disguised = f.zip.with_file_name("disguised.zip");
@@ -650,14 +655,7 @@ fn api_9_3_the_package_inside_an_envelope_opens_and_extracts() {
 #[test]
 fn api_9_3_envelope_version_must_be_the_manifests() {
     let f = fx();
-    let m = manifest_json("1.2.3", &module(&f.root, "app", "app", "app"));
-    build_zip(
-        &f.zip,
-        &[
-            E::File("manifest.json", m.as_bytes(), 0o644),
-            E::File("app/bin", b"binary", 0o755),
-        ],
-    );
+    one_module_zip(&f);
     let swu = envelope_of(&f.zip, "1.2.4");
     let e = OtaError::from(
         Package::open(
@@ -682,14 +680,7 @@ fn api_9_3_envelope_version_must_be_the_manifests() {
 #[test]
 fn api_9_3_zip_rules_apply_inside_the_envelope() {
     let f = fx();
-    let m = manifest_json("1.2.3", &module(&f.root, "app", "app", "app"));
-    build_zip(
-        &f.zip,
-        &[
-            E::File("manifest.json", m.as_bytes(), 0o644),
-            E::File("app/bin", b"binary", 0o755),
-        ],
-    );
+    one_module_zip(&f);
     let mut bytes = b"junk".to_vec();
     bytes.extend(std::fs::read(&f.zip).unwrap());
     std::fs::write(&f.zip, bytes).unwrap();
