@@ -9,7 +9,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
-use common::cpio::member;
+use common::cpio::{member, meta};
 use common::package::{build_package, manifest};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -267,14 +267,6 @@ fn every_refusal_names_what_is_wrong_docs_api_9_3() {
         &[("sw-description", b"software = {};\n\xff"), ("p.zip", &zip)],
     );
     refused(c.open(&not_utf8), "line 2: not UTF-8");
-}
-
-fn meta(board: Option<&str>, hw: &[&str]) -> EnvelopeMeta {
-    EnvelopeMeta {
-        version: "1.2.3".into(),
-        board: board.map(str::to_owned),
-        hardware_compatibility: hw.iter().map(|s| s.to_string()).collect(),
-    }
 }
 
 #[test]

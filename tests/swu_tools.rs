@@ -12,10 +12,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::cpio::meta;
 use common::package::{build_package, manifest, Entry};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tope_updater::swu::{self, EnvelopeMeta, Format};
+use tope_updater::swu::{self, Format};
 
 /// Whether `tool` can be run; without it, fail under CI and skip otherwise.
 fn have(tool: &str) -> bool {
@@ -196,14 +197,6 @@ fn swupdate_check(dir: &Path, image: &Path, cert: &Path, extra: &[&str]) -> Stri
         "swupdate ended {SWUPDATE_RUNS} times without a verdict on the image {}",
         runs.join("\n--- again ")
     )
-}
-
-fn meta(board: Option<&str>, hw: &[&str]) -> EnvelopeMeta {
-    EnvelopeMeta {
-        version: "1.2.3".into(),
-        board: board.map(str::to_owned),
-        hardware_compatibility: hw.iter().map(|s| s.to_string()).collect(),
-    }
 }
 
 #[test]

@@ -25,3 +25,12 @@ pub fn member(magic: &str, name: &str, data: &[u8], mode: u32) -> Vec<u8> {
     }
     out
 }
+
+/// Envelope metadata of version 1.2.3, with `board` and `hw` as given.
+pub fn meta(board: Option<&str>, hw: &[&str]) -> tope_updater::swu::EnvelopeMeta {
+    tope_updater::swu::EnvelopeMeta {
+        version: "1.2.3".into(),
+        board: board.map(str::to_owned),
+        hardware_compatibility: hw.iter().map(|s| s.to_string()).collect(),
+    }
+}
