@@ -34,6 +34,7 @@ mod error;
 mod health;
 mod journal;
 mod legacy;
+mod own;
 mod plan;
 mod procs;
 mod rollback;
@@ -170,6 +171,8 @@ pub fn install(
         opts.allowed_roots,
         opts.signatures,
     )?;
+    // docs/API.md 9.4: never an updater that stops itself in the middle of an installation.
+    own::check_modules(&pkg.manifest.modules, &own::Own::current())?;
     if journal::path(backups_dir).exists() {
         return Err(crate::error::internal(
             "an earlier installation has not been recovered yet (journal present)",

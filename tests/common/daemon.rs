@@ -49,6 +49,8 @@ impl Default for DaemonOptions {
 
 pub struct Daemon {
     child: Option<Child>,
+    /// The executable started: the build's binary, or a copy of it (docs/API.md 9.4).
+    bin: PathBuf,
     pub addr: SocketAddr,
     pub work_dir: PathBuf,
     pub config_path: PathBuf,
@@ -147,8 +149,21 @@ impl Daemon {
         work_dir: &Path,
         out_dir: &Path,
     ) -> Daemon {
+        Daemon::start_binary(Path::new(BIN), config_path, port, work_dir, out_dir)
+    }
+
+    /// [`Daemon::start_with_config`] with another executable, e.g. a copy of the build's
+    /// binary at the path a self-update replaces (docs/API.md 9.4).
+    pub fn start_binary(
+        bin: &Path,
+        config_path: &Path,
+        port: u16,
+        work_dir: &Path,
+        out_dir: &Path,
+    ) -> Daemon {
         let mut d = Daemon {
             child: None,
+            bin: bin.to_path_buf(),
             addr: ([127, 0, 0, 1], port).into(),
             work_dir: work_dir.to_path_buf(),
             config_path: config_path.to_path_buf(),
@@ -196,10 +211,17 @@ impl Daemon {
     fn spawn_under_and_wait(&mut self, wrapper: &[&str]) {
         self.runs += 1;
         self.child = Some(match wrapper.split_first() {
-            None => spawn_raw(&self.config_path, &self.out_dir, self.runs),
+            None => serve_command(
+                &mut Command::new(&self.bin),
+                &self.config_path,
+                &self.out_dir,
+                &format!("daemon-{}", self.runs),
+            )
+            .spawn()
+            .expect("spawn tope-updater"),
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(args).arg(BIN);
+                cmd.args(args).arg(&self.bin);
                 serve_command(
                     &mut cmd,
                     &self.config_path,
