@@ -17,6 +17,9 @@ fn ensure_dir(dir: &Path) -> std::io::Result<()> {
 /// Run the daemon until SIGTERM/SIGINT. Exit codes: 0 after a clean shutdown, 2 for a
 /// configuration error, 1 for anything else that stops it from starting (port taken...).
 pub fn serve(config_path: Option<&Path>) -> ExitCode {
+    // docs/API.md 9.4: a socket and a pipe handed over by the binary before; read first,
+    // before any thread exists (the variables are removed from the environment).
+    let inherited = crate::handover::take_inherited();
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -46,8 +49,13 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Bind before anything else happens: a taken port is an error, never another port.
-    let listener = match crate::server::bind(cfg.listen) {
+    // Bind before anything else happens: a taken port is an error, never another port. A
+    // socket handed over by the binary before (docs/API.md 9.4) is that port already bound.
+    let bound = match inherited.listener {
+        Some(fd) => crate::handover::listener_from(fd, cfg.listen),
+        None => crate::server::bind(cfg.listen),
+    };
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             crate::logging::print_error(format_args!("cannot listen on {}: {e}", cfg.listen));
@@ -95,16 +103,55 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
     let shutdown = Shutdown::new();
     let reporter = Arc::new(Reporter::new());
     let device_api = cfg.device_api_url.clone();
+    let cfg_listen = cfg.listen;
     let updater = Updater::new(cfg, tls, reporter.clone(), shutdown.clone());
 
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let listen_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let mut listener = Some(listener);
+        crate::handover::set_listener(listen_fd);
+        let router = crate::api::router(updater.clone());
+        let pipe = match inherited.pipe.map(crate::handover::pipe_from).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("the hand-over pipe of a self-update: {e}");
+                None
+            }
+        };
+        // docs/API.md 9.4: started by the old binary of a self-update, this one serves the
+        // API at once (stage `rebooting`) and waits for the old one's word before recovery.
+        let mut server = None;
+        if let Some(pipe) = pipe {
+            updater.show_handover();
+            tracing::info!("self-update: serving the API while the old updater watches");
+            server = listener.take().map(|l| {
+                tokio::spawn(crate::server::serve(
+                    l,
+                    router.clone(),
+                    limits,
+                    shutdown.clone(),
+                ))
+            });
+            let committed =
+                tokio::task::spawn_blocking(move || crate::handover::wait_for_commit(pipe))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            if !committed {
+                tracing::warn!(
+                    "self-update: the old updater is gone without committing; recovering"
+                );
+            }
+        }
         // Recovery first: the API reports nothing about an interrupted installation before
         // it is finished or rolled back. Requests wait in the listen backlog meanwhile.
         let u = updater.clone();
         tokio::task::spawn_blocking(move || u.recover())
             .await
             .map_err(std::io::Error::other)?;
+        // A rollback or a power cut may have put the other binary at this one's path: the
+        // binary that serves is the one at the path (same pid, same socket).
+        crate::handover::reexec_if_replaced(listen_fd, inherited.reexecuted);
         tokio::spawn(reporter.run(callback_client, device_api));
         let sig = shutdown.clone();
         tokio::spawn(async move {
@@ -113,10 +160,16 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
             sig.trigger();
         });
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        crate::systemd::start_health_reporter(listener.local_addr()?, shutdown.clone());
-        tracing::info!("API ready on http://{}/api/v1.0", listener.local_addr()?);
-        let router = crate::api::router(updater.clone());
-        crate::server::serve(listener, router, limits, shutdown.clone()).await;
+        crate::systemd::start_health_reporter(cfg_listen, shutdown.clone());
+        tracing::info!("API ready on http://{cfg_listen}/api/v1.0");
+        let server = match (server, listener) {
+            (Some(task), _) => task,
+            (None, Some(l)) => {
+                tokio::spawn(crate::server::serve(l, router, limits, shutdown.clone()))
+            }
+            (None, None) => return Err(std::io::Error::other("the API has no listening socket")),
+        };
+        server.await.map_err(std::io::Error::other)?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let u = updater.clone();
         tokio::task::spawn_blocking(move || u.join_job())

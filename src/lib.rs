@@ -16,6 +16,7 @@ pub mod error;
 pub mod fleet;
 pub mod fsutil;
 pub mod guard;
+pub mod handover;
 #[cfg(feature = "demo")]
 pub mod kit;
 pub mod lifecycle;

@@ -9,6 +9,7 @@
 mod jobs;
 mod record;
 mod recover;
+mod takeover;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -426,9 +427,11 @@ impl Updater {
             stop_timeout: Duration::from_secs(cfg.stop_timeout_s),
             settle: Duration::from_secs(cfg.settle_s),
             cancel: self.inner.shutdown.flag(),
+            listen: cfg.listen,
         };
         let mut on_event = |ev: InstallEvent<'_>| self.on_install_event(ev);
         match deploy::install(&path, &spec.version, &opts, &mut on_event) {
+            Ok(InstallOutcome::Done) if self.hand_over() => {}
             Ok(InstallOutcome::Done) => {
                 tracing::info!("update to {} completed", spec.version);
                 match self.conclude(|l| l.succeeded()) {

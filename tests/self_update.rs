@@ -4,13 +4,269 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::daemon::stage_of;
+use common::daemon::{stage_of, write_config, BIN};
 use common::*;
 use serde_json::{json, Value};
 
 const VERSION: &str = "9.4.0";
+
+/// The build's binary with a marker appended: still the same working program, another file.
+fn marked_binary(marker: &str) -> Vec<u8> {
+    let mut data = std::fs::read(BIN).expect("read the build's binary");
+    data.extend_from_slice(format!("\nTOPE-SELF-MARKER:{marker}\n").as_bytes());
+    data
+}
+
+/// The process group of a daemon (started in one of its own): SIGKILLed when dropped, so a
+/// new binary left running by a test never outlives it.
+struct Group(i32);
+
+impl Group {
+    fn kill(&self) {
+        if let Some(p) = rustix::process::Pid::from_raw(self.0) {
+            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The pids holding the API's listening socket on `port` (from `ss`).
+fn listening_pids(port: u16) -> Vec<i32> {
+    let out = std::process::Command::new("ss")
+        .args(["-Htlnp", &format!("sport = :{port}")])
+        .output()
+        .expect("run ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut pids: Vec<i32> = text
+        .split("pid=")
+        .skip(1)
+        .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// A printer whose updater runs from `<root>/bin/tope-updater`, a copy of the build's binary
+/// (marker `old`), with `settle_s`.
+struct Rig {
+    ws: Workspace,
+    api: FakeDeviceApi,
+    nginx: Nginx,
+    d: Daemon,
+    exe: PathBuf,
+    port: u16,
+    _group: Group,
+}
+
+impl Rig {
+    fn new(settle_s: u64) -> Option<Rig> {
+        let ws = Workspace::new();
+        let nginx = ws.nginx()?;
+        let api = FakeDeviceApi::start();
+        let exe = ws.root().join("bin/tope-updater");
+        write_file(&exe, &marked_binary("old"), 0o755);
+        let (config, port) = write_config(
+            &ws,
+            &api,
+            &DaemonOptions {
+                extra_toml: format!("settle_s = {settle_s}\n"),
+                ..DaemonOptions::default()
+            },
+        );
+        let d = Daemon::start_binary(&exe, &config, port, &ws.work_dir(), ws.path());
+        let group = Group(d.pid());
+        Some(Rig {
+            ws,
+            api,
+            nginx,
+            d,
+            exe,
+            port,
+            _group: group,
+        })
+    }
+
+    /// A package replacing the updater's executable by `new` (and `extra` module fields).
+    fn package(&self, new: &[u8], mode: u32, extra: Value) -> Vec<u8> {
+        let mut module = json!({"name": "updater", "src": "tope-updater",
+                                "dst": self.exe.display().to_string(), "health_timeout_s": 10});
+        if let (Some(m), Some(e)) = (module.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        build_package(
+            &manifest(VERSION, vec![module]),
+            &[Entry::file("tope-updater", new, mode)],
+        )
+    }
+
+    /// The one process serving the API, once only one holds its socket.
+    fn server_pid(&self) -> i32 {
+        wait_until(
+            "one process serving the API",
+            Duration::from_secs(20),
+            || match listening_pids(self.port).as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            },
+        )
+    }
+}
+
+fn exe_of(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).expect("read /proc/<pid>/exe")
+}
+
+fn has_marker(path: &Path, marker: &str) -> bool {
+    let data = std::fs::read(path).expect("read the updater's path");
+    data.ends_with(format!("\nTOPE-SELF-MARKER:{marker}\n").as_bytes())
+}
+
+/// docs/API.md 9.4: a good new binary takes the API over through the health phase, the
+/// installation commits, the NEW binary reports `success`, and a second update still works.
+#[test]
+fn api_9_4_a_good_new_binary_takes_over_and_reports_success() {
+    let Some(mut r) = Rig::new(2) else { return };
+    let old_pid = r.d.pid();
+    let pkg = r.package(&marked_binary("new"), 0o755, json!({}));
+    r.d.download_package(&r.nginx, "self.zip", VERSION, &pkg);
+    r.d.post_update(VERSION);
+    // The handover: both binaries hold the socket while the new one serves.
+    wait_until(
+        "the new binary holds the socket",
+        Duration::from_secs(30),
+        || (listening_pids(r.port).len() == 2).then_some(()),
+    );
+    let p = r.d.wait_outcome();
+    assert_eq!(stage_of(&p), "success", "{p}");
+    // The old binary stops once it has handed over; the new one serves.
+    let st =
+        r.d.wait_exit(Duration::from_secs(20))
+            .expect("the old binary exits");
+    assert!(st.success(), "old binary: {st}");
+    let pid = r.server_pid();
+    assert_ne!(pid, old_pid);
+    assert_eq!(
+        exe_of(pid),
+        r.exe,
+        "the API is served by the file at the updater's path"
+    );
+    assert!(has_marker(&r.exe, "new"));
+    r.api
+        .wait_for_report("success", Duration::from_secs(10), |b| {
+            b["stage"] == "success"
+        });
+    let p = r.d.progress();
+    assert_eq!(stage_of(&p), "success", "{p}");
+    assert_eq!(p["data"]["version"], VERSION, "{p}");
+    // A second, ordinary update through the new binary.
+    let app = r.ws.root().join("app/app");
+    write_file(&app, b"app v1", 0o755);
+    let pkg2 = build_package(
+        &manifest(
+            "9.4.1",
+            vec![json!({"name": "app", "src": "app", "dst": app.display().to_string()})],
+        ),
+        &[Entry::file("app", b"app v2", 0o755)],
+    );
+    let p = r.d.install_package(&r.nginx, "second.zip", "9.4.1", &pkg2);
+    assert_eq!(stage_of(&p), "success", "{p}");
+    assert_eq!(std::fs::read(&app).unwrap(), b"app v2");
+    assert_eq!(r.server_pid(), pid);
+}
+
+/// A minimal ELF header of another machine than this one (aarch64 on x86_64, x86_64
+/// elsewhere): the kernel refuses to execute it (`ENOEXEC`).
+fn foreign_elf() -> Vec<u8> {
+    let machine: u16 = if cfg!(target_arch = "x86_64") {
+        183
+    } else {
+        62
+    };
+    let mut h = vec![0u8; 64];
+    h[..4].copy_from_slice(b"\x7fELF");
+    h[4] = 2; // 64-bit
+    h[5] = 1; // little endian
+    h[6] = 1; // version
+    h[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    h[18..20].copy_from_slice(&machine.to_le_bytes());
+    h[20..24].copy_from_slice(&1u32.to_le_bytes());
+    h[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    h
+}
+
+/// docs/API.md 9.4: a new binary that cannot run here, exits, crashes after it took over, or
+/// never answers `/progress` is taken back: the old bytes are at the path, the old binary
+/// serves the API within `health_timeout_s` + 30 s, and the outcome is
+/// `DEPLOYMENT_FAILED: self-update: <why>`.
+#[test]
+fn api_9_4_a_bad_new_binary_is_taken_back() {
+    let Some(mut r) = Rig::new(4) else { return };
+    let old_pid = r.d.pid();
+    let old_bytes = std::fs::read(&r.exe).unwrap();
+    // The real binary run by a script that kills it 2 s after it took over.
+    let real = r.ws.bin_dir().join("tope-updater-real");
+    write_file(&real, &marked_binary("crashing"), 0o755);
+    let crashing = format!(
+        "#!/bin/sh\n'{}' \"$@\" &\npid=$!\nsleep 2\nkill -9 $pid\nwait $pid\nexit 1\n",
+        real.display()
+    );
+    let cases: Vec<(&str, Vec<u8>, u32, &str)> = vec![
+        ("exits 1", b"#!/bin/sh\nexit 1\n".to_vec(), 0o755, "exited"),
+        ("foreign ELF", foreign_elf(), 0o755, "cannot start"),
+        (
+            "not executable",
+            marked_binary("plain"),
+            0o644,
+            "cannot start",
+        ),
+        ("crashes after 2 s", crashing.into_bytes(), 0o755, "exited"),
+        (
+            "never answers",
+            b"#!/bin/sh\nexec sleep 60\n".to_vec(),
+            0o755,
+            "did not answer /progress within 3 s",
+        ),
+    ];
+    for (i, (what, new, mode, why)) in cases.into_iter().enumerate() {
+        let pkg = r.package(&new, mode, json!({"health_timeout_s": 3}));
+        let t = std::time::Instant::now();
+        let p =
+            r.d.install_package(&r.nginx, &format!("bad-{i}.zip"), VERSION, &pkg);
+        assert_eq!(stage_of(&p), "failed", "{what}: {p}");
+        let err = p["data"]["error"].as_str().unwrap_or_default();
+        assert!(
+            err.starts_with("DEPLOYMENT_FAILED: self-update: ") && err.contains(why),
+            "{what}: {err}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(3 + 30),
+            "{what}: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            std::fs::read(&r.exe).unwrap(),
+            old_bytes,
+            "{what}: old bytes back"
+        );
+        assert_eq!(r.server_pid(), old_pid, "{what}: the old binary serves");
+        assert!(
+            r.d.wait_exit(Duration::ZERO).is_none(),
+            "{what}: the old binary runs"
+        );
+        r.api.wait_for_report(what, Duration::from_secs(10), |b| {
+            b["error"].as_str() == Some(err)
+        });
+    }
+}
 
 /// docs/API.md 9.4: a module naming the updater's own unit as its `service`, or a post command
 /// that restarts or stops the updater, is refused with `INVALID_MANIFEST` before anything is

@@ -101,6 +101,9 @@ pub struct InstallOptions<'a> {
     pub settle: Duration,
     /// Set on SIGTERM: the installation stops at the next safe point.
     pub cancel: &'a AtomicBool,
+    /// The API's address (config `listen`): where a new updater binary must answer
+    /// `/progress` in a self-update (docs/API.md 9.4).
+    pub listen: std::net::SocketAddr,
 }
 
 impl InstallOptions<'_> {
@@ -201,6 +204,10 @@ pub fn install(
     );
     let mut installation = Installation::new(pkg, groups, survey, &j);
     let outcome = driver::drive(&Step::INSTALL, &mut installation, &mut j, opts, on_event)?;
+    if let Some(new) = installation.take_new_updater() {
+        // docs/API.md 9.4: committed; the caller hands over to the new binary.
+        crate::handover::keep(new);
+    }
     if outcome == InstallOutcome::Done {
         // The caller records the outcome, then calls [`finish`]: until then the committed
         // journal tells a restart that the installation completed.

@@ -118,6 +118,16 @@ pub fn unit_from_cgroup(text: &str) -> Option<String> {
 /// any command of a module that would stop or restart the updater.
 pub fn check_modules(modules: &[Module], own: &Own) -> Result<(), OtaError> {
     for m in modules {
+        let starts = m.process_name.is_some() || m.service.is_some() || m.start_cmd.is_some();
+        if starts && crate::handover::is_own_exe(&m.dst) {
+            return Err(error::invalid_manifest(format!(
+                "module {}: its dst {} is the running updater's executable (a self-update, \
+                 docs/API.md 9.4): the updater starts the new binary itself, so \
+                 process_name, service and start_cmd do not apply",
+                m.name,
+                m.dst.display()
+            )));
+        }
         if let Some(s) = m.service.as_deref().filter(|s| own.is_own_unit(s)) {
             return Err(refusal(
                 &m.name,

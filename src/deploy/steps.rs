@@ -6,6 +6,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::error::{self, OtaError};
+use crate::handover;
 use crate::package::{Module, Package};
 use crate::process;
 
@@ -42,6 +43,9 @@ pub enum Step {
     PostCmds,
     /// The modules started again in `restart_order`, each start complete before the next.
     Start,
+    /// docs/API.md 9.4, a self-update: the new updater binary started with the API's socket,
+    /// watched until it has answered `/progress` and kept running for `settle_s`.
+    HandOver,
     /// The health checks after `settle_s`, and no module process older than the swap.
     Health,
     /// The journal says `committed`: the installation stands.
@@ -50,7 +54,7 @@ pub enum Step {
 
 impl Step {
     /// An installation, in order.
-    pub const INSTALL: [Step; 9] = [
+    pub const INSTALL: [Step; 10] = [
         Step::Stage,
         Step::Record,
         Step::Stop,
@@ -58,6 +62,7 @@ impl Step {
         Step::Swap,
         Step::PostCmds,
         Step::Start,
+        Step::HandOver,
         Step::Health,
         Step::Commit,
     ];
@@ -71,7 +76,7 @@ impl Step {
             Step::Stop => Some(Phase::Stopping),
             Step::Swap => Some(Phase::Swapping),
             Step::Commit => Some(Phase::Committed),
-            Step::Backup | Step::PostCmds | Step::Start | Step::Health => None,
+            Step::Backup | Step::PostCmds | Step::Start | Step::HandOver | Step::Health => None,
         }
     }
 
@@ -93,6 +98,7 @@ impl fmt::Display for Step {
             Step::Swap => "swap",
             Step::PostCmds => "post commands",
             Step::Start => "start",
+            Step::HandOver => "hand over to the new updater",
             Step::Health => "health",
             Step::Commit => "commit",
         })
@@ -125,6 +131,10 @@ pub struct Installation {
     started: Vec<Started>,
     /// When processes began to be stopped.
     down: Option<Instant>,
+    /// docs/API.md 9.4: the module whose `dst` is the running updater's executable.
+    self_module: Option<usize>,
+    /// The new updater binary of a self-update, once started.
+    new_updater: Option<handover::NewUpdater>,
 }
 
 impl Installation {
@@ -146,6 +156,61 @@ impl Installation {
             swap_tick: 0,
             started: Vec::new(),
             down: None,
+            self_module: None,
+            new_updater: None,
+        }
+        .with_self_module()
+    }
+
+    /// Find the self-update module (docs/API.md 9.4), before anything is swapped: the module
+    /// whose `dst` is the file the running updater was started from.
+    fn with_self_module(mut self) -> Installation {
+        self.self_module = self
+            .pkg
+            .manifest
+            .modules
+            .iter()
+            .position(|m| handover::is_own_exe(&m.dst));
+        if let Some(i) = self.self_module {
+            tracing::info!(
+                "module {} updates the updater itself ({})",
+                self.pkg.manifest.modules[i].name,
+                self.pkg.manifest.modules[i].dst.display()
+            );
+        }
+        self
+    }
+
+    /// The new updater binary of a committed self-update.
+    pub fn take_new_updater(&mut self) -> Option<handover::NewUpdater> {
+        self.new_updater.take()
+    }
+
+    /// docs/API.md 9.4: start the new updater binary (now at the module's `dst`) with the
+    /// API's socket, and watch it through the module's `health_timeout_s` and `settle_s`.
+    fn hand_over(&mut self, opts: &InstallOptions) -> Result<Flow, Cause> {
+        let Some(i) = self.self_module else {
+            return Ok(Flow::Done);
+        };
+        let m = &self.pkg.manifest.modules[i];
+        let failed = |why: String| {
+            tracing::error!("self-update: {why}; taking back");
+            Cause::from(error::deployment_failed(format!("self-update: {why}")))
+        };
+        let mut new = handover::NewUpdater::start(&m.dst).map_err(failed)?;
+        match new.watch(opts.listen, m.health_timeout(), opts.settle, opts.cancel) {
+            Ok(true) => {
+                self.new_updater = Some(new);
+                Ok(Flow::Done)
+            }
+            Ok(false) => {
+                new.abort();
+                Ok(Flow::Cancelled)
+            }
+            Err(why) => {
+                new.abort();
+                Err(failed(why))
+            }
         }
     }
 
@@ -235,6 +300,7 @@ impl Run for Installation {
                 }
                 Ok(Flow::Done)
             }
+            Step::HandOver => self.hand_over(opts),
             Step::Health => {
                 let flow = health::check_all(
                     &j.modules,
@@ -255,5 +321,19 @@ impl Run for Installation {
             // calls `finish`.
             Step::Commit => Ok(Flow::Done),
         }
+    }
+
+    /// A new updater binary is taken back (killed; the old one accepts again) before the
+    /// files, the old executable among them, are restored.
+    fn rollback(
+        &mut self,
+        j: &Journal,
+        opts: &InstallOptions,
+        on_event: &mut dyn FnMut(InstallEvent),
+    ) -> Result<(), super::error::RollbackIncomplete> {
+        if let Some(new) = self.new_updater.take() {
+            new.abort();
+        }
+        super::rollback::rollback(j, opts.backups_dir, opts.stop_timeout, on_event)
     }
 }

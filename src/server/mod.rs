@@ -191,12 +191,19 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
     let mut tasks = tokio::task::JoinSet::new();
     let mut next_id: u64 = 0;
     let mut report = tokio::time::interval(WARN_EVERY);
+    // docs/API.md 9.4: while a new updater binary serves on the same socket, this one does
+    // not accept (connections wait in the backlog for the other).
+    let mut gate = crate::handover::accepting();
+    let mut accepting = *gate.borrow_and_update();
     loop {
         tokio::select! {
+            // In this order: a pause of the accept loop is seen before the next accept.
+            biased;
             () = stop.wait() => break,
+            Ok(()) = gate.changed() => accepting = *gate.borrow_and_update(),
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = report.tick() => registry.report_if_due(),
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if accepting => match accepted {
                 Ok((stream, _peer)) => {
                     next_id += 1;
                     let conn = Arc::new(Conn::new(next_id));

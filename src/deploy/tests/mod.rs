@@ -76,6 +76,7 @@ impl Fx {
     /// The options of an installation into `roots` with this fixture's backups and flags.
     fn options<'a>(&'a self, roots: &'a [PathBuf], stop: Duration) -> InstallOptions<'a> {
         InstallOptions {
+            listen: ([127, 0, 0, 1], 9).into(),
             allowed_roots: roots,
             signatures: Default::default(),
             backups_dir: &self.backups,
