@@ -64,7 +64,7 @@ struct Rig {
     d: Daemon,
     exe: PathBuf,
     port: u16,
-    _group: Group,
+    groups: Vec<Group>,
 }
 
 impl Rig {
@@ -83,7 +83,7 @@ impl Rig {
             },
         );
         let d = Daemon::start_binary(&exe, &config, port, &ws.work_dir(), ws.path());
-        let group = Group(d.pid());
+        let groups = vec![Group(d.pid())];
         Some(Rig {
             ws,
             api,
@@ -91,7 +91,7 @@ impl Rig {
             d,
             exe,
             port,
-            _group: group,
+            groups,
         })
     }
 
@@ -118,6 +118,20 @@ impl Rig {
                 _ => None,
             },
         )
+    }
+
+    /// SIGKILL of every process of the daemon's process groups (old and new binary), then a
+    /// start of whatever binary is at the updater's path.
+    fn power_cut_and_restart(&mut self) {
+        for g in &self.groups {
+            g.kill();
+        }
+        self.d.sigkill();
+        wait_until("nothing listening", Duration::from_secs(10), || {
+            listening_pids(self.port).is_empty().then_some(())
+        });
+        self.d.restart();
+        self.groups.push(Group(self.d.pid()));
     }
 }
 
@@ -325,4 +339,128 @@ fn api_9_4_own_unit_or_a_restart_of_the_updater_is_refused_before_anything_is_to
             .then_some(())
     });
     assert_eq!(stage_of(&d.progress()), "failed");
+}
+
+/// The journal of the installation in progress, as text ("" when there is none).
+fn journal_text(r: &Rig) -> String {
+    std::fs::read_to_string(r.ws.work_dir().join("backups/journal.json")).unwrap_or_default()
+}
+
+/// After a power cut that left the old executable's installation uncommitted: the binary
+/// at the path (the new one) started, rolled back, put the old one back and executed it; the
+/// old binary serves and the outcome `failed` is shown and reported.
+fn assert_rolled_back_and_served_by_old(r: &Rig, what: &str) {
+    let p = r.d.first_progress.clone().expect("first /progress");
+    assert_eq!(stage_of(&p), "failed", "{what}: {p}");
+    let err = p["data"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        err.starts_with("DEPLOYMENT_FAILED: ") && err.contains("rolled back"),
+        "{what}: {err}"
+    );
+    assert!(
+        has_marker(&r.exe, "old"),
+        "{what}: the old binary is back at the path"
+    );
+    let pid = r.server_pid();
+    assert_eq!(
+        exe_of(pid),
+        r.exe,
+        "{what}: the process serving runs the file at the path"
+    );
+    assert!(
+        !r.ws.work_dir().join("backups/journal.json").exists(),
+        "{what}"
+    );
+    r.api.wait_for_report(what, Duration::from_secs(10), |b| {
+        b["error"].as_str() == Some(err.as_str())
+    });
+    // The updater works: the next (ordinary) update installs.
+    let app = r.ws.root().join("app/app");
+    write_file(&app, b"app v1", 0o755);
+    let pkg = build_package(
+        &manifest(
+            "9.4.2",
+            vec![json!({"name": "app", "src": "app", "dst": app.display().to_string()})],
+        ),
+        &[Entry::file("app", b"app v2", 0o755)],
+    );
+    let p = r.d.install_package(&r.nginx, "after.zip", "9.4.2", &pkg);
+    assert_eq!(stage_of(&p), "success", "{what}: {p}");
+}
+
+/// docs/API.md 9.4, power cut after the swap, before the new binary was started (a post
+/// command of the module waits on a file): the path holds the new binary, the journal says
+/// `swapping`. The new binary starts, rolls back (the health phase was never passed), and the
+/// old binary it put back serves.
+#[test]
+fn api_9_4_power_cut_after_the_swap_rolls_back_to_the_old_binary() {
+    let Some(mut r) = Rig::new(1) else { return };
+    let reached = r.ws.path().join("post-reached");
+    let go = r.ws.path().join("post-go");
+    let post = format!(
+        "touch '{}'; while [ ! -e '{}' ]; do sleep 0.1; done",
+        reached.display(),
+        go.display()
+    );
+    let pkg = r.package(&marked_binary("new"), 0o755, json!({"post_cmds": [post]}));
+    r.d.download_package(&r.nginx, "cut-swap.zip", VERSION, &pkg);
+    r.d.post_update(VERSION);
+    wait_until("the post command runs", Duration::from_secs(60), || {
+        reached.exists().then_some(())
+    });
+    assert!(has_marker(&r.exe, "new"), "the swap is done");
+    assert!(journal_text(&r).contains("swapping"));
+    r.power_cut_and_restart();
+    write_file(&go, b"", 0o644);
+    assert_rolled_back_and_served_by_old(&r, "cut after the swap");
+}
+
+/// docs/API.md 9.4, power cut while the new binary serves the API and the old one watches
+/// it (both hold the socket; nothing committed): as after the swap, rolled back to the old
+/// binary, which serves.
+#[test]
+fn api_9_4_power_cut_during_the_hand_over_rolls_back_to_the_old_binary() {
+    let Some(mut r) = Rig::new(60) else { return };
+    let pkg = r.package(&marked_binary("new"), 0o755, json!({}));
+    r.d.download_package(&r.nginx, "cut-handover.zip", VERSION, &pkg);
+    r.d.post_update(VERSION);
+    wait_until(
+        "the new binary holds the socket",
+        Duration::from_secs(60),
+        || (listening_pids(r.port).len() == 2).then_some(()),
+    );
+    let p = r.d.progress();
+    assert_eq!(
+        stage_of(&p),
+        "rebooting",
+        "the new binary shows the installation: {p}"
+    );
+    r.power_cut_and_restart();
+    assert_rolled_back_and_served_by_old(&r, "cut during the hand-over");
+}
+
+/// docs/API.md 9.4, power cut right after the commit (the journal says `committed`; the
+/// new binary may or may not have finished it): the new binary at the path starts and
+/// reports `success`.
+#[test]
+fn api_9_4_power_cut_after_the_commit_reports_success_from_the_new_binary() {
+    let Some(mut r) = Rig::new(1) else { return };
+    let pkg = r.package(&marked_binary("new"), 0o755, json!({}));
+    r.d.download_package(&r.nginx, "cut-commit.zip", VERSION, &pkg);
+    r.d.post_update(VERSION);
+    wait_until(
+        "the journal says committed",
+        Duration::from_secs(60),
+        || journal_text(&r).contains("committed").then_some(()),
+    );
+    r.power_cut_and_restart();
+    let p = r.d.first_progress.clone().expect("first /progress");
+    assert_eq!(stage_of(&p), "success", "{p}");
+    assert_eq!(p["data"]["version"], VERSION, "{p}");
+    assert!(has_marker(&r.exe, "new"));
+    assert_eq!(exe_of(r.server_pid()), r.exe);
+    r.api
+        .wait_for_report("success", Duration::from_secs(10), |b| {
+            b["stage"] == "success"
+        });
 }
