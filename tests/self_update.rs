@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::daemon::{stage_of, write_config, BIN};
+use common::notify::NotifySocket;
 use common::*;
 use serde_json::{json, Value};
 
@@ -463,4 +464,57 @@ fn api_9_4_power_cut_after_the_commit_reports_success_from_the_new_binary() {
         .wait_for_report("success", Duration::from_secs(10), |b| {
             b["stage"] == "success"
         });
+}
+
+/// docs/API.md 9.4 under the shipped unit (`Type=notify`, `NotifyAccess=main`,
+/// `WatchdogSec=`), the test playing systemd's notification socket: the old binary is ready
+/// and feeds the watchdog; at the commit it names the new binary as the main process
+/// (`MAINPID=`), which then says `READY=1` and feeds the watchdog once the old one is gone.
+#[test]
+fn api_9_4_systemd_main_pid_and_watchdog_pass_to_the_new_binary() {
+    let Some(mut r) = Rig::new(2) else { return };
+    let notify = NotifySocket::bind(r.ws.path());
+    r.d.sigterm_and_wait(Duration::from_secs(30));
+    let socket = format!("NOTIFY_SOCKET={}", notify.path.display());
+    // As systemd starts the unit; `env` executes the binary (same pid).
+    r.d.restart_under(&[
+        "env",
+        "-u",
+        "WATCHDOG_PID",
+        &socket,
+        "WATCHDOG_USEC=2000000",
+    ]);
+    r.groups.push(Group(r.d.pid()));
+    notify.wait_for("READY=1 of the old binary", Duration::from_secs(10), |l| {
+        l == "READY=1"
+    });
+    let pkg = r.package(&marked_binary("new"), 0o755, json!({}));
+    let p = r.d.install_package(&r.nginx, "notify.zip", VERSION, &pkg);
+    assert_eq!(stage_of(&p), "success", "{p}");
+    r.d.wait_exit(Duration::from_secs(20))
+        .expect("the old binary exits");
+    let gone = std::time::Instant::now();
+    let pid = r.server_pid();
+    let main = notify.wait_for("MAINPID=", Duration::from_secs(10), |l| {
+        l.starts_with("MAINPID=")
+    });
+    assert_eq!(
+        main,
+        format!("MAINPID={pid}"),
+        "the new binary is the main process"
+    );
+    let handed = notify
+        .assignments()
+        .into_iter()
+        .find(|(_, l)| l.starts_with("MAINPID="))
+        .map(|(at, _)| at)
+        .expect("MAINPID= received");
+    wait_until("READY=1 of the new binary", Duration::from_secs(10), || {
+        (notify.count("READY=1", handed) >= 1).then_some(())
+    });
+    wait_until(
+        "the watchdog fed after the old binary exited",
+        Duration::from_secs(10),
+        || (notify.count("WATCHDOG=1", gone) >= 2).then_some(()),
+    );
 }

@@ -6,88 +6,16 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::daemon::{config_text, serve_command, BIN};
+use common::notify::NotifySocket;
 use common::*;
 
 /// Two seconds: the daemon probes itself every 500 ms.
 const WATCHDOG_USEC: &str = "2000000";
-
-/// One notification datagram and when it arrived.
-#[derive(Debug, Clone)]
-struct Note {
-    at: Instant,
-    text: String,
-}
-
-/// The test's side of NOTIFY_SOCKET: every datagram, in arrival order.
-struct NotifySocket {
-    path: PathBuf,
-    notes: Arc<Mutex<Vec<Note>>>,
-}
-
-impl NotifySocket {
-    fn bind(dir: &Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
-        let notes = Arc::new(Mutex::new(Vec::new()));
-        let sink = notes.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n) = sock.recv(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock().unwrap().push(Note {
-                    at: Instant::now(),
-                    text,
-                });
-            }
-        });
-        NotifySocket { path, notes }
-    }
-
-    /// Every `KEY=value` assignment received so far, with its arrival time.
-    fn assignments(&self) -> Vec<(Instant, String)> {
-        self.notes
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|n| {
-                n.text
-                    .lines()
-                    .map(|l| (n.at, l.to_string()))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    fn count(&self, line: &str, since: Instant) -> usize {
-        self.assignments()
-            .iter()
-            .filter(|(at, l)| l == line && *at >= since)
-            .count()
-    }
-
-    fn statuses(&self) -> Vec<String> {
-        self.assignments()
-            .into_iter()
-            .filter_map(|(_, l)| l.strip_prefix("STATUS=").map(str::to_string))
-            .collect()
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration, f: impl Fn(&str) -> bool) -> String {
-        wait_until(what, timeout, || {
-            self.assignments()
-                .into_iter()
-                .map(|(_, l)| l)
-                .find(|l| f(l))
-        })
-    }
-}
 
 /// Spawns the real daemon the way systemd would start the unit: NOTIFY_SOCKET, and
 /// WATCHDOG_USEC when `watchdog` is set.

@@ -21,6 +21,7 @@ pub mod goosebit;
 pub mod hostile;
 pub mod http;
 pub mod nginx;
+pub mod notify;
 pub mod package;
 pub mod procs;
 
