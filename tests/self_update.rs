@@ -518,3 +518,38 @@ fn api_9_4_systemd_main_pid_and_watchdog_pass_to_the_new_binary() {
         || (notify.count("WATCHDOG=1", gone) >= 2).then_some(()),
     );
 }
+
+/// docs/API.md 9.4: the old binary dies alone during the hand-over (no supervisor, nothing
+/// committed): the new binary sees its pipe close, rolls the installation back, and executes
+/// the old binary it put back at the path, which serves and reports `failed`.
+#[test]
+fn api_9_4_the_old_binary_dying_during_the_hand_over_is_recovered_by_the_new_one() {
+    let Some(mut r) = Rig::new(60) else { return };
+    let pkg = r.package(&marked_binary("new"), 0o755, json!({}));
+    r.d.download_package(&r.nginx, "old-dies.zip", VERSION, &pkg);
+    r.d.post_update(VERSION);
+    wait_until(
+        "the new binary holds the socket",
+        Duration::from_secs(60),
+        || (listening_pids(r.port).len() == 2).then_some(()),
+    );
+    r.d.sigkill();
+    let p = r.d.wait_for("failed", Duration::from_secs(60), |p| {
+        stage_of(p) == "failed"
+    });
+    let err = p["data"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.starts_with("DEPLOYMENT_FAILED: "), "{err}");
+    assert!(
+        has_marker(&r.exe, "old"),
+        "the old binary is back at the path"
+    );
+    assert_eq!(
+        exe_of(r.server_pid()),
+        r.exe,
+        "the binary at the path serves"
+    );
+    r.api
+        .wait_for_report("failed", Duration::from_secs(10), |b| {
+            b["error"].as_str() == Some(err.as_str())
+        });
+}
