@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::daemon::{stage_of, write_config, BIN};
 use common::notify::NotifySocket;
+use common::soak_rng::{soak_iterations, Rng};
 use common::*;
 use serde_json::{json, Value};
 
@@ -552,4 +553,76 @@ fn api_9_4_the_old_binary_dying_during_the_hand_over_is_recovered_by_the_new_one
         .wait_for_report("failed", Duration::from_secs(10), |b| {
             b["error"].as_str() == Some(err.as_str())
         });
+}
+
+/// docs/API.md 9.4 under power cuts at random instants of a self-update (`SOAK_ITERATIONS`,
+/// default 3; `scripts/soak.sh` runs more): the processes of both binaries are SIGKILLed
+/// between `/update` and a little after the usual end, then whatever binary is at the path is
+/// started. Each time the path holds a whole binary (the old or the new bytes, never a
+/// mix), the process serving the API runs that file, the outcome agrees with it (`success`
+/// with the new binary, `failed` with the old) and reaches device-api.
+#[test]
+fn soak_self_update_killed_at_random_instants() {
+    let iterations = soak_iterations();
+    let (mut rng, seed) = Rng::for_loop("self-update-kills");
+    let new_bytes = marked_binary("new");
+    let old_bytes = marked_binary("old");
+    let mut phases: std::collections::BTreeMap<String, usize> = Default::default();
+    let (mut successes, mut failures) = (0, 0);
+    let mut span = Duration::from_secs(5);
+    for i in 0..iterations {
+        let Some(mut r) = Rig::new(1) else { return };
+        let pkg = r.package(&new_bytes, 0o755, json!({}));
+        r.d.download_package(&r.nginx, "soak.zip", VERSION, &pkg);
+        // One cut in five before the journal exists (the package checked again, nothing
+        // touched); the others at a random instant of the installation's span after it.
+        let early = rng.below(5) == 0;
+        let delay = span.mul_f64(rng.unit());
+        r.d.post_update(VERSION);
+        if !early {
+            wait_until("the journal", Duration::from_secs(60), || {
+                (!journal_text(&r).is_empty()).then_some(())
+            });
+        }
+        std::thread::sleep(delay);
+        let mut phase = match journal_text(&r) {
+            j if j.is_empty() => "no journal (not yet, or removed)".to_string(),
+            j => ["staging", "staged", "stopping", "swapping", "committed"]
+                .into_iter()
+                .find(|p| j.contains(&format!("\"{p}\"")))
+                .unwrap_or("unreadable")
+                .to_string(),
+        };
+        if listening_pids(r.port).len() == 2 {
+            phase = format!("{phase}, hand-over");
+        }
+        let what = format!("iteration {i} (seed {seed}): killed after {delay:?} in {phase}");
+        r.power_cut_and_restart();
+        *phases.entry(phase).or_default() += 1;
+        let data = std::fs::read(&r.exe).expect("a file at the updater's path");
+        let is_new = data == new_bytes;
+        assert!(is_new || data == old_bytes, "{what}: a mix at the path");
+        let pid = r.server_pid();
+        assert_eq!(exe_of(pid), r.exe, "{what}: the file at the path serves");
+        let p = r.d.wait_for("an outcome", Duration::from_secs(60), |p| {
+            matches!(stage_of(p).as_str(), "success" | "failed")
+        });
+        let want = if is_new { "success" } else { "failed" };
+        assert_eq!(stage_of(&p), want, "{what}: {p}");
+        if is_new {
+            successes += 1;
+        } else {
+            failures += 1;
+        }
+        r.api
+            .wait_for_report(&what, Duration::from_secs(10), |b| b["stage"] == want);
+        // Kill points beyond the end of the update teach nothing: aim at the update's span.
+        if is_new && !early && delay < span {
+            span = span.mul_f64(0.9).max(Duration::from_secs(2));
+        }
+    }
+    eprintln!(
+        "soak self-update: {iterations} power cuts (seed {seed}): {successes} ended in success, \
+         {failures} rolled back; phases at the cut: {phases:?}"
+    );
 }

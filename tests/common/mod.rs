@@ -24,6 +24,7 @@ pub mod nginx;
 pub mod notify;
 pub mod package;
 pub mod procs;
+pub mod soak_rng;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
