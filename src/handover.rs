@@ -151,8 +151,28 @@ pub fn accepting() -> watch::Receiver<bool> {
     gate().subscribe()
 }
 
+/// What the accept loop last applied (see [`acknowledge`]).
+static APPLIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// The accept loop has applied `on`: from now on it accepts only when `on`.
+pub fn acknowledge(on: bool) {
+    APPLIED.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Longest wait for the accept loop to apply a pause.
+const PAUSE_WAIT: Duration = Duration::from_secs(2);
+
 fn set_accepting(on: bool) {
     gate().send_replace(on);
+    if on {
+        return;
+    }
+    // The new binary's health is judged on connections only it accepts: wait until this
+    // binary's accept loop no longer accepts.
+    let t = Instant::now();
+    while APPLIED.load(std::sync::atomic::Ordering::SeqCst) && t.elapsed() < PAUSE_WAIT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 // ------------------------------------------------------------------ the executable

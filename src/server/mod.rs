@@ -197,10 +197,11 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
     let mut accepting = *gate.borrow_and_update();
     loop {
         tokio::select! {
-            // In this order: a pause of the accept loop is seen before the next accept.
-            biased;
             () = stop.wait() => break,
-            Ok(()) = gate.changed() => accepting = *gate.borrow_and_update(),
+            Ok(()) = gate.changed() => {
+                accepting = *gate.borrow_and_update();
+                crate::handover::acknowledge(accepting);
+            }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = report.tick() => registry.report_if_due(),
             accepted = listener.accept(), if accepting => match accepted {
