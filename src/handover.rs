@@ -237,6 +237,50 @@ fn inheritable(fd: RawFd) -> io::Result<RawFd> {
 
 // ------------------------------------------------------------------ the new binary
 
+/// Time limit of [`probe`].
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Does the executable at `path` run here at all: `path --version` must exit 0 within
+/// [`PROBE_TIMEOUT`] (a file without the execute bit, for another architecture, or a
+/// program that fails at once does not). Cheap, and no substitute for the hand-over's
+/// health phase.
+pub fn probe(path: &Path) -> Result<(), String> {
+    let mut child = Command::new(path)
+        .arg("--version")
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+    let t = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => return Err(format!("`{} --version` exited ({st})", path.display())),
+            Ok(None) if t.elapsed() >= PROBE_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`{} --version` did not finish within {} s",
+                    path.display(),
+                    PROBE_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("`{} --version`: {e}", path.display()));
+            }
+        }
+    }
+}
+
 /// The new updater binary of a self-update, started by the old one.
 #[derive(Debug)]
 pub struct NewUpdater {

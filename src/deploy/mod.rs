@@ -6,12 +6,14 @@
 //! |---|---|---|---|
 //! | open the package, resolve every `dst` beneath the roots, survey the device, draw a staging id | `check`, `plan` | nothing | - (then the journal is written: `staging`) |
 //! | `Stage`: write each new file under a staging name of its own beside its destination, then `syncfs` | `apply::stage` | staging files, new directories | `staging` |
+//! | `Probe` (a self-update, docs/API.md 9.4): the staged new updater binary run once with `--version` | `steps`, `handover::probe` | nothing | - |
 //! | `Record`: how each module's processes run (argv, cwd, user, groups, environment) | `procs::record` | the journal | `staged` |
 //! | `Stop`: stop them | `procs::stop_all` | processes | `stopping` |
 //! | `Backup`: hard-link every old file into `backups/install-files`, flush | `apply::backup` | backups | - |
 //! | `Swap`: stop what a supervisor started again, rename every temporary over its destination, flush each directory, stop what runs the old program | `stale`, `apply::swap` | the printer's files | `swapping` |
 //! | `PostCmds`: post commands in start order | `process` | processes | - |
 //! | `Start`: starts in `restart_order`, each complete before the next | `procs::start_new` | processes | - |
+//! | `HandOver` (a self-update, docs/API.md 9.4): the new updater binary started with the API's socket and watched through `health_timeout_s` and `settle_s` | `handover` | processes | - |
 //! | `Health`: health checks (stage `rebooting`), then nothing may run the old program | `health`, `stale` | - | - |
 //! | `Commit` | - | the journal | `committed` |
 //!

@@ -30,6 +30,9 @@ const POST_CMD_TIMEOUT: Duration = Duration::from_secs(120);
 pub enum Step {
     /// Every new file written under a staging name beside its destination, then flushed.
     Stage,
+    /// docs/API.md 9.4, a self-update: the staged new updater binary run once with
+    /// `--version` (does it run here at all), before anything is stopped.
+    Probe,
     /// How the modules' processes run, recorded in the journal to start them again.
     Record,
     /// The modules' processes stopped (services with `systemctl`, the others by signal).
@@ -54,8 +57,9 @@ pub enum Step {
 
 impl Step {
     /// An installation, in order.
-    pub const INSTALL: [Step; 10] = [
+    pub const INSTALL: [Step; 11] = [
         Step::Stage,
+        Step::Probe,
         Step::Record,
         Step::Stop,
         Step::Backup,
@@ -76,7 +80,12 @@ impl Step {
             Step::Stop => Some(Phase::Stopping),
             Step::Swap => Some(Phase::Swapping),
             Step::Commit => Some(Phase::Committed),
-            Step::Backup | Step::PostCmds | Step::Start | Step::HandOver | Step::Health => None,
+            Step::Probe
+            | Step::Backup
+            | Step::PostCmds
+            | Step::Start
+            | Step::HandOver
+            | Step::Health => None,
         }
     }
 
@@ -92,6 +101,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Step::Stage => "stage",
+            Step::Probe => "probe the new updater",
             Step::Record => "record the processes",
             Step::Stop => "stop",
             Step::Backup => "back up",
@@ -113,6 +123,24 @@ fn health_cmd(m: &Module, version: &str) -> Option<HealthCmd> {
         timeout: Duration::from_secs(m.health_timeout_s),
         env: process::ChildEnv::module(&m.name, version),
     })
+}
+
+/// Where the new file of `dst` is staged (destinations are numbered in the order of the
+/// journal's directories, then their files).
+fn staged_path(j: &Journal, dst: &std::path::Path) -> Option<std::path::PathBuf> {
+    let name = dst.file_name()?.to_str()?;
+    let parent = std::fs::canonicalize(dst.parent()?).ok()?;
+    let mut n = 0;
+    for d in &j.dirs {
+        let dir = d.root.join(&d.rel);
+        for f in &d.files {
+            if f == name && std::fs::canonicalize(&dir).ok().as_deref() == Some(parent.as_path()) {
+                return Some(dir.join(j.staging_name(n, f)));
+            }
+            n += 1;
+        }
+    }
+    None
 }
 
 /// An installation on the printer: the checked package and its plan, and what the steps
@@ -184,6 +212,25 @@ impl Installation {
     /// The new updater binary of a committed self-update.
     pub fn take_new_updater(&mut self) -> Option<handover::NewUpdater> {
         self.new_updater.take()
+    }
+
+    /// docs/API.md 9.4: run the staged new updater binary once (`--version`) before anything
+    /// is stopped; one that cannot run here is refused while the printer still runs as it was.
+    fn probe(&self, j: &Journal) -> Result<Flow, Cause> {
+        let Some(i) = self.self_module else {
+            return Ok(Flow::Done);
+        };
+        let dst = &self.pkg.manifest.modules[i].dst;
+        let failed = |why: String| {
+            tracing::error!("self-update: the new binary does not run here: {why}");
+            Cause::from(error::deployment_failed(format!(
+                "self-update: the new binary does not run here: {why}"
+            )))
+        };
+        let staged = staged_path(j, dst)
+            .ok_or_else(|| failed(format!("no staged file for {}", dst.display())))?;
+        handover::probe(&staged).map_err(failed)?;
+        Ok(Flow::Done)
     }
 
     /// docs/API.md 9.4: start the new updater binary (now at the module's `dst`) with the
@@ -300,6 +347,7 @@ impl Run for Installation {
                 }
                 Ok(Flow::Done)
             }
+            Step::Probe => self.probe(j),
             Step::HandOver => self.hand_over(opts),
             Step::Health => {
                 let flow = health::check_all(
