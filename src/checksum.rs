@@ -9,6 +9,7 @@
 use std::fmt;
 
 use md5::Md5;
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 /// A digest algorithm the updater knows.
@@ -16,8 +17,11 @@ use sha2::{Digest, Sha256};
 pub enum Algorithm {
     /// What `/download` announces (`package_md5`): integrity of the transfer only.
     Md5,
-    /// What a signed manifest's `sha256` map names for each deployed entry.
+    /// What a signed manifest's `sha256` map names for each deployed entry; also a fleet
+    /// artifact's strongest hash (docs/API.md 9.1).
     Sha256,
+    /// A fleet artifact's hash when the server states no SHA-256 (goosebit: docs/API.md 9.1).
+    Sha1,
 }
 
 impl Algorithm {
@@ -25,6 +29,7 @@ impl Algorithm {
         match self {
             Algorithm::Md5 => "md5",
             Algorithm::Sha256 => "sha256",
+            Algorithm::Sha1 => "sha1",
         }
     }
 
@@ -33,6 +38,7 @@ impl Algorithm {
         match self {
             Algorithm::Md5 => 16,
             Algorithm::Sha256 => 32,
+            Algorithm::Sha1 => 20,
         }
     }
 }
@@ -62,6 +68,30 @@ impl Checksum {
     /// Lowercase hex of the digest.
     pub fn to_hex(&self) -> String {
         hex(&self.digest)
+    }
+
+    /// `"<algorithm>:<hex>"`, e.g. `"sha1:a9993e36..."`.
+    pub fn tagged(&self) -> String {
+        format!("{}:{}", self.algorithm.name(), self.to_hex())
+    }
+
+    /// Parse [`Checksum::tagged`]'s form; `None` for anything else.
+    pub fn from_tagged(text: &str) -> Option<Checksum> {
+        let (name, hex) = text.split_once(':')?;
+        let algorithm = [Algorithm::Md5, Algorithm::Sha256, Algorithm::Sha1]
+            .into_iter()
+            .find(|a| a.name() == name)?;
+        Checksum::from_hex(algorithm, hex)
+    }
+
+    /// How the state and outcome files keep it: an MD5 in `package_md5` (the format it always
+    /// had), any other algorithm tagged in `package_checksum` with `package_md5` left out.
+    pub fn split_md5(&self) -> (Option<Checksum>, Option<Checksum>) {
+        if self.algorithm == Algorithm::Md5 {
+            (Some(self.clone()), None)
+        } else {
+            (None, Some(self.clone()))
+        }
     }
 }
 
@@ -109,6 +139,31 @@ pub mod md5_hex_opt {
     }
 }
 
+/// `#[serde(default, with = "tagged_opt")]`: an optional [`Checksum`] of any algorithm as
+/// `"<algorithm>:<hex>"` (`"sha1:a999..."`): how `state.json` and `outcome.json` keep the hash
+/// of a fleet artifact that is not an MD5 (docs/API.md 5 and 9.1).
+pub mod tagged_opt {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    use super::Checksum;
+
+    pub fn serialize<S: Serializer>(c: &Option<Checksum>, s: S) -> Result<S::Ok, S::Error> {
+        match c {
+            Some(c) => s.serialize_str(&c.tagged()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Checksum>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => Checksum::from_tagged(&text).map(Some).ok_or_else(|| {
+                de::Error::invalid_value(de::Unexpected::Str(&text), &"<algorithm>:<hex>")
+            }),
+        }
+    }
+}
+
 /// Lowercase hex of bytes (digest 0.11 no longer formats with `{:x}`). The one hex helper of
 /// the crate.
 pub fn hex(bytes: &[u8]) -> String {
@@ -126,6 +181,7 @@ pub fn hex(bytes: &[u8]) -> String {
 pub enum Hasher {
     Md5(Md5),
     Sha256(Sha256),
+    Sha1(Sha1),
 }
 
 impl fmt::Debug for Hasher {
@@ -139,6 +195,7 @@ impl Hasher {
         match algorithm {
             Algorithm::Md5 => Hasher::Md5(Md5::new()),
             Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algorithm::Sha1 => Hasher::Sha1(Sha1::new()),
         }
     }
 
@@ -146,6 +203,7 @@ impl Hasher {
         match self {
             Hasher::Md5(_) => Algorithm::Md5,
             Hasher::Sha256(_) => Algorithm::Sha256,
+            Hasher::Sha1(_) => Algorithm::Sha1,
         }
     }
 
@@ -153,6 +211,7 @@ impl Hasher {
         match self {
             Hasher::Md5(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha1(h) => h.update(data),
         }
     }
 
@@ -161,6 +220,7 @@ impl Hasher {
         let digest = match self {
             Hasher::Md5(h) => h.finalize().to_vec(),
             Hasher::Sha256(h) => h.finalize().to_vec(),
+            Hasher::Sha1(h) => h.finalize().to_vec(),
         };
         Checksum { algorithm, digest }
     }
@@ -182,6 +242,26 @@ mod tests {
             h.finalize().to_string(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        // docs/API.md 9.1: goosebit's artifact hash.
+        let mut h = Hasher::new(Algorithm::Sha1);
+        h.update(b"abc");
+        assert_eq!(
+            h.finalize().to_string(),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+    }
+
+    /// docs/API.md 5 and 9.1: a fleet artifact's SHA-1 is kept as `sha1:<hex>`.
+    #[test]
+    fn tagged_form_round_trips_and_is_strict() {
+        let c = Checksum::from_hex(Algorithm::Sha1, "a9993e364706816aba3e25717850c26c9cd0d89d")
+            .unwrap();
+        assert_eq!(c.tagged(), "sha1:a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(Checksum::from_tagged(&c.tagged()), Some(c.clone()));
+        assert_eq!(c.split_md5(), (None, Some(c.clone())));
+        assert!(Checksum::from_tagged("sha1:a9993e").is_none());
+        assert!(Checksum::from_tagged("crc:00").is_none());
+        assert!(Checksum::from_tagged("a9993e364706816aba3e25717850c26c9cd0d89d").is_none());
     }
 
     #[test]
