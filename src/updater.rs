@@ -338,7 +338,11 @@ impl Updater {
     /// In `verifying` with the file's digest: `toInstall`, or `failed` MD5_MISMATCH.
     fn conclude_verification(&self, spec: &PackageSpec, md5: &Checksum) {
         if md5_matches(spec, md5) {
-            tracing::info!("{} verified (md5 {md5})", spec.package_name);
+            tracing::info!(
+                "{} verified ({} {md5})",
+                spec.package_name,
+                md5.algorithm.name()
+            );
             if let Err(e) = self.advance(|l| l.verified(OffsetDateTime::now_utc())) {
                 self.fail(e, Discard::Nothing);
             }

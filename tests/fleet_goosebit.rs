@@ -434,3 +434,54 @@ fn api_9_1_failing_package_ends_in_error_with_deployment_failed() {
     assert_eq!(stage_of(&p), "failed", "{p}");
     assert!(!ws.root().join("app/bin").exists(), "rolled back");
 }
+
+/// docs/API.md 9.1 with 8.5: the daemon is SIGKILLed while a fleet installation runs (its
+/// health check waits); the action id survives in `tmp/fleet.json`, the restart rolls the
+/// installation back, and the action still ends with `failure` feedback carrying the outcome
+/// `/progress` shows, exactly once marked sent.
+#[test]
+fn api_9_1_sigkill_during_a_fleet_install_still_ends_with_the_right_feedback() {
+    let Some(gb) = fast_goosebit(DeviceAuth::Off) else {
+        return;
+    };
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let device = unique_name("printer");
+    let mut d = fleet_daemon(&ws, &api, &gb, &device, "");
+    wait_registered(&gb, &device);
+    let started = ws.path().join("health-started");
+    let health = format!("touch {}; exit 1", started.display());
+    let software = upload_package(
+        &gb,
+        &ws,
+        "3.0.0",
+        json!({"health_cmd": ["sh", "-c", health], "health_timeout_s": 120}),
+    );
+    gb.assign(&device, software);
+    wait_until("the health check to run", Duration::from_secs(90), || {
+        started.exists().then_some(())
+    });
+    let fleet_file = ws.work_dir().join("tmp/fleet.json");
+    let before: Value = serde_json::from_slice(&std::fs::read(&fleet_file).unwrap()).unwrap();
+    assert_eq!(before["phase"], "installing", "{before}");
+    assert_eq!(before["id"], software.to_string(), "{before}");
+    assert_eq!(gb.device(&device).unwrap().last_state, "Running");
+    d.sigkill();
+
+    d.restart();
+    let view = wait_state(&gb, &d, &device, "Error");
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    let error = p["data"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(!error.is_empty(), "{p}");
+    let log = view.log.unwrap_or_default();
+    assert!(
+        log.contains(&error),
+        "goosebit has the outcome {error:?}: {log}"
+    );
+    assert_eq!(view.sw_version.as_deref(), Some("0.0.0"));
+    assert!(!ws.root().join("app/bin").exists(), "rolled back");
+    let after: Value = serde_json::from_slice(&std::fs::read(&fleet_file).unwrap()).unwrap();
+    assert_eq!(after["outcome"]["sent"], true, "{after}");
+    assert_eq!(after["outcome"]["success"], false, "{after}");
+}
