@@ -485,3 +485,50 @@ fn api_9_1_sigkill_during_a_fleet_install_still_ends_with_the_right_feedback() {
     assert_eq!(after["outcome"]["sent"], true, "{after}");
     assert_eq!(after["outcome"]["success"], false, "{after}");
 }
+
+/// docs/API.md 9.1 (`ready_cmd`): while the printer says it is busy (non-zero exit) the
+/// downloaded action waits, nothing is stopped or deployed, goosebit's log says it waits for
+/// the printer, and readiness is asked again at each poll; once `ready_cmd` exits 0 the
+/// installation runs and goosebit shows the device `Finished`.
+#[test]
+fn api_9_1_ready_cmd_busy_then_ready() {
+    let Some(gb) = fast_goosebit(DeviceAuth::Off) else {
+        return;
+    };
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let device = unique_name("printer");
+    let ready = ws.path().join("printer-idle");
+    let asked = ws.path().join("asked");
+    let ready_cmd = format!(
+        "ready_cmd = [\"sh\", \"-c\", \"echo x >> {}; test -f {}\"]\n",
+        asked.display(),
+        ready.display()
+    );
+    let d = fleet_daemon(&ws, &api, &gb, &device, &ready_cmd);
+    wait_registered(&gb, &device);
+    let software = upload_package(&gb, &ws, "1.4.0", json!({}));
+    gb.assign(&device, software);
+    let count = || {
+        std::fs::read_to_string(&asked)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    wait_until(
+        "ready_cmd asked at two polls",
+        Duration::from_secs(60),
+        || (count() >= 2).then_some(()),
+    );
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "toInstall", "downloaded, not installed: {p}");
+    assert!(!ws.root().join("app/bin").exists(), "nothing deployed");
+    let view = gb.device(&device).unwrap();
+    assert_eq!(view.last_state, "Running", "{:?}", view.raw);
+    let log = view.log.unwrap_or_default();
+    assert!(log.contains("waits for the printer to be ready"), "{log}");
+
+    std::fs::write(&ready, b"").unwrap();
+    let view = wait_state(&gb, &d, &device, "Finished");
+    assert_eq!(view.sw_version.as_deref(), Some("1.4.0"));
+    assert!(ws.root().join("app/bin").exists());
+}
