@@ -6,8 +6,8 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET` the controller base | `config.polling.sleep` and the links: `cancelAction/{id}` while a cancel is set (as hawkBit, instead of the deployment), else `deploymentBase/{id}` while a deployment is offered; `configData` while requested |
-//! | `GET deploymentBase/{id}` | the offered deployment (one chunk, one artifact); 404 for another id |
+//! | `GET` the controller base | `config.polling.sleep` and the links: `cancelAction/{id}` while a cancel is set (as hawkBit, instead of the deployment), else `deploymentBase/{id}?c=<n>` while a deployment is offered; `configData` while requested |
+//! | `GET deploymentBase/{id}` (any query) | the offered deployment (one chunk, one artifact); 404 for another id |
 //! | `GET cancelAction/{id}` | `{"id", "cancelAction": {"stopId"}}`; 404 for another id |
 //! | `PUT configData`, `POST deploymentBase/{id}/feedback`, `POST cancelAction/{id}/feedback` | 200, empty |
 //! | `GET softwaremodules/{m}/artifacts/{filename}` | the artifact's bytes when they are served here |
@@ -273,6 +273,8 @@ struct Script {
     sleep: String,
     config_data_requested: bool,
     offer: Option<Offer>,
+    /// Counts [`DdiServer::set_offer`] calls: the `c` query of the `deploymentBase` link.
+    generation: u64,
     cancel: Option<Cancel>,
     token: Option<String>,
     faults: HashMap<Resource, Fault>,
@@ -313,6 +315,7 @@ impl DdiServer {
                 sleep: "00:00:01".to_string(),
                 config_data_requested: true,
                 offer: None,
+                generation: 0,
                 cancel: None,
                 token: None,
                 faults: HashMap::new(),
@@ -380,8 +383,12 @@ impl DdiServer {
     }
 
     /// The deployment offered from now on (`None`: nothing).
+    /// Each call changes the `c` query of the `deploymentBase` link, as hawkBit's changes
+    /// with the action's state.
     pub fn set_offer(&self, offer: Option<Offer>) {
-        lock(&self.inner.script).offer = offer;
+        let mut script = lock(&self.inner.script);
+        script.offer = offer;
+        script.generation += 1;
     }
 
     /// The cancel requested from now on (`None`: none).
@@ -604,6 +611,8 @@ struct StopBody {
 /// hawkBit's error body.
 #[derive(Serialize)]
 struct ErrorBody {
+    #[serde(rename = "exceptionClass")]
+    exception_class: &'static str,
     #[serde(rename = "errorCode")]
     error_code: String,
     message: String,

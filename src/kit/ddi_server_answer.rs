@@ -6,7 +6,16 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::*;
-use crate::fleet::ddi::{ConfigData, Feedback};
+use crate::fleet::ddi::{ConfigDataMode, Feedback};
+
+/// What hawkBit accepts as configData: `data`, a map of strings, and an optional `mode`.
+#[derive(serde::Deserialize)]
+struct ConfigDataShape {
+    #[serde(rename = "mode", default)]
+    _mode: Option<ConfigDataMode>,
+    #[serde(rename = "data")]
+    _data: std::collections::BTreeMap<String, String>,
+}
 
 /// The answer decided for a request.
 pub(super) enum Reply {
@@ -44,6 +53,7 @@ fn error(status: u16, message: &str) -> Reply {
     json(
         status,
         &ErrorBody {
+            exception_class: "kit.ddi_server",
             error_code: format!("kit.ddi.{status}"),
             message: message.to_string(),
         },
@@ -205,7 +215,11 @@ fn honest(inner: &Inner, script: &Script, resource: Resource, name: &str, body: 
         Resource::Controller => {
             let (deployment_base, cancel_action) = match (cancel, offer) {
                 (Some(c), _) => (None, Some(link(inner, &["cancelAction", &c.id]))),
-                (None, Some(o)) => (Some(link(inner, &["deploymentBase", &o.action_id])), None),
+                (None, Some(o)) => {
+                    let mut l = link(inner, &["deploymentBase", &o.action_id]);
+                    l.href.push_str(&format!("?c={}", script.generation));
+                    (Some(l), None)
+                }
                 (None, None) => (None, None),
             };
             json(
@@ -250,7 +264,7 @@ fn honest(inner: &Inner, script: &Script, resource: Resource, name: &str, body: 
                 Err(e) => error(400, &format!("not a feedback body: {e}")),
             }
         }
-        Resource::ConfigData => match serde_json::from_slice::<ConfigData>(body) {
+        Resource::ConfigData => match serde_json::from_slice::<ConfigDataShape>(body) {
             Ok(_) => send(200, None, Vec::new()),
             Err(e) => error(400, &format!("not a configData body: {e}")),
         },

@@ -132,7 +132,8 @@ fn ddi_9_1_every_scripted_body_parses_with_fleet_ddi() {
         .unwrap()
         .url("deploymentBase")
         .unwrap();
-    assert_eq!(href.as_str(), server.controller_url("deploymentBase/8"));
+    // hawkBit's `c` query: followed as given, changed by the next offer.
+    assert_eq!(href.as_str(), server.controller_url("deploymentBase/8?c=1"));
     let got = http.get(href.as_str());
     assert_eq!(got.status, 200);
     let deployment = DeploymentBase::parse(&got.body).unwrap();
@@ -473,4 +474,157 @@ fn ddi_9_1_a_hang_lasts_until_the_server_is_dropped() {
     let _ = raw.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+const HB_CONTROLLER: &str = include_str!("../../tests/fixtures/ddi/hawkbit/controller_base.json");
+const HB_CANCEL_POLL: &str =
+    include_str!("../../tests/fixtures/ddi/hawkbit/controller_cancel.json");
+const HB_DEPLOYMENT: &str = include_str!("../../tests/fixtures/ddi/hawkbit/deployment_base.json");
+const HB_CANCEL: &str = include_str!("../../tests/fixtures/ddi/hawkbit/cancel_action.json");
+
+/// A body's shape for comparison with hawkBit's examples: every `href` cut to what follows
+/// `/controller/v1/<device>` (the host and device differ), its query dropped.
+fn shape(mut v: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for (k, val) in map.iter_mut() {
+                    match (k.as_str(), &*val) {
+                        ("href", Value::String(s)) => {
+                            let rest = s.split("/controller/v1/").nth(1).unwrap_or(s);
+                            let rest = rest.split_once('/').map_or("", |(_, r)| r);
+                            *val = Value::String(rest.split('?').next().unwrap().to_string());
+                        }
+                        _ => walk(val),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
+}
+
+fn fixture(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
+}
+
+fn body_of(http: &Http, url: &str) -> Value {
+    let got = http.get(url);
+    assert_eq!(got.status, 200, "{url}");
+    serde_json::from_slice(&got.body).unwrap()
+}
+
+/// docs/API.md 9.1: the poll answers have the shape of hawkBit's DDI examples (less the
+/// `installedBase` link, which the updater does not follow), offer and cancel alike.
+#[test]
+fn ddi_9_1_controller_bases_have_the_shape_of_hawkbit_examples() {
+    let server = DdiServer::start("DEFAULT", "printer-7").unwrap();
+    let http = http();
+    server.set_sleep("12:00:00");
+    server.set_offer(Some(offer("8")));
+    let mut expected = shape(fixture(HB_CONTROLLER));
+    expected["_links"]
+        .as_object_mut()
+        .unwrap()
+        .remove("installedBase");
+    let got = body_of(&http, &server.controller_url(""));
+    assert_eq!(shape(got.clone()), expected);
+    let href = |v: &Value| {
+        v["_links"]["deploymentBase"]["href"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(href(&got).ends_with("/deploymentBase/8?c=1"), "{got}");
+    server.set_offer(Some(offer("8")));
+    let again = body_of(&http, &server.controller_url(""));
+    assert!(href(&again).ends_with("/deploymentBase/8?c=2"), "{again}");
+
+    server.set_sleep("00:05:00");
+    server.set_config_data_requested(false);
+    server.set_cancel(Some(Cancel {
+        id: "11".into(),
+        stop_id: "11".into(),
+    }));
+    let got = body_of(&http, &server.controller_url(""));
+    assert_eq!(shape(got.clone()), shape(fixture(HB_CANCEL_POLL)));
+    ControllerBase::parse(got.to_string().as_bytes()).unwrap();
+}
+
+/// docs/API.md 9.1: the deployment of hawkBit's DDI example, offered here, is the same body
+/// (less chunk `metadata`, the `md5sum` links and `actionHistory`, which the updater ignores);
+/// the cancel action is hawkBit's to the byte.
+#[test]
+fn ddi_9_1_deployment_and_cancel_bodies_are_hawkbits() {
+    let server = DdiServer::start("DEFAULT", "printer-7").unwrap();
+    let http = http();
+    let mut expected = fixture(HB_DEPLOYMENT);
+    let hb_artifact = &expected["deployment"]["chunks"][0]["artifacts"][0];
+    let hashes = &hb_artifact["hashes"];
+    let links = &hb_artifact["_links"];
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let artifact = OfferedArtifact {
+        filename: "tope-1.2.3.swu".into(),
+        size: 2048,
+        hashes: OfferedHashes {
+            sha1: text(&hashes["sha1"]),
+            md5: text(&hashes["md5"]),
+            sha256: text(&hashes["sha256"]),
+        },
+        source: ArtifactSource::At {
+            download: text(&links["download"]["href"]),
+            download_http: text(&links["download-http"]["href"]),
+        },
+    };
+    let mut o = Offer::new("8", "1.2.3", artifact);
+    o.update = Handling::Attempt;
+    o.maintenance_window = Some(MaintenanceWindow::Available);
+    server.set_offer(Some(o));
+    let got = body_of(&http, &server.controller_url("deploymentBase/8"));
+    expected.as_object_mut().unwrap().remove("actionHistory");
+    let chunk = &mut expected["deployment"]["chunks"][0];
+    chunk.as_object_mut().unwrap().remove("metadata");
+    let links = chunk["artifacts"][0]["_links"].as_object_mut().unwrap();
+    links.remove("md5sum");
+    links.remove("md5sum-http");
+    assert_eq!(got, expected);
+    DeploymentBase::parse(got.to_string().as_bytes()).unwrap();
+
+    server.set_cancel(Some(Cancel {
+        id: "11".into(),
+        stop_id: "11".into(),
+    }));
+    let got = body_of(&http, &server.controller_url("cancelAction/11"));
+    assert_eq!(got, fixture(HB_CANCEL));
+    CancelAction::parse(got.to_string().as_bytes()).unwrap();
+}
+
+/// hawkBit's error body (`exceptionClass`, `errorCode`, `message`) on every refusal, and
+/// configData without `mode` accepted as hawkBit does (it defaults to merge).
+#[test]
+fn ddi_9_1_error_bodies_and_configdata_without_mode() {
+    let server = DdiServer::start("DEFAULT", "p").unwrap();
+    let http = http();
+    let got = http.get(&server.controller_url("deploymentBase/1"));
+    let err: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(got.status, 404);
+    assert!(err["exceptionClass"].is_string() && err["message"].is_string());
+    assert_eq!(err["errorCode"], "kit.ddi.404");
+    let put = |body: &[u8]| {
+        http.send(
+            reqwest::Method::PUT,
+            &server.controller_url("configData"),
+            Some(body.to_vec()),
+            None,
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(put(br#"{"data":{"a":"b"}}"#), 200);
+    assert_eq!(put(br#"{"mode":"replace","data":{}}"#), 200);
+    assert_eq!(put(br#"{"mode":"sideways","data":{}}"#), 400);
+    assert_eq!(put(br#"{"data":{"a":1}}"#), 400);
 }
