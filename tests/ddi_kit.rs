@@ -29,8 +29,9 @@ fn ddi_9_1_wrapper_serves_an_offer_and_records_the_requests() {
     let poll = request(ddi.addr(), "GET", &path(""), None, b"").unwrap();
     let base = ControllerBase::parse(&poll.body).unwrap();
     let href = base.links.deployment_base.unwrap().href;
-    assert_eq!(href, ddi.controller_url("deploymentBase/8"));
-    let got = request(ddi.addr(), "GET", &path("deploymentBase/8"), None, b"").unwrap();
+    assert_eq!(href, ddi.controller_url("deploymentBase/8?c=1"));
+    // Followed as given, hawkBit's `c` query included.
+    let got = request(ddi.addr(), "GET", &href[ddi.url().len()..], None, b"").unwrap();
     let deployment = DeploymentBase::parse(&got.body).unwrap();
     let url = deployment
         .the_artifact()
