@@ -82,3 +82,22 @@ fn a_wait_not_met_panics_with_the_requests_received() {
         "{text}"
     );
 }
+
+/// The HTTPS server of the wrapper speaks only TLS (its certificate is checked by the kit's
+/// unit tests with a client trusting the CA).
+#[test]
+fn ddi_9_1_wrapper_over_https() {
+    let certs = tope_updater::kit::Certificates::generate("ddi-kit").unwrap();
+    let ddi = FakeDdi::start_https(&certs, "printer-7");
+    assert!(ddi.url().starts_with("https://127.0.0.1:"));
+    // A plain-HTTP request to the TLS port is no DDI request.
+    assert!(request(
+        ddi.addr(),
+        "GET",
+        "/DEFAULT/controller/v1/printer-7",
+        None,
+        b""
+    )
+    .is_err());
+    assert!(ddi.requests().is_empty());
+}

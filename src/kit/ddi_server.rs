@@ -24,11 +24,10 @@
 //!
 //! Bodies are built from typed values (`fleet::ddi`'s `Link`, `Handling`, `MaintenanceWindow`
 //! where they serialize, small structs here otherwise), so they are what a hawkBit server
-//! sends. It runs on a thread of its own like [`super::serve::Server`]; dropping it stops it
+//! sends. Plain HTTP or HTTPS ([`DdiServer::start_https`]). It runs on a thread of its own like [`super::serve::Server`]; dropping it stops it
 //! and closes every connection, hanging ones included.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
@@ -49,6 +48,8 @@ use crate::sync::lock;
 
 /// The largest request body recorded; a larger one is refused with 413 by axum.
 const MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// What a request asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,8 +123,9 @@ impl OfferedHashes {
 /// Where the artifact comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArtifactSource {
-    /// Served by this server (plain HTTP), linked as `download-http` (and as `download` too
-    /// when `also_download` is set: a server that states a plain link as its "https" one).
+    /// Served by this server. Over HTTPS it is linked as `download`; over plain HTTP as
+    /// `download-http`, and as `download` too when `also_download` is set (a server that
+    /// states a plain link as its "https" one).
     Here {
         bytes: Arc<Vec<u8>>,
         also_download: bool,
@@ -305,12 +307,32 @@ impl DdiServer {
     /// A server on a free port of 127.0.0.1 for tenant `tenant` and the one device
     /// `controller_id`: `sleep` `00:00:01`, `configData` requested, nothing offered.
     pub fn start(tenant: &str, controller_id: &str) -> io::Result<DdiServer> {
+        DdiServer::start_with(None, tenant, controller_id)
+    }
+
+    /// The same over HTTPS with `tls` (see [`super::tls::Certificates`]): `url()` and every
+    /// link are `https`, an artifact served here is linked as `download`.
+    pub fn start_https(
+        tls: Arc<rustls::ServerConfig>,
+        tenant: &str,
+        controller_id: &str,
+    ) -> io::Result<DdiServer> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        DdiServer::start_with(Some(acceptor), tenant, controller_id)
+    }
+
+    fn start_with(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        tenant: &str,
+        controller_id: &str,
+    ) -> io::Result<DdiServer> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let inner = Arc::new(Inner {
             tenant: tenant.to_string(),
             controller_id: controller_id.to_string(),
-            base_url: format!("http://{addr}"),
+            base_url: format!("{scheme}://{addr}"),
             script: Mutex::new(Script {
                 sleep: "00:00:01".to_string(),
                 config_data_requested: true,
@@ -328,16 +350,9 @@ impl DdiServer {
             .fallback(handle)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
             .with_state(inner.clone());
-        let thread = ServerThread::spawn(
-            "kit-ddi-server",
-            listener,
-            move |listener, mut stop| async move {
-                tokio::select! {
-                    _ = axum::serve(listener, app).into_future() => {}
-                    _ = stop.changed() => {}
-                }
-            },
-        )?;
+        let thread = ServerThread::spawn("kit-ddi-server", listener, move |listener, stop| {
+            accept_loop(listener, tls, app, stop)
+        })?;
         Ok(DdiServer {
             addr,
             inner,
@@ -349,7 +364,7 @@ impl DdiServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:<port>`: the fleet server URL for the updater's configuration.
+    /// `http(s)://127.0.0.1:<port>`: the fleet server URL for the updater's configuration.
     pub fn url(&self) -> String {
         self.inner.base_url.clone()
     }
@@ -466,6 +481,57 @@ impl Inner {
             answer::segment(&self.controller_id)
         )
     }
+}
+
+/// Accepts until told to stop; returning drops the runtime's tasks, closing every connection
+/// (hanging ones included).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(_) => {
+                    // Out of descriptors or the like: try again shortly.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let (tls, app) = (tls.clone(), app.clone());
+        tokio::spawn(async move {
+            // A client that goes away or fails its handshake is normal: nothing to report.
+            match tls {
+                None => serve_connection(tcp, app).await,
+                Some(acceptor) => {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await
+                    {
+                        serve_connection(stream, app).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// HTTP/1.1 on one connection, every request to the router.
+async fn serve_connection<S>(stream: S, app: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut app = app.clone();
+        async move { tower_service::Service::call(&mut app, req).await }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
 }
 
 /// Every request: decided under the script's lock, recorded, then answered.

@@ -284,9 +284,16 @@ fn deployment_body(inner: &Inner, offer: &Offer) -> DeploymentBaseBody {
     let links = match &a.source {
         ArtifactSource::Here { also_download, .. } => {
             let here = served_link(inner, offer);
-            ArtifactLinksBody {
-                download: here.clone().filter(|_| *also_download),
-                download_http: here,
+            if inner.base_url.starts_with("https:") {
+                ArtifactLinksBody {
+                    download: here,
+                    download_http: None,
+                }
+            } else {
+                ArtifactLinksBody {
+                    download: here.clone().filter(|_| *also_download),
+                    download_http: here,
+                }
             }
         }
         ArtifactSource::At {

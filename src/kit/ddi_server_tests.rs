@@ -24,6 +24,17 @@ struct Got {
 
 impl Http {
     fn new(timeout: Duration) -> Http {
+        Http::trusting(timeout, None)
+    }
+
+    /// A client trusting only the CA `ca_der` (none: no HTTPS at all).
+    fn trusting(timeout: Duration, ca_der: Option<&[u8]>) -> Http {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(der) = ca_der {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+                .unwrap();
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -32,7 +43,7 @@ impl Http {
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_root_certificates(roots)
             .with_no_client_auth();
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -627,4 +638,38 @@ fn ddi_9_1_error_bodies_and_configdata_without_mode() {
     assert_eq!(put(br#"{"mode":"replace","data":{}}"#), 200);
     assert_eq!(put(br#"{"mode":"sideways","data":{}}"#), 400);
     assert_eq!(put(br#"{"data":{"a":1}}"#), 400);
+}
+
+/// Over HTTPS: every link is `https`, the artifact served here is the `download` link the
+/// updater takes with `allow_http = false`; a client without the CA is refused.
+#[test]
+fn ddi_9_1_https_server_links_https_only() {
+    let certs = crate::kit::Certificates::generate("ddi").unwrap();
+    let server =
+        DdiServer::start_https(certs.server_config().unwrap(), "DEFAULT", "printer-7").unwrap();
+    assert!(server.url().starts_with("https://127.0.0.1:"));
+    let http = Http::trusting(Duration::from_secs(10), Some(&certs.ca_der));
+    server.set_offer(Some(offer("8")));
+    let base = ControllerBase::parse(&http.get(&server.controller_url("")).body).unwrap();
+    let href = base
+        .links
+        .deployment_base
+        .unwrap()
+        .url("deploymentBase")
+        .unwrap();
+    assert_eq!(href.scheme(), "https");
+    let d = DeploymentBase::parse(&http.get(href.as_str()).body).unwrap();
+    let artifact = d.the_artifact().unwrap();
+    assert!(artifact.links.download_http.is_none());
+    let url = artifact.download_url(false).unwrap();
+    assert_eq!(http.get(url.as_str()).body, artifact_bytes());
+    let untrusting = Http::new(Duration::from_secs(10));
+    assert!(untrusting
+        .send(reqwest::Method::GET, &server.controller_url(""), None, None)
+        .is_err());
+    assert_eq!(
+        server.requests().len(),
+        3,
+        "the refused handshake is no request"
+    );
 }

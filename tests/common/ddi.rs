@@ -17,6 +17,7 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use tope_updater::kit::ddi_server::DdiServer;
+use tope_updater::kit::Certificates;
 
 pub use tope_updater::fleet::ddi::{Handling, MaintenanceWindow};
 pub use tope_updater::kit::ddi_server::{
@@ -50,6 +51,18 @@ impl FakeDdi {
         FakeDdi {
             server: DdiServer::start(tenant, controller_id)
                 .unwrap_or_else(|e| panic!("start the fake DDI server: {e}")),
+        }
+    }
+
+    /// The same over HTTPS with a certificate of `certs` (the updater's `ca_file` is
+    /// `certs.ca_pem`): every link `https`, an artifact served here linked as `download`.
+    pub fn start_https(certs: &Certificates, controller_id: &str) -> FakeDdi {
+        let tls = certs
+            .server_config()
+            .unwrap_or_else(|e| panic!("TLS configuration of the fake DDI server: {e}"));
+        FakeDdi {
+            server: DdiServer::start_https(tls, TENANT, controller_id)
+                .unwrap_or_else(|e| panic!("start the fake DDI server over HTTPS: {e}")),
         }
     }
 
