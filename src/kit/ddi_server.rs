@@ -451,7 +451,8 @@ impl DdiServer {
     }
 
     /// Waits until `check` of the requests so far returns `Some` (checked now and at each new
-    /// request, without polling); `None` after `timeout`.
+    /// request, without polling); `None` after `timeout`. `check` runs with the record locked:
+    /// it must not call this server's methods.
     pub fn wait_for<T>(
         &self,
         timeout: Duration,
