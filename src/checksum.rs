@@ -1,6 +1,7 @@
 //! Integrity as data: which algorithm, which digest (as RAUC's `RaucChecksum`), instead of a
 //! hash type spelled out in every signature. The download verifies the announced MD5 with it,
-//! the package verifies each signed entry's SHA-256 with it.
+//! the package verifies each signed entry's SHA-256 with it; a fleet server's artifact may state
+//! only its SHA-1 (goosebit does).
 //!
 //! On disk (`tmp/state.json`, `tmp/outcome.json`, `tmp/history.jsonl`) the announced MD5 is
 //! the lowercase hex string `package_md5` it always was: [`md5_hex`] and [`md5_hex_opt`] are
@@ -17,19 +18,18 @@ use sha2::{Digest, Sha256};
 pub enum Algorithm {
     /// What `/download` announces (`package_md5`): integrity of the transfer only.
     Md5,
-    /// What a signed manifest's `sha256` map names for each deployed entry; also a fleet
-    /// artifact's strongest hash (docs/API.md 9.1).
-    Sha256,
-    /// A fleet artifact's hash when the server states no SHA-256 (goosebit: docs/API.md 9.1).
+    /// What a fleet server may state as an artifact's only hash (goosebit states only sha1).
     Sha1,
+    /// What a signed manifest's `sha256` map names for each deployed entry.
+    Sha256,
 }
 
 impl Algorithm {
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Md5 => "md5",
-            Algorithm::Sha256 => "sha256",
             Algorithm::Sha1 => "sha1",
+            Algorithm::Sha256 => "sha256",
         }
     }
 
@@ -37,8 +37,8 @@ impl Algorithm {
     pub fn digest_len(self) -> usize {
         match self {
             Algorithm::Md5 => 16,
-            Algorithm::Sha256 => 32,
             Algorithm::Sha1 => 20,
+            Algorithm::Sha256 => 32,
         }
     }
 }
@@ -78,7 +78,7 @@ impl Checksum {
     /// Parse [`Checksum::tagged`]'s form; `None` for anything else.
     pub fn from_tagged(text: &str) -> Option<Checksum> {
         let (name, hex) = text.split_once(':')?;
-        let algorithm = [Algorithm::Md5, Algorithm::Sha256, Algorithm::Sha1]
+        let algorithm = [Algorithm::Md5, Algorithm::Sha1, Algorithm::Sha256]
             .into_iter()
             .find(|a| a.name() == name)?;
         Checksum::from_hex(algorithm, hex)
@@ -180,8 +180,8 @@ pub fn hex(bytes: &[u8]) -> String {
 #[derive(Clone)]
 pub enum Hasher {
     Md5(Md5),
-    Sha256(Sha256),
     Sha1(Sha1),
+    Sha256(Sha256),
 }
 
 impl fmt::Debug for Hasher {
@@ -194,24 +194,24 @@ impl Hasher {
     pub fn new(algorithm: Algorithm) -> Hasher {
         match algorithm {
             Algorithm::Md5 => Hasher::Md5(Md5::new()),
-            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
             Algorithm::Sha1 => Hasher::Sha1(Sha1::new()),
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
         }
     }
 
     pub fn algorithm(&self) -> Algorithm {
         match self {
             Hasher::Md5(_) => Algorithm::Md5,
-            Hasher::Sha256(_) => Algorithm::Sha256,
             Hasher::Sha1(_) => Algorithm::Sha1,
+            Hasher::Sha256(_) => Algorithm::Sha256,
         }
     }
 
     pub fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Md5(h) => h.update(data),
-            Hasher::Sha256(h) => h.update(data),
             Hasher::Sha1(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
         }
     }
 
@@ -219,8 +219,8 @@ impl Hasher {
         let algorithm = self.algorithm();
         let digest = match self {
             Hasher::Md5(h) => h.finalize().to_vec(),
-            Hasher::Sha256(h) => h.finalize().to_vec(),
             Hasher::Sha1(h) => h.finalize().to_vec(),
+            Hasher::Sha256(h) => h.finalize().to_vec(),
         };
         Checksum { algorithm, digest }
     }
@@ -242,13 +242,61 @@ mod tests {
             h.finalize().to_string(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        // docs/API.md 9.1: goosebit's artifact hash.
-        let mut h = Hasher::new(Algorithm::Sha1);
-        h.update(b"abc");
+    }
+
+    /// SHA-1 test vectors of FIPS 180-2 / RFC 3174 (goosebit states an artifact's sha1).
+    #[test]
+    fn sha1_known_digests() {
+        let digest = |parts: &[&[u8]]| {
+            let mut h = Hasher::new(Algorithm::Sha1);
+            for p in parts {
+                h.update(p);
+            }
+            let c = h.finalize();
+            assert_eq!(c.algorithm, Algorithm::Sha1);
+            assert_eq!(c.digest.len(), Algorithm::Sha1.digest_len());
+            c.to_hex()
+        };
+        assert_eq!(digest(&[]), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
         assert_eq!(
-            h.finalize().to_string(),
+            digest(&[b"abc"]),
             "a9993e364706816aba3e25717850c26c9cd0d89d"
         );
+        assert_eq!(
+            digest(&[
+                b"abcdbcdecdefdefgefghfghighij",
+                b"hijkijkljklmklmnlmnomnopnopq"
+            ]),
+            "84983e441c3bd26ebaae4aa1f95129e5e54670f1"
+        );
+        let million_a = vec![b'a'; 1_000_000];
+        assert_eq!(
+            digest(&[&million_a]),
+            "34aa973cd4c4daa4f61eeb2bdbad27316534016f"
+        );
+        assert_eq!(Algorithm::Sha1.name(), "sha1");
+        assert_eq!(Hasher::new(Algorithm::Sha1).algorithm(), Algorithm::Sha1);
+        assert_eq!(
+            format!("{:?}", Hasher::new(Algorithm::Sha1)),
+            "Hasher(sha1)"
+        );
+    }
+
+    #[test]
+    fn sha1_hex_is_forty_characters() {
+        let c = Checksum::from_hex(Algorithm::Sha1, "A9993E364706816ABA3E25717850C26C9CD0D89D")
+            .unwrap();
+        assert_eq!(c.to_string(), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert!(
+            Checksum::from_hex(Algorithm::Sha1, "a9993e364706816aba3e25717850c26c9cd0d89")
+                .is_none()
+        );
+        assert!(Checksum::from_hex(Algorithm::Sha1, "5eb63bbbe01eeed093cb22bb8f5acdc3").is_none());
+        assert!(Checksum::from_hex(
+            Algorithm::Sha256,
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        )
+        .is_none());
     }
 
     /// docs/API.md 5 and 9.1: a fleet artifact's SHA-1 is kept as `sha1:<hex>`.
