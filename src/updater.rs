@@ -274,6 +274,12 @@ impl Updater {
             tls: self.inner.tls.clone(),
             allow_http: self.inner.cfg.allow_http,
             shutdown: &stop,
+            authorization: self
+                .inner
+                .cfg
+                .fleet
+                .as_ref()
+                .and_then(|f| f.authorization_for(&spec.package_url)),
         };
         let result = download::download(params, self);
         // A checkpoint that could not be written ends the download (see `checkpoint`).

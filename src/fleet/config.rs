@@ -228,6 +228,14 @@ impl FleetConfig {
         )
     }
 
+    /// The `Authorization` header for `url` when it is on the server's own origin (an artifact
+    /// link of the server), `None` for any other URL or without a token.
+    pub fn authorization_for(&self, url: &str) -> Option<String> {
+        let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
+        let same = origin(url).is_some() && origin(url) == origin(&self.url);
+        same.then(|| self.auth.header()).flatten()
+    }
+
     /// The table as `check-config` prints it: tokens as `"***"`.
     pub fn to_table(&self) -> FleetTable {
         let hidden = || Some("***".to_string());

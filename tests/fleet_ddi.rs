@@ -1,0 +1,251 @@
+//! docs/API.md 9.1 with the real daemon against the kit's fake hawkBit DDI server, for what
+//! goosebit cannot show: the token header, `update: skip`, a wrong hash, and hostile answers
+//! (malformed JSON, a body over 1 MiB, HTTP 500, a redirect elsewhere, a server that hangs).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::daemon::stage_of;
+use common::ddi::{DdiRequest, Fault, Handling, Offer, OfferedArtifact, Resource};
+use common::{
+    build_package, manifest, unique_name, Daemon, DaemonOptions, Entry, FakeDdi, FakeDeviceApi,
+    Workspace,
+};
+use serde_json::{json, Value};
+
+/// A daemon of `ws` polling `ddi` every second; `fleet_extra` adds keys to `[fleet]`.
+fn fleet_daemon(ws: &Workspace, api: &FakeDeviceApi, ddi: &FakeDdi, fleet_extra: &str) -> Daemon {
+    Daemon::start(
+        ws,
+        api,
+        DaemonOptions {
+            allow_http: true,
+            extra_toml: format!(
+                "settle_s = 0\n[fleet]\nurl = \"{}\"\ntenant = \"{}\"\ncontroller_id = \"{}\"\n\
+                 poll_interval_s = 1\n{fleet_extra}\n[fleet.attributes]\nhw_boardname = \"x1\"\n",
+                ddi.url(),
+                ddi.tenant(),
+                ddi.controller_id()
+            ),
+            ..DaemonOptions::default()
+        },
+    )
+}
+
+/// A package deploying `app/bin` under the workspace's root.
+fn package(ws: &Workspace, version: &str) -> Vec<u8> {
+    let module = json!({"name": "app", "src": "app",
+                        "dst": ws.root().join("app").display().to_string()});
+    build_package(
+        &manifest(version, vec![module]),
+        &[Entry::file(
+            "app/bin",
+            format!("#!/bin/sh\necho {version}\n").as_bytes(),
+            0o755,
+        )],
+    )
+}
+
+/// The closed feedback of the action (answered 2xx), as JSON.
+fn closed_feedback(ddi: &FakeDdi, timeout: Duration) -> Value {
+    let r = ddi.wait_request("closed feedback", timeout, |r| {
+        r.is("POST", Resource::DeploymentFeedback)
+            && r.status == Some(200)
+            && r.json()
+                .is_some_and(|j| j["status"]["execution"] == "closed")
+    });
+    r.json().unwrap_or_default()
+}
+
+fn details(feedback: &Value) -> String {
+    feedback["status"]["details"].to_string()
+}
+
+/// docs/API.md 9.1 (`target_token`): every request to the server, the artifact download
+/// included, carries `Authorization: TargetToken <t>`; the server requiring it, the action
+/// installs; the token appears in no log line and no output of the daemon.
+#[test]
+fn api_9_1_target_token_is_sent_and_never_logged() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let ddi = FakeDdi::start(&unique_name("printer"));
+    let token = "tok-9f8e7d6c5b4a";
+    ddi.require_authorization(Some(&format!("TargetToken {token}")));
+    ddi.set_offer(Some(Offer::new(
+        "11",
+        "1.0.1",
+        OfferedArtifact::served("p.zip", package(&ws, "1.0.1")),
+    )));
+    let d = fleet_daemon(&ws, &api, &ddi, &format!("target_token = \"{token}\"\n"));
+    let done = closed_feedback(&ddi, Duration::from_secs(60));
+    assert_eq!(done["status"]["result"]["finished"], "success", "{done}");
+    let requests = ddi.requests();
+    assert!(requests
+        .iter()
+        .any(|r| r.resource == Some(Resource::Artifact)));
+    for r in &requests {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("TargetToken {token}").as_str()),
+            "{} {}",
+            r.method,
+            r.path
+        );
+        assert_eq!(
+            r.status.map(|s| s < 300),
+            Some(true),
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
+    let out = d.output();
+    assert!(!out.contains(token), "the token is in the output:\n{out}");
+    let log = std::fs::read_to_string(ws.work_dir().join("logs/updater.log")).unwrap();
+    assert!(!log.contains(token));
+    assert_eq!(stage_of(&d.progress()), "success");
+}
+
+/// docs/API.md 9.1: an artifact whose stated hash is wrong is downloaded, found wrong,
+/// deleted, and the action ends with `failure` feedback naming the mismatch; nothing is
+/// deployed.
+#[test]
+fn api_9_1_wrong_hash_ends_in_failure_feedback() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let ddi = FakeDdi::start(&unique_name("printer"));
+    ddi.set_offer(Some(Offer::new(
+        "12",
+        "1.0.2",
+        OfferedArtifact::served("p.zip", package(&ws, "1.0.2")).with_wrong_hashes(),
+    )));
+    let d = fleet_daemon(&ws, &api, &ddi, "");
+    let done = closed_feedback(&ddi, Duration::from_secs(60));
+    assert_eq!(done["status"]["result"]["finished"], "failure", "{done}");
+    assert!(details(&done).contains("MD5_MISMATCH: "), "{done}");
+    assert!(
+        details(&done).contains("sha256") || details(&done).contains("expected"),
+        "{done}"
+    );
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    assert!(!ws.root().join("app/bin").exists());
+    assert!(
+        !ws.work_dir().join("tmp/p.zip").exists(),
+        "the wrong file is deleted"
+    );
+}
+
+/// docs/API.md 9.1 (`update: skip`): the action is downloaded and waits (`proceeding` saying
+/// so), nothing is installed; offered again with `forced` it installs.
+#[test]
+fn api_9_1_update_skip_downloads_and_waits_for_a_later_offer() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let ddi = FakeDdi::start(&unique_name("printer"));
+    let mut offer = Offer::new(
+        "13",
+        "1.0.3",
+        OfferedArtifact::served("p.zip", package(&ws, "1.0.3")),
+    );
+    offer.update = Handling::Skip;
+    ddi.set_offer(Some(offer.clone()));
+    let d = fleet_daemon(&ws, &api, &ddi, "");
+    ddi.wait_request("the skip proceeding", Duration::from_secs(60), |r| {
+        r.is("POST", Resource::DeploymentFeedback)
+            && String::from_utf8_lossy(&r.body).contains("update: skip")
+    });
+    // Several polls later it still waits.
+    let n = ddi.requests_for(Resource::Controller).len();
+    ddi.wait_count(Resource::Controller, n + 2, Duration::from_secs(30));
+    assert_eq!(stage_of(&d.progress()), "toInstall");
+    assert!(!ws.root().join("app/bin").exists());
+    assert!(!ddi.requests().iter().any(|r| r
+        .json()
+        .is_some_and(|j| j["status"]["execution"] == "closed")));
+
+    offer.update = Handling::Forced;
+    ddi.set_offer(Some(offer));
+    let done = closed_feedback(&ddi, Duration::from_secs(60));
+    assert_eq!(done["status"]["result"]["finished"], "success", "{done}");
+    assert!(ws.root().join("app/bin").exists());
+    assert_eq!(
+        ddi.requests_for(Resource::Artifact).len(),
+        1,
+        "downloaded once"
+    );
+}
+
+/// `/progress` answers within `limit`.
+fn quick_progress(d: &Daemon, limit: Duration) {
+    let t = Instant::now();
+    let p = d.progress();
+    assert!(t.elapsed() < limit, "/progress took {:?}: {p}", t.elapsed());
+}
+
+/// docs/API.md 9.1: whatever the server answers a poll with (malformed JSON, a body over
+/// 1 MiB, HTTP 500, a redirect to another host, no answer at all), the loop stays alive and
+/// bounded, the local API keeps answering, each error is logged, the redirect is not
+/// followed; then an offer is carried out as usual. A deploymentBase that is malformed JSON
+/// ends its action with `failure` feedback (the id is the link's).
+#[test]
+fn api_9_1_hostile_answers_leave_the_loop_alive_and_the_api_answering() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let ddi = FakeDdi::start(&unique_name("printer"));
+    for f in [
+        Fault::MalformedJson,
+        Fault::Oversized,
+        Fault::Status(500),
+        Fault::Redirect("http://127.0.0.1:9/elsewhere".to_string()),
+        Fault::Hang,
+    ] {
+        ddi.push_fault(Resource::Controller, f);
+    }
+    let d = fleet_daemon(&ws, &api, &ddi, "");
+    // The fifth poll hangs: the API answers meanwhile.
+    ddi.wait_count(Resource::Controller, 5, Duration::from_secs(60));
+    for _ in 0..5 {
+        quick_progress(&d, Duration::from_millis(500));
+    }
+    // The hanging poll is abandoned (30 s), and polls go on.
+    ddi.wait_count(Resource::Controller, 7, Duration::from_secs(90));
+    let log = std::fs::read_to_string(ws.work_dir().join("logs/updater.log")).unwrap();
+    for needle in [
+        "malformed JSON",
+        "over the limit",
+        "HTTP 500",
+        "redirects are not followed",
+    ] {
+        assert!(log.contains(needle), "{needle:?} logged:\n{log}");
+    }
+    assert_eq!(log.matches("HTTP 500").count(), 1, "logged once:\n{log}");
+
+    // A deployment that is not JSON: failure feedback for its action.
+    ddi.push_fault(Resource::DeploymentBase, Fault::MalformedJson);
+    ddi.set_offer(Some(Offer::new(
+        "21",
+        "1.0.4",
+        OfferedArtifact::served("p.zip", package(&ws, "1.0.4")),
+    )));
+    let failed = closed_feedback(&ddi, Duration::from_secs(60));
+    assert_eq!(failed["id"], "21", "{failed}");
+    assert_eq!(failed["status"]["result"]["finished"], "failure");
+    assert!(details(&failed).contains("INVALID_PACKAGE: "), "{failed}");
+
+    // A new action after all that installs.
+    ddi.set_offer(Some(Offer::new(
+        "22",
+        "1.0.5",
+        OfferedArtifact::served("q.zip", package(&ws, "1.0.5")),
+    )));
+    let r: DdiRequest = ddi.wait_request("success of 22", Duration::from_secs(60), |r| {
+        r.is("POST", Resource::DeploymentFeedback)
+            && r.json()
+                .is_some_and(|j| j["id"] == "22" && j["status"]["result"]["finished"] == "success")
+    });
+    assert_eq!(r.status, Some(200));
+    quick_progress(&d, Duration::from_millis(500));
+    assert_eq!(stage_of(&d.progress()), "success");
+}
