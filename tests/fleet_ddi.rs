@@ -249,3 +249,45 @@ fn api_9_1_hostile_answers_leave_the_loop_alive_and_the_api_answering() {
     quick_progress(&d, Duration::from_millis(500));
     assert_eq!(stage_of(&d.progress()), "success");
 }
+
+/// docs/API.md 9.1: a deployment offered while a local update runs (here a verified package
+/// waiting in `toInstall`) is neither fetched nor acknowledged; once the local update ended
+/// (`success`), the fleet action is carried out.
+#[test]
+fn api_9_1_deployment_waits_while_a_local_update_runs() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let ddi = FakeDdi::start(&unique_name("printer"));
+    let d = fleet_daemon(&ws, &api, &ddi, "");
+    let local = ws.path().join("local.zip");
+    std::fs::write(&local, package(&ws, "1.1.0")).unwrap();
+    let bytes = std::fs::read(&local).unwrap();
+    let url = tope_updater::download::file::file_url_of(&local);
+    d.post_download(&common::download_body("1.1.0", &url, "local.zip", &bytes));
+    d.wait_stage("toInstall", Duration::from_secs(30));
+
+    ddi.set_offer(Some(Offer::new(
+        "31",
+        "1.2.0",
+        OfferedArtifact::served("p.zip", package(&ws, "1.2.0")),
+    )));
+    let n = ddi.requests_for(Resource::Controller).len();
+    ddi.wait_count(Resource::Controller, n + 3, Duration::from_secs(30));
+    assert!(
+        ddi.requests_for(Resource::DeploymentBase).is_empty()
+            && ddi.requests_for(Resource::DeploymentFeedback).is_empty(),
+        "not fetched, not acknowledged:\n{}",
+        ddi.summary()
+    );
+    assert_eq!(stage_of(&d.progress()), "toInstall");
+
+    d.post_update("1.1.0");
+    assert_eq!(stage_of(&d.wait_outcome()), "success");
+    let done = closed_feedback(&ddi, Duration::from_secs(60));
+    assert_eq!(done["id"], "31", "{done}");
+    assert_eq!(done["status"]["result"]["finished"], "success", "{done}");
+    assert_eq!(
+        std::fs::read_to_string(ws.root().join("app/bin")).unwrap(),
+        "#!/bin/sh\necho 1.2.0\n"
+    );
+}

@@ -224,6 +224,15 @@ impl FleetClient {
 
     /// An offered deployment: fetched, then started, resumed or left waiting.
     async fn deployment(&mut self, link: &ddi::Link) {
+        // A new offer waits, neither fetched nor acknowledged, while a local update runs.
+        let running = self.action.as_ref().is_some_and(|a| a.outcome.is_none());
+        let stage = self.updater.status().stage;
+        if !running && !matches!(stage, Stage::Idle | Stage::Success | Stage::Failed) {
+            return self.once.failed(
+                "deploymentBase",
+                format!("an offered deployment waits: a local update is {stage}"),
+            );
+        }
         let url = match self.http.link(link, "deploymentBase") {
             Ok(u) => u,
             Err(e) => return self.once.failed("deploymentBase", e.to_string()),
@@ -267,14 +276,6 @@ impl FleetClient {
                     format!("deployment {other} waits: action {} is not finished", a.id),
                 );
             }
-        }
-        let stage = self.updater.status().stage;
-        if !matches!(stage, Stage::Idle | Stage::Success | Stage::Failed) {
-            let shown = id.map(|i| i.to_string()).unwrap_or_default();
-            return self.once.failed(
-                "deploymentBase",
-                format!("deployment {shown} waits: a local update is {stage}"),
-            );
         }
         self.once.worked("deploymentBase");
         let deployment = match parsed {
