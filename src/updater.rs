@@ -6,6 +6,7 @@
 //! How changes reach the disk is in `record` (a stage change is written before it becomes
 //! visible; an outcome is written before it is shown or reported); start-up is in `recover`.
 
+mod cancel;
 mod jobs;
 mod record;
 mod recover;
@@ -30,6 +31,7 @@ use crate::report::{Report, Reporter, Sink};
 use crate::shutdown::Shutdown;
 
 pub(crate) use crate::sync::lock;
+pub use cancel::Cancelled;
 use jobs::JobSlot;
 use record::Pending;
 

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::daemon::stage_of;
-use common::ddi::{DdiRequest, Fault, Handling, Offer, OfferedArtifact, Resource};
+use common::ddi::{Cancel, DdiRequest, Fault, Handling, Offer, OfferedArtifact, Resource};
 use common::{
     build_package, manifest, unique_name, Daemon, DaemonOptions, Entry, FakeDdi, FakeDeviceApi,
     Workspace,
@@ -290,4 +290,104 @@ fn api_9_1_deployment_waits_while_a_local_update_runs() {
         std::fs::read_to_string(ws.root().join("app/bin")).unwrap(),
         "#!/bin/sh\necho 1.2.0\n"
     );
+}
+
+/// The cancel feedback the server took, as JSON.
+fn cancel_feedback(ddi: &FakeDdi, execution: &str) -> Value {
+    let r = ddi.wait_request(
+        &format!("{execution} cancel feedback"),
+        Duration::from_secs(60),
+        |r| {
+            r.is("POST", Resource::CancelFeedback)
+                && r.status == Some(200)
+                && r.json()
+                    .is_some_and(|j| j["status"]["execution"] == execution)
+        },
+    );
+    r.json().unwrap_or_default()
+}
+
+/// docs/API.md 9.1 (`cancelAction`): an action not yet installing (downloaded, held by
+/// `update: skip`) is stopped, its file removed, and the cancel answered `closed`/`success`;
+/// no deployment feedback follows and nothing is installed.
+#[test]
+fn api_9_1_cancel_before_install_stops_and_removes_the_package() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let ddi = FakeDdi::start(&unique_name("printer"));
+    let mut offer = Offer::new(
+        "40",
+        "1.3.0",
+        OfferedArtifact::served("c.zip", package(&ws, "1.3.0")),
+    );
+    offer.update = Handling::Skip;
+    ddi.set_offer(Some(offer));
+    let d = fleet_daemon(&ws, &api, &ddi, "");
+    d.wait_stage("toInstall", Duration::from_secs(60));
+    assert!(ws.work_dir().join("tmp/c.zip").exists());
+    ddi.set_cancel(Some(Cancel {
+        id: "41".into(),
+        stop_id: "40".into(),
+    }));
+    let fb = cancel_feedback(&ddi, "closed");
+    assert_eq!(fb["id"], "41", "{fb}");
+    assert_eq!(fb["status"]["result"]["finished"], "success", "{fb}");
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    assert!(
+        p["data"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cancelled by the fleet server"),
+        "{p}"
+    );
+    assert!(
+        !ws.work_dir().join("tmp/c.zip").exists(),
+        "its file is removed"
+    );
+    assert!(!ws.root().join("app/bin").exists());
+    assert!(!ddi
+        .requests()
+        .iter()
+        .any(|r| r.is("POST", Resource::DeploymentFeedback)
+            && r.json()
+                .is_some_and(|j| j["status"]["execution"] == "closed")));
+}
+
+/// docs/API.md 9.1 (`cancelAction`): a cancel of an action that is installing is answered
+/// `rejected`; the installation runs to its end and the action ends with `success`.
+#[test]
+fn api_9_1_cancel_during_install_is_rejected_and_the_install_runs_on() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let ddi = FakeDdi::start(&unique_name("printer"));
+    let started = ws.path().join("health-started");
+    let go = ws.path().join("go");
+    let module = json!({"name": "app", "src": "app",
+                        "dst": ws.root().join("app").display().to_string(),
+                        "health_cmd": ["sh", "-c", format!("touch {}; test -f {}", started.display(), go.display())],
+                        "health_timeout_s": 60});
+    let zip = build_package(
+        &manifest("1.3.1", vec![module]),
+        &[Entry::file("app/bin", b"#!/bin/sh\n", 0o755)],
+    );
+    ddi.set_offer(Some(Offer::new(
+        "50",
+        "1.3.1",
+        OfferedArtifact::served("i.zip", zip),
+    )));
+    let _d = fleet_daemon(&ws, &api, &ddi, "");
+    common::wait_until("the health check to run", Duration::from_secs(60), || {
+        started.exists().then_some(())
+    });
+    ddi.set_cancel(Some(Cancel {
+        id: "51".into(),
+        stop_id: "50".into(),
+    }));
+    let fb = cancel_feedback(&ddi, "rejected");
+    assert_eq!(fb["id"], "51", "{fb}");
+    std::fs::write(&go, b"").unwrap();
+    let done = closed_feedback(&ddi, Duration::from_secs(60));
+    assert_eq!(done["id"], "50", "{done}");
+    assert_eq!(done["status"]["result"]["finished"], "success", "{done}");
 }

@@ -27,7 +27,9 @@ use crate::updater::Updater;
 use crate::workdir::OwnFile;
 
 use super::config::FleetConfig;
-use super::ddi::{self, ActionId, ConfigData, ControllerBase, DeploymentBase, Feedback};
+use super::ddi::{
+    self, ActionId, CancelAction, ConfigData, ControllerBase, DeploymentBase, Feedback,
+};
 use super::http::DdiHttp;
 use super::offer::{self, Offer};
 use super::store::{self, Final, FleetAction, Phase};
@@ -195,7 +197,9 @@ impl FleetClient {
         if let Some(link) = &base.links.config_data {
             self.send_config_data(link).await;
         }
-        if let Some(link) = &base.links.deployment_base {
+        if let Some(link) = &base.links.cancel_action {
+            self.cancel(link).await;
+        } else if let Some(link) = &base.links.deployment_base {
             self.deployment(link).await;
         }
         interval
@@ -299,6 +303,86 @@ impl FleetClient {
                 self.start_failed(deployment.id, String::new(), String::new(), error)
                     .await
             }
+        }
+    }
+
+    /// A `cancelAction`: an action not yet installing is stopped and its files removed
+    /// (`closed`/`success`); one installing runs on and the cancel is answered `rejected`.
+    async fn cancel(&mut self, link: &ddi::Link) {
+        let url = match self.http.link(link, "cancelAction") {
+            Ok(u) => u,
+            Err(e) => return self.once.failed("cancelAction", e.to_string()),
+        };
+        let cancel = match self.http.get(&url).await.map_err(|e| e.to_string()) {
+            Ok(body) => CancelAction::parse(&body).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let cancel = match cancel {
+            Ok(c) => c,
+            Err(e) => return self.once.failed("cancelAction", e),
+        };
+        self.once.worked("cancelAction");
+        let stop_id = cancel.cancel_action.stop_id.clone();
+        let running = self
+            .action
+            .clone()
+            .filter(|a| a.id == stop_id && a.outcome.is_none());
+        let feedback = match running {
+            None => Feedback::success(
+                &cancel.id,
+                vec![format!("action {stop_id} is not running here")],
+            ),
+            Some(a) => {
+                let u = self.updater.clone();
+                let why = format!(
+                    "cancelled by the fleet server (cancel action {})",
+                    cancel.id
+                );
+                let version = a.version.clone();
+                let shown = why.clone();
+                match tokio::task::spawn_blocking(move || u.cancel_package(&version, &shown)).await
+                {
+                    Ok(Ok(_)) => {
+                        tracing::info!("fleet action {stop_id}: {why}; its package is removed");
+                        if let Some(cur) = &mut self.action {
+                            cur.outcome = Some(Final {
+                                success: false,
+                                error: Some(format!("DOWNLOAD_FAILED: {why}")),
+                                details: Vec::new(),
+                                // The server cancelled it: no deployment feedback is owed.
+                                sent: true,
+                            });
+                        }
+                        self.save().await;
+                        Feedback::success(&cancel.id, vec![why])
+                    }
+                    Ok(Err(stage)) => {
+                        tracing::info!(
+                            "fleet action {stop_id}: cancel refused, the installation runs on"
+                        );
+                        Feedback::rejected(
+                            &cancel.id,
+                            &format!("action {stop_id} is {stage}: it runs to its end"),
+                        )
+                    }
+                    Err(e) => return self.once.failed("cancelAction", e.to_string()),
+                }
+            }
+        };
+        let Ok(url) = Url::parse(&format!(
+            "{}/cancelAction/{}/feedback",
+            self.cfg.controller_url(),
+            cancel.id
+        )) else {
+            return;
+        };
+        match self
+            .http
+            .send_json(Method::POST, &url, feedback.to_json())
+            .await
+        {
+            Ok(()) => self.once.worked("feedback"),
+            Err(e) => self.once.failed("feedback", e.to_string()),
         }
     }
 
