@@ -391,3 +391,58 @@ fn api_9_1_cancel_during_install_is_rejected_and_the_install_runs_on() {
     assert_eq!(done["id"], "50", "{done}");
     assert_eq!(done["status"]["result"]["finished"], "success", "{done}");
 }
+
+/// docs/API.md 9.1 (`cancelAction`): a download in progress (held to 200 KB/s by
+/// `max_download_bytes_per_s`) is stopped at once, its partial file removed, the cancel
+/// answered `closed`/`success`, and the artifact is not fetched further.
+#[test]
+fn api_9_1_cancel_during_download_stops_it_and_removes_the_partial_file() {
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let ddi = FakeDdi::start(&unique_name("printer"));
+    let module = json!({"name": "app", "src": "app",
+                        "dst": ws.root().join("app").display().to_string()});
+    let zip = build_package(
+        &manifest("1.3.2", vec![module]),
+        &[Entry::file(
+            "app/blob",
+            &common::pseudo_random_bytes(4 << 20, 5),
+            0o644,
+        )],
+    );
+    ddi.set_offer(Some(Offer::new(
+        "60",
+        "1.3.2",
+        OfferedArtifact::served("slow.zip", zip),
+    )));
+    let d = Daemon::start(
+        &ws,
+        &api,
+        DaemonOptions {
+            allow_http: true,
+            extra_toml: format!(
+                "max_download_bytes_per_s = 200000\n[fleet]\nurl = \"{}\"\ncontroller_id = \"{}\"\n\
+                 poll_interval_s = 1\n",
+                ddi.url(),
+                ddi.controller_id()
+            ),
+            ..DaemonOptions::default()
+        },
+    );
+    d.wait_for("the download under way", Duration::from_secs(60), |p| {
+        stage_of(p) == "downloading" && p["data"]["bytes_downloaded"].as_u64() > Some(100_000)
+    });
+    ddi.set_cancel(Some(Cancel {
+        id: "61".into(),
+        stop_id: "60".into(),
+    }));
+    let fb = cancel_feedback(&ddi, "closed");
+    assert_eq!(fb["id"], "61", "{fb}");
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    assert!(
+        !ws.work_dir().join("tmp/slow.zip").exists(),
+        "partial file removed"
+    );
+    assert!(!ws.root().join("app/blob").exists());
+}
