@@ -11,7 +11,7 @@
 //! any restart, until the server answers it with HTTP 2xx.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, Url};
@@ -22,7 +22,6 @@ use crate::config::Config;
 use crate::lifecycle::Stage;
 use crate::report::{Report, Sink};
 use crate::shutdown::Shutdown;
-use crate::sync::lock;
 use crate::updater::Updater;
 use crate::workdir::OwnFile;
 
@@ -39,16 +38,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a failed feedback the loop tries again this soon (sooner when the updater moves).
 const FEEDBACK_RETRY: Duration = Duration::from_secs(5);
 
-/// The fleet client's ear on the updater: every report wakes the poll loop.
+/// The fleet client's ear on the updater: every report (a stage change, a 5 % step, the
+/// outcome) wakes the poll loop, which reads the updater's status; it never waits.
 #[derive(Default)]
 pub struct FleetSink {
     notify: Notify,
-    last: Mutex<Option<Report>>,
 }
 
 impl Sink for FleetSink {
-    fn publish(&self, report: &Report) {
-        *lock(&self.last) = Some(report.clone());
+    fn publish(&self, _report: &Report) {
         self.notify.notify_one();
     }
 }

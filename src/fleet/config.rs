@@ -288,6 +288,17 @@ mod tests {
             !shown.contains("s3cret") && shown.contains("***"),
             "{shown}"
         );
+        // The token goes only to the server's own origin (its artifact links), never elsewhere.
+        assert_eq!(
+            c.authorization_for(
+                "http://h:1/DEFAULT/controller/v1/p/softwaremodules/1/artifacts/a.swu"
+            )
+            .as_deref(),
+            Some("TargetToken s3cret")
+        );
+        assert_eq!(c.authorization_for("http://h:2/a.swu"), None);
+        assert_eq!(c.authorization_for("http://cdn.example.com/a.swu"), None);
+        assert_eq!(c.authorization_for("not a url"), None);
         // The host name when no controller_id is set.
         let c = FleetConfig::from_table(table("url = \"https://h\"\n"), false).unwrap();
         assert!(!c.controller_id.is_empty());
