@@ -564,10 +564,12 @@ impl FleetClient {
     async fn finish(&mut self, success: bool, error: Option<String>) {
         let Some(a) = &mut self.action else { return };
         let message = self.updater.status().message;
+        // The message often repeats the error ("Update failed: <error>"): sent once.
+        let repeats = error.as_deref().is_some_and(|e| message.contains(e));
         a.outcome = Some(Final {
             success,
             error,
-            details: if message.is_empty() {
+            details: if message.is_empty() || repeats {
                 Vec::new()
             } else {
                 vec![message]
