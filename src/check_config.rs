@@ -62,6 +62,9 @@ struct Effective {
     require_signature: bool,
     allow_downgrade: bool,
     server: ServerTable,
+    /// docs/API.md 9.1: tokens are printed as `"***"`, never in clear.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet: Option<crate::fleet::config::FleetTable>,
 }
 
 /// Why the effective configuration cannot be written as TOML.
@@ -106,6 +109,7 @@ pub fn effective_toml(cfg: &Config) -> Result<String, EffectiveError> {
         require_signature,
         allow_downgrade,
         server,
+        fleet,
     } = cfg;
     let effective = Effective {
         listen: listen.to_string(),
@@ -128,10 +132,14 @@ pub fn effective_toml(cfg: &Config) -> Result<String, EffectiveError> {
         require_signature: *require_signature,
         allow_downgrade: *allow_downgrade,
         server: ServerTable::from(*server),
+        fleet: fleet.as_ref().map(|f| f.to_table()),
     };
     let mut out = String::new();
     if ca_file.is_none() {
         out.push_str("# ca_file: not set\n");
+    }
+    if fleet.is_none() {
+        out.push_str("# [fleet]: not set (fleet mode off)\n");
     }
     out.push_str(&toml::to_string(&effective)?);
     Ok(out)
@@ -223,6 +231,17 @@ allow_downgrade = false
 head_timeout_ms = 300
 idle_timeout_ms = 700
 request_timeout_ms = 450
+
+[fleet]
+url = "http://fleet.local:8080"
+tenant = "acme"
+controller_id = "printer-7"
+poll_interval_s = 30
+ready_cmd = ["/opt/tope/bin/idle", "--quiet"]
+
+[fleet.attributes]
+hw_boardname = "tope-x1"
+hw_revision = "rev2"
 "#,
         )
         .unwrap();
@@ -239,5 +258,20 @@ request_timeout_ms = 450
             text.contains("\"/srv/printer\""),
             "normalised roots: {text}"
         );
+    }
+
+    /// docs/API.md 9.1: `check-config` prints the `[fleet]` table with its tokens as `"***"`,
+    /// never in clear.
+    #[test]
+    fn api_9_1_fleet_tokens_are_never_printed() {
+        let cfg = Config::from_toml(
+            "allow_http = true\n[fleet]\nurl = \"http://f:1\"\ncontroller_id = \"p\"\n\
+             target_token = \"tok-s3cret\"\n",
+        )
+        .unwrap();
+        let text = effective_toml(&cfg).unwrap();
+        assert!(!text.contains("tok-s3cret"), "{text}");
+        assert!(text.contains("target_token = \"***\""), "{text}");
+        assert!(!format!("{cfg:?}").contains("tok-s3cret"));
     }
 }

@@ -37,6 +37,8 @@ pub struct Config {
     pub allow_downgrade: bool,
     /// The API's connection timeouts, the `[server]` table (docs/API.md 7 and 8.2).
     pub server: ServerTimeouts,
+    /// The `[fleet]` table (docs/API.md 9.1); `None`: fleet mode off.
+    pub fleet: Option<crate::fleet::config::FleetConfig>,
 }
 
 /// The file as written by an operator; every key optional.
@@ -60,6 +62,7 @@ struct RawConfig {
     require_signature: Option<bool>,
     allow_downgrade: Option<bool>,
     server: Option<ServerTable>,
+    fleet: Option<crate::fleet::config::FleetTable>,
 }
 
 /// The `[server]` table as a configuration file holds it: the API's connection timeouts in
@@ -363,6 +366,11 @@ impl Config {
             ));
         }
         let server = server_timeouts(raw.server)?;
+        let allow_http = raw.allow_http.unwrap_or(false);
+        let fleet = raw
+            .fleet
+            .map(|t| crate::fleet::config::FleetConfig::from_table(t, allow_http))
+            .transpose()?;
         if let Some(ca) = &raw.ca_file {
             if ca.as_os_str().is_empty() {
                 return Err(invalid("ca_file", "must not be empty"));
@@ -374,7 +382,7 @@ impl Config {
             device_api_url,
             work_dir,
             allowed_roots,
-            allow_http: raw.allow_http.unwrap_or(false),
+            allow_http,
             ca_file: raw.ca_file,
             ota_gui_path: raw
                 .ota_gui_path
@@ -389,6 +397,7 @@ impl Config {
             require_signature,
             allow_downgrade: raw.allow_downgrade.unwrap_or(true),
             server,
+            fleet,
         })
     }
 

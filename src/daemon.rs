@@ -104,7 +104,29 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
     let reporter = Arc::new(Reporter::new());
     let device_api = cfg.device_api_url.clone();
     let cfg_listen = cfg.listen;
-    let updater = Updater::new(cfg, tls, reporter.clone(), shutdown.clone());
+    // Fleet mode (docs/API.md 9.1): the client hears every report like device-api does.
+    let fleet_sink = Arc::new(crate::fleet::client::FleetSink::default());
+    let others: Vec<Arc<dyn crate::report::Sink>> = if cfg.fleet.is_some() {
+        vec![fleet_sink.clone()]
+    } else {
+        Vec::new()
+    };
+    let fleet_cfg = cfg.clone();
+    let fleet_tls = tls.clone();
+    let updater = Updater::with_sinks(cfg, tls, reporter.clone(), others, shutdown.clone());
+    let fleet = match crate::fleet::client::FleetClient::new(
+        &fleet_cfg,
+        &fleet_tls,
+        updater.clone(),
+        fleet_sink,
+        shutdown.clone(),
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            crate::logging::print_error(format_args!("fleet client: {e}"));
+            return ExitCode::from(1);
+        }
+    };
 
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -153,6 +175,9 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
         // binary that serves is the one at the path (same pid, same socket).
         crate::handover::reexec_if_replaced(listen_fd, inherited.reexecuted);
         tokio::spawn(reporter.run(callback_client, device_api));
+        if let Some(f) = fleet {
+            tokio::spawn(f.run());
+        }
         let sig = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;

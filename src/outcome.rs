@@ -53,6 +53,14 @@ pub struct Outcome {
         with = "crate::checksum::md5_hex_opt"
     )]
     pub package_md5: Option<Checksum>,
+    /// `"<algorithm>:<hex>"` of a fleet artifact checked with another hash than MD5 (then
+    /// `package_md5` is absent; docs/API.md 9.1).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::checksum::tagged_opt"
+    )]
+    pub package_checksum: Option<Checksum>,
     /// The installation it ends, when it ends one (see `Lifecycle::install_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_id: Option<u64>,
@@ -76,7 +84,8 @@ impl Outcome {
             progress: s.progress,
             at: lifecycle::iso8601(now),
             package_name: l.package().map(|p| p.package_name.clone()),
-            package_md5: l.package().map(|p| p.package_md5.clone()),
+            package_md5: l.package().and_then(|p| p.package_md5.split_md5().0),
+            package_checksum: l.package().and_then(|p| p.package_md5.split_md5().1),
             install_id: l.install_id(),
             delivered: false,
         })

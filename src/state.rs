@@ -18,9 +18,22 @@ pub struct PersistedState {
     pub package_url: String,
     pub package_name: String,
     pub package_size: u64,
-    /// Lowercase hex on disk (the Python updater's field); either case is read.
-    #[serde(with = "crate::checksum::md5_hex")]
-    pub package_md5: Checksum,
+    /// The announced MD5: lowercase hex on disk (the Python updater's field); either case is
+    /// read. Absent for a fleet artifact checked with another hash (docs/API.md 9.1), which
+    /// `package_checksum` then holds.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::checksum::md5_hex_opt"
+    )]
+    pub package_md5: Option<Checksum>,
+    /// `"<algorithm>:<hex>"` of a package checked with a hash other than MD5 (`sha1`, `sha256`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::checksum::tagged_opt"
+    )]
+    pub package_checksum: Option<Checksum>,
     pub bytes_downloaded: u64,
     /// ISO 8601 time of this write.
     pub last_update: String,
@@ -62,7 +75,8 @@ impl PersistedState {
             package_url: p.package_url.clone(),
             package_name: p.package_name.clone(),
             package_size: p.package_size,
-            package_md5: p.package_md5.clone(),
+            package_md5: p.package_md5.split_md5().0,
+            package_checksum: p.package_md5.split_md5().1,
             bytes_downloaded: l.persisted_bytes(),
             last_update: lifecycle::iso8601(time::OffsetDateTime::now_utc()),
             stage: l.stage().as_str().to_string(),
@@ -80,7 +94,19 @@ impl PersistedState {
             package_url: self.package_url.clone(),
             package_name: self.package_name.clone(),
             package_size: self.package_size,
-            package_md5: self.package_md5.clone(),
+            package_md5: self.checksum(),
+        }
+    }
+
+    /// The package's checksum: the MD5, or the other hash of a fleet artifact.
+    pub fn checksum(&self) -> Checksum {
+        match (&self.package_checksum, &self.package_md5) {
+            (Some(c), _) | (None, Some(c)) => c.clone(),
+            // `parse` never makes a state without one.
+            (None, None) => Checksum {
+                algorithm: Algorithm::Md5,
+                digest: Vec::new(),
+            },
         }
     }
 
@@ -147,7 +173,12 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
     let package_url = req!(text("package_url"), "package_url");
     let package_name = req!(text("package_name"), "package_name");
     let package_size = req!(num("package_size"), "package_size");
-    let md5 = req!(text("package_md5"), "package_md5");
+    // A fleet artifact's other hash stands in for the MD5 (docs/API.md 9.1).
+    let tagged = text("package_checksum");
+    let md5 = match tagged {
+        Some(_) => text("package_md5").unwrap_or_default(),
+        None => req!(text("package_md5"), "package_md5"),
+    };
     let stage = req!(text("stage"), "stage");
     if !missing.is_empty() {
         return LoadOutcome::Unusable(format!(
@@ -156,8 +187,19 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
         ));
     }
     // A package that can never be verified is not worth resuming.
-    let Some(package_md5) = Checksum::from_hex(Algorithm::Md5, &md5) else {
-        return LoadOutcome::Unusable("package_md5 is not 32 hex characters".into());
+    let (package_md5, package_checksum) = match tagged {
+        Some(t) => match Checksum::from_tagged(&t) {
+            Some(c) => (None, Some(c)),
+            None => {
+                return LoadOutcome::Unusable(
+                    "package_checksum is not <algorithm>:<hex> of a known algorithm".into(),
+                )
+            }
+        },
+        None => match Checksum::from_hex(Algorithm::Md5, &md5) {
+            Some(c) => (Some(c), None),
+            None => return LoadOutcome::Unusable("package_md5 is not 32 hex characters".into()),
+        },
     };
     let st = PersistedState {
         version,
@@ -165,6 +207,7 @@ pub fn parse(bytes: &[u8]) -> LoadOutcome {
         package_name,
         package_size,
         package_md5,
+        package_checksum,
         bytes_downloaded: num("bytes_downloaded").unwrap_or(0),
         last_update: text("last_update").unwrap_or_default(),
         stage,
@@ -234,6 +277,33 @@ mod tests {
         }
     }
 
+    /// docs/API.md 5 and 9.1: a fleet artifact checked with SHA-1 leaves `package_md5` out and
+    /// keeps `package_checksum` `"sha1:<hex>"`; such a file loads back to the same package.
+    #[test]
+    fn api_9_1_state_of_a_sha1_artifact_round_trips_without_md5() {
+        let text = sample().replace(
+            r#""package_md5":"0123456789ABCDEF0123456789abcdef""#,
+            r#""package_checksum":"sha1:a9993e364706816aba3e25717850c26c9cd0d89d""#,
+        );
+        let LoadOutcome::Loaded(st) = parse(text.as_bytes()) else {
+            panic!("{text}")
+        };
+        assert_eq!(st.package_md5, None);
+        let c = st.spec().package_md5;
+        assert_eq!(c.algorithm, Algorithm::Sha1);
+        let written = serde_json::to_value(&*st).unwrap();
+        assert!(written.get("package_md5").is_none(), "{written}");
+        assert_eq!(
+            written["package_checksum"],
+            "sha1:a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+        let bad = sample().replace(
+            r#""package_md5":"0123456789ABCDEF0123456789abcdef""#,
+            r#""package_checksum":"sha1:0123""#,
+        );
+        assert!(matches!(parse(bad.as_bytes()), LoadOutcome::Unusable(_)));
+    }
+
     /// docs/API.md 5: state files written by 0.1.0 (the fixtures are its exact output, with
     /// `package_md5` a hex string) load, and are written back byte for byte as they were.
     #[test]
@@ -256,7 +326,7 @@ mod tests {
             };
             assert_eq!(st.stage(), Some(stage));
             let expected = Checksum::from_hex(Algorithm::Md5, md5).unwrap();
-            assert_eq!(st.package_md5, expected);
+            assert_eq!(st.package_md5, Some(expected.clone()));
             assert_eq!(st.spec().package_md5, expected);
             assert_eq!(serde_json::to_vec_pretty(&st).unwrap(), bytes);
         }

@@ -6,6 +6,7 @@
 //! How changes reach the disk is in `record` (a stage change is written before it becomes
 //! visible; an outcome is written before it is shown or reported); start-up is in `recover`.
 
+mod cancel;
 mod jobs;
 mod record;
 mod recover;
@@ -31,6 +32,7 @@ use crate::report::{Report, Reporter, Sink};
 use crate::shutdown::Shutdown;
 
 pub(crate) use crate::sync::lock;
+pub use cancel::Cancelled;
 use jobs::JobSlot;
 use record::Pending;
 
@@ -275,6 +277,12 @@ impl Updater {
             tls: self.inner.tls.clone(),
             allow_http: self.inner.cfg.allow_http,
             shutdown: &stop,
+            authorization: self
+                .inner
+                .cfg
+                .fleet
+                .as_ref()
+                .and_then(|f| f.authorization_for(&spec.package_url)),
         };
         let result = download::download(params, self);
         // A checkpoint that could not be written ends the download (see `checkpoint`).
@@ -339,7 +347,11 @@ impl Updater {
     /// In `verifying` with the file's digest: `toInstall`, or `failed` MD5_MISMATCH.
     fn conclude_verification(&self, spec: &PackageSpec, md5: &Checksum) {
         if md5_matches(spec, md5) {
-            tracing::info!("{} verified (md5 {md5})", spec.package_name);
+            tracing::info!(
+                "{} verified ({} {md5})",
+                spec.package_name,
+                md5.algorithm.name()
+            );
             if let Err(e) = self.advance(|l| l.verified(OffsetDateTime::now_utc())) {
                 self.fail(e, Discard::Nothing);
             }

@@ -260,3 +260,275 @@ fn ddi_9_1_target_token_authenticates_the_device() {
     assert_eq!(status_with(Some("TargetToken wrong")), 401);
     assert_eq!(status_with(Some("TargetToken s3cr3t-token")), 200);
 }
+
+// -------------------------------------------------------------------------------------------
+// The daemon itself as goosebit's device (docs/API.md 9.1): the `[fleet]` table, the poll
+// loop, the deployment through the updater's own download and installation, the feedback.
+
+use common::daemon::stage_of;
+use common::{build_package, manifest, Daemon, DaemonOptions, Entry, FakeDeviceApi, Workspace};
+use serde_json::{json, Value};
+
+/// goosebit asking registered devices back every second, so the tests move fast.
+fn fast_goosebit(device_auth: DeviceAuth) -> Option<Goosebit> {
+    Goosebit::start_with(GoosebitOptions {
+        device_auth,
+        poll_time: "00:00:01".to_string(),
+    })
+}
+
+/// A daemon of `ws` that is `device` of `gb` (board tope-x1 rev2); `fleet_extra` adds keys to
+/// the `[fleet]` table.
+fn fleet_daemon(
+    ws: &Workspace,
+    api: &FakeDeviceApi,
+    gb: &Goosebit,
+    device: &str,
+    fleet_extra: &str,
+) -> Daemon {
+    Daemon::start(
+        ws,
+        api,
+        DaemonOptions {
+            allow_http: true,
+            extra_toml: format!(
+                "settle_s = 0\n[fleet]\nurl = \"{}\"\ncontroller_id = \"{device}\"\n\
+                 poll_interval_s = 1\n{fleet_extra}\n[fleet.attributes]\n\
+                 hw_boardname = \"tope-x1\"\nhw_revision = \"rev2\"\n",
+                gb.ddi_url()
+            ),
+            ..DaemonOptions::default()
+        },
+    )
+}
+
+/// A package deploying `app/bin` under the workspace's root, with extra module fields, wrapped
+/// in a SWU envelope for board tope-x1 rev2 and uploaded to goosebit; its software id.
+fn upload_package(gb: &Goosebit, ws: &Workspace, version: &str, module_extra: Value) -> i64 {
+    let mut module = json!({"name": "app", "src": "app",
+                            "dst": ws.root().join("app").display().to_string()});
+    if let (Some(m), Some(e)) = (module.as_object_mut(), module_extra.as_object()) {
+        m.extend(e.clone());
+    }
+    let body = format!("#!/bin/sh\necho {version}\n");
+    let package = build_package(
+        &manifest(version, vec![module]),
+        &[Entry::file("app/bin", body.as_bytes(), 0o755)],
+    );
+    let swu = swu_fixture(
+        gb.dir(),
+        &format!("tope-{version}.swu"),
+        version,
+        Some(("tope-x1", &["rev2"])),
+        &format!("tope-{version}.zip"),
+        &package,
+    );
+    gb.upload_software(&swu)
+}
+
+/// Waits until goosebit shows the device registered with the printer's attributes.
+fn wait_registered(gb: &Goosebit, device: &str) -> common::goosebit::DeviceView {
+    wait_until(
+        "the device registered in goosebit",
+        Duration::from_secs(60),
+        || {
+            gb.device(device)
+                .filter(|v| v.last_state == "Registered" && v.hw_model.is_some())
+        },
+    )
+}
+
+/// Waits until goosebit shows the device in `state` (`Finished`, `Error`).
+fn wait_state(
+    gb: &Goosebit,
+    d: &Daemon,
+    device: &str,
+    state: &str,
+) -> common::goosebit::DeviceView {
+    common::wait_until_or_none(Duration::from_secs(120), || {
+        gb.device(device).filter(|v| v.last_state == state)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "goosebit never showed {device} {state}: {:?}\n{}",
+            gb.device(device).map(|v| v.raw),
+            d.output()
+        )
+    })
+}
+
+/// docs/API.md 9.1: with a `[fleet]` table the daemon polls goosebit, registers with its
+/// attributes and `sw_version` "0.0.0" (nothing installed yet) and its `updater_version`; an
+/// assigned envelope (goosebit states only `sha1`) is downloaded and installed through the
+/// updater's own path, `/progress` shows it, and goosebit shows the device `Finished` on the
+/// new `sw_version` with the `proceeding` details in its log.
+#[test]
+fn api_9_1_daemon_registers_and_installs_an_assigned_envelope() {
+    let Some(gb) = fast_goosebit(DeviceAuth::Off) else {
+        return;
+    };
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let device = unique_name("printer");
+    let d = fleet_daemon(&ws, &api, &gb, &device, "");
+    let view = wait_registered(&gb, &device);
+    assert_eq!(view.hw_model.as_deref(), Some("tope-x1"), "{:?}", view.raw);
+    assert_eq!(view.hw_revision.as_deref(), Some("rev2"));
+    assert_eq!(view.sw_version.as_deref(), Some("0.0.0"));
+
+    let software = upload_package(&gb, &ws, "1.2.3", json!({}));
+    gb.assign(&device, software);
+    let view = wait_state(&gb, &d, &device, "Finished");
+    assert_eq!(view.sw_version.as_deref(), Some("1.2.3"), "{:?}", view.raw);
+    let log = view.log.unwrap_or_default();
+    assert!(log.contains("installing 1.2.3"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(ws.root().join("app/bin")).unwrap(),
+        "#!/bin/sh\necho 1.2.3\n"
+    );
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "success", "{p}");
+    assert_eq!(p["data"]["version"], "1.2.3", "{p}");
+    // device-api heard of the fleet action like of any update (docs/API.md 2).
+    let stages: Vec<String> = api
+        .bodies()
+        .iter()
+        .map(|r| r["stage"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        stages.contains(&"installing".to_string())
+            && stages.last().map(String::as_str) == Some("success"),
+        "{stages:?}"
+    );
+    let fleet: Value =
+        serde_json::from_slice(&std::fs::read(ws.work_dir().join("tmp/fleet.json")).unwrap())
+            .unwrap();
+    assert_eq!(fleet["outcome"]["sent"], true, "{fleet}");
+}
+
+/// docs/API.md 9.1 with 8.4: a package whose health check fails is rolled back and goosebit
+/// shows the device in `Error` with the outcome's `DEPLOYMENT_FAILED: ...` in its log; the
+/// version stays.
+#[test]
+fn api_9_1_failing_package_ends_in_error_with_deployment_failed() {
+    let Some(gb) = fast_goosebit(DeviceAuth::Off) else {
+        return;
+    };
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let device = unique_name("printer");
+    let d = fleet_daemon(&ws, &api, &gb, &device, "");
+    wait_registered(&gb, &device);
+    let software = upload_package(
+        &gb,
+        &ws,
+        "2.0.0",
+        json!({"health_cmd": ["false"], "health_timeout_s": 1}),
+    );
+    gb.assign(&device, software);
+    let view = wait_state(&gb, &d, &device, "Error");
+    let log = view.log.unwrap_or_default();
+    assert!(log.contains("DEPLOYMENT_FAILED: "), "{log}");
+    assert_eq!(view.sw_version.as_deref(), Some("0.0.0"), "{:?}", view.raw);
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    assert!(!ws.root().join("app/bin").exists(), "rolled back");
+}
+
+/// docs/API.md 9.1 with 8.5: the daemon is SIGKILLed while a fleet installation runs (its
+/// health check waits); the action id survives in `tmp/fleet.json`, the restart rolls the
+/// installation back, and the action still ends with `failure` feedback carrying the outcome
+/// `/progress` shows, exactly once marked sent.
+#[test]
+fn api_9_1_sigkill_during_a_fleet_install_still_ends_with_the_right_feedback() {
+    let Some(gb) = fast_goosebit(DeviceAuth::Off) else {
+        return;
+    };
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let device = unique_name("printer");
+    let mut d = fleet_daemon(&ws, &api, &gb, &device, "");
+    wait_registered(&gb, &device);
+    let started = ws.path().join("health-started");
+    let health = format!("touch {}; exit 1", started.display());
+    let software = upload_package(
+        &gb,
+        &ws,
+        "3.0.0",
+        json!({"health_cmd": ["sh", "-c", health], "health_timeout_s": 120}),
+    );
+    gb.assign(&device, software);
+    wait_until("the health check to run", Duration::from_secs(90), || {
+        started.exists().then_some(())
+    });
+    let fleet_file = ws.work_dir().join("tmp/fleet.json");
+    let before: Value = serde_json::from_slice(&std::fs::read(&fleet_file).unwrap()).unwrap();
+    assert_eq!(before["phase"], "installing", "{before}");
+    assert_eq!(before["id"], software.to_string(), "{before}");
+    assert_eq!(gb.device(&device).unwrap().last_state, "Running");
+    d.sigkill();
+
+    d.restart();
+    let view = wait_state(&gb, &d, &device, "Error");
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "failed", "{p}");
+    let error = p["data"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(!error.is_empty(), "{p}");
+    let log = view.log.unwrap_or_default();
+    assert!(
+        log.contains(&error),
+        "goosebit has the outcome {error:?}: {log}"
+    );
+    assert_eq!(view.sw_version.as_deref(), Some("0.0.0"));
+    assert!(!ws.root().join("app/bin").exists(), "rolled back");
+    let after: Value = serde_json::from_slice(&std::fs::read(&fleet_file).unwrap()).unwrap();
+    assert_eq!(after["outcome"]["sent"], true, "{after}");
+    assert_eq!(after["outcome"]["success"], false, "{after}");
+}
+
+/// docs/API.md 9.1 (`ready_cmd`): while the printer says it is busy (non-zero exit) the
+/// downloaded action waits, nothing is stopped or deployed, goosebit's log says it waits for
+/// the printer, and readiness is asked again at each poll; once `ready_cmd` exits 0 the
+/// installation runs and goosebit shows the device `Finished`.
+#[test]
+fn api_9_1_ready_cmd_busy_then_ready() {
+    let Some(gb) = fast_goosebit(DeviceAuth::Off) else {
+        return;
+    };
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let device = unique_name("printer");
+    let ready = ws.path().join("printer-idle");
+    let asked = ws.path().join("asked");
+    let ready_cmd = format!(
+        "ready_cmd = [\"sh\", \"-c\", \"echo x >> {}; test -f {}\"]\n",
+        asked.display(),
+        ready.display()
+    );
+    let d = fleet_daemon(&ws, &api, &gb, &device, &ready_cmd);
+    wait_registered(&gb, &device);
+    let software = upload_package(&gb, &ws, "1.4.0", json!({}));
+    gb.assign(&device, software);
+    let count = || {
+        std::fs::read_to_string(&asked)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    wait_until(
+        "ready_cmd asked at two polls",
+        Duration::from_secs(60),
+        || (count() >= 2).then_some(()),
+    );
+    let p = d.progress();
+    assert_eq!(stage_of(&p), "toInstall", "downloaded, not installed: {p}");
+    assert!(!ws.root().join("app/bin").exists(), "nothing deployed");
+    let view = gb.device(&device).unwrap();
+    assert_eq!(view.last_state, "Running", "{:?}", view.raw);
+    let log = view.log.unwrap_or_default();
+    assert!(log.contains("waits for the printer to be ready"), "{log}");
+
+    std::fs::write(&ready, b"").unwrap();
+    let view = wait_state(&gb, &d, &device, "Finished");
+    assert_eq!(view.sw_version.as_deref(), Some("1.4.0"));
+    assert!(ws.root().join("app/bin").exists());
+}

@@ -167,6 +167,9 @@ impl Job<'_> {
         };
         let started = Instant::now();
         let mut req = client.get(&self.p.spec.package_url);
+        if let Some(auth) = &self.p.authorization {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
         if at.ranged() {
             req = req.header(header::RANGE, format!("bytes={}-", at.offset));
             if let Some(v) = self.validator.if_range() {

@@ -66,6 +66,9 @@ pub struct DownloadParams<'a> {
     pub tls: Arc<rustls::ClientConfig>,
     pub allow_http: bool,
     pub shutdown: &'a Shutdown,
+    /// The `Authorization` header for a fleet server's own artifact link (docs/API.md 9.1);
+    /// `None` for any other URL. Redirects to another host do not carry it.
+    pub authorization: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -319,6 +319,24 @@ pub struct ArtifactHash {
     pub hex: String,
 }
 
+impl ArtifactHash {
+    /// The digest as the download path checks it (`crate::checksum`).
+    pub fn checksum(&self) -> Result<crate::checksum::Checksum, DdiError> {
+        use crate::checksum::{Algorithm, Checksum};
+        let algorithm = match self.algorithm {
+            HashAlgorithm::Sha256 => Algorithm::Sha256,
+            HashAlgorithm::Sha1 => Algorithm::Sha1,
+            HashAlgorithm::Md5 => Algorithm::Md5,
+        };
+        Checksum::from_hex(algorithm, &self.hex).ok_or_else(|| {
+            invalid(
+                "hashes",
+                format!("{} is not hex of its length", self.algorithm.name()),
+            )
+        })
+    }
+}
+
 impl Hashes {
     /// The strongest digest stated (docs/API.md 9.1: sha256, then sha1, then md5), normalised
     /// to lowercase. A stated digest that is not hex of its length is an error, never a reason

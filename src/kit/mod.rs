@@ -8,6 +8,8 @@
 //!   `toml` crate) and awaited until its `/progress` answers.
 //! - [`device_api`]: a fake device-api recording the updater's reports; it can be down, come
 //!   back on the same port, answer a chosen status or answer late.
+//! - [`ddi_server`]: a fake hawkBit DDI fleet server: scripted offers and cancels, recorded
+//!   requests, hostile answers per resource.
 //! - [`tls`]: a CA and a server certificate for `127.0.0.1`/`localhost`, generated on the spot.
 //! - [`package`]: ZIP packages built in memory or streamed to a file, with incompressible
 //!   pseudo-random content.
@@ -17,6 +19,7 @@
 //! `demo` feature; the printer build (`--no-default-features`) leaves it out.
 
 pub mod daemon;
+pub mod ddi_server;
 pub mod device_api;
 pub mod package;
 pub mod range;
@@ -29,6 +32,7 @@ use std::path::Path;
 use crate::checksum::{Algorithm, Hasher};
 
 pub use daemon::{DaemonConfig, DaemonError};
+pub use ddi_server::DdiServer;
 pub use device_api::FakeDeviceApi;
 pub use package::{build_package, build_zip, manifest, pseudo_random_bytes, Entry, Noise};
 pub use serve::{Answer, Part, Request, Responder, Server};

@@ -139,7 +139,7 @@ impl Updater {
         if let LoadOutcome::Loaded(st) = state::load(&self.inner.cfg.work().state()) {
             if st.version == version {
                 o.package_name = Some(st.package_name.clone());
-                o.package_md5 = Some(st.spec().package_md5);
+                (o.package_md5, o.package_checksum) = st.checksum().split_md5();
                 o.install_id = st.install_id;
             }
         }

@@ -33,6 +33,9 @@ pub const HISTORY_FILE: &str = "history.jsonl";
 pub const INSTALLED_FILE: &str = "installed.json";
 /// `tmp/recovery.json`: the crash-loop guard's count of start-up recoveries.
 pub const RECOVERY_FILE: &str = "recovery.json";
+/// `tmp/fleet.json`: the fleet server's action in progress and its final feedback until the
+/// server took it (docs/API.md 9.1).
+pub const FLEET_FILE: &str = "fleet.json";
 /// `backups/journal.json`: the install journal.
 pub const JOURNAL_FILE: &str = "journal.json";
 
@@ -40,8 +43,9 @@ pub const JOURNAL_FILE: &str = "journal.json";
 /// (atomic writes) and `*.unusable` (files set aside) they are refused as a `package_name`
 /// (docs/API.md section 8.3). At start every other entry of `./tmp/` but the package a state
 /// refers to (and the `*.unusable` files) is removed (section 8.5).
-pub const OWN_TMP_FILES: [&str; 5] = [
+pub const OWN_TMP_FILES: [&str; 6] = [
     STATE_FILE,
+    FLEET_FILE,
     OUTCOME_FILE,
     RECOVERY_FILE,
     HISTORY_FILE,
@@ -97,6 +101,9 @@ impl WorkDir {
     }
     pub fn installed(&self) -> OwnFile {
         OwnFile::new(self.tmp().join(INSTALLED_FILE))
+    }
+    pub fn fleet(&self) -> OwnFile {
+        OwnFile::new(self.tmp().join(FLEET_FILE))
     }
     pub fn recovery(&self) -> OwnFile {
         OwnFile::new(self.tmp().join(RECOVERY_FILE))

@@ -143,6 +143,9 @@ impl BlockingHttp {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
+            // A fresh connection per request: uvicorn closes idle keep-alive connections after
+            // 5 s, and a request sent on one as it closes fails with no answer.
+            .pool_max_idle_per_host(0)
             .build()
             .expect("HTTP client");
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -2,8 +2,8 @@
 //! (nginx over HTTPS, a fake device-api on axum), each test in its own temporary directory
 //! with its own ports and processes.
 //!
-//! The package server of the hostile tests, the fake device-api, the certificates, the ZIP
-//! builder and the digests are the crate's kit (`tope_updater::kit`, shared with `demo`); the
+//! The package server of the hostile tests, the fake device-api, the fake DDI fleet server,
+//! the certificates, the ZIP builder and the digests are the crate's kit (`tope_updater::kit`, shared with `demo`); the
 //! modules here give them the shape of a test (a failure panics, saying what failed).
 //! Processes are found with `tope_updater::process::scan`.
 #![allow(dead_code, unused_imports)]
@@ -16,6 +16,7 @@ compile_error!(
 pub mod bench;
 pub mod cpio;
 pub mod daemon;
+pub mod ddi;
 pub mod device_api;
 pub mod goosebit;
 pub mod hostile;
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use daemon::{Daemon, DaemonOptions};
+pub use ddi::FakeDdi;
 pub use device_api::FakeDeviceApi;
 pub use nginx::Nginx;
 pub use package::{build_package, build_zip, manifest, Entry};
