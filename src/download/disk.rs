@@ -419,6 +419,51 @@ mod tests {
         assert_eq!(sha.algorithm, Algorithm::Sha256);
     }
 
+    struct NoSink;
+    impl DownloadSink for NoSink {
+        fn progress(&self, _: u64) {}
+        fn checkpoint(&self, _: u64, _: &Validator) {}
+    }
+
+    /// docs/API.md 9.7: gathered buffers come back from the write thread empty and are reused,
+    /// so 40 buffers (10 MiB) go through with at most `POOL` ever allocated, and the file and
+    /// the hash get every byte in order.
+    #[test]
+    fn api_9_7_gather_buffers_are_reused_and_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let file = File::create(&p).unwrap();
+        let failed = AtomicBool::new(false);
+        let sink = NoSink;
+        let ck = Checkpointer::new(file.try_clone().unwrap(), &sink);
+        let (w, queue) = write_channels(&failed);
+        let mut expected = Hasher::new(Algorithm::Md5);
+        let mut all = Vec::new();
+        let hasher = std::thread::scope(|scope| {
+            let writer = scope
+                .spawn(|| write_loop(file, Hasher::new(Algorithm::Md5), 0, queue, &ck, &failed));
+            for i in 0..40u8 {
+                let mut buf = w.take_buffer().unwrap();
+                assert!(buf.is_empty() && buf.capacity() >= GATHER);
+                buf.resize(GATHER, i);
+                expected.update(&buf);
+                all.extend_from_slice(&buf);
+                w.send(WriteMsg::Gathered(buf)).unwrap();
+            }
+            w.barrier().unwrap();
+            assert!(w.allocated.get() <= POOL, "{} buffers", w.allocated.get());
+            drop(w);
+            let (hasher, error) = writer.join().unwrap();
+            assert!(error.is_none());
+            hasher
+        });
+        assert_eq!(hasher.finalize(), expected.finalize());
+        assert!(
+            std::fs::read(&p).unwrap() == all,
+            "the file holds every buffer in order"
+        );
+    }
+
     #[test]
     fn hash_file_stops_on_shutdown() {
         let d = tempfile::tempdir().unwrap();
