@@ -615,28 +615,23 @@ struct DaemonRun {
     peak_kib: u64,
 }
 
-/// The daemon's download + verification: from POST /download until /progress (polled every
-/// `poll`) shows `toInstall`, with a fresh daemon (so its `VmHWM` is this download's peak).
-fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64, poll: Duration) -> DaemonRun {
+/// The daemon's download + verification: from POST /download until its `toInstall` callback
+/// reaches device-api, with a fresh daemon (so its `VmHWM` is this download's peak). The end is
+/// seen from the callback, not by polling `/progress`: answering 100 polls a second cost the
+/// daemon about 10 ms of CPU per second, which is the benchmark's, not the download's (curl
+/// is not polled either).
+fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64) -> DaemonRun {
     let ws = Workspace::new();
     std::fs::copy(&nginx.ca_file, ws.ca_file()).unwrap();
     let api = FakeDeviceApi::start();
     let d = Daemon::start(&ws, &api, DaemonOptions::default());
-    let mut client = KeepAlive::new(d.addr);
-    let deadline = Instant::now() + stage_timeout(mb);
     let cpu0 = cpu_secs(Some(d.pid()));
     let t = Instant::now();
     let answer = d.post_json("/download", &pkg.download_body(url));
     assert_ok_status(&answer, "downloading", "POST /download");
-    loop {
-        let (status, body) = client.get(PROGRESS).expect("GET /progress");
-        let view = check_progress(status, &body).unwrap_or_else(|e| panic!("{e}\n{}", d.output()));
-        if view.stage == "toInstall" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "download did not finish");
-        std::thread::sleep(poll);
-    }
+    api.wait_for_report("toInstall", stage_timeout(mb), |b| {
+        b["stage"] == "toInstall"
+    });
     let wall = t.elapsed();
     let cpu = cpu_secs(Some(d.pid())) - cpu0;
     let peak_kib = hwm_kib(d.pid());
@@ -664,7 +659,6 @@ fn load_1min() -> String {
 /// How one speed is compared.
 struct Comparison<'a> {
     label: &'a str,
-    poll: Duration,
     /// Where curl's file goes.
     scratch: &'a Path,
     repeat: usize,
@@ -673,14 +667,10 @@ struct Comparison<'a> {
 }
 
 /// Times `repeat` rounds of curl (when installed) and the daemon fetching `url`, each round
-/// after a `sync`, and prints the medians under `label`. The daemon's `/progress` is polled
-/// every `poll` to see the end: answering costs the daemon CPU that curl does not have (about
-/// 10 ms per second at a 10 ms poll), so the capped runs, where wall time is the link's, poll
-/// every 100 ms.
+/// after a `sync`, and prints the medians under `label`.
 fn compare_with_curl(how: &Comparison<'_>, nginx: &Nginx, pkg: &BenchPackage, url: &str) {
     let Comparison {
         label,
-        poll,
         scratch,
         repeat,
         curl,
@@ -707,7 +697,7 @@ fn compare_with_curl(how: &Comparison<'_>, nginx: &Nginx, pkg: &BenchPackage, ur
             c_cpu = Some(c.cpu);
         }
         sync_all_disks();
-        let d = daemon_run(nginx, pkg, url, mb, poll);
+        let d = daemon_run(nginx, pkg, url, mb);
         daemon_s.push(d.wall.as_secs_f64());
         daemon_cpu.push(d.cpu);
         peak_kib = peak_kib.max(d.peak_kib);
@@ -726,10 +716,8 @@ fn compare_with_curl(how: &Comparison<'_>, nginx: &Nginx, pkg: &BenchPackage, ur
     };
     println!(
         "bench: download + MD5 verification of {size:.0} MiB over HTTPS, {label}, median of \
-         {repeat}; {}; /progress polled every {} ms; load average {load_before} before, {} \
-         after",
+         {repeat}; {}; load average {load_before} before, {} after",
         build_kind(),
-        poll.as_millis(),
         load_1min()
     );
     println!(
@@ -818,12 +806,11 @@ fn bench_download_throughput_vs_curl() {
         let Some(nginx) = start_nginx(&dir, &dir.join("ca.pem"), rate_mib.max(1) * MIB) else {
             return;
         };
-        let (rel, size_mb, label, poll) = if rate_mib == 0 {
+        let (rel, size_mb, label) = if rate_mib == 0 {
             (
                 "pkg/speed.zip",
                 mb,
                 "loopback without a rate limit".to_string(),
-                Duration::from_millis(10),
             )
         } else {
             let size_mb = mb.min(rate_mib * link_secs()).max(1);
@@ -831,14 +818,12 @@ fn bench_download_throughput_vs_curl() {
                 "throttled/link.zip",
                 size_mb,
                 format!("link limited to {rate_mib} MiB/s by nginx"),
-                Duration::from_millis(100),
             )
         };
         let pkg = write_package(&nginx.www(rel), size_mb, VERSION, &root);
         let url = nginx.url(rel);
         let how = Comparison {
             label: &label,
-            poll,
             scratch: base.path(),
             repeat,
             curl,
