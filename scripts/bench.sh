@@ -8,6 +8,7 @@
 # Usage: scripts/bench.sh [TEST-NAME-FILTER]
 #   BENCH_PACKAGE_MB=500 (default here)  package size in MiB
 #   BENCH_CONNS=2 BENCH_REPEAT=3 BENCH_LOAD_CPU=<last cpu>|none   see tests/bench.rs
+#   BENCH_LINK_RATES=1,10 BENCH_LINK_SECS=10 (default here)        see tests/bench.rs
 #   BENCH_FILES=5000 BENCH_FLUSH_FILES=2000 (defaults here)         see tests/bench_install.rs
 # Needs nginx (Debian package nginx-light), curl, unzip and strace; scripts/test.sh installs
 # them.
@@ -32,6 +33,7 @@ if ! command -v curl >/dev/null 2>&1; then
 fi
 
 export BENCH_PACKAGE_MB="${BENCH_PACKAGE_MB:-500}"
+export BENCH_LINK_SECS="${BENCH_LINK_SECS:-10}"
 export BENCH_FILES="${BENCH_FILES:-5000}"
 export BENCH_FLUSH_FILES="${BENCH_FLUSH_FILES:-2000}"
 

@@ -10,8 +10,10 @@
 //!
 //! Environment: `BENCH_PACKAGE_MB` (package size, MiB, default 20), `BENCH_CONNS` (concurrent
 //! keep-alive `/progress` clients, default 2), `BENCH_REPEAT` (runs of the throughput
-//! comparison, default 3), `BENCH_LOAD_CPU` (the CPU the load generators are pinned to,
-//! default the last one; `none` leaves them unpinned).
+//! comparison, default 3), `BENCH_LINK_RATES` (the capped speeds of that comparison, MiB/s,
+//! default `1,10`), `BENCH_LINK_SECS` (how long a capped run lasts at most, default 3: its
+//! package is the smaller of `BENCH_PACKAGE_MB` and rate x seconds), `BENCH_LOAD_CPU` (the CPU
+//! the load generators are pinned to, default the last one; `none` leaves them unpinned).
 
 mod common;
 
@@ -604,59 +606,87 @@ fn curl_run(url: &str, ca: &Path, dir: &Path, expect_md5: &str) -> CurlRun {
     }
 }
 
-/// The daemon's download + verification: from POST /download until /progress (polled every
-/// 10 ms) shows `toInstall`.
-/// Wall time and the daemon's CPU seconds (all its threads) from POST /download to `toInstall`.
-fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64) -> (Duration, f64) {
+/// What one daemon download cost.
+struct DaemonRun {
+    wall: Duration,
+    /// CPU seconds of the daemon, all its threads, from POST /download to `toInstall`.
+    cpu: f64,
+    /// The daemon's peak resident memory (`VmHWM`) at the end, KiB.
+    peak_kib: u64,
+}
+
+/// The daemon's download + verification: from POST /download until its `toInstall` callback
+/// reaches device-api, with a fresh daemon (so its `VmHWM` is this download's peak). The end is
+/// seen from the callback, not by polling `/progress`: answering 100 polls a second cost the
+/// daemon about 10 ms of CPU per second, which is the benchmark's, not the download's (curl
+/// is not polled either).
+fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64) -> DaemonRun {
     let ws = Workspace::new();
     std::fs::copy(&nginx.ca_file, ws.ca_file()).unwrap();
     let api = FakeDeviceApi::start();
     let d = Daemon::start(&ws, &api, DaemonOptions::default());
-    let mut client = KeepAlive::new(d.addr);
-    let deadline = Instant::now() + stage_timeout(mb);
     let cpu0 = cpu_secs(Some(d.pid()));
     let t = Instant::now();
     let answer = d.post_json("/download", &pkg.download_body(url));
     assert_ok_status(&answer, "downloading", "POST /download");
-    loop {
-        let (status, body) = client.get(PROGRESS).expect("GET /progress");
-        let view = check_progress(status, &body).unwrap_or_else(|e| panic!("{e}\n{}", d.output()));
-        if view.stage == "toInstall" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "download did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let took = t.elapsed();
+    api.wait_for_report("toInstall", stage_timeout(mb), |b| {
+        b["stage"] == "toInstall"
+    });
+    let wall = t.elapsed();
     let cpu = cpu_secs(Some(d.pid())) - cpu0;
+    let peak_kib = hwm_kib(d.pid());
     let name = url.rsplit('/').next().unwrap();
     assert_eq!(
         md5_file_streaming(&ws.tmp_file(name)),
         pkg.md5,
         "MD5 of the daemon's download"
     );
-    (took, cpu)
+    DaemonRun {
+        wall,
+        cpu,
+        peak_kib,
+    }
+}
+
+/// The load average over the last minute (`/proc/loadavg`), printed next to every figure.
+fn load_1min() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// How one speed is compared.
+struct Comparison<'a> {
+    label: &'a str,
+    /// Where curl's file goes.
+    scratch: &'a Path,
+    repeat: usize,
+    /// Whether curl is installed (else the daemon is timed alone).
+    curl: bool,
 }
 
 /// Times `repeat` rounds of curl (when installed) and the daemon fetching `url`, each round
 /// after a `sync`, and prints the medians under `label`.
-fn compare_with_curl(
-    label: &str,
-    nginx: &Nginx,
-    pkg: &BenchPackage,
-    url: &str,
-    scratch: &Path,
-    repeat: usize,
-    curl: bool,
-) {
+fn compare_with_curl(how: &Comparison<'_>, nginx: &Nginx, pkg: &BenchPackage, url: &str) {
+    let Comparison {
+        label,
+        scratch,
+        repeat,
+        curl,
+    } = *how;
     let mb = pkg.size / MIB + 1;
+    let load_before = load_1min();
     let mut daemon_s = Vec::new();
     let mut curl_s = Vec::new();
     let mut md5sum_s = Vec::new();
     let mut sync_s = Vec::new();
     let mut daemon_cpu = Vec::new();
     let mut curl_cpu = Vec::new();
+    let mut ratios = Vec::new();
+    let mut peak_kib = 0;
     for _ in 0..repeat {
+        let mut c_cpu = None;
         if curl {
             sync_all_disks();
             let c = curl_run(url, &nginx.ca_file, scratch, &pkg.md5);
@@ -664,11 +694,17 @@ fn compare_with_curl(
             md5sum_s.push(c.md5sum.as_secs_f64());
             sync_s.push(c.fdatasync.as_secs_f64());
             curl_cpu.push(c.cpu);
+            c_cpu = Some(c.cpu);
         }
         sync_all_disks();
-        let (wall, cpu) = daemon_run(nginx, pkg, url, mb);
-        daemon_s.push(wall.as_secs_f64());
-        daemon_cpu.push(cpu);
+        let d = daemon_run(nginx, pkg, url, mb);
+        daemon_s.push(d.wall.as_secs_f64());
+        daemon_cpu.push(d.cpu);
+        peak_kib = peak_kib.max(d.peak_kib);
+        // Back to back, so a change of the machine's load hits both sides of one ratio.
+        if let Some(cc) = c_cpu.filter(|c| *c > 0.0) {
+            ratios.push(d.cpu / cc);
+        }
     }
     let size = mib(pkg.size);
     let dm = median_f64(&daemon_s);
@@ -680,13 +716,16 @@ fn compare_with_curl(
     };
     println!(
         "bench: download + MD5 verification of {size:.0} MiB over HTTPS, {label}, median of \
-         {repeat}; {}",
-        build_kind()
+         {repeat}; {}; load average {load_before} before, {} after",
+        build_kind(),
+        load_1min()
     );
     println!(
-        "bench:   daemon (POST /download -> toInstall): {dm:.3} s, {:.1} MiB/s (runs: {} s)",
+        "bench:   daemon (POST /download -> toInstall): {dm:.3} s, {:.1} MiB/s (runs: {} s); \
+         peak RSS {:.1} MiB",
         size / dm,
-        list(&daemon_s)
+        list(&daemon_s),
+        peak_kib as f64 / 1024.0
     );
     if curl {
         let cm = median_f64(&curl_s);
@@ -700,29 +739,53 @@ fn compare_with_curl(
         );
         println!(
             "bench:   daemon / curl = {:.2}; daemon / (curl + md5sum) = {:.2}; \
-             daemon / (curl + md5sum + fdatasync) = {:.2}",
+             daemon / (curl + md5sum + fdatasync) = {:.2}; daemon / md5sum = {:.2}",
             dm / cm,
             dm / (cm + sm),
-            dm / (cm + sm + fm)
+            dm / (cm + sm + fm),
+            dm / sm
         );
         let (dc, cc) = (median_f64(&daemon_cpu), median_f64(&curl_cpu));
         println!(
-            "bench:   CPU: daemon {dc:.2} s, curl + md5sum {cc:.2} s: daemon / (curl + md5sum) = \
-             {:.2}",
-            dc / cc
+            "bench:   CPU: daemon {dc:.3} s (runs: {}), curl + md5sum {cc:.3} s (runs: {}): \
+             daemon / (curl + md5sum) = {:.2} (median of the per-round ratios {}: {}); \
+             daemon {:.1} ms/MiB",
+            list(&daemon_cpu),
+            list(&curl_cpu),
+            dc / cc,
+            ratios.len(),
+            if ratios.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.2}", median_f64(&ratios))
+            },
+            dc * 1000.0 / size
         );
     }
 }
 
-/// Bytes per second of the link-limited comparison (nginx `limit_rate`).
-const LINK_RATE: u64 = 10 * MIB;
-/// Largest package of the link-limited comparison (it lasts size / LINK_RATE).
-const LINK_MAX_MB: u64 = 50;
+/// The capped link speeds of the comparison, MiB/s (`BENCH_LINK_RATES`, a comma-separated
+/// list; default 1 and 10), each served by nginx `limit_rate`.
+fn link_rates_mib() -> Vec<u64> {
+    let v = std::env::var("BENCH_LINK_RATES").unwrap_or_else(|_| "1,10".into());
+    v.split(',')
+        .filter_map(|r| r.trim().parse::<u64>().ok())
+        .filter(|r| *r > 0)
+        .collect()
+}
+
+/// How long one capped download lasts at most (`BENCH_LINK_SECS`, default 3 s; scripts/bench.sh
+/// uses 10): the package of a capped run is `BENCH_PACKAGE_MB` or rate x this, whichever is
+/// smaller, so a 1 MiB/s run of a 200 MiB package does not take 200 s.
+fn link_secs() -> u64 {
+    env_u64("BENCH_LINK_SECS", 3).max(1)
+}
 
 /// The daemon's download with MD5 on the way against plain `curl` (and `curl` + `md5sum`) for
 /// the same file from the same nginx, median of `BENCH_REPEAT` runs: once as fast as loopback
-/// goes (the daemon's own cost dominates), once on a link limited to 10 MiB/s (closer to a
-/// printer's network).
+/// goes (the daemon's own cost dominates), then on links limited by nginx to each of
+/// `BENCH_LINK_RATES` (closer to a printer's network). docs/API.md 9.7: the daemon's CPU is
+/// compared with curl's and md5sum's at every speed.
 #[test]
 fn bench_download_throughput_vs_curl() {
     let _serial = serial();
@@ -732,41 +795,40 @@ fn bench_download_throughput_vs_curl() {
         .prefix("tope-bench-")
         .tempdir()
         .unwrap();
-    let Some(nginx) = start_nginx(
-        &base.path().join("nginx"),
-        &base.path().join("ca.pem"),
-        LINK_RATE,
-    ) else {
-        return;
-    };
     let curl = have_curl();
     if !curl {
         eprintln!("curl not installed: timing the daemon only (run scripts/test.sh)");
     }
     let root = base.path().join("root");
-    let pkg = write_package(&nginx.www("pkg/speed.zip"), mb, VERSION, &root);
-    let url = nginx.url("pkg/speed.zip");
-    compare_with_curl(
-        "loopback without a rate limit",
-        &nginx,
-        &pkg,
-        &url,
-        base.path(),
-        repeat,
-        curl,
-    );
-    std::fs::remove_file(&pkg.path).unwrap();
-
-    let link_mb = (mb / 2).clamp(1, LINK_MAX_MB);
-    let pkg = write_package(&nginx.www("throttled/link.zip"), link_mb, VERSION, &root);
-    let url = nginx.url("throttled/link.zip");
-    compare_with_curl(
-        &format!("link limited to {:.0} MiB/s by nginx", mib(LINK_RATE)),
-        &nginx,
-        &pkg,
-        &url,
-        base.path(),
-        repeat,
-        curl,
-    );
+    for rate_mib in std::iter::once(0).chain(link_rates_mib()) {
+        // One nginx per speed: its `/throttled/` location has one `limit_rate`.
+        let dir = base.path().join(format!("nginx-{rate_mib}"));
+        let Some(nginx) = start_nginx(&dir, &dir.join("ca.pem"), rate_mib.max(1) * MIB) else {
+            return;
+        };
+        let (rel, size_mb, label) = if rate_mib == 0 {
+            (
+                "pkg/speed.zip",
+                mb,
+                "loopback without a rate limit".to_string(),
+            )
+        } else {
+            let size_mb = mb.min(rate_mib * link_secs()).max(1);
+            (
+                "throttled/link.zip",
+                size_mb,
+                format!("link limited to {rate_mib} MiB/s by nginx"),
+            )
+        };
+        let pkg = write_package(&nginx.www(rel), size_mb, VERSION, &root);
+        let url = nginx.url(rel);
+        let how = Comparison {
+            label: &label,
+            scratch: base.path(),
+            repeat,
+            curl,
+        };
+        compare_with_curl(&how, &nginx, &pkg, &url);
+        std::fs::remove_file(&pkg.path).unwrap();
+    }
 }
