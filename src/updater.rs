@@ -615,6 +615,7 @@ impl DownloadSink for Updater {
 mod tests {
     use super::*;
     use crate::checksum::Algorithm;
+    use crate::lifecycle::Stage;
     use crate::sync::lock;
 
     /// A consumer of reports besides device-api's: what a fleet server's feedback plugs into.
@@ -625,6 +626,43 @@ mod tests {
         fn publish(&self, report: &Report) {
             lock(&self.0).push(report.clone());
         }
+    }
+
+    /// docs/API.md 9.1 (`cancelAction`): a cancel that reaches an action after its
+    /// installation succeeded, before the fleet client heard of the outcome, is refused: the
+    /// `success` stays, and with it the deployment's `closed`/`success` feedback.
+    #[test]
+    fn a_late_cancel_of_an_installed_version_is_refused_and_success_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = Config::defaults().unwrap();
+        cfg.work_dir = d.path().join("work");
+        for dir in cfg.work().dirs() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let done = Outcome {
+            id: 1,
+            stage: Stage::Success,
+            version: "1.3.1".into(),
+            message: "Update completed".into(),
+            error: None,
+            progress: 100,
+            at: "2026-12-07T22:00:00Z".into(),
+            package_name: Some("p.zip".into()),
+            package_md5: None,
+            package_checksum: None,
+            install_id: Some(7),
+            delivered: true,
+        };
+        crate::outcome::save(&cfg.work().outcome(), &done).unwrap();
+        let tls = crate::net::tls_config(None).unwrap();
+        let u = Updater::new(cfg, tls, Arc::new(Reporter::new()), Shutdown::new());
+        u.recover();
+        assert_eq!(u.status().stage, Stage::Success);
+        assert_eq!(
+            u.cancel_package("1.3.1", "cancelled by the fleet server"),
+            Err(Stage::Success)
+        );
+        assert_eq!(u.status().stage, Stage::Success);
     }
 
     /// Every report device-api's queue gets reaches every other sink too, in order: a whole

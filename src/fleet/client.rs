@@ -358,10 +358,12 @@ impl FleetClient {
                         tracing::info!(
                             "fleet action {stop_id}: cancel refused, the installation runs on"
                         );
-                        Feedback::rejected(
-                            &cancel.id,
-                            &format!("action {stop_id} is {stage}: it runs to its end"),
-                        )
+                        let why = if stage == Stage::Success {
+                            format!("action {stop_id} has already been installed")
+                        } else {
+                            format!("action {stop_id} is {stage}: it runs to its end")
+                        };
+                        Feedback::rejected(&cancel.id, &why)
                     }
                     Err(e) => return self.once.failed("cancelAction", e.to_string()),
                 }

@@ -17,8 +17,8 @@ pub enum Cancelled {
 }
 
 impl Updater {
-    /// Cancel the package of `version` unless it is installing (`Err` with the stage then: it
-    /// runs to its end). A running download is stopped and waited for (it stops at its next
+    /// Cancel the package of `version` unless it is installing or installed (`Err` with the
+    /// stage then: it runs, or ran, to its end). A running download is stopped and waited for (it stops at its next
     /// chunk); the stage becomes `failed` with `DOWNLOAD_FAILED: <why>` and the file is removed.
     /// Blocking: call it from a blocking thread.
     pub fn cancel_package(&self, version: &str, why: &str) -> Result<Cancelled, Stage> {
@@ -31,7 +31,9 @@ impl Updater {
         }
         let err = error::download_failed(why.to_string());
         match stage {
-            Stage::Installing | Stage::Rebooting => return Err(stage),
+            // An installation runs to its end; one that already succeeded has its outcome
+            // (and the fleet its `closed`/`success` feedback) whatever a late cancel says.
+            Stage::Installing | Stage::Rebooting | Stage::Success => return Err(stage),
             Stage::Downloading | Stage::Verifying => {
                 tracing::info!("stopping the download of {version}: {why}");
                 self.stop_job(err.clone());
@@ -63,7 +65,7 @@ impl Updater {
                     }
                 }
             }
-            Stage::Installing | Stage::Rebooting => return Err(stage),
+            Stage::Installing | Stage::Rebooting | Stage::Success => return Err(stage),
             Stage::Failed => {}
             // The download ended otherwise meanwhile (it cannot reach `success` by itself).
             _ => self.fail(err, Discard::Nothing),
