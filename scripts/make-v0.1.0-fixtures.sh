@@ -6,6 +6,9 @@
 # Slow (builds 0.1.0 in release mode the first time); CI does not run it: the fixtures are
 # committed. Run as root from anywhere in the repository:
 #     scripts/make-v0.1.0-fixtures.sh [PHASE...]   (default: prepared deploying committed)
+#     scripts/make-v0.1.0-fixtures.sh --bin        only build (or reuse) the 0.1.0 binary and
+#                                                  print its path (scripts/test.sh exports it
+#                                                  as TOPE_V010_BIN for tests/upgrade_0_1_0_self.rs)
 # Needs: cargo, git, curl, python3 (package server and ZIP), strace.
 #
 # The 0.1.0 build is cached in ${XDG_CACHE_HOME:-$HOME/.cache}/tope-updater/v0.1.0 and reused.
@@ -53,7 +56,12 @@ if [[ ! -x $BIN ]]; then
     rm -rf "$CACHE/src"
     mkdir -p "$CACHE/src"
     git -C "$REPO" archive "$COMMIT" | tar -x -C "$CACHE/src"
-    (cd "$CACHE/src" && CARGO_TARGET_DIR=$CACHE/target cargo build --release --locked)
+    # Its output goes to stderr: with --bin, stdout is the path alone.
+    (cd "$CACHE/src" && CARGO_TARGET_DIR=$CACHE/target cargo build --release --locked) >&2
+fi
+if [[ ${1:-} == --bin ]]; then
+    printf '%s\n' "$BIN"
+    exit 0
 fi
 
 # --- one scratch printer per phase ---------------------------------------------------------

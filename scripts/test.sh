@@ -101,6 +101,13 @@ step "cargo fmt --check" cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings" cargo clippy --all-targets -- -D warnings
 # The lean printer build (no demo) must keep compiling.
 step "cargo check --no-default-features" cargo check --no-default-features
+# docs/API.md 9.4: tests/upgrade_0_1_0_self.rs runs the real release 0.1.0, built once per
+# machine into a cache (about 5.5 minutes on 2 cores the first time, then reused at once).
+v010_bin() {
+    TOPE_V010_BIN=$(scripts/make-v0.1.0-fixtures.sh --bin)
+    export TOPE_V010_BIN
+}
+step "release 0.1.0 binary (scripts/make-v0.1.0-fixtures.sh --bin)" v010_bin
 step "cargo test --all-targets --no-run (build)" cargo test --all-targets --no-fail-fast --no-run
 step "cargo test --all-targets --no-fail-fast (run)" cargo test --all-targets --no-fail-fast
 # The download tests that need more than a minute by definition (the 60 s stall window).

@@ -173,7 +173,18 @@ pub fn serve(config_path: Option<&Path>) -> ExitCode {
             .map_err(std::io::Error::other)?;
         // A rollback or a power cut may have put the other binary at this one's path: the
         // binary that serves is the one at the path (same pid, same socket).
-        crate::handover::reexec_if_replaced(listen_fd, inherited.reexecuted);
+        // Release 0.1.0 shows and reports the outcome from `state.json` (written by the
+        // recovery) and knows no `tmp/outcome.json`: left behind, that file would be shown,
+        // and reported again, by this release after 0.1.0 has installed it successfully.
+        let outcome = work.outcome();
+        crate::handover::reexec_if_replaced(listen_fd, inherited.reexecuted, || {
+            if let Err(e) = outcome.remove() {
+                tracing::warn!(
+                    "cannot remove {} before executing release 0.1.0: {e}",
+                    outcome.path().display()
+                );
+            }
+        });
         tokio::spawn(reporter.run(callback_client, device_api));
         if let Some(f) = fleet {
             tokio::spawn(f.run());

@@ -199,7 +199,10 @@ pub fn is_own_exe(path: &Path) -> bool {
 /// (a rollback or a power cut put the other binary there), execute it in place of this
 /// process (same pid, same arguments, the listening socket `listener` inherited). Returns
 /// only when nothing was done, or with the error of `execve`.
-pub fn reexec_if_replaced(listener: RawFd, reexecuted: bool) {
+///
+/// `before_older` runs before a binary of release 0.1.0 (which knows neither the socket nor
+/// this release's files) is executed.
+pub fn reexec_if_replaced(listener: RawFd, reexecuted: bool, before_older: impl FnOnce()) {
     let Ok(path) = own_exe() else { return };
     if reexecuted || is_own_exe(&path) || !path.is_file() {
         return;
@@ -209,23 +212,66 @@ pub fn reexec_if_replaced(listener: RawFd, reexecuted: bool) {
          interrupted): executing it",
         path.display()
     );
-    let fd = match inheritable(listener) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!("cannot hand the listening socket over: {e}");
-            return;
-        }
-    };
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let e = Command::new(&path)
-        .args(args)
-        .env(LISTEN_FD_ENV, fd.to_string())
-        .env(REEXEC_ENV, "1")
-        .exec();
+    let mut cmd = Command::new(&path);
+    cmd.args(args).env(REEXEC_ENV, "1");
+    // A binary of release 0.1.0 (the one a rolled-back 0.1.0 installation puts back) knows
+    // no inherited socket and binds the address itself, which fails while a socket handed
+    // over holds it: the listening socket (close-on-exec) closes with the execution instead.
+    if takes_listen_fd(&path) {
+        let fd = match inheritable(listener) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!("cannot hand the listening socket over: {e}");
+                return;
+            }
+        };
+        cmd.env(LISTEN_FD_ENV, fd.to_string());
+    } else {
+        tracing::warn!(
+            "{} does not take a listening socket over ({LISTEN_FD_ENV} unknown to it: release \
+             0.1.0): it binds the API's address itself",
+            path.display()
+        );
+        before_older();
+    }
+    let e = cmd.exec();
     tracing::error!(
         "cannot execute {}: {e}; this binary keeps serving",
         path.display()
     );
+}
+
+/// Whether the executable at `path` takes a listening socket through [`LISTEN_FD_ENV`]: every
+/// binary that reads the variable holds its name; release 0.1.0 does not. Read in chunks (a
+/// printer's memory), never the whole file at once. An unreadable file counts as not taking
+/// it: a binary that binds the address itself starts either way.
+fn takes_listen_fd(path: &Path) -> bool {
+    File::open(path)
+        .and_then(|f| contains(f, LISTEN_FD_ENV.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// Whether `needle` (not empty) occurs in what `r` reads, also across its chunks.
+fn contains(mut r: impl Read, needle: &[u8]) -> io::Result<bool> {
+    let keep = needle.len().saturating_sub(1);
+    let mut buf = vec![0u8; 64 * 1024 + keep];
+    let mut held = 0;
+    loop {
+        let n = match r.read(&mut buf[held..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let end = held + n;
+        if buf[..end].windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+        let tail = end.saturating_sub(keep);
+        buf.copy_within(tail..end, 0);
+        held = end - tail;
+    }
 }
 
 /// A copy of `fd` without close-on-exec, for a program started next. It stays open in this
@@ -446,5 +492,30 @@ impl NewUpdater {
 impl Drop for NewUpdater {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/API.md 9.4: the name is found wherever it lies, also across two chunks; a file
+    /// without it (release 0.1.0) does not take the socket.
+    #[test]
+    fn api_9_4_a_binary_takes_the_socket_only_when_it_names_the_variable() {
+        let name = LISTEN_FD_ENV.as_bytes();
+        for at in [0, 5, 64 * 1024 - 3, 64 * 1024 + 20, 200_000] {
+            let mut data = vec![b'x'; 300_000];
+            data[at..at + name.len()].copy_from_slice(name);
+            assert!(contains(&data[..], name).unwrap(), "at {at}");
+        }
+        let mut near = vec![b'x'; 300_000];
+        near[1000..1000 + name.len() - 1].copy_from_slice(&name[..name.len() - 1]);
+        assert!(!contains(&near[..], name).unwrap());
+        assert!(!contains(&b""[..], name).unwrap());
+        let own = std::env::current_exe().unwrap();
+        assert!(takes_listen_fd(&own));
+        assert!(!takes_listen_fd(Path::new("/bin/sh")));
+        assert!(!takes_listen_fd(Path::new("/nonexistent/tope-updater")));
     }
 }
