@@ -61,6 +61,7 @@ struct Effective {
     trusted_keys: Vec<String>,
     require_signature: bool,
     allow_downgrade: bool,
+    delta_downloads: bool,
     server: ServerTable,
 }
 
@@ -105,6 +106,7 @@ pub fn effective_toml(cfg: &Config) -> Result<String, EffectiveError> {
         trusted_keys,
         require_signature,
         allow_downgrade,
+        delta_downloads,
         server,
     } = cfg;
     let effective = Effective {
@@ -127,6 +129,7 @@ pub fn effective_toml(cfg: &Config) -> Result<String, EffectiveError> {
         trusted_keys: trusted_keys.iter().map(|k| k.to_base64()).collect(),
         require_signature: *require_signature,
         allow_downgrade: *allow_downgrade,
+        delta_downloads: *delta_downloads,
         server: ServerTable::from(*server),
     };
     let mut out = String::new();
@@ -218,6 +221,7 @@ settle_s = 0
 trusted_keys = ["O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik="]
 require_signature = true
 allow_downgrade = false
+delta_downloads = false
 
 [server]
 head_timeout_ms = 300
