@@ -6,6 +6,7 @@
 //! How changes reach the disk is in `record` (a stage change is written before it becomes
 //! visible; an outcome is written before it is shown or reported); start-up is in `recover`.
 
+mod delta;
 mod jobs;
 mod record;
 mod recover;
@@ -260,10 +261,40 @@ impl Updater {
 
     // ---------------------------------------------------------------- jobs
 
-    fn run_download(&self, spec: PackageSpec, resume_from: u64, validator: Validator) {
+    fn run_download(&self, spec: PackageSpec, mut resume_from: u64, mut validator: Validator) {
         let path = self.package_path(&spec.package_name);
         self.report_now();
         let stop = self.job_stop();
+        // docs/API.md 9.5: only the changed entries, when a delta applies.
+        let delta = crate::delta::DeltaParams {
+            spec: &spec,
+            path: &path,
+            cfg: &self.inner.cfg,
+            tls: self.inner.tls.clone(),
+            shutdown: &stop,
+            resume_from,
+        };
+        let step = crate::delta::run(&delta, self);
+        // A checkpoint that could not be written ends the download (see `checkpoint`).
+        if let Some(err) = self.job_error() {
+            return self.fail(err, Discard::Nothing);
+        }
+        match step {
+            Ok(crate::delta::Step::NotApplicable) => {}
+            Ok(crate::delta::Step::Complete) => return self.finish_delta(&spec),
+            Ok(crate::delta::Step::Interrupted) => return,
+            Ok(crate::delta::Step::Whole(_)) => {
+                if let Err(e) = lock(&self.inner.life).restart_download() {
+                    return self.fail(e.into(), Discard::Nothing);
+                }
+                if let Err(e) = self.persist() {
+                    return self.fail(e, Discard::Nothing);
+                }
+                *lock(&self.inner.last_step) = None;
+                (resume_from, validator) = (0, Validator::default());
+            }
+            Err(err) => return self.fail(OtaError::from(err), Discard::Nothing),
+        }
         let params = DownloadParams {
             spec: &spec,
             path: &path,
@@ -361,6 +392,14 @@ impl Updater {
 
     /// Hash a complete file left by a previous run (stage `verifying` at start).
     fn run_verify(&self, spec: PackageSpec) {
+        if let Some(intact) = self.delta_package_intact(&spec) {
+            if intact {
+                if let Err(e) = self.advance(|l| l.verified(OffsetDateTime::now_utc())) {
+                    self.fail(e, Discard::Nothing);
+                }
+            }
+            return;
+        }
         let path = self.package_path(&spec.package_name);
         let res = download::hash_file(
             &path,
@@ -387,7 +426,10 @@ impl Updater {
         };
         let path = self.package_path(&spec.package_name);
         // The file may have changed since it was verified.
+        let delta = self.delta_package_intact(&spec);
         match download::hash_file(&path, spec.package_md5.algorithm, None, &mut |_| {}) {
+            _ if delta == Some(false) => return,
+            _ if delta == Some(true) => {}
             Ok(Some(md5)) if md5_matches(&spec, &md5) => {}
             Ok(Some(md5)) => {
                 self.reject_mismatch(&spec, &md5, " changed since verification");
@@ -435,6 +477,12 @@ impl Updater {
                     Ok(()) => {
                         // The outcome is durable: now the journal may go.
                         deploy::finish(&backups);
+                        crate::delta::installation_succeeded(
+                            &cfg.work(),
+                            &path,
+                            &spec.version,
+                            cfg,
+                        );
                         if let Err(e) = fsutil::remove_durable(&path) {
                             tracing::warn!("cannot remove {}: {e}", path.display());
                         }

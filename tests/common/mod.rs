@@ -23,6 +23,7 @@ pub mod http;
 pub mod nginx;
 pub mod package;
 pub mod procs;
+pub mod signed;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
