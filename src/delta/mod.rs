@@ -368,6 +368,13 @@ impl<'a> Delta<'a> {
                 bad.extend(verify_within(o, &all, &mut checked));
                 let bad = std::mem::take(&mut bad);
                 if bad.is_empty() {
+                    // Durable before the package file is written, so a crash then fetches nothing.
+                    self.checkpoint(rec, &o.part)?;
+                    tracing::info!(
+                        "{}: {} bytes fetched and checked; writing the package file",
+                        self.p.spec.package_name,
+                        rec.done()
+                    );
                     return Ok(Fetched::Done);
                 }
                 for i in bad {
@@ -434,8 +441,7 @@ impl<'a> Delta<'a> {
             }
             let why = match result {
                 Ranged::Done => {
-                    self.checkpoint(rec, &o.part)?;
-                    // The entries of this range are checked now that they are durable.
+                    // The entries of this range are checked as soon as it is in.
                     bad.extend(verify_within(o, &[span], &mut checked));
                     continue;
                 }
