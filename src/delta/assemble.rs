@@ -96,7 +96,8 @@ pub(super) fn assemble(
             continue;
         };
         let data = archive.by_index_data(index).map_err(zerr)?;
-        let name = String::from_utf8_lossy(data.name_raw()).into_owned();
+        // The name as the package reader decodes it (UTF-8, or CP437 without the flag).
+        let name = data.name().map_err(zerr)?.into_owned();
         let opts = SimpleFileOptions::default()
             .compression_method(CompressionMethod::Stored)
             .unix_permissions(data.unix_mode().unwrap_or(0o644) & 0o777)

@@ -1,11 +1,11 @@
 //! Checks of a delta download's entries (docs/API.md 9.5) and which ones the installed files
 //! supply.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::assemble::Reuse;
-use super::plan::Span;
-use super::record::Record;
+use super::plan::{self, Cover, Span};
+use super::record::{Pending, Record};
 use super::Opened;
 use crate::checksum::{Algorithm, Checksum, Hasher};
 use crate::swu::Window;
@@ -15,19 +15,20 @@ use crate::swu::Window;
 pub(super) fn verify_within(
     o: &mut Opened,
     spans: &[Span],
-    checked: &mut Vec<usize>,
+    checked: &mut HashSet<usize>,
 ) -> Vec<usize> {
+    let cover = Cover::new(spans.iter().copied());
     let todo: Vec<usize> = o
         .entries
         .iter()
-        .filter(|(i, s)| !checked.contains(i) && spans.iter().any(|sp| sp.contains(s)))
+        .filter(|(i, s)| !checked.contains(i) && cover.contains(s))
         .map(|&(i, _)| i)
         .collect();
     let mut bad = Vec::new();
     for i in todo {
-        checked.push(i);
-        if !entry_ok(&mut o.archive, i, o.dir.sha256.get(&i)) {
-            checked.retain(|&c| c != i);
+        if entry_ok(&mut o.archive, i, o.dir.sha256.get(&i)) {
+            checked.insert(i);
+        } else {
             bad.push(i);
         }
     }
@@ -36,23 +37,46 @@ pub(super) fn verify_within(
 
 /// The entries taken from installed files: every deployed entry that no fetched range covers.
 pub(super) fn reusable(rec: &Record, o: &Opened) -> HashMap<usize, Reuse> {
+    let fetched = Cover::new(rec.spans.iter().map(|p| p.span()));
+    let mut first_dst = HashMap::new();
+    for f in &o.dir.files {
+        first_dst.entry(f.entry).or_insert(&f.dst);
+    }
     let mut out = HashMap::new();
     for &(i, s) in &o.entries {
-        if rec.spans.iter().any(|p| p.span().contains(&s)) {
+        if fetched.contains(&s) {
             continue;
         }
-        let file = o.dir.files.iter().find(|f| f.entry == i);
-        if let (Some(f), Some(sum)) = (file, o.dir.sha256.get(&i)) {
+        if let (Some(dst), Some(sum)) = (first_dst.get(&i), o.dir.sha256.get(&i)) {
             out.insert(
                 i,
                 Reuse {
-                    dst: f.dst.clone(),
+                    dst: (*dst).clone(),
                     sha256: sum.clone(),
                 },
             );
         }
     }
     out
+}
+
+/// The ranges that fetch the entries `indices` (again), coalesced.
+pub(super) fn pending_for(o: &Opened, indices: &[usize]) -> Vec<Pending> {
+    let wanted: HashSet<usize> = indices.iter().copied().collect();
+    let spans = o
+        .entries
+        .iter()
+        .filter(|(i, _)| wanted.contains(i))
+        .map(|&(_, s)| s)
+        .collect();
+    plan::coalesce(spans, plan::COALESCE_GAP)
+        .into_iter()
+        .map(|s| Pending {
+            start: s.start,
+            end: s.end,
+            done: 0,
+        })
+        .collect()
 }
 
 pub(super) fn entry_name(archive: &zip::ZipArchive<Window>, i: usize) -> String {

@@ -28,13 +28,14 @@ pub mod installed;
 pub mod plan;
 mod record;
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use assemble::Assembled;
-use check::{entry_name, reusable, verify_within};
+use check::{entry_name, pending_for, reusable, verify_within};
 use fetch::{Fetcher, Ranged};
 use plan::Span;
 pub use record::{check_assembled, effective_len, forget, installation_succeeded};
@@ -255,15 +256,7 @@ impl<'a> Delta<'a> {
                         self.p.spec.package_name,
                         indices.len()
                     );
-                    for i in indices {
-                        if let Some(&(_, s)) = opened.entries.iter().find(|(e, _)| *e == i) {
-                            rec.spans.push(Pending {
-                                start: s.start,
-                                end: s.end,
-                                done: 0,
-                            });
-                        }
-                    }
+                    rec.spans.extend(pending_for(&opened, &indices));
                     self.save(&rec)?;
                 }
                 Err(e) => return Err(e.into_download_error(path)),
@@ -359,7 +352,7 @@ impl<'a> Delta<'a> {
         let mut f = self.fetcher(&part, rec.validator());
         // Entries checked by this run; after a restart the ranges fetched before it are
         // checked once they are all in.
-        let mut checked: Vec<usize> = Vec::new();
+        let mut checked: HashSet<usize> = HashSet::new();
         let mut bad: Vec<usize> = Vec::new();
         loop {
             let Some(k) = rec.spans.iter().position(|s| s.done < s.end - s.start) else {
@@ -377,23 +370,19 @@ impl<'a> Delta<'a> {
                     );
                     return Ok(Fetched::Done);
                 }
-                for i in bad {
-                    let name = entry_name(&o.archive, i);
-                    if rec.refetched.contains(&i) {
-                        return Ok(Fetched::Whole(format!(
-                            "entry {name} does not match its signed sha256 after a second fetch"
-                        )));
-                    }
-                    tracing::warn!("{name} does not match its signed sha256: fetching it again");
-                    rec.refetched.push(i);
-                    if let Some(&(_, s)) = o.entries.iter().find(|(e, _)| *e == i) {
-                        rec.spans.push(Pending {
-                            start: s.start,
-                            end: s.end,
-                            done: 0,
-                        });
-                    }
+                let refetched: HashSet<usize> = rec.refetched.iter().copied().collect();
+                if let Some(&i) = bad.iter().find(|i| refetched.contains(i)) {
+                    return Ok(Fetched::Whole(format!(
+                        "entry {} does not match its signed sha256 after a second fetch",
+                        entry_name(&o.archive, i)
+                    )));
                 }
+                for &i in bad.iter().take(10) {
+                    let name = entry_name(&o.archive, i);
+                    tracing::warn!("{name} does not match its signed sha256: fetching it again");
+                }
+                rec.refetched.extend(&bad);
+                rec.spans.extend(pending_for(o, &bad));
                 self.checkpoint(rec, &o.part)?;
                 continue;
             };

@@ -56,6 +56,37 @@ pub fn coalesce(mut spans: Vec<Span>, gap: u64) -> Vec<Span> {
     out
 }
 
+/// A set of spans answering "does one of them contain this span?" in O(log n).
+pub struct Cover {
+    starts: Vec<u64>,
+    /// The largest end among the spans up to each index (sorted by start).
+    max_end: Vec<u64>,
+}
+
+impl Cover {
+    pub fn new(spans: impl IntoIterator<Item = Span>) -> Cover {
+        let mut sorted: Vec<Span> = spans.into_iter().collect();
+        sorted.sort_by_key(|s| s.start);
+        let mut max_end = Vec::with_capacity(sorted.len());
+        let mut m = 0;
+        for s in &sorted {
+            m = m.max(s.end);
+            max_end.push(m);
+        }
+        Cover {
+            starts: sorted.iter().map(|s| s.start).collect(),
+            max_end,
+        }
+    }
+
+    /// Whether one span contains `s` whole: among the spans starting at or before it, the one
+    /// reaching furthest must reach its end.
+    pub fn contains(&self, s: &Span) -> bool {
+        let n = self.starts.partition_point(|&start| start <= s.start);
+        n > 0 && self.max_end[n - 1] >= s.end
+    }
+}
+
 /// `done * size / total`: the share of the bytes that must cross the network, expressed in the
 /// package's bytes, so `/progress` goes from 0 to 100 over a delta as over a full download.
 pub fn scaled(done: u64, total: u64, size: u64) -> u64 {
@@ -87,6 +118,14 @@ mod tests {
         let merged = coalesce(vec![s(100, 200), s(0, 10), s(10, 20), s(250, 300)], 50);
         assert_eq!(merged, vec![s(0, 20), s(100, 300)]);
         assert_eq!(coalesce(vec![s(0, 10), s(100, 110)], 50).len(), 2);
+    }
+
+    #[test]
+    fn a_cover_finds_the_span_holding_an_entry() {
+        let c = Cover::new(vec![s(100, 200), s(0, 50), s(120, 130)]);
+        assert!(c.contains(&s(0, 50)) && c.contains(&s(10, 20)) && c.contains(&s(150, 200)));
+        assert!(!c.contains(&s(40, 60)) && !c.contains(&s(60, 70)) && !c.contains(&s(190, 210)));
+        assert!(!Cover::new(Vec::new()).contains(&s(0, 1)));
     }
 
     #[test]
