@@ -133,6 +133,8 @@ pub(super) fn assemble(
     let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
     file.sync_all().map_err(werr)?;
     drop(file);
+    // Its name durable too before the record says it is assembled.
+    crate::fsutil::fsync_parent(out).map_err(werr)?;
     let mut back = File::open(out).map_err(werr)?;
     let len = back.metadata().map_err(werr)?.len();
     let sha256 = super::installed::hash_open(&mut back).map_err(werr)?;

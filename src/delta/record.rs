@@ -151,3 +151,67 @@ pub fn installation_succeeded(work: &WorkDir, pkg: &Path, version: &str, cfg: &C
         tracing::warn!("cannot write {}: {e}", file.path().display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::{Algorithm, Checksum, Hasher};
+
+    fn spec(url: &str) -> PackageSpec {
+        PackageSpec {
+            version: "1.2.3".into(),
+            package_url: url.into(),
+            package_name: "p.zip".into(),
+            package_size: 1000,
+            package_md5: Checksum {
+                algorithm: Algorithm::Md5,
+                digest: vec![7; 16],
+            },
+        }
+    }
+
+    /// docs/API.md 9.5: an assembled package stands for the whole one while it is the file
+    /// assembled (length at start-up, sha256 at `/update`), and only for its own package.
+    #[test]
+    fn an_assembled_package_is_complete_while_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = WorkDir::new(dir.path());
+        std::fs::create_dir_all(work.tmp()).unwrap();
+        let path = work.package("p.zip");
+        std::fs::write(&path, b"assembled").unwrap();
+        let mut h = Hasher::new(Algorithm::Sha256);
+        h.update(b"assembled");
+        let s = spec("https://h/p.zip");
+        let rec = Record {
+            package_url: s.package_url.clone(),
+            package_name: s.package_name.clone(),
+            package_md5: s.package_md5.to_hex(),
+            package_size: s.package_size,
+            etag: None,
+            last_modified: None,
+            head_bytes: 10,
+            spans: vec![Pending {
+                start: 0,
+                end: 100,
+                done: 100,
+            }],
+            refetched: Vec::new(),
+            assembled: Some(AssembledFile {
+                sha256: h.finalize().to_hex(),
+                len: 9,
+            }),
+        };
+        work.delta().save_json(&rec).unwrap();
+        assert_eq!(load_record(&work), Some(rec));
+        assert_eq!(effective_len(&work, &s, 9), 1000);
+        assert_eq!(effective_len(&work, &s, 8), 8);
+        assert_eq!(check_assembled(&work, &s, &path), Some(Ok(())));
+        let other = spec("https://h/other.zip");
+        assert_eq!(check_assembled(&work, &other, &path), None);
+        assert_eq!(effective_len(&work, &other, 9), 9);
+        std::fs::write(&path, b"assembleD").unwrap();
+        assert!(matches!(check_assembled(&work, &s, &path), Some(Err(_))));
+        forget(&work);
+        assert_eq!(load_record(&work), None);
+    }
+}
