@@ -353,3 +353,26 @@ fn docs_api_9_5_a_file_changed_on_the_printer_is_fetched_again() {
     assert_eq!(stage_of(&p), "success", "{p}\n{}", f.d.output());
     f.assert_files(&v2, "after the delta over modified files");
 }
+
+/// docs/API.md 9.5 with 7 (`max_download_bytes_per_s`): the cap holds for the ranges of a delta
+/// as for a full download: 4 changed entries of 300 KiB at 256 KiB/s take more than 4 s.
+#[test]
+fn docs_api_9_5_the_bandwidth_cap_applies_to_a_delta() {
+    let Some((mut f, _)) = installed_v1("") else {
+        return;
+    };
+    f.d.sigterm_and_wait(Duration::from_secs(10));
+    f.d = start(&f.ws, &f.api, &f.public, "max_download_bytes_per_s = 262144\n");
+    let v2 = changed(&[0, 10, 20, 30], 2);
+    let pkg = f.signed("1.1.0", &v2);
+    let started = std::time::Instant::now();
+    f.download("v2.zip", "1.1.0", &pkg);
+    f.d.wait_stage("toInstall", Duration::from_secs(60));
+    let took = started.elapsed();
+    let (bytes, _) = f.sent("v2.zip");
+    assert!(bytes < pkg.len() as u64 / 5, "a delta: {bytes} bytes");
+    assert!(
+        took >= Duration::from_secs(4),
+        "{bytes} bytes in {took:?} under a cap of 256 KiB/s"
+    );
+}
