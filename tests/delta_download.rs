@@ -362,7 +362,12 @@ fn docs_api_9_5_the_bandwidth_cap_applies_to_a_delta() {
         return;
     };
     f.d.sigterm_and_wait(Duration::from_secs(10));
-    f.d = start(&f.ws, &f.api, &f.public, "max_download_bytes_per_s = 262144\n");
+    f.d = start(
+        &f.ws,
+        &f.api,
+        &f.public,
+        "max_download_bytes_per_s = 262144\n",
+    );
     let v2 = changed(&[0, 10, 20, 30], 2);
     let pkg = f.signed("1.1.0", &v2);
     let started = std::time::Instant::now();
@@ -375,4 +380,81 @@ fn docs_api_9_5_the_bandwidth_cap_applies_to_a_delta() {
         took >= Duration::from_secs(4),
         "{bytes} bytes in {took:?} under a cap of 256 KiB/s"
     );
+}
+
+/// docs/API.md 9.5 with 8.1: a server that serves the directory and manifest but cuts every
+/// entry's range after a few bytes ends the delta with DOWNLOAD_FAILED under the same retry
+/// budget (4 attempts without 1 MiB of progress), in seconds, not never.
+#[test]
+fn docs_api_9_5_a_server_cutting_every_range_fails_within_the_retry_budget() {
+    use common::hostile::{honest, HostileServer};
+    use std::sync::Arc;
+    let ws = Workspace::new();
+    let api = FakeDeviceApi::start();
+    let (key, public) = test_key();
+    let dst = ws.root().join("app");
+    let dst_text = dst.to_string_lossy().to_string();
+    let v1 = Arc::new(signed_package(
+        "1.0.0",
+        &dst_text,
+        &key,
+        &files(FILES, FILE_SIZE, |_| 1),
+    ));
+    let v2 = Arc::new(signed_package("1.1.0", &dst_text, &key, &changed(&[7], 2)));
+    let (s1, s2) = (v1.clone(), v2.clone());
+    let server = HostileServer::start(Box::new(move |req| {
+        if req.target() == "/v1.zip" {
+            return honest(&s1, req);
+        }
+        let len = s2.len() as u64;
+        let start = req.range_start();
+        let head_read = start.is_none_or(|s| s == 0 || s == len.saturating_sub(65557));
+        let mut out = honest(&s2, req);
+        if !head_read {
+            // The 206 head and 100 bytes of its body, then the connection closes.
+            let body_at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+            out.truncate(body_at + 100);
+        }
+        out
+    }));
+    let opts = DaemonOptions {
+        allow_http: true,
+        extra_toml: format!("trusted_keys = [\"{public}\"]\nsettle_s = 0\n"),
+        ..Default::default()
+    };
+    let d = Daemon::start(&ws, &api, opts);
+    d.post_download(&download_body(
+        "1.0.0",
+        &server.url("v1.zip"),
+        "v1.zip",
+        &v1,
+    ));
+    d.wait_stage("toInstall", Duration::from_secs(60));
+    d.post_update("1.0.0");
+    assert_eq!(stage_of(&d.wait_outcome()), "success", "{}", d.output());
+    let before = server.requests().len();
+    let started = std::time::Instant::now();
+    d.post_download(&download_body(
+        "1.1.0",
+        &server.url("v2.zip"),
+        "v2.zip",
+        &v2,
+    ));
+    let p = d.wait_stage("failed", Duration::from_secs(60));
+    let err = p["data"]["error"].as_str().unwrap_or_default();
+    assert!(err.starts_with("DOWNLOAD_FAILED: "), "{p}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let ranged: Vec<_> = server.requests()[before..]
+        .iter()
+        .filter(|r| {
+            r.range_start()
+                .is_some_and(|s| s != 0 && s + 65557 != v2.len() as u64)
+        })
+        .map(|r| r.range_start())
+        .collect();
+    assert_eq!(ranged.len(), 4, "one attempt and three retries: {ranged:?}");
 }
