@@ -45,7 +45,8 @@ impl Delta<'_> {
         &self,
         part: File,
     ) -> Result<Result<Opened, String>, DownloadError> {
-        let err = part_err(self.p.path);
+        let part_path = self.work.delta_part();
+        let err = part_err(&part_path);
         let window = Window::whole(part.try_clone().map_err(&err)?).map_err(&err)?;
         let cd = match package::check_central_directory(&window) {
             Ok(cd) => cd,
@@ -154,9 +155,14 @@ impl Delta<'_> {
                 "the package carries no manifest.sig".into(),
             )));
         }
+        // Not again what the directory's reads already brought (a small package).
+        let have = plan::Cover::new([Span {
+            start: cd.offset.min(tail.start),
+            end: size,
+        }]);
         let head_spans: Vec<Span> = entries
             .iter()
-            .filter(|(i, _)| signed.contains(i))
+            .filter(|(i, s)| signed.contains(i) && !have.contains(s))
             .map(|&(_, s)| s)
             .collect();
         for s in plan::coalesce(head_spans, plan::COALESCE_GAP) {
