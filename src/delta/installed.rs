@@ -130,8 +130,8 @@ pub fn hash_open(f: &mut File) -> std::io::Result<Checksum> {
 
 /// After a successful installation of `version`: every deployed file of a signed package with
 /// its signed SHA-256 and its stamp now (files of an unsigned package are left out, so they
-/// are hashed before a delta trusts them). Files of earlier installations stay recorded: their
-/// stamps still guard them.
+/// are hashed before a delta trusts them). Files of earlier installations stay recorded while
+/// they exist: their stamps still guard them.
 pub fn record_installation(
     file: &OwnFile,
     version: &str,
@@ -139,6 +139,8 @@ pub fn record_installation(
 ) -> std::io::Result<()> {
     let mut record = load(file).unwrap_or_default();
     record.version = version.to_string();
+    // Files gone from the printer leave the record, so it does not grow without bound.
+    record.files.retain(|p, _| p.symlink_metadata().is_ok());
     for (dst, sum) in deployed {
         match std::fs::symlink_metadata(dst) {
             Ok(m) if m.file_type().is_file() => {
