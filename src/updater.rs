@@ -293,7 +293,15 @@ impl Updater {
                 *lock(&self.inner.last_step) = None;
                 (resume_from, validator) = (0, Validator::default());
             }
-            Err(err) => return self.fail(OtaError::from(err), Discard::Nothing),
+            Err(err) if err.keeps_partial() => {
+                return self.fail(OtaError::from(err), Discard::Nothing)
+            }
+            // A full disk (or another local failure): nothing of the delta is kept.
+            Err(err) => {
+                crate::delta::forget(&self.inner.cfg.work());
+                let _ = fsutil::remove_durable(&path);
+                return self.fail(OtaError::from(err), Discard::File);
+            }
         }
         let params = DownloadParams {
             spec: &spec,

@@ -474,3 +474,56 @@ fn docs_api_9_5_a_server_cutting_every_range_fails_within_the_retry_budget() {
         .collect();
     assert_eq!(ranged.len(), 4, "one attempt and three retries: {ranged:?}");
 }
+
+/// docs/API.md 9.5 with 3 (DISK_FULL): writing the package file needs room for the unchanged
+/// entries uncompressed; a work dir without it fails with DISK_FULL and keeps nothing of the
+/// delta (no part file, no record, no package), and nothing is installed.
+#[test]
+fn docs_api_9_5_a_full_disk_while_assembling_is_disk_full_and_keeps_nothing() {
+    use common::tmpfs::Tmpfs;
+    let ws = Workspace::new();
+    let Some(nginx) = ws.nginx() else {
+        return;
+    };
+    // Compressible files: the package is small, the package file written by the delta (its
+    // unchanged entries stored) is not: 40 x 200 KiB does not fit in 4 MiB.
+    let text = |i: usize, v: u64| -> Vec<u8> {
+        format!("file {i} version {v}\n")
+            .repeat(10_000)
+            .into_bytes()
+    };
+    let v1: Files = (0..FILES)
+        .map(|i| (format!("app/f{i:04}"), text(i, 1)))
+        .collect();
+    let mut v2 = v1.clone();
+    v2[3].1 = text(3, 2);
+    let Some(_fs) = Tmpfs::mount(&ws.work_dir(), "4m") else {
+        return;
+    };
+    let api = FakeDeviceApi::start();
+    let (key, public) = test_key();
+    let d = start(&ws, &api, &public, "");
+    let dst = ws.root().join("app");
+    let dst_text = dst.to_string_lossy().to_string();
+    let p = d.install_package(
+        &nginx,
+        "v1.zip",
+        "1.0.0",
+        &signed_package("1.0.0", &dst_text, &key, &v1),
+    );
+    assert_eq!(stage_of(&p), "success", "{p}\n{}", d.output());
+    let pkg = signed_package("1.1.0", &dst_text, &key, &v2);
+    let url = nginx.put("v2.zip", &pkg);
+    d.post_download(&download_body("1.1.0", &url, "v2.zip", &pkg));
+    let p = d.wait_stage("failed", Duration::from_secs(60));
+    let err = p["data"]["error"].as_str().unwrap_or_default();
+    assert!(err.starts_with("DISK_FULL: "), "{p}\n{}", d.output());
+    let tmp = ws.work_dir().join("tmp");
+    for gone in ["delta.part", "delta.json", "v2.zip"] {
+        assert!(!tmp.join(gone).exists(), "{gone} kept after DISK_FULL");
+    }
+    for (name, data) in &v1 {
+        let found = std::fs::read(dst.join(name.trim_start_matches("app/"))).unwrap_or_default();
+        assert!(found == *data, "{name} changed");
+    }
+}

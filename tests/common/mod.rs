@@ -24,6 +24,7 @@ pub mod nginx;
 pub mod package;
 pub mod procs;
 pub mod signed;
+pub mod tmpfs;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
