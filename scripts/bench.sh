@@ -2,11 +2,14 @@
 # The long benchmarks in a release build: peak memory of the daemon over a download + install,
 # /progress latency under load, callback latency, download speed against curl (tests/bench.rs);
 # installing 5000 small files against unzip + sync, flush calls, 10 ms flushes, the time the
-# printer's processes are down (tests/bench_install.rs). Prints every figure, then a summary of
-# the `bench:` lines.
+# printer's processes are down (tests/bench_install.rs); a delta download of a signed package
+# of 400 files of which 20 change against its full download over a 10 MiB/s link: bytes on the
+# wire, requests, wall time, CPU, peak memory (tests/bench.rs bench_delta_download). Prints every
+# figure, then a summary of the `bench:` lines.
 #
 # Usage: scripts/bench.sh [TEST-NAME-FILTER]
 #   BENCH_PACKAGE_MB=500 (default here)  package size in MiB
+#   BENCH_DELTA_MB=200 (default here)    size of the delta benchmark's package in MiB
 #   BENCH_CONNS=2 BENCH_REPEAT=3 BENCH_LOAD_CPU=<last cpu>|none   see tests/bench.rs
 #   BENCH_LINK_RATES=1,10 BENCH_LINK_SECS=10 (default here)        see tests/bench.rs
 #   BENCH_FILES=5000 BENCH_FLUSH_FILES=2000 (defaults here)         see tests/bench_install.rs
@@ -34,6 +37,7 @@ fi
 
 export BENCH_PACKAGE_MB="${BENCH_PACKAGE_MB:-500}"
 export BENCH_LINK_SECS="${BENCH_LINK_SECS:-10}"
+export BENCH_DELTA_MB="${BENCH_DELTA_MB:-200}"
 export BENCH_FILES="${BENCH_FILES:-5000}"
 export BENCH_FLUSH_FILES="${BENCH_FLUSH_FILES:-2000}"
 

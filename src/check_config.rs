@@ -61,6 +61,7 @@ struct Effective {
     trusted_keys: Vec<String>,
     require_signature: bool,
     allow_downgrade: bool,
+    delta_downloads: bool,
     server: ServerTable,
     /// docs/API.md 9.1: tokens are printed as `"***"`, never in clear.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,6 +109,7 @@ pub fn effective_toml(cfg: &Config) -> Result<String, EffectiveError> {
         trusted_keys,
         require_signature,
         allow_downgrade,
+        delta_downloads,
         server,
         fleet,
     } = cfg;
@@ -131,6 +133,7 @@ pub fn effective_toml(cfg: &Config) -> Result<String, EffectiveError> {
         trusted_keys: trusted_keys.iter().map(|k| k.to_base64()).collect(),
         require_signature: *require_signature,
         allow_downgrade: *allow_downgrade,
+        delta_downloads: *delta_downloads,
         server: ServerTable::from(*server),
         fleet: fleet.as_ref().map(|f| f.to_table()),
     };
@@ -226,6 +229,7 @@ settle_s = 0
 trusted_keys = ["O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik="]
 require_signature = true
 allow_downgrade = false
+delta_downloads = false
 
 [server]
 head_timeout_ms = 300

@@ -35,6 +35,8 @@ pub struct Config {
     pub require_signature: bool,
     /// Accept a package older than the installed version (device-api's rollbacks).
     pub allow_downgrade: bool,
+    /// Fetch only the changed entries of a signed package (docs/API.md 9.5).
+    pub delta_downloads: bool,
     /// The API's connection timeouts, the `[server]` table (docs/API.md 7 and 8.2).
     pub server: ServerTimeouts,
     /// The `[fleet]` table (docs/API.md 9.1); `None`: fleet mode off.
@@ -61,6 +63,7 @@ struct RawConfig {
     trusted_keys: Option<Vec<String>>,
     require_signature: Option<bool>,
     allow_downgrade: Option<bool>,
+    delta_downloads: Option<bool>,
     server: Option<ServerTable>,
     fleet: Option<crate::fleet::config::FleetTable>,
 }
@@ -396,6 +399,7 @@ impl Config {
             trusted_keys,
             require_signature,
             allow_downgrade: raw.allow_downgrade.unwrap_or(true),
+            delta_downloads: raw.delta_downloads.unwrap_or(true),
             server,
             fleet,
         })
@@ -438,6 +442,8 @@ mod tests {
         assert!(c.trusted_keys.is_empty());
         assert!(!c.require_signature);
         assert!(c.allow_downgrade);
+        // docs/API.md 9.5: delta downloads are on unless turned off.
+        assert!(c.delta_downloads);
         assert_eq!(c.server, ServerTimeouts::default());
     }
 
@@ -461,6 +467,7 @@ settle_s = 0
 trusted_keys = ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]
 require_signature = true
 allow_downgrade = false
+delta_downloads = false
 
 [server]
 head_timeout_ms = 1500
@@ -490,6 +497,7 @@ request_timeout_ms = 2500
         assert_eq!(c.trusted_keys[0].to_base64(), base64_of(&key));
         assert!(c.require_signature);
         assert!(!c.allow_downgrade);
+        assert!(!c.delta_downloads);
         assert_eq!(
             c.server,
             ServerTimeouts {

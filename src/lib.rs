@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod delta;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod deploy;

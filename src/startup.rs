@@ -321,6 +321,10 @@ pub fn strays<'a>(names: &'a [String], keep_package: Option<&str>) -> Vec<&'a st
 
 /// Whether the entry `name` of `./tmp/` is to be removed at start (see [`strays`]).
 pub fn is_stray(name: &str, keep_package: Option<&str>) -> bool {
+    // A delta download's plan and part file (docs/API.md 9.5) live as long as its package.
+    if name == crate::workdir::DELTA_FILE || name == crate::workdir::DELTA_PART {
+        return keep_package.is_none();
+    }
     !OWN_TMP_FILES.contains(&name) && !name.ends_with(".unusable") && Some(name) != keep_package
 }
 

@@ -7,6 +7,7 @@
 //! visible; an outcome is written before it is shown or reported); start-up is in `recover`.
 
 mod cancel;
+mod delta;
 mod jobs;
 mod record;
 mod recover;
@@ -263,10 +264,48 @@ impl Updater {
 
     // ---------------------------------------------------------------- jobs
 
-    fn run_download(&self, spec: PackageSpec, resume_from: u64, validator: Validator) {
+    fn run_download(&self, spec: PackageSpec, mut resume_from: u64, mut validator: Validator) {
         let path = self.package_path(&spec.package_name);
         self.report_now();
         let stop = self.job_stop();
+        // docs/API.md 9.5: only the changed entries, when a delta applies.
+        let delta = crate::delta::DeltaParams {
+            spec: &spec,
+            path: &path,
+            cfg: &self.inner.cfg,
+            tls: self.inner.tls.clone(),
+            shutdown: &stop,
+            resume_from,
+        };
+        let step = crate::delta::run(&delta, self);
+        // A checkpoint that could not be written ends the download (see `checkpoint`).
+        if let Some(err) = self.job_error() {
+            return self.fail(err, Discard::Nothing);
+        }
+        match step {
+            Ok(crate::delta::Step::NotApplicable) => {}
+            Ok(crate::delta::Step::Complete) => return self.finish_delta(&spec),
+            Ok(crate::delta::Step::Interrupted) => return,
+            Ok(crate::delta::Step::Whole(_)) => {
+                if let Err(e) = lock(&self.inner.life).restart_download() {
+                    return self.fail(e.into(), Discard::Nothing);
+                }
+                if let Err(e) = self.persist() {
+                    return self.fail(e, Discard::Nothing);
+                }
+                *lock(&self.inner.last_step) = None;
+                (resume_from, validator) = (0, Validator::default());
+            }
+            Err(err) if err.keeps_partial() => {
+                return self.fail(OtaError::from(err), Discard::Nothing)
+            }
+            // A full disk (or another local failure): nothing of the delta is kept.
+            Err(err) => {
+                crate::delta::forget(&self.inner.cfg.work());
+                let _ = fsutil::remove_durable(&path);
+                return self.fail(OtaError::from(err), Discard::File);
+            }
+        }
         let params = DownloadParams {
             spec: &spec,
             path: &path,
@@ -374,6 +413,14 @@ impl Updater {
 
     /// Hash a complete file left by a previous run (stage `verifying` at start).
     fn run_verify(&self, spec: PackageSpec) {
+        if let Some(intact) = self.delta_package_intact(&spec) {
+            if intact {
+                if let Err(e) = self.advance(|l| l.verified(OffsetDateTime::now_utc())) {
+                    self.fail(e, Discard::Nothing);
+                }
+            }
+            return;
+        }
         let path = self.package_path(&spec.package_name);
         let res = download::hash_file(
             &path,
@@ -400,7 +447,10 @@ impl Updater {
         };
         let path = self.package_path(&spec.package_name);
         // The file may have changed since it was verified.
+        let delta = self.delta_package_intact(&spec);
         match download::hash_file(&path, spec.package_md5.algorithm, None, &mut |_| {}) {
+            _ if delta == Some(false) => return,
+            _ if delta == Some(true) => {}
             Ok(Some(md5)) if md5_matches(&spec, &md5) => {}
             Ok(Some(md5)) => {
                 self.reject_mismatch(&spec, &md5, " changed since verification");
@@ -450,6 +500,12 @@ impl Updater {
                     Ok(()) => {
                         // The outcome is durable: now the journal may go.
                         deploy::finish(&backups);
+                        crate::delta::installation_succeeded(
+                            &cfg.work(),
+                            &path,
+                            &spec.version,
+                            cfg,
+                        );
                         if let Err(e) = fsutil::remove_durable(&path) {
                             tracing::warn!("cannot remove {}: {e}", path.display());
                         }
@@ -612,122 +668,4 @@ impl DownloadSink for Updater {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::checksum::Algorithm;
-    use crate::lifecycle::Stage;
-    use crate::sync::lock;
-
-    /// A consumer of reports besides device-api's: what a fleet server's feedback plugs into.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<Report>>);
-
-    impl Sink for Recorder {
-        fn publish(&self, report: &Report) {
-            lock(&self.0).push(report.clone());
-        }
-    }
-
-    /// docs/API.md 9.1 (`cancelAction`): a cancel that reaches an action after its
-    /// installation succeeded, before the fleet client heard of the outcome, is refused: the
-    /// `success` stays, and with it the deployment's `closed`/`success` feedback.
-    #[test]
-    fn a_late_cancel_of_an_installed_version_is_refused_and_success_stays() {
-        let d = tempfile::tempdir().unwrap();
-        let mut cfg = Config::defaults().unwrap();
-        cfg.work_dir = d.path().join("work");
-        for dir in cfg.work().dirs() {
-            std::fs::create_dir_all(dir).unwrap();
-        }
-        let done = Outcome {
-            id: 1,
-            stage: Stage::Success,
-            version: "1.3.1".into(),
-            message: "Update completed".into(),
-            error: None,
-            progress: 100,
-            at: "2026-12-07T22:00:00Z".into(),
-            package_name: Some("p.zip".into()),
-            package_md5: None,
-            package_checksum: None,
-            install_id: Some(7),
-            delivered: true,
-        };
-        crate::outcome::save(&cfg.work().outcome(), &done).unwrap();
-        let tls = crate::net::tls_config(None).unwrap();
-        let u = Updater::new(cfg, tls, Arc::new(Reporter::new()), Shutdown::new());
-        u.recover();
-        assert_eq!(u.status().stage, Stage::Success);
-        assert_eq!(
-            u.cancel_package("1.3.1", "cancelled by the fleet server"),
-            Err(Stage::Success)
-        );
-        assert_eq!(u.status().stage, Stage::Success);
-    }
-
-    /// Every report device-api's queue gets reaches every other sink too, in order: a whole
-    /// download of a package from a file, 0 % to `toInstall`.
-    #[test]
-    fn every_sink_hears_every_report_in_order() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut cfg = Config::defaults().unwrap();
-        cfg.work_dir = d.path().join("work");
-        for dir in cfg.work().dirs() {
-            std::fs::create_dir_all(dir).unwrap();
-        }
-        let data = vec![7u8; 300_000];
-        let source = d.path().join("p.zip");
-        std::fs::write(&source, &data).unwrap();
-        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut md5 = Hasher::new(Algorithm::Md5);
-        md5.update(&data);
-        let spec = PackageSpec {
-            version: "1.2.3".into(),
-            package_url: crate::download::file::file_url_of(&source),
-            package_name: "p.zip".into(),
-            package_size: data.len() as u64,
-            package_md5: md5.finalize(),
-        };
-        let tls = crate::net::tls_config(None).unwrap();
-        let reporter = Arc::new(Reporter::new());
-        let recorder = Arc::new(Recorder::default());
-        let u = Updater::with_sinks(
-            cfg,
-            tls,
-            reporter.clone(),
-            vec![recorder.clone()],
-            Shutdown::new(),
-        );
-        assert_eq!(u.request_download(spec), Ok("downloading"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while u.status().stage != crate::lifecycle::Stage::ToInstall {
-            assert!(std::time::Instant::now() < deadline, "{:?}", u.status());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        u.join_job();
-        let heard = lock(&recorder.0).clone();
-        let stages: Vec<&str> = heard.iter().map(|r| r.stage.as_str()).collect();
-        assert_eq!(stages.first(), Some(&"downloading"), "{stages:?}");
-        assert_eq!(stages.last(), Some(&"toInstall"), "{stages:?}");
-        assert!(stages.contains(&"verifying"), "{stages:?}");
-        // The stage change and the 0 % step are two reports of the same value.
-        let mut steps: Vec<u8> = heard
-            .iter()
-            .filter(|r| r.stage == "downloading")
-            .map(|r| r.progress)
-            .collect();
-        steps.dedup();
-        let expected: Vec<u8> = (0..=100).step_by(5).collect();
-        assert_eq!(steps, expected, "every 5 % step, in order");
-        // device-api's queue drops a report equal to the one before it.
-        let mut same = heard.clone();
-        same.dedup();
-        assert_eq!(
-            reporter.queued(),
-            same,
-            "device-api's queue got the same reports"
-        );
-    }
-}
+mod tests;

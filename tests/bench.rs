@@ -13,7 +13,8 @@
 //! comparison, default 3), `BENCH_LINK_RATES` (the capped speeds of that comparison, MiB/s,
 //! default `1,10`), `BENCH_LINK_SECS` (how long a capped run lasts at most, default 3: its
 //! package is the smaller of `BENCH_PACKAGE_MB` and rate x seconds), `BENCH_LOAD_CPU` (the CPU
-//! the load generators are pinned to, default the last one; `none` leaves them unpinned).
+//! the load generators are pinned to, default the last one; `none` leaves them unpinned),
+//! `BENCH_DELTA_MB` (the delta download benchmark's package, MiB, default 8).
 
 mod common;
 
@@ -831,4 +832,112 @@ fn bench_download_throughput_vs_curl() {
         compare_with_curl(&how, &nginx, &pkg, &url);
         std::fs::remove_file(&pkg.path).unwrap();
     }
+}
+
+// ------------------------------------------------------------------ delta downloads
+
+/// What one download of the delta benchmark cost.
+struct WireRun {
+    bytes: u64,
+    requests: usize,
+    wall: Duration,
+    cpu: f64,
+}
+
+/// POST /download of `pkg` served as `rel` (version `version`), until `toInstall`: the bytes
+/// and requests in nginx's access log, the wall time and the daemon's CPU seconds.
+fn wire_run(d: &Daemon, nginx: &Nginx, rel: &str, version: &str, pkg: &[u8]) -> WireRun {
+    let url = nginx.put(rel, pkg);
+    let name = rel.rsplit('/').next().unwrap();
+    let cpu0 = cpu_secs(Some(d.pid()));
+    let t = Instant::now();
+    d.post_download(&download_body(version, &url, name, pkg));
+    d.wait_stage("toInstall", Duration::from_secs(600));
+    let wall = t.elapsed();
+    let cpu = cpu_secs(Some(d.pid())) - cpu0;
+    let lines = nginx.access_log(Some(rel));
+    WireRun {
+        bytes: lines.iter().map(|l| l.body_bytes_sent).sum(),
+        requests: lines.len(),
+        wall,
+        cpu,
+    }
+}
+
+/// docs/API.md 9.5: a signed package of 400 files of which 20 change, over a link capped at
+/// 10 MiB/s by nginx (`limit_rate`): bytes on the wire, HTTP requests, wall time and the
+/// daemon's CPU of a full download against a delta, and the daemon's peak resident memory over
+/// the delta (download and package assembly). `BENCH_DELTA_MB` (default 8) is the package size.
+#[test]
+fn bench_delta_download() {
+    use common::signed::{files, signed_package, test_key};
+    let _serial = serial();
+    let mb = env_u64("BENCH_DELTA_MB", 8).max(1);
+    let (count, changed) = (400usize, 20usize);
+    let file_size = (mb * MIB / count as u64) as usize;
+    let rate = 10 * MIB;
+    let ws = Workspace::new();
+    let Some(nginx) = Nginx::start_with(
+        &ws.path().join("nginx"),
+        &ws.ca_file(),
+        common::nginx::NginxOptions {
+            throttled_rate: Some(rate),
+            quiet: false,
+        },
+    ) else {
+        return;
+    };
+    let api = FakeDeviceApi::start();
+    let (key, public) = test_key();
+    let opts = DaemonOptions {
+        extra_toml: format!("trusted_keys = [\"{public}\"]\nsettle_s = 0\n"),
+        ..Default::default()
+    };
+    let d = Daemon::start(&ws, &api, opts);
+    let dst = ws.root().join("app");
+    let dst_text = dst.to_string_lossy().to_string();
+    let v1 = files(count, file_size, |_| 1);
+    let pkg1 = signed_package("1.0.0", &dst_text, &key, &v1);
+    drop(v1);
+    let full = wire_run(&d, &nginx, "throttled/v1.zip", "1.0.0", &pkg1);
+    d.post_update("1.0.0");
+    d.wait_stage("success", stage_timeout(mb));
+    let step = count / changed;
+    let v2 = files(count, file_size, |i| if i % step == 0 { 2 } else { 1 });
+    let pkg2 = signed_package("1.1.0", &dst_text, &key, &v2);
+    // The peak resident memory from here on (writing 5 to clear_refs resets VmHWM).
+    let _ = std::fs::write(format!("/proc/{}/clear_refs", d.pid()), "5");
+    let delta = wire_run(&d, &nginx, "throttled/v2.zip", "1.1.0", &pkg2);
+    let peak_kib = hwm_kib(d.pid());
+    d.post_update("1.1.0");
+    d.wait_stage("success", stage_timeout(mb));
+    for (i, (name, data)) in v2.iter().enumerate().step_by(37) {
+        let found = std::fs::read(dst.join(name.trim_start_matches("app/"))).unwrap_or_default();
+        assert!(found == *data, "file {i} after the delta installation");
+    }
+    println!(
+        "bench: delta download ({}): package {:.1} MiB, {count} files of {} KiB, {changed} \
+         changed, nginx limit_rate {} MiB/s",
+        build_kind(),
+        mib(pkg2.len() as u64),
+        file_size / 1024,
+        rate / MIB
+    );
+    for (label, r) in [("full ", &full), ("delta", &delta)] {
+        println!(
+            "bench: delta download: {label}: {:.2} MiB on the wire ({:.1} % of the package) in \
+             {} HTTP requests, {:.2} s to toInstall, daemon CPU {:.2} s",
+            mib(r.bytes),
+            100.0 * r.bytes as f64 / pkg2.len() as f64,
+            r.requests,
+            r.wall.as_secs_f64(),
+            r.cpu
+        );
+    }
+    println!(
+        "bench: delta download: delta path peak RSS {peak_kib} KiB (VmHWM reset before it); \
+         wall time {:.1}x faster, {:.1}x fewer bytes",
+        full.wall.as_secs_f64() / delta.wall.as_secs_f64().max(1e-3),
+        full.bytes as f64 / delta.bytes.max(1) as f64
+    );
 }

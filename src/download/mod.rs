@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 pub use budget::{RetryBudget, StallWindow, BACKOFF};
 pub use disk::{hash_file, hash_prefix};
-pub use error::{AttemptFailure, DownloadError};
+pub use error::{chain, AttemptFailure, DownloadError};
 
 use crate::checksum::{Checksum, Hasher};
 use crate::lifecycle::{PackageSpec, Validator};

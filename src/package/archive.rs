@@ -256,6 +256,22 @@ pub fn scan_entries(
         Ok(true) => return Err(PackageError::Overlapping),
         Err(source) => return Err(PackageError::Corrupt { source }),
     }
+    scan_directory(archive)
+}
+
+/// Every rule of [`scan_entries`] that the central directory alone decides: the local headers
+/// are not read (docs/API.md 9.5: a delta download reads the directory before any entry).
+pub fn scan_directory(
+    archive: &zip::ZipArchive<Window>,
+) -> Result<HashMap<String, EntryInfo>, PackageError> {
+    if archive.len() > MAX_ENTRIES {
+        return Err(PackageError::TooManyEntries {
+            entries: archive.len() as u64,
+        });
+    }
+    if archive.has_duplicate_names() {
+        return Err(PackageError::DuplicateNames);
+    }
     let mut entries: HashMap<String, EntryInfo> = HashMap::new();
     let mut total: u64 = 0;
     for index in 0..archive.len() {

@@ -40,7 +40,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub use archive::{
-    canonical_rel, deploy_mode, CentralDirectory, DEFAULT_MODE, MAX_CENTRAL_DIRECTORY,
+    canonical_rel, check_central_directory, deploy_mode, CentralDirectory, DEFAULT_MODE,
+    MAX_CENTRAL_DIRECTORY,
 };
 pub use error::{EntryProblem, KeyError, PackageError};
 pub use manifest::{
@@ -52,7 +53,7 @@ pub use signature::{check_signature, PublicKey, SigningKey, MAX_SIGNATURE_BYTES,
 use archive::EntryInfo;
 use signature::EntryHashes;
 
-use crate::checksum::{Algorithm, Hasher};
+use crate::checksum::{Algorithm, Checksum, Hasher};
 use crate::paths::normalize_abs;
 use crate::swu::{self, Envelope, Window};
 
@@ -296,7 +297,71 @@ fn zip_window(file: File, path: &Path) -> Result<(Window, Option<Envelope>), Pac
     Ok((zip, Some(env)))
 }
 
+/// What a signed package's central directory and `manifest.json` say, read before the data
+/// of any other entry (docs/API.md 9.5): the manifest, the files it deploys and the signed
+/// SHA-256 of each, by entry index.
+#[derive(Debug)]
+pub struct SignedDirectory {
+    pub manifest: Manifest,
+    pub files: Vec<PlannedFile>,
+    pub sha256: HashMap<usize, Checksum>,
+}
+
+/// Read `manifest.json` and `manifest.sig` of `archive` (their local headers and data must be
+/// readable, those of the other entries need not be), verify the signature with
+/// `trusted_keys`, and check the manifest and the plan by the same rules as [`Package::open`].
+/// `Ok(None)`: the package carries no `manifest.sig` (or no key is trusted).
+pub fn read_signed_directory(
+    archive: &mut zip::ZipArchive<Window>,
+    expected_version: &str,
+    allowed_roots: &[PathBuf],
+    trusted_keys: &[PublicKey],
+) -> Result<Option<SignedDirectory>, PackageError> {
+    let entries = archive::scan_directory(archive)?;
+    let (Some(info), Some(sig_info)) = (entries.get(MANIFEST_NAME), entries.get(SIGNATURE_NAME))
+    else {
+        return Ok(None);
+    };
+    if info.is_dir || sig_info.is_dir || trusted_keys.is_empty() {
+        return Ok(None);
+    }
+    let bytes = archive::read_small_entry(
+        archive,
+        info,
+        MANIFEST_NAME,
+        MAX_MANIFEST_BYTES,
+        |size, max| PackageError::ManifestTooBig { size, max },
+    )?;
+    let sig = archive::read_small_entry(
+        archive,
+        sig_info,
+        SIGNATURE_NAME,
+        MAX_SIGNATURE_BYTES,
+        |size, max| PackageError::SignatureTooBig { size, max },
+    )?;
+    if check_signature(Some(&sig), &bytes, trusted_keys, true)?.is_none() {
+        return Ok(None);
+    }
+    let manifest = parse_manifest(&bytes)?;
+    validate_manifest(&manifest, Some(expected_version), Some(allowed_roots))?;
+    let files = plan(&manifest, &entries)?;
+    let sha256 = signature::entry_hashes(&manifest, &entries, &files, true)?
+        .into_iter()
+        .map(|(index, (_, sum))| (index, sum))
+        .collect();
+    Ok(Some(SignedDirectory {
+        manifest,
+        files,
+        sha256,
+    }))
+}
+
 impl Package {
+    /// The signed SHA-256 of the entry `f` deploys, when the manifest names it.
+    pub fn entry_sha256(&self, f: &PlannedFile) -> Option<&Checksum> {
+        self.hashes.get(&f.entry).map(|(_, sum)| sum)
+    }
+
     /// Every check of the package that does not depend on the device (the one checking path
     /// of the daemon, `pack` and `verify`): ZIP safety, the signature, the manifest, the plan.
     pub fn open(

@@ -106,4 +106,9 @@ impl Updater {
         slot.stop = None;
         slot.error.take()
     }
+
+    /// Why the updater stopped the running job, if it did; the job goes on holding its token.
+    pub(super) fn job_error(&self) -> Option<OtaError> {
+        lock(&self.inner.job).error.take()
+    }
 }

@@ -84,10 +84,13 @@ impl Updater {
             }
         };
         let found_outcome = outcome::load(&work.outcome());
-        let package_len = state
-            .as_ref()
-            .and_then(|s| std::fs::metadata(self.package_path(&s.package_name)).ok())
-            .map(|m| m.len());
+        let package_len = state.as_ref().and_then(|s| {
+            let len = std::fs::metadata(self.package_path(&s.package_name))
+                .ok()?
+                .len();
+            // docs/API.md 9.5: a package assembled by a delta download is complete.
+            Some(crate::delta::effective_len(&work, &s.spec(), len))
+        });
         let plan = startup::decide(&Found {
             recovered,
             state: state.as_ref(),

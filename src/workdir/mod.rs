@@ -36,6 +36,13 @@ pub const RECOVERY_FILE: &str = "recovery.json";
 /// `tmp/fleet.json`: the fleet server's action in progress and its final feedback until the
 /// server took it (docs/API.md 9.1).
 pub const FLEET_FILE: &str = "fleet.json";
+/// `tmp/installed-files.json`: the files of the last successful installation with their
+/// SHA-256 (docs/API.md 9.5).
+pub const INSTALLED_FILES_FILE: &str = "installed-files.json";
+/// `tmp/delta.json`: the plan and progress of a delta download (docs/API.md 9.5).
+pub const DELTA_FILE: &str = "delta.json";
+/// `tmp/delta.part`: the byte ranges a delta download fetched, at their offsets (sparse).
+pub const DELTA_PART: &str = "delta.part";
 /// `backups/journal.json`: the install journal.
 pub const JOURNAL_FILE: &str = "journal.json";
 
@@ -43,13 +50,16 @@ pub const JOURNAL_FILE: &str = "journal.json";
 /// (atomic writes) and `*.unusable` (files set aside) they are refused as a `package_name`
 /// (docs/API.md section 8.3). At start every other entry of `./tmp/` but the package a state
 /// refers to (and the `*.unusable` files) is removed (section 8.5).
-pub const OWN_TMP_FILES: [&str; 6] = [
+pub const OWN_TMP_FILES: [&str; 9] = [
     STATE_FILE,
     FLEET_FILE,
     OUTCOME_FILE,
     RECOVERY_FILE,
     HISTORY_FILE,
     INSTALLED_FILE,
+    INSTALLED_FILES_FILE,
+    DELTA_FILE,
+    DELTA_PART,
 ];
 
 /// Whether `name` is, or could become, one of the updater's own files in `./tmp/`.
@@ -104,6 +114,15 @@ impl WorkDir {
     }
     pub fn fleet(&self) -> OwnFile {
         OwnFile::new(self.tmp().join(FLEET_FILE))
+    }
+    pub fn installed_files(&self) -> OwnFile {
+        OwnFile::new(self.tmp().join(INSTALLED_FILES_FILE))
+    }
+    pub fn delta(&self) -> OwnFile {
+        OwnFile::new(self.tmp().join(DELTA_FILE))
+    }
+    pub fn delta_part(&self) -> PathBuf {
+        self.tmp().join(DELTA_PART)
     }
     pub fn recovery(&self) -> OwnFile {
         OwnFile::new(self.tmp().join(RECOVERY_FILE))

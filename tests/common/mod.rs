@@ -25,7 +25,9 @@ pub mod nginx;
 pub mod notify;
 pub mod package;
 pub mod procs;
+pub mod signed;
 pub mod soak_rng;
+pub mod tmpfs;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

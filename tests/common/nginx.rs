@@ -124,6 +124,9 @@ http {{
         location /slow/ {{
             limit_rate {SLOW_RATE};
         }}
+        location /norange/ {{
+            max_ranges 0;
+        }}
         {throttled}
     }}
 }}
