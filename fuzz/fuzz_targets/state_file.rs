@@ -36,6 +36,7 @@ fn outcome(stage: Stage, install_id: Option<u64>, error: Option<&str>) -> Outcom
         at: "2026-11-25T10:00:00Z".into(),
         package_name: Some("tope-1.2.3.zip".into()),
         package_md5: Checksum::from_hex(Algorithm::Md5, "0123456789abcdef0123456789abcdef"),
+        package_checksum: None,
         install_id,
         delivered: false,
     }
