@@ -1,12 +1,16 @@
 //! The other files the updater reads back from `./tmp/`: the last outcome (`outcome.json`), the
-//! install history (`history.jsonl`), the installed version (`installed.json`) and the
-//! crash-loop guard's counter (`recovery.json`), each written with the input and read by the
-//! functions start-up and `tope-updater status` use; then the start-up decision on the outcome.
+//! install history (`history.jsonl`), the installed version (`installed.json`), the crash-loop
+//! guard's counter (`recovery.json`), the fleet action (`fleet.json`), the installed files'
+//! hashes (`installed-files.json`) and a delta download's plan (`delta.json`), each written with
+//! the input and read by the functions start-up, the fleet client, a delta download and
+//! `tope-updater status` use; then the start-up decision on the outcome.
 //!
 //! Checks: an outcome is `success` or `failed`, reads back as written, and is what start-up
 //! shows (progress at most 100) when no state is left; an unusable file is set aside (never
 //! read again, never blocking); the history holds only outcomes, at most one per line; an
-//! installed version is `x.y.z`; the guard gives up exactly at its limit.
+//! installed version is `x.y.z`; the guard gives up exactly at its limit; a fleet action and
+//! the installed files' record read back as written; a delta plan never shows more done than
+//! its total.
 
 #![no_main]
 
@@ -15,7 +19,9 @@ mod scratch;
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
+use tope_updater::delta;
 use tope_updater::deploy::Recovery;
+use tope_updater::fleet::store;
 use tope_updater::guard::{self, Gate};
 use tope_updater::lifecycle::Stage;
 use tope_updater::outcome::{self, Outcome};
@@ -114,10 +120,44 @@ fn recovery_file(dir: &scratch::Scratch, data: &[u8]) {
     }
 }
 
+fn fleet_file(dir: &scratch::Scratch, data: &[u8]) {
+    let file = OwnFile::new(dir.file("fleet.json", data));
+    match store::load(&file) {
+        Some(a) => {
+            store::save(&file, &a).expect("a fleet action is written");
+            assert_eq!(store::load(&file).as_ref(), Some(&a));
+        }
+        None => assert!(set_aside(file.path()), "an unusable fleet.json stays in the way"),
+    }
+}
+
+fn installed_files_file(dir: &scratch::Scratch, data: &[u8]) {
+    let file = OwnFile::new(dir.file("installed-files.json", data));
+    match delta::installed::load(&file) {
+        Some(r) => {
+            file.save_json(&r).expect("the record is written");
+            assert_eq!(delta::installed::load(&file).as_ref(), Some(&r));
+        }
+        None => assert!(
+            set_aside(file.path()),
+            "an unusable installed-files.json stays in the way"
+        ),
+    }
+}
+
+fn delta_file(data: &[u8]) {
+    if let Ok((done, total)) = delta::progress_of_record(data) {
+        assert!(done <= total, "{done} done of {total}");
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let dir = scratch::Scratch::new();
     outcome_file(&dir, data);
     history_file(&dir, data);
     installed_file(&dir, data);
     recovery_file(&dir, data);
+    fleet_file(&dir, data);
+    installed_files_file(&dir, data);
+    delta_file(data);
 });

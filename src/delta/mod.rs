@@ -38,7 +38,9 @@ use assemble::Assembled;
 use check::{entry_name, pending_for, reusable, verify_within};
 use fetch::{Fetcher, Ranged};
 use plan::Span;
-pub use record::{check_assembled, effective_len, forget, installation_succeeded};
+pub use record::{
+    check_assembled, effective_len, forget, installation_succeeded, progress_of_record, RecordError,
+};
 use record::{load_record, AssembledFile, Pending, Record};
 
 use crate::config::Config;

@@ -76,8 +76,70 @@ impl Record {
 }
 
 pub(super) fn load_record(work: &WorkDir) -> Option<Record> {
-    work.delta()
-        .load(|b: &[u8]| serde_json::from_slice::<Record>(b))
+    work.delta().load(parse_record)
+}
+
+/// Why a `tmp/delta.json` that parses as JSON cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "range {index} ({start}..{end}, {done} done) is not inside the package of {size} bytes"
+    )]
+    Span {
+        index: usize,
+        start: u64,
+        end: u64,
+        done: u64,
+        size: u64,
+    },
+    #[error("{head} bytes read before the plan exceed the package of {size} bytes")]
+    Head { head: u64, size: u64 },
+}
+
+/// `tmp/delta.json` read and checked: every range lies inside the package and has at most
+/// its own length done, so the byte counts shown and resumed from can never overflow or go
+/// past the package, whatever the file holds.
+pub(super) fn parse_record(bytes: &[u8]) -> Result<Record, RecordError> {
+    let rec: Record = serde_json::from_slice(bytes)?;
+    let size = rec.package_size;
+    if rec.head_bytes > size {
+        return Err(RecordError::Head {
+            head: rec.head_bytes,
+            size,
+        });
+    }
+    for (index, s) in rec.spans.iter().enumerate() {
+        if s.start > s.end || s.end > size || s.done > s.end - s.start {
+            return Err(RecordError::Span {
+                index,
+                start: s.start,
+                end: s.end,
+                done: s.done,
+                size,
+            });
+        }
+    }
+    // Ranges inside the package, each at most its size: the sum of their lengths is at most
+    // their count times the size, far from u64's limit for any file a printer can hold, but
+    // checked all the same.
+    let mut total = rec.head_bytes;
+    for s in &rec.spans {
+        total = total
+            .checked_add(s.end - s.start)
+            .ok_or(RecordError::Head {
+                head: u64::MAX,
+                size,
+            })?;
+    }
+    Ok(rec)
+}
+
+/// For the fuzz target of the work dir's own files: the bytes done and to do of a
+/// `tmp/delta.json` as the daemon would read it, or why it would be set aside.
+pub fn progress_of_record(bytes: &[u8]) -> Result<(u64, u64), RecordError> {
+    parse_record(bytes).map(|r| (r.done(), r.total()))
 }
 
 /// Remove the delta's record and part file (a finished, abandoned or replaced delta).
@@ -212,6 +274,70 @@ mod tests {
         std::fs::write(&path, b"assembleD").unwrap();
         assert!(matches!(check_assembled(&work, &s, &path), Some(Err(_))));
         forget(&work);
+        assert_eq!(load_record(&work), None);
+    }
+
+    /// docs/API.md 9.5: a `tmp/delta.json` whose ranges lie outside the package, run
+    /// backwards or claim more done than their length is set aside, never used to resume.
+    #[test]
+    fn a_record_with_impossible_ranges_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = WorkDir::new(dir.path());
+        std::fs::create_dir_all(work.tmp()).unwrap();
+        let s = spec("https://h/p.zip");
+        let good = Record {
+            package_url: s.package_url.clone(),
+            package_name: s.package_name.clone(),
+            package_md5: s.package_md5.to_hex(),
+            package_size: s.package_size,
+            etag: None,
+            last_modified: None,
+            head_bytes: 10,
+            spans: vec![Pending {
+                start: 100,
+                end: 300,
+                done: 50,
+            }],
+            refetched: Vec::new(),
+            assembled: None,
+        };
+        work.delta().save_json(&good).unwrap();
+        assert_eq!(load_record(&work), Some(good.clone()));
+        assert_eq!(
+            progress_of_record(&serde_json::to_vec(&good).unwrap()).unwrap(),
+            (60, 210)
+        );
+        let bad = [
+            Pending {
+                start: 300,
+                end: 100,
+                done: 0,
+            },
+            Pending {
+                start: 100,
+                end: 300,
+                done: 201,
+            },
+            Pending {
+                start: 900,
+                end: 1001,
+                done: 0,
+            },
+        ];
+        for p in bad {
+            let rec = Record {
+                spans: vec![p],
+                ..good.clone()
+            };
+            work.delta().save_json(&rec).unwrap();
+            assert_eq!(load_record(&work), None, "{p:?}");
+            assert!(!work.delta().path().exists(), "{p:?} stays in the way");
+        }
+        let rec = Record {
+            head_bytes: 1001,
+            ..good
+        };
+        work.delta().save_json(&rec).unwrap();
         assert_eq!(load_record(&work), None);
     }
 }
