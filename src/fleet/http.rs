@@ -57,6 +57,11 @@ impl DdiHttp {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
+            // A fresh connection for every request: a poll reusing a kept-alive connection
+            // races the server's idle timeout (uvicorn, which serves goosebit, closes after
+            // 5 s, goosebit's own poll interval), and one poll in ten failed with "error
+            // sending request". A poll a minute does not need the connection saved.
+            .pool_max_idle_per_host(0)
             .http1_only()
             .user_agent(concat!("tope-updater/", env!("CARGO_PKG_VERSION")))
             .build()
