@@ -124,13 +124,7 @@ pub fn run(p: &DeltaParams<'_>, sink: &dyn DownloadSink) -> Result<Step, Downloa
     if !mine && p.resume_from > 0 {
         return Ok(Step::NotApplicable);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|io| DownloadError::Setup {
-            what: "runtime",
-            io,
-        })?;
+    let rt = crate::download::job_runtime()?;
     let step = rt.block_on(Delta::new(p, sink, &work)?.run(record.filter(|_| mine)))?;
     if let Step::Whole(why) = &step {
         tracing::warn!(

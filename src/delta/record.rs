@@ -219,6 +219,26 @@ mod tests {
     use super::*;
     use crate::checksum::{Algorithm, Checksum, Hasher};
 
+    /// A record of `s` with one range of 100..300 and nothing assembled.
+    fn record_of(s: &PackageSpec, done: u64) -> Record {
+        Record {
+            package_url: s.package_url.clone(),
+            package_name: s.package_name.clone(),
+            package_md5: s.package_md5.to_hex(),
+            package_size: s.package_size,
+            etag: None,
+            last_modified: None,
+            head_bytes: 10,
+            spans: vec![Pending {
+                start: 100,
+                end: 300,
+                done,
+            }],
+            refetched: Vec::new(),
+            assembled: None,
+        }
+    }
+
     fn spec(url: &str) -> PackageSpec {
         PackageSpec {
             version: "1.2.3".into(),
@@ -245,23 +265,11 @@ mod tests {
         h.update(b"assembled");
         let s = spec("https://h/p.zip");
         let rec = Record {
-            package_url: s.package_url.clone(),
-            package_name: s.package_name.clone(),
-            package_md5: s.package_md5.to_hex(),
-            package_size: s.package_size,
-            etag: None,
-            last_modified: None,
-            head_bytes: 10,
-            spans: vec![Pending {
-                start: 0,
-                end: 100,
-                done: 100,
-            }],
-            refetched: Vec::new(),
             assembled: Some(AssembledFile {
                 sha256: h.finalize().to_hex(),
                 len: 9,
             }),
+            ..record_of(&s, 200)
         };
         work.delta().save_json(&rec).unwrap();
         assert_eq!(load_record(&work), Some(rec));
@@ -285,22 +293,7 @@ mod tests {
         let work = WorkDir::new(dir.path());
         std::fs::create_dir_all(work.tmp()).unwrap();
         let s = spec("https://h/p.zip");
-        let good = Record {
-            package_url: s.package_url.clone(),
-            package_name: s.package_name.clone(),
-            package_md5: s.package_md5.to_hex(),
-            package_size: s.package_size,
-            etag: None,
-            last_modified: None,
-            head_bytes: 10,
-            spans: vec![Pending {
-                start: 100,
-                end: 300,
-                done: 50,
-            }],
-            refetched: Vec::new(),
-            assembled: None,
-        };
+        let good = record_of(&s, 50);
         work.delta().save_json(&good).unwrap();
         assert_eq!(load_record(&work), Some(good.clone()));
         assert_eq!(

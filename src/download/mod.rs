@@ -87,6 +87,17 @@ pub enum DownloadOutcome {
     Interrupted { bytes: u64 },
 }
 
+/// The runtime a download job (whole or delta) runs its transfers on, on its own thread.
+pub(crate) fn job_runtime() -> Result<tokio::runtime::Runtime, DownloadError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|io| DownloadError::Setup {
+            what: "runtime",
+            io,
+        })
+}
+
 /// Download the package. Blocking; call it on the job thread.
 pub fn download(
     p: DownloadParams<'_>,
@@ -103,13 +114,7 @@ pub fn download(
     } else {
         None
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|io| DownloadError::Setup {
-            what: "runtime",
-            io,
-        })?;
+    let rt = job_runtime()?;
     let Some((file, hasher, keep)) = disk::prepare_file(&p, p.hasher.clone())? else {
         return Ok(DownloadOutcome::Interrupted {
             bytes: p.resume_from,

@@ -376,13 +376,24 @@ impl FleetClient {
         )) else {
             return;
         };
+        self.post_feedback(&url, &feedback).await;
+    }
+
+    /// POST a feedback body; `true` once the server took it (its error logged once otherwise).
+    async fn post_feedback(&mut self, url: &Url, feedback: &Feedback) -> bool {
         match self
             .http
-            .send_json(Method::POST, &url, feedback.to_json())
+            .send_json(Method::POST, url, feedback.to_json())
             .await
         {
-            Ok(()) => self.once.worked("feedback"),
-            Err(e) => self.once.failed("feedback", e.to_string()),
+            Ok(()) => {
+                self.once.worked("feedback");
+                true
+            }
+            Err(e) => {
+                self.once.failed("feedback", e.to_string());
+                false
+            }
         }
     }
 
@@ -597,28 +608,18 @@ impl FleetClient {
             Feedback::failure(&a.id, error, f.details.clone())
         };
         let url = self.feedback_url(&a.id)?;
-        match self
-            .http
-            .send_json(Method::POST, &url, feedback.to_json())
-            .await
-        {
-            Ok(()) => {
-                self.once.worked("feedback");
-                let result = if f.success { "success" } else { "failure" };
-                tracing::info!("fleet action {}: {result} reported to the server", a.id);
-                if let Some(cur) = &mut self.action {
-                    if let Some(o) = &mut cur.outcome {
-                        o.sent = true;
-                    }
-                }
-                self.save().await;
-                None
-            }
-            Err(e) => {
-                self.once.failed("feedback", e.to_string());
-                Some(FEEDBACK_RETRY)
+        if !self.post_feedback(&url, &feedback).await {
+            return Some(FEEDBACK_RETRY);
+        }
+        let result = if f.success { "success" } else { "failure" };
+        tracing::info!("fleet action {}: {result} reported to the server", a.id);
+        if let Some(cur) = &mut self.action {
+            if let Some(o) = &mut cur.outcome {
+                o.sent = true;
             }
         }
+        self.save().await;
+        None
     }
 
     /// `proceeding` with `cnt` of 100, sent when it differs from the last one sent.
@@ -629,20 +630,11 @@ impl FleetClient {
         }
         let url = self.feedback_url(&a.id)?;
         let feedback = Feedback::proceeding(&a.id, now.0, 100, vec![now.1.clone()]);
-        match self
-            .http
-            .send_json(Method::POST, &url, feedback.to_json())
-            .await
-        {
-            Ok(()) => {
-                self.once.worked("feedback");
-                self.last_proceeding = Some(now);
-                None
-            }
-            Err(e) => {
-                self.once.failed("feedback", e.to_string());
-                Some(FEEDBACK_RETRY)
-            }
+        if self.post_feedback(&url, &feedback).await {
+            self.last_proceeding = Some(now);
+            None
+        } else {
+            Some(FEEDBACK_RETRY)
         }
     }
 
