@@ -188,8 +188,14 @@ pub fn own_exe() -> io::Result<PathBuf> {
 }
 
 /// Whether `path` names the running executable (the same file: device and inode).
+///
+/// The running executable is identified through an open descriptor of `/proc/self/exe`, not
+/// by `stat` of the link: the kernel opens the executable itself (even when its name is gone),
+/// and so does qemu-user for a binary it runs, while its `stat` of the link would describe the
+/// emulator, and the daemon would take its own file for a replaced one.
 pub fn is_own_exe(path: &Path) -> bool {
-    match (std::fs::metadata(path), std::fs::metadata("/proc/self/exe")) {
+    let running = File::open("/proc/self/exe").and_then(|f| f.metadata());
+    match (std::fs::metadata(path), running) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
@@ -498,6 +504,19 @@ impl Drop for NewUpdater {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/API.md 9.4: the running executable is its own file, a copy of it is not (run under
+    /// qemu-user too by scripts/arm.sh, where `stat` of `/proc/self/exe` names the emulator).
+    #[test]
+    fn api_9_4_the_running_executable_is_told_from_a_copy() {
+        let exe = own_exe().unwrap();
+        assert!(is_own_exe(&exe), "{}", exe.display());
+        let d = tempfile::tempdir().unwrap();
+        let copy = d.path().join("copy");
+        std::fs::copy(&exe, &copy).unwrap();
+        assert!(!is_own_exe(&copy));
+        assert!(!is_own_exe(&d.path().join("missing")));
+    }
 
     /// docs/API.md 9.4: the name is found wherever it lies, also across two chunks; a file
     /// without it (release 0.1.0) does not take the socket.
