@@ -27,7 +27,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -292,11 +292,46 @@ fn inheritable(fd: RawFd) -> io::Result<RawFd> {
 /// Time limit of [`probe`].
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a new updater binary cannot take over (its text follows `self-update: ` in the
+/// outcome, docs/API.md 9.4).
+#[derive(Debug, thiserror::Error)]
+pub enum HandOverError {
+    #[error("cannot start {}: {source}", path.display())]
+    Start { path: PathBuf, source: io::Error },
+    #[error("`{} --version` exited ({status})", path.display())]
+    ProbeExited { path: PathBuf, status: ExitStatus },
+    #[error("`{} --version` did not finish within {} s", path.display(), PROBE_TIMEOUT.as_secs())]
+    ProbeTimeout { path: PathBuf },
+    #[error("`{} --version`: {source}", path.display())]
+    ProbeWait { path: PathBuf, source: io::Error },
+    #[error("no listening socket to hand over (the API is not running)")]
+    NoListener,
+    #[error("cannot make the hand-over pipe: {0}")]
+    Pipe(#[source] io::Error),
+    #[error("{what}: {source}")]
+    Inherit {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Wait(#[source] io::Error),
+    #[error("the new updater {} exited ({status}) {ms} ms after it was started", path.display())]
+    Exited {
+        path: PathBuf,
+        status: ExitStatus,
+        ms: u128,
+    },
+    #[error("the new updater {} did not answer /progress within {secs} s", path.display())]
+    NoAnswer { path: PathBuf, secs: u64 },
+    #[error("the new updater {} stopped answering /progress", path.display())]
+    StoppedAnswering { path: PathBuf },
+}
+
 /// Does the executable at `path` run here at all: `path --version` must exit 0 within
 /// [`PROBE_TIMEOUT`] (a file without the execute bit, for another architecture, or a
 /// program that fails at once does not). Cheap, and no substitute for the hand-over's
 /// health phase.
-pub fn probe(path: &Path) -> Result<(), String> {
+pub fn probe(path: &Path) -> Result<(), HandOverError> {
     let mut child = Command::new(path)
         .arg("--version")
         .env_clear()
@@ -308,26 +343,35 @@ pub fn probe(path: &Path) -> Result<(), String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+        .map_err(|source| HandOverError::Start {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let t = Instant::now();
     loop {
         match child.try_wait() {
             Ok(Some(st)) if st.success() => return Ok(()),
-            Ok(Some(st)) => return Err(format!("`{} --version` exited ({st})", path.display())),
+            Ok(Some(status)) => {
+                return Err(HandOverError::ProbeExited {
+                    path: path.to_path_buf(),
+                    status,
+                })
+            }
             Ok(None) if t.elapsed() >= PROBE_TIMEOUT => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "`{} --version` did not finish within {} s",
-                    path.display(),
-                    PROBE_TIMEOUT.as_secs()
-                ));
+                return Err(HandOverError::ProbeTimeout {
+                    path: path.to_path_buf(),
+                });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
+            Err(source) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("`{} --version`: {e}", path.display()));
+                return Err(HandOverError::ProbeWait {
+                    path: path.to_path_buf(),
+                    source,
+                });
             }
         }
     }
@@ -360,15 +404,13 @@ impl NewUpdater {
     /// Start the executable at `path` (now the updater's own path) with the daemon's
     /// arguments and environment, the listening socket and the read end of a pipe inherited;
     /// then this binary stops accepting. The error says why it cannot run.
-    pub fn start(path: &Path) -> Result<NewUpdater, String> {
-        let listener = *LISTENER
-            .get()
-            .ok_or("no listening socket to hand over (the API is not running)")?;
+    pub fn start(path: &Path) -> Result<NewUpdater, HandOverError> {
+        let listener = *LISTENER.get().ok_or(HandOverError::NoListener)?;
         // A socket pair as the pipe (close-on-exec both ends; the child's copy is made below).
-        let (write, read) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| format!("cannot make the hand-over pipe: {e}"))?;
-        let listen_fd = inheritable(listener).map_err(|e| format!("listening socket: {e}"))?;
-        let pipe_fd = inheritable(read.as_raw_fd()).map_err(|e| format!("pipe: {e}"))?;
+        let (write, read) = std::os::unix::net::UnixStream::pair().map_err(HandOverError::Pipe)?;
+        let inherit = |what| move |source| HandOverError::Inherit { what, source };
+        let listen_fd = inheritable(listener).map_err(inherit("listening socket"))?;
+        let pipe_fd = inheritable(read.as_raw_fd()).map_err(inherit("pipe"))?;
         drop(read);
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let spawned = Command::new(path)
@@ -385,7 +427,10 @@ impl NewUpdater {
             // else; the child has its own copies.
             drop(unsafe { OwnedFd::from_raw_fd(fd) });
         }
-        let child = spawned.map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+        let child = spawned.map_err(|source| HandOverError::Start {
+            path: path.to_path_buf(),
+            source,
+        })?;
         tracing::info!(
             "self-update: the new updater {} runs as pid {}; this one stops accepting",
             path.display(),
@@ -414,7 +459,7 @@ impl NewUpdater {
         answer_within: Duration,
         settle: Duration,
         cancel: &std::sync::atomic::AtomicBool,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, HandOverError> {
         let addr = apiclient::probe_addr(listen);
         let deadline = self.started + answer_within;
         let mut answered: Option<Instant> = None;
@@ -422,12 +467,12 @@ impl NewUpdater {
             if cancel.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(false);
             }
-            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
-                return Err(format!(
-                    "the new updater {} exited ({status}) {} ms after it was started",
-                    self.path.display(),
-                    self.started.elapsed().as_millis()
-                ));
+            if let Some(status) = self.child.try_wait().map_err(HandOverError::Wait)? {
+                return Err(HandOverError::Exited {
+                    path: self.path.clone(),
+                    status,
+                    ms: self.started.elapsed().as_millis(),
+                });
             }
             let ok = matches!(
                 apiclient::probe(addr, Duration::from_secs(1)),
@@ -442,20 +487,18 @@ impl NewUpdater {
                     answered = Some(Instant::now());
                 }
                 None if Instant::now() >= deadline => {
-                    return Err(format!(
-                        "the new updater {} did not answer /progress within {} s",
-                        self.path.display(),
-                        answer_within.as_secs()
-                    ));
+                    return Err(HandOverError::NoAnswer {
+                        path: self.path.clone(),
+                        secs: answer_within.as_secs(),
+                    });
                 }
                 Some(at) if at.elapsed() >= settle => {
                     if ok {
                         return Ok(true);
                     }
-                    return Err(format!(
-                        "the new updater {} stopped answering /progress",
-                        self.path.display()
-                    ));
+                    return Err(HandOverError::StoppedAnswering {
+                        path: self.path.clone(),
+                    });
                 }
                 _ => {}
             }

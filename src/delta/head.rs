@@ -14,6 +14,27 @@ use crate::lifecycle::Validator;
 use crate::package::{self, MANIFEST_NAME, SIGNATURE_NAME};
 use crate::swu::Window;
 
+/// Why the directory read from the part file cannot drive a delta (the package then comes
+/// whole).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DirectoryError {
+    #[error("its end record: {0}")]
+    EndRecord(#[source] crate::package::PackageError),
+    #[error("its central directory: {0}")]
+    CentralDirectory(#[source] zip::result::ZipError),
+    #[error("entry {index}: {source}")]
+    Entry {
+        index: usize,
+        source: zip::result::ZipError,
+    },
+    #[error("entries share or overlap offsets")]
+    Overlapping,
+    #[error("the package is not signed by a trusted key")]
+    Unsigned,
+    #[error("{0}")]
+    Package(#[source] crate::package::PackageError),
+}
+
 impl Delta<'_> {
     /// The part file of an interrupted delta, if it is still usable.
     pub(super) fn reopen(&self, rec: Record) -> Option<(Record, Opened)> {
@@ -44,27 +65,27 @@ impl Delta<'_> {
     pub(super) fn open_directory(
         &self,
         part: File,
-    ) -> Result<Result<Opened, String>, DownloadError> {
+    ) -> Result<Result<Opened, DirectoryError>, DownloadError> {
         let part_path = self.work.delta_part();
         let err = part_err(&part_path);
         let window = Window::whole(part.try_clone().map_err(&err)?).map_err(&err)?;
         let cd = match package::check_central_directory(&window) {
             Ok(cd) => cd,
-            Err(e) => return Ok(Err(format!("its end record: {e}"))),
+            Err(e) => return Ok(Err(DirectoryError::EndRecord(e))),
         };
         let mut archive = match zip::ZipArchive::new(window) {
             Ok(a) => a,
-            Err(e) => return Ok(Err(format!("its central directory: {e}"))),
+            Err(e) => return Ok(Err(DirectoryError::CentralDirectory(e))),
         };
         let mut starts = Vec::with_capacity(archive.len());
         for i in 0..archive.len() {
             match archive.by_index_data(i) {
                 Ok(e) => starts.push((i, e.header_start())),
-                Err(e) => return Ok(Err(format!("entry {i}: {e}"))),
+                Err(source) => return Ok(Err(DirectoryError::Entry { index: i, source })),
             }
         }
         let Some(entries) = plan::entry_spans(&starts, cd.offset) else {
-            return Ok(Err("entries share or overlap offsets".into()));
+            return Ok(Err(DirectoryError::Overlapping));
         };
         let cfg = self.p.cfg;
         let dir = match package::read_signed_directory(
@@ -74,8 +95,8 @@ impl Delta<'_> {
             &cfg.trusted_keys,
         ) {
             Ok(Some(d)) => d,
-            Ok(None) => return Ok(Err("the package is not signed by a trusted key".into())),
-            Err(e) => return Ok(Err(e.to_string())),
+            Ok(None) => return Ok(Err(DirectoryError::Unsigned)),
+            Err(e) => return Ok(Err(DirectoryError::Package(e))),
         };
         Ok(Ok(Opened {
             part,
@@ -174,7 +195,7 @@ impl Delta<'_> {
         drop(archive);
         let opened = match self.open_directory(part)? {
             Ok(o) => o,
-            Err(why) => return Ok(Err(Step::Whole(why))),
+            Err(why) => return Ok(Err(Step::Whole(why.to_string()))),
         };
         // Which entries must cross the network.
         let mut record = installed::load(&self.work.installed_files()).unwrap_or_default();

@@ -39,7 +39,8 @@ use check::{entry_name, pending_for, reusable, verify_within};
 use fetch::{Fetcher, Ranged};
 use plan::Span;
 pub use record::{
-    check_assembled, effective_len, forget, installation_succeeded, progress_of_record, RecordError,
+    check_assembled, effective_len, forget, installation_succeeded, progress_of_record,
+    AssembledError, RecordError,
 };
 use record::{load_record, AssembledFile, Pending, Record};
 
@@ -198,7 +199,10 @@ impl<'a> Delta<'a> {
 
     async fn run(self, record: Option<Record>) -> Result<Step, DownloadError> {
         if let Some(r) = record.as_ref().filter(|r| r.assembled.is_some()) {
-            if check_assembled(self.work, self.p.spec, self.p.path) == Some(Ok(())) {
+            if matches!(
+                check_assembled(self.work, self.p.spec, self.p.path),
+                Some(Ok(()))
+            ) {
                 self.sink.progress(self.p.spec.package_size);
                 return Ok(Step::Complete);
             }

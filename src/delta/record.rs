@@ -153,6 +153,22 @@ pub fn forget(work: &WorkDir) {
     }
 }
 
+/// A package assembled by a delta download that is no longer the file assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum AssembledError {
+    #[error("{} changed since it was assembled: sha256 {found} instead of {expected}", path.display())]
+    Changed {
+        path: std::path::PathBuf,
+        found: crate::checksum::Checksum,
+        expected: String,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// For a package assembled by a delta download: `Some(Ok)` when the file at `path` is still
 /// the one assembled (its SHA-256, which stands in for `package_md5`), `Some(Err(why))` when it
 /// changed; `None` when the package did not come from a delta (check `package_md5`).
@@ -160,19 +176,21 @@ pub fn check_assembled(
     work: &WorkDir,
     spec: &PackageSpec,
     path: &Path,
-) -> Option<Result<(), String>> {
+) -> Option<Result<(), AssembledError>> {
     let rec = load_record(work).filter(|r| r.is_for(spec))?;
     let done = rec.assembled?;
     let found = File::open(path).and_then(|mut f| installed::hash_open(&mut f));
     Some(match found {
         Ok(sum) if sum.to_hex() == done.sha256 => Ok(()),
-        Ok(sum) => Err(format!(
-            "{} changed since it was assembled: sha256 {} instead of {}",
-            path.display(),
-            sum,
-            done.sha256
-        )),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Ok(found) => Err(AssembledError::Changed {
+            path: path.to_path_buf(),
+            found,
+            expected: done.sha256,
+        }),
+        Err(source) => Err(AssembledError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     })
 }
 
@@ -275,9 +293,9 @@ mod tests {
         assert_eq!(load_record(&work), Some(rec));
         assert_eq!(effective_len(&work, &s, 9), 1000);
         assert_eq!(effective_len(&work, &s, 8), 8);
-        assert_eq!(check_assembled(&work, &s, &path), Some(Ok(())));
+        assert!(matches!(check_assembled(&work, &s, &path), Some(Ok(()))));
         let other = spec("https://h/other.zip");
-        assert_eq!(check_assembled(&work, &other, &path), None);
+        assert!(check_assembled(&work, &other, &path).is_none());
         assert_eq!(effective_len(&work, &other, 9), 9);
         std::fs::write(&path, b"assembleD").unwrap();
         assert!(matches!(check_assembled(&work, &s, &path), Some(Err(_))));

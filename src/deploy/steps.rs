@@ -221,15 +221,15 @@ impl Installation {
             return Ok(Flow::Done);
         };
         let dst = &self.pkg.manifest.modules[i].dst;
-        let failed = |why: String| {
+        let failed = |why: &dyn std::fmt::Display| {
             tracing::error!("self-update: the new binary does not run here: {why}");
             Cause::from(error::deployment_failed(format!(
                 "self-update: the new binary does not run here: {why}"
             )))
         };
         let staged = staged_path(j, dst)
-            .ok_or_else(|| failed(format!("no staged file for {}", dst.display())))?;
-        handover::probe(&staged).map_err(failed)?;
+            .ok_or_else(|| failed(&format_args!("no staged file for {}", dst.display())))?;
+        handover::probe(&staged).map_err(|e| failed(&e))?;
         Ok(Flow::Done)
     }
 
@@ -240,7 +240,7 @@ impl Installation {
             return Ok(Flow::Done);
         };
         let m = &self.pkg.manifest.modules[i];
-        let failed = |why: String| {
+        let failed = |why: handover::HandOverError| {
             tracing::error!("self-update: {why}; taking back");
             Cause::from(error::deployment_failed(format!("self-update: {why}")))
         };

@@ -298,8 +298,13 @@ impl FleetClient {
             Ok(o) => self.start(deployment.id, o).await,
             Err(error) => {
                 tracing::error!("fleet deployment {}: {error}", deployment.id);
-                self.start_failed(deployment.id, String::new(), String::new(), error)
-                    .await
+                self.start_failed(
+                    deployment.id,
+                    String::new(),
+                    String::new(),
+                    error.to_string(),
+                )
+                .await
             }
         }
     }

@@ -4,6 +4,7 @@
 
 use reqwest::Url;
 
+use crate::error::{self, OtaError};
 use crate::lifecycle::PackageSpec;
 
 use super::ddi::{ActionId, DeploymentBase, Handling, MaintenanceWindow};
@@ -24,9 +25,9 @@ pub fn holds(d: &DeploymentBase) -> bool {
         || d.deployment.maintenance_window == Some(MaintenanceWindow::Unavailable)
 }
 
-/// The offer as a package, or the `"<CODE>: <detail>"` that ends the action.
-pub fn read(d: &DeploymentBase, http: &DdiHttp, max_package_size: u64) -> Result<Offer, String> {
-    let invalid = |detail: String| format!("INVALID_PACKAGE: deployment {}: {detail}", d.id);
+/// The offer as a package, or the error (`INVALID_PACKAGE`) that ends the action.
+pub fn read(d: &DeploymentBase, http: &DdiHttp, max_package_size: u64) -> Result<Offer, OtaError> {
+    let invalid = |detail: String| error::invalid_package(format!("deployment {}: {detail}", d.id));
     let artifact = d.the_artifact().map_err(|e| invalid(e.to_string()))?;
     let chunk_version = d
         .deployment
