@@ -345,8 +345,32 @@ fn wait_state(
     device: &str,
     state: &str,
 ) -> common::goosebit::DeviceView {
+    wait_view(gb, d, device, state, |_| true)
+}
+
+/// `Finished` on `version`: goosebit saves the state and the version of a success feedback one
+/// after the other, so a view between the two shows `Finished` on the old version.
+fn wait_finished_on(
+    gb: &Goosebit,
+    d: &Daemon,
+    device: &str,
+    version: &str,
+) -> common::goosebit::DeviceView {
+    wait_view(gb, d, device, "Finished", |v| {
+        v.sw_version.as_deref() == Some(version)
+    })
+}
+
+fn wait_view(
+    gb: &Goosebit,
+    d: &Daemon,
+    device: &str,
+    state: &str,
+    also: impl Fn(&common::goosebit::DeviceView) -> bool,
+) -> common::goosebit::DeviceView {
     common::wait_until_or_none(Duration::from_secs(120), || {
-        gb.device(device).filter(|v| v.last_state == state)
+        gb.device(device)
+            .filter(|v| v.last_state == state && also(v))
     })
     .unwrap_or_else(|| {
         panic!(
@@ -378,8 +402,7 @@ fn api_9_1_daemon_registers_and_installs_an_assigned_envelope() {
 
     let software = upload_package(&gb, &ws, "1.2.3", json!({}));
     gb.assign(&device, software);
-    let view = wait_state(&gb, &d, &device, "Finished");
-    assert_eq!(view.sw_version.as_deref(), Some("1.2.3"), "{:?}", view.raw);
+    let view = wait_finished_on(&gb, &d, &device, "1.2.3");
     let log = view.log.unwrap_or_default();
     assert!(log.contains("installing 1.2.3"), "{log}");
     assert_eq!(
@@ -528,7 +551,6 @@ fn api_9_1_ready_cmd_busy_then_ready() {
     assert!(log.contains("waits for the printer to be ready"), "{log}");
 
     std::fs::write(&ready, b"").unwrap();
-    let view = wait_state(&gb, &d, &device, "Finished");
-    assert_eq!(view.sw_version.as_deref(), Some("1.4.0"));
+    wait_finished_on(&gb, &d, &device, "1.4.0");
     assert!(ws.root().join("app/bin").exists());
 }
