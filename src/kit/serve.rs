@@ -177,16 +177,8 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let tcp = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => {
-                    // Out of descriptors or the like: try again shortly.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
+        let Some(tcp) = next_connection(&listener, &mut stop).await else {
+            return;
         };
         let (tls, shared, stop) = (tls.clone(), shared.clone(), stop.clone());
         tokio::spawn(async move {
@@ -310,6 +302,23 @@ async fn client_closed<S: AsyncRead>(rd: &mut ReadHalf<S>) {
     while let Ok(n) = rd.read(&mut buf).await {
         if n == 0 {
             return;
+        }
+    }
+}
+
+/// The kit servers' next connection, or `None` once `stop` changes; a failed accept (out of
+/// descriptors or the like) is tried again shortly.
+pub(crate) async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => return Some(tcp),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+            _ = stop.changed() => return None,
         }
     }
 }
