@@ -128,14 +128,23 @@ fn contract_4_restart_order_lower_starts_first() {
         std::fs::create_dir_all(&dir).unwrap();
         let dst = looping_script(&dir, name, "old", false, None);
         running.push(Spawned::spawn(&mut Command::new(&dst)));
+        // The start is written down before the program of its name exists, which is what the
+        // updater waits for before starting the next module: the lines are in start order,
+        // whatever the load (a line written by the program itself could come after the next
+        // module's).
+        let start = format!(
+            "echo '{name}' >> '{}'; exec '{}'",
+            log.display(),
+            dst.display()
+        );
         modules.push(json!({
             "name": name, "src": name, "dst": dst.display().to_string(),
-            "process_name": name, "start_cmd": [dst.display().to_string()],
+            "process_name": name, "start_cmd": ["sh", "-c", start],
             "restart_order": order
         }));
         entries.push(Entry::file(
             name,
-            &looping_script_text(name, false, Some(&log)),
+            &looping_script_text(name, false, None),
             0o755,
         ));
     }
