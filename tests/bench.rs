@@ -564,8 +564,11 @@ struct CurlRun {
     curl: Duration,
     md5sum: Duration,
     fdatasync: Duration,
-    /// CPU seconds of curl and md5sum together.
-    cpu: f64,
+    /// CPU seconds of curl, of md5sum and of `sync -d` (the file's writeback, which the
+    /// daemon's checkpoints do in its own threads and curl leaves to the kernel's flusher).
+    curl_cpu: f64,
+    md5sum_cpu: f64,
+    sync_cpu: f64,
 }
 
 /// `curl -o` into `dir`, then `md5sum` and `sync -d` of the file, each timed.
@@ -584,13 +587,14 @@ fn curl_run(url: &str, ca: &Path, dir: &Path, expect_md5: &str) -> CurlRun {
             .env_remove("all_proxy")
             .env_remove("ALL_PROXY"),
     );
+    let cpu1 = cpu_secs(None);
     let t = Instant::now();
     let sum = Command::new("md5sum")
         .arg(&out)
         .output()
         .expect("run md5sum");
     let md5sum = t.elapsed();
-    let cpu = cpu_secs(None) - cpu0;
+    let cpu2 = cpu_secs(None);
     let text = String::from_utf8_lossy(&sum.stdout);
     assert_eq!(
         text.split_whitespace().next(),
@@ -598,13 +602,51 @@ fn curl_run(url: &str, ca: &Path, dir: &Path, expect_md5: &str) -> CurlRun {
         "MD5 of curl's download"
     );
     let fdatasync = timed(Command::new("sync").arg("-d").arg(&out));
+    let cpu3 = cpu_secs(None);
     std::fs::remove_file(&out).unwrap();
     CurlRun {
         curl,
         md5sum,
         fdatasync,
-        cpu,
+        curl_cpu: cpu1 - cpu0,
+        md5sum_cpu: cpu2 - cpu1,
+        sync_cpu: cpu3 - cpu2,
     }
+}
+
+/// The HTTP stack alone, the floor under the daemon's receive thread: the daemon's own
+/// download client (`net::download_client`, reqwest over rustls with the same settings) on a
+/// single-threaded runtime, each chunk of the body written to a file as it comes; no hash, no
+/// gathering, no checkpoint, no callback. The CPU seconds of its one thread.
+fn stack_run(url: &str, ca: &Path, dir: &Path, size: u64) -> f64 {
+    use std::io::Write;
+    let out = dir.join("stack.out");
+    let cpu = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let tls = tope_updater::net::tls_config(Some(ca)).expect("TLS configuration");
+            let client = tope_updater::net::download_client(&tls, false).expect("client");
+            let mut file = std::fs::File::create(&out).expect("create the stack's file");
+            let cpu0 = thread_cpu_secs();
+            rt.block_on(async {
+                let mut resp = client.get(url).send().await.expect("GET");
+                assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+                while let Some(chunk) = resp.chunk().await.expect("body") {
+                    file.write_all(&chunk).expect("write");
+                }
+            });
+            thread_cpu_secs() - cpu0
+        })
+        .join()
+        .expect("the stack's thread")
+    });
+    let len = std::fs::metadata(&out).unwrap().len();
+    assert_eq!(len, size, "length of the stack's download");
+    std::fs::remove_file(&out).unwrap();
+    cpu
 }
 
 /// What one daemon download cost.
@@ -614,6 +656,8 @@ struct DaemonRun {
     cpu: f64,
     /// The daemon's peak resident memory (`VmHWM`) at the end, KiB.
     peak_kib: u64,
+    /// CPU seconds of nginx over the same span (serving, encrypting).
+    server_cpu: f64,
 }
 
 /// The daemon's download + verification: from POST /download until its `toInstall` callback
@@ -627,6 +671,7 @@ fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64) -> DaemonRu
     let api = FakeDeviceApi::start();
     let d = Daemon::start(&ws, &api, DaemonOptions::default());
     let cpu0 = cpu_secs(Some(d.pid()));
+    let server0 = cpu_secs(Some(nginx.pid()));
     let t = Instant::now();
     let answer = d.post_json("/download", &pkg.download_body(url));
     assert_ok_status(&answer, "downloading", "POST /download");
@@ -635,6 +680,7 @@ fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64) -> DaemonRu
     });
     let wall = t.elapsed();
     let cpu = cpu_secs(Some(d.pid())) - cpu0;
+    let server_cpu = cpu_secs(Some(nginx.pid())) - server0;
     let peak_kib = hwm_kib(d.pid());
     let name = url.rsplit('/').next().unwrap();
     assert_eq!(
@@ -646,6 +692,7 @@ fn daemon_run(nginx: &Nginx, pkg: &BenchPackage, url: &str, mb: u64) -> DaemonRu
         wall,
         cpu,
         peak_kib,
+        server_cpu,
     }
 }
 
@@ -667,8 +714,8 @@ struct Comparison<'a> {
     curl: bool,
 }
 
-/// Times `repeat` rounds of curl (when installed) and the daemon fetching `url`, each round
-/// after a `sync`, and prints the medians under `label`.
+/// Times `repeat` rounds of curl (when installed), the HTTP stack alone and the daemon
+/// fetching `url`, each round after a `sync`, and prints the medians under `label`.
 fn compare_with_curl(how: &Comparison<'_>, nginx: &Nginx, pkg: &BenchPackage, url: &str) {
     let Comparison {
         label,
@@ -683,28 +730,39 @@ fn compare_with_curl(how: &Comparison<'_>, nginx: &Nginx, pkg: &BenchPackage, ur
     let mut md5sum_s = Vec::new();
     let mut sync_s = Vec::new();
     let mut daemon_cpu = Vec::new();
+    let mut server_cpu = Vec::new();
+    let mut stack_cpu = Vec::new();
     let mut curl_cpu = Vec::new();
+    let mut md5sum_cpu = Vec::new();
+    let mut sync_cpu = Vec::new();
     let mut ratios = Vec::new();
+    let mut ratios_synced = Vec::new();
     let mut peak_kib = 0;
     for _ in 0..repeat {
-        let mut c_cpu = None;
+        let mut c_run = None;
         if curl {
             sync_all_disks();
             let c = curl_run(url, &nginx.ca_file, scratch, &pkg.md5);
             curl_s.push(c.curl.as_secs_f64());
             md5sum_s.push(c.md5sum.as_secs_f64());
             sync_s.push(c.fdatasync.as_secs_f64());
-            curl_cpu.push(c.cpu);
-            c_cpu = Some(c.cpu);
+            curl_cpu.push(c.curl_cpu);
+            md5sum_cpu.push(c.md5sum_cpu);
+            sync_cpu.push(c.sync_cpu);
+            c_run = Some(c);
         }
+        sync_all_disks();
+        stack_cpu.push(stack_run(url, &nginx.ca_file, scratch, pkg.size));
         sync_all_disks();
         let d = daemon_run(nginx, pkg, url, mb);
         daemon_s.push(d.wall.as_secs_f64());
         daemon_cpu.push(d.cpu);
+        server_cpu.push(d.server_cpu);
         peak_kib = peak_kib.max(d.peak_kib);
         // Back to back, so a change of the machine's load hits both sides of one ratio.
-        if let Some(cc) = c_cpu.filter(|c| *c > 0.0) {
-            ratios.push(d.cpu / cc);
+        if let Some(c) = c_run.filter(|c| c.curl_cpu + c.md5sum_cpu > 0.0) {
+            ratios.push(d.cpu / (c.curl_cpu + c.md5sum_cpu));
+            ratios_synced.push(d.cpu / (c.curl_cpu + c.md5sum_cpu + c.sync_cpu));
         }
     }
     let size = mib(pkg.size);
@@ -714,6 +772,13 @@ fn compare_with_curl(how: &Comparison<'_>, nginx: &Nginx, pkg: &BenchPackage, ur
             .map(|s| format!("{s:.3}"))
             .collect::<Vec<_>>()
             .join(", ")
+    };
+    let median_or_dash = |v: &[f64]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2}", median_f64(v))
+        }
     };
     println!(
         "bench: download + MD5 verification of {size:.0} MiB over HTTPS, {label}, median of \
@@ -727,6 +792,11 @@ fn compare_with_curl(how: &Comparison<'_>, nginx: &Nginx, pkg: &BenchPackage, ur
         size / dm,
         list(&daemon_s),
         peak_kib as f64 / 1024.0
+    );
+    let (dc, sc, nc) = (
+        median_f64(&daemon_cpu),
+        median_f64(&stack_cpu),
+        median_f64(&server_cpu),
     );
     if curl {
         let cm = median_f64(&curl_s);
@@ -746,23 +816,51 @@ fn compare_with_curl(how: &Comparison<'_>, nginx: &Nginx, pkg: &BenchPackage, ur
             dm / (cm + sm + fm),
             dm / sm
         );
-        let (dc, cc) = (median_f64(&daemon_cpu), median_f64(&curl_cpu));
+        let (cc, mc, yc) = (
+            median_f64(&curl_cpu),
+            median_f64(&md5sum_cpu),
+            median_f64(&sync_cpu),
+        );
         println!(
-            "bench:   CPU: daemon {dc:.3} s (runs: {}), curl + md5sum {cc:.3} s (runs: {}): \
-             daemon / (curl + md5sum) = {:.2} (median of the per-round ratios {}: {}); \
-             daemon {:.1} ms/MiB",
+            "bench:   CPU: daemon {dc:.3} s (runs: {}), curl {cc:.3} s + md5sum {mc:.3} s \
+             (runs: {}): daemon / (curl + md5sum) = {:.2} (median of the per-round ratios {}: \
+             {}); with the fdatasync's writeback ({yc:.3} s) on curl's side as on the daemon's: \
+             {}; daemon {:.1} ms/MiB",
             list(&daemon_cpu),
-            list(&curl_cpu),
-            dc / cc,
+            list(
+                &curl_cpu
+                    .iter()
+                    .zip(&md5sum_cpu)
+                    .map(|(c, m)| c + m)
+                    .collect::<Vec<_>>()
+            ),
+            dc / (cc + mc),
             ratios.len(),
-            if ratios.is_empty() {
-                "-".to_string()
-            } else {
-                format!("{:.2}", median_f64(&ratios))
-            },
+            median_or_dash(&ratios),
+            median_or_dash(&ratios_synced),
             dc * 1000.0 / size
         );
+        println!(
+            "bench:   CPU of the HTTP stack alone (the daemon's reqwest + rustls client, each \
+             chunk written to a file, no hash): {sc:.3} s (runs: {}) = {:.2} x curl; the \
+             daemon beyond it {:.3} s, md5sum {mc:.3} s",
+            list(&stack_cpu),
+            sc / cc,
+            dc - sc
+        );
+    } else {
+        println!(
+            "bench:   CPU: daemon {dc:.3} s (runs: {}); the HTTP stack alone {sc:.3} s",
+            list(&daemon_cpu)
+        );
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "bench:   nginx CPU while serving the daemon {nc:.3} s; daemon + nginx over {cores} \
+         CPUs: at least {:.3} s of wall time on this machine ({:.2} x the daemon's)",
+        (dc + nc) / cores,
+        (dc + nc) / cores / dm
+    );
 }
 
 /// The capped link speeds of the comparison, MiB/s (`BENCH_LINK_RATES`, a comma-separated

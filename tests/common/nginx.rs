@@ -68,6 +68,11 @@ pub fn write_tls_material(dir: &Path, ca_out: &Path) -> (PathBuf, PathBuf) {
 }
 
 impl Nginx {
+    /// The process serving (nginx runs without a master process here).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// Starts nginx in `dir`. Without nginx: panics under CI, else prints why and gives `None`.
     pub fn start(dir: &Path, ca_out: &Path) -> Option<Nginx> {
         Nginx::start_with(dir, ca_out, NginxOptions::default())
