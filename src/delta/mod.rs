@@ -32,7 +32,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use assemble::Assembled;
 use check::{entry_name, pending_for, reusable, verify_within};
@@ -46,6 +46,7 @@ use record::{load_record, AssembledFile, Pending, Record};
 
 use crate::config::Config;
 use crate::download::budget::ATTEMPTS;
+use crate::download::pace::CheckpointPace;
 use crate::download::{AttemptFailure, DownloadError, DownloadSink, RetryBudget};
 use crate::lifecycle::{download_percent, report_step, PackageSpec, Validator};
 use crate::net::redact_url;
@@ -56,10 +57,6 @@ use crate::workdir::WorkDir;
 
 /// The end of the package read first: the end record and a comment of up to 64 KiB.
 const TAIL: u64 = 22 + 65535;
-/// A checkpoint (fdatasync, record, state) at every 5 % step of `/progress`, and between
-/// them once this many bytes arrived and 2 s passed.
-const CHECKPOINT_BYTES: u64 = 1 << 20;
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 pub struct DeltaParams<'a> {
     pub spec: &'a PackageSpec,
@@ -388,11 +385,15 @@ impl<'a> Delta<'a> {
             };
             let span = rec.spans[k].span();
             let from = span.start + rec.spans[k].done;
-            let mut last_ckpt = (from, Instant::now());
-            let mut last_step = report_step(download_percent(
-                plan::scaled(rec.done(), rec.total(), size),
-                size,
-            ));
+            // A checkpoint (fdatasync, record, state) at the pace of a whole download.
+            let mut pace = CheckpointPace::new(
+                report_step(download_percent(
+                    plan::scaled(rec.done(), rec.total(), size),
+                    size,
+                )),
+                from,
+                Instant::now(),
+            );
             let mut reached = from;
             let mut ck_err = None;
             let result = {
@@ -404,12 +405,7 @@ impl<'a> Delta<'a> {
                     let shown = plan::scaled(rec_ref.done(), rec_ref.total(), size).min(size - 1);
                     self.sink.progress(shown);
                     let step = report_step(download_percent(shown, size));
-                    if step != last_step
-                        || (at - last_ckpt.0 >= CHECKPOINT_BYTES
-                            && last_ckpt.1.elapsed() >= CHECKPOINT_EVERY)
-                    {
-                        last_step = step;
-                        last_ckpt = (at, Instant::now());
+                    if pace.due(step, at, Instant::now()) {
                         if let Err(e) = self.checkpoint(rec_ref, part_ref) {
                             ck_err = Some(e);
                             return Err(std::io::Error::other("checkpoint failed"));

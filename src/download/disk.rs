@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use super::{DownloadError, DownloadParams, DownloadSink};
@@ -153,14 +153,143 @@ pub(super) enum WriteMsg {
     Barrier(std::sync::mpsc::SyncSender<std::io::Result<()>>),
 }
 
+/// The write side: the file, the hash, the count written and the first write error, shared
+/// by the write thread and the stream. The write thread applies what is queued, so on a fast
+/// link hashing and writing one buffer overlaps receiving the next; when nothing is queued the
+/// stream may apply a buffer itself ([`Writer::apply_or_send`]), which on a slow link costs
+/// less than waking the write thread for it (docs/API.md 9.7).
+pub(super) struct WriteSide<'a> {
+    disk: Mutex<Disk>,
+    /// A write failed (the error is in `disk`).
+    failed: AtomicBool,
+    /// Messages sent to the write thread and not yet applied.
+    queued: AtomicUsize,
+    ck: &'a Checkpointer<'a>,
+}
+
+struct Disk {
+    file: File,
+    hasher: Hasher,
+    written: u64,
+    /// The first write error; after it, data is dropped and every barrier reports it.
+    error: Option<std::io::Error>,
+}
+
+impl<'a> WriteSide<'a> {
+    /// `written` bytes of `file` are fed to `hasher` already.
+    pub(super) fn new(
+        file: File,
+        hasher: Hasher,
+        written: u64,
+        ck: &'a Checkpointer<'a>,
+    ) -> WriteSide<'a> {
+        WriteSide {
+            disk: Mutex::new(Disk {
+                file,
+                hasher,
+                written,
+                error: None,
+            }),
+            failed: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            ck,
+        }
+    }
+
+    /// Apply one message; gives back the buffer of `Gathered`, emptied.
+    fn apply(&self, m: WriteMsg) -> Option<Vec<u8>> {
+        let mut guard = crate::sync::lock(&self.disk);
+        let d = &mut *guard;
+        let mut give_back = None;
+        let outcome = match m {
+            WriteMsg::Data(_) | WriteMsg::Gathered(_) | WriteMsg::Checkpoint(_)
+                if d.error.is_some() =>
+            {
+                if let WriteMsg::Gathered(mut buf) = m {
+                    buf.clear();
+                    give_back = Some(buf);
+                }
+                Ok(())
+            }
+            WriteMsg::Data(chunk) => d.write(&chunk),
+            WriteMsg::Gathered(mut buf) => {
+                // The hash right after the write: the bytes are still in this core's cache.
+                let r = d.write(&buf);
+                buf.clear();
+                give_back = Some(buf);
+                r
+            }
+            WriteMsg::Reset => {
+                // No checkpoint of the old bytes may land after the truncation.
+                let r = self
+                    .ck
+                    .wait_idle()
+                    .and_then(|()| d.file.set_len(0))
+                    .and_then(|()| d.file.seek(SeekFrom::Start(0)).map(|_| ()));
+                if r.is_ok() {
+                    d.hasher = Hasher::new(d.hasher.algorithm());
+                    d.written = 0;
+                }
+                r
+            }
+            WriteMsg::Checkpoint(v) => self.ck.request(d.written, &v),
+            WriteMsg::Barrier(reply) => {
+                let _ = reply.send(d.first_error());
+                Ok(())
+            }
+        };
+        if let Err(e) = outcome {
+            self.failed.store(true, Ordering::Release);
+            d.error.get_or_insert(e);
+        }
+        give_back
+    }
+
+    /// The first write error, if any (a copy).
+    fn first_error(&self) -> std::io::Result<()> {
+        crate::sync::lock(&self.disk).first_error()
+    }
+
+    /// The hash and the first write error, once the stream and the write thread are done.
+    pub(super) fn finish(self) -> (Hasher, Option<std::io::Error>) {
+        let d = self
+            .disk
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (d.hasher, d.error)
+    }
+}
+
+impl Disk {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn first_error(&self) -> std::io::Result<()> {
+        match &self.error {
+            // A copy that keeps the OS error number (ENOSPC means DISK_FULL).
+            Some(e) => Err(match e.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(e.kind(), e.to_string()),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The stream's end of the write thread.
 pub(super) struct Writer<'a> {
     tx: std::sync::mpsc::SyncSender<WriteMsg>,
-    failed: &'a AtomicBool,
+    side: &'a WriteSide<'a>,
     /// Gather buffers the write thread is done with.
     returned: std::sync::mpsc::Receiver<Vec<u8>>,
     /// Gather buffers allocated so far (at most [`POOL`]).
     allocated: Cell<usize>,
+    /// A gather buffer the stream applied itself, to fill again.
+    spare: Cell<Option<Vec<u8>>>,
 }
 
 /// The write thread's ends of the channels: what to write, and where written buffers go back.
@@ -170,26 +299,35 @@ pub(super) struct WriteQueue {
 }
 
 /// The channels between the stream and the write thread.
-pub(super) fn write_channels(failed: &AtomicBool) -> (Writer<'_>, WriteQueue) {
+pub(super) fn write_channels<'a>(side: &'a WriteSide<'a>) -> (Writer<'a>, WriteQueue) {
     let (tx, rx) = std::sync::mpsc::sync_channel(WRITE_QUEUE);
     // Room for every buffer of the pool: giving one back never blocks the write thread.
     let (give_back, returned) = std::sync::mpsc::sync_channel(POOL);
     (
         Writer {
             tx,
-            failed,
+            side,
             returned,
             allocated: Cell::new(0),
+            spare: Cell::new(None),
         },
         WriteQueue { rx, give_back },
     )
 }
 
+fn stopped() -> std::io::Error {
+    std::io::Error::other("the write thread has stopped")
+}
+
 impl Writer<'_> {
-    /// An empty buffer with room for [`GATHER`] bytes: one the write thread gave back, a new one
-    /// while the pool is not complete, else the next one given back (the write thread is
-    /// writing it: the stream waits, as it does for a full queue).
+    /// An empty buffer with room for [`GATHER`] bytes: the one the stream applied itself, one
+    /// the write thread gave back, a new one while the pool is not complete, else the next one
+    /// given back (the write thread is writing it: the stream waits, as it does for a full
+    /// queue).
     pub(super) fn take_buffer(&self) -> std::io::Result<Vec<u8>> {
+        if let Some(b) = self.spare.take() {
+            return Ok(b);
+        }
         if let Ok(b) = self.returned.try_recv() {
             return Ok(b);
         }
@@ -197,17 +335,33 @@ impl Writer<'_> {
             self.allocated.set(self.allocated.get() + 1);
             return Ok(Vec::with_capacity(GATHER));
         }
-        self.returned
-            .recv()
-            .map_err(|_| std::io::Error::other("the write thread has stopped"))
+        self.returned.recv().map_err(|_| stopped())
     }
 
+    /// Queue `m` for the write thread; the first write error, if one happened.
     pub(super) fn send(&self, m: WriteMsg) -> std::io::Result<()> {
-        self.tx
-            .send(m)
-            .map_err(|_| std::io::Error::other("the write thread has stopped"))?;
-        if self.failed.load(Ordering::Acquire) {
+        self.side.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(m).is_err() {
+            self.side.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(stopped());
+        }
+        if self.side.failed.load(Ordering::Acquire) {
             self.barrier()?;
+        }
+        Ok(())
+    }
+
+    /// Apply `m` on this thread when the write thread has nothing queued (everything sent
+    /// before is written, so the order stays), else queue it. No other thread wakes for it.
+    pub(super) fn apply_or_send(&self, m: WriteMsg) -> std::io::Result<()> {
+        if self.side.queued.load(Ordering::Acquire) != 0 {
+            return self.send(m);
+        }
+        if let Some(buf) = self.side.apply(m) {
+            self.spare.set(Some(buf));
+        }
+        if self.side.failed.load(Ordering::Acquire) {
+            return self.side.first_error();
         }
         Ok(())
     }
@@ -215,90 +369,28 @@ impl Writer<'_> {
     /// Wait until every chunk sent so far is written; the first write error, if any.
     pub(super) fn barrier(&self) -> std::io::Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.tx
-            .send(WriteMsg::Barrier(tx))
-            .map_err(|_| std::io::Error::other("the write thread has stopped"))?;
-        rx.recv()
-            .map_err(|_| std::io::Error::other("the write thread has stopped"))?
+        self.side.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(WriteMsg::Barrier(tx)).is_err() {
+            self.side.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(stopped());
+        }
+        rx.recv().map_err(|_| stopped())?
     }
 }
 
-/// The write thread: the hash and the file, so hashing one chunk overlaps receiving the next.
-/// After a write error it keeps draining the queue and reports the error at every barrier.
-pub(super) fn write_loop(
-    mut file: File,
-    mut hasher: Hasher,
-    mut written: u64,
-    queue: WriteQueue,
-    ck: &Checkpointer<'_>,
-    failed: &AtomicBool,
-) -> (Hasher, Option<std::io::Error>) {
+/// The write thread: applies what the stream queues, in order, so hashing and writing one
+/// buffer overlaps receiving the next. After a write error it keeps draining the queue and
+/// reports the error at every barrier.
+pub(super) fn write_loop(queue: WriteQueue, side: &WriteSide<'_>) {
     let WriteQueue { rx, give_back } = queue;
-    let mut error: Option<std::io::Error> = None;
-    let fail = |error: &mut Option<std::io::Error>, e: std::io::Error| {
-        failed.store(true, Ordering::Release);
-        error.get_or_insert(e);
-    };
     while let Ok(m) = rx.recv() {
-        match m {
-            WriteMsg::Data(_) if error.is_some() => {}
-            WriteMsg::Data(chunk) => match file.write_all(&chunk) {
-                Ok(()) => {
-                    hasher.update(&chunk);
-                    written += chunk.len() as u64;
-                }
-                Err(e) => fail(&mut error, e),
-            },
-            WriteMsg::Gathered(mut buf) => {
-                if error.is_none() {
-                    // The hash right after the write: the bytes are still in this core's cache.
-                    match file.write_all(&buf) {
-                        Ok(()) => {
-                            hasher.update(&buf);
-                            written += buf.len() as u64;
-                        }
-                        Err(e) => fail(&mut error, e),
-                    }
-                }
-                buf.clear();
-                // The pool has room for every buffer; the stream may have ended already.
-                let _ = give_back.try_send(buf);
-            }
-            WriteMsg::Reset => {
-                // No checkpoint of the old bytes may land after the truncation.
-                let r = ck
-                    .wait_idle()
-                    .and_then(|()| file.set_len(0))
-                    .and_then(|()| file.seek(SeekFrom::Start(0)).map(|_| ()));
-                match r {
-                    Ok(()) => {
-                        hasher = Hasher::new(hasher.algorithm());
-                        written = 0;
-                    }
-                    Err(e) => fail(&mut error, e),
-                }
-            }
-            WriteMsg::Checkpoint(v) => {
-                if error.is_none() {
-                    if let Err(e) = ck.request(written, &v) {
-                        fail(&mut error, e);
-                    }
-                }
-            }
-            WriteMsg::Barrier(reply) => {
-                let answer = match &error {
-                    // A copy that keeps the OS error number (ENOSPC means DISK_FULL).
-                    Some(e) => Err(match e.raw_os_error() {
-                        Some(code) => std::io::Error::from_raw_os_error(code),
-                        None => std::io::Error::new(e.kind(), e.to_string()),
-                    }),
-                    None => Ok(()),
-                };
-                let _ = reply.send(answer);
-            }
+        if let Some(buf) = side.apply(m) {
+            // The pool has room for every buffer; the stream may have ended already.
+            let _ = give_back.try_send(buf);
         }
+        // Only now: a stream that sees nothing queued finds everything sent before applied.
+        side.queued.fetch_sub(1, Ordering::AcqRel);
     }
-    (hasher, error)
 }
 
 /// Durable checkpoints off the download's hot path. `fdatasync` of the file and the state
@@ -433,15 +525,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
         let file = File::create(&p).unwrap();
-        let failed = AtomicBool::new(false);
         let sink = NoSink;
         let ck = Checkpointer::new(file.try_clone().unwrap(), &sink);
-        let (w, queue) = write_channels(&failed);
+        let side = WriteSide::new(file, Hasher::new(Algorithm::Md5), 0, &ck);
+        let (w, queue) = write_channels(&side);
         let mut expected = Hasher::new(Algorithm::Md5);
         let mut all = Vec::new();
-        let hasher = std::thread::scope(|scope| {
-            let writer = scope
-                .spawn(|| write_loop(file, Hasher::new(Algorithm::Md5), 0, queue, &ck, &failed));
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| write_loop(queue, &side));
             for i in 0..40u8 {
                 let mut buf = w.take_buffer().unwrap();
                 assert!(buf.is_empty() && buf.capacity() >= GATHER);
@@ -453,15 +544,97 @@ mod tests {
             w.barrier().unwrap();
             assert!(w.allocated.get() <= POOL, "{} buffers", w.allocated.get());
             drop(w);
-            let (hasher, error) = writer.join().unwrap();
-            assert!(error.is_none());
-            hasher
+            writer.join().unwrap();
         });
+        let (hasher, error) = side.finish();
+        assert!(error.is_none());
         assert_eq!(hasher.finalize(), expected.finalize());
         assert!(
             std::fs::read(&p).unwrap() == all,
             "the file holds every buffer in order"
         );
+    }
+
+    /// docs/API.md 9.7: with nothing queued, `apply_or_send` writes and hashes on the calling
+    /// thread (no write thread runs here: the bytes are in the file when it returns, and the
+    /// buffer comes back for the next fill); with something queued it queues behind it, so
+    /// the file keeps the order sent.
+    #[test]
+    fn api_9_7_a_buffer_is_applied_here_when_nothing_is_queued_and_queued_behind_otherwise() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let file = File::create(&p).unwrap();
+        let sink = NoSink;
+        let ck = Checkpointer::new(file.try_clone().unwrap(), &sink);
+        let side = WriteSide::new(file, Hasher::new(Algorithm::Md5), 0, &ck);
+        let (w, queue) = write_channels(&side);
+        let mut buf = w.take_buffer().unwrap();
+        buf.extend_from_slice(b"first ");
+        w.apply_or_send(WriteMsg::Gathered(buf)).unwrap();
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"first ",
+            "written on this thread"
+        );
+        let again = w.take_buffer().unwrap();
+        assert!(again.is_empty() && again.capacity() >= GATHER);
+        assert_eq!(
+            w.allocated.get(),
+            1,
+            "the buffer applied here is the one filled again"
+        );
+        // Queued for the write thread, which is not running yet: what follows must wait for it.
+        w.send(WriteMsg::Data(axum::body::Bytes::from_static(b"second ")))
+            .unwrap();
+        let mut third = again;
+        third.extend_from_slice(b"third");
+        w.apply_or_send(WriteMsg::Gathered(third)).unwrap();
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"first ",
+            "nothing overtook the queue"
+        );
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| write_loop(queue, &side));
+            w.barrier().unwrap();
+            drop(w);
+            writer.join().unwrap();
+        });
+        let (hasher, error) = side.finish();
+        assert!(error.is_none());
+        assert_eq!(std::fs::read(&p).unwrap(), b"first second third");
+        let mut expected = Hasher::new(Algorithm::Md5);
+        expected.update(b"first second third");
+        assert_eq!(hasher.finalize(), expected.finalize());
+    }
+
+    /// A write that fails on the calling thread (here: a file opened read-only) reports its
+    /// error there, and every later barrier reports it too, as from the write thread.
+    #[test]
+    fn a_write_error_applied_here_is_reported_at_once_and_at_every_barrier() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"").unwrap();
+        let file = File::open(&p).unwrap();
+        let sink = NoSink;
+        let ck = Checkpointer::new(file.try_clone().unwrap(), &sink);
+        let side = WriteSide::new(file, Hasher::new(Algorithm::Md5), 0, &ck);
+        let (w, queue) = write_channels(&side);
+        let mut buf = w.take_buffer().unwrap();
+        buf.extend_from_slice(b"bytes");
+        let here = w.apply_or_send(WriteMsg::Gathered(buf)).unwrap_err();
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| write_loop(queue, &side));
+            let later = w.barrier().unwrap_err();
+            assert_eq!(
+                here.raw_os_error(),
+                later.raw_os_error(),
+                "{here} / {later}"
+            );
+            drop(w);
+            writer.join().unwrap();
+        });
+        assert!(side.finish().1.is_some());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The receive side: the attempts, one HTTP request each, under the retry budget; the body
-//! streamed to the write thread. Per chunk of the HTTP stack (a TLS record on a slow link) only
-//! a copy into the gather buffer and a few integer operations; the write thread, progress and
+//! streamed to the write side. Per chunk of the HTTP stack (a TLS record on a slow link) only
+//! a copy into the gather buffer and a few integer operations; the write side, progress and
 //! checkpoints are served once per gathered buffer ([`GATHER`] bytes, or what arrived within
-//! [`GATHER_MAX_AGE`]), so a download costs no more CPU than `curl` + `md5sum` at any link
+//! [`GATHER_MAX_AGE`]), by the write thread on a fast link and by this thread on a slow one
+//! ([`WRITE_HERE_BELOW`]), so a download costs no more CPU than `curl` + `md5sum` at any link
 //! speed (docs/API.md 9.7).
 
 use std::time::{Duration, Instant};
@@ -12,20 +13,25 @@ use reqwest::header;
 
 use super::budget::{RetryBudget, StallWindow, ATTEMPTS, STALL_TICK, STALL_WINDOW};
 use super::disk::{write_err, Checkpointer, WriteMsg, Writer, GATHER};
+use super::pace::CheckpointPace;
 use super::response::{interpret, Position, ResponseHead, Verdict};
 use super::{AttemptFailure, DownloadError, DownloadParams, DownloadSink};
 use crate::lifecycle::{download_percent, report_step, Validator};
 use crate::net::redact_url;
 
-/// Between the 5 % steps, a background checkpoint once this long has passed and at least
-/// `CHECKPOINT_MIN_BYTES` arrived since the last one.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
-const CHECKPOINT_MIN_BYTES: u64 = 1 << 20;
-
 /// Gathered bytes go to the write thread at the latest this long after the first of them
 /// arrived (checked when a chunk arrives and at every stall tick), so on a slow link progress
 /// and checkpoints move as before and nothing waits in memory for long.
 const GATHER_MAX_AGE: Duration = Duration::from_millis(100);
+
+/// On a link slower than this (bytes per second, measured over each [`RATE_WINDOW`]), the
+/// receiving thread hashes and writes each gathered buffer itself when the write thread is
+/// idle: waking another thread for half a millisecond of work costs more than the work
+/// (docs/API.md 9.7), and at this rate the work takes at most a few percent of the thread's
+/// time. On a faster link (and in the first window) the write thread does it while the next
+/// buffer arrives.
+const WRITE_HERE_BELOW: u64 = 16 << 20;
+const RATE_WINDOW: Duration = Duration::from_millis(100);
 
 /// The rate cap (`max_download_bytes_per_s`) sleeps only once the stream is this far ahead of
 /// the rate: one timer per 20 ms at most instead of one per chunk. The cap is computed over
@@ -53,13 +59,16 @@ pub(super) struct Job<'a> {
     shown_url: String,
     offset: u64,
     validator: Validator,
-    last_ckpt_bytes: u64,
-    last_ckpt_at: Instant,
-    last_step: u8,
+    /// When the next background checkpoint is due.
+    pace: CheckpointPace,
     /// Received bytes not yet handed to the write thread (counted in `offset`).
     gathered: Vec<u8>,
     /// When the first byte of `gathered` arrived.
     gathered_since: Instant,
+    /// The start of the current rate window, and `offset` then.
+    rate_mark: (Instant, u64),
+    /// The last window measured a link slower than [`WRITE_HERE_BELOW`].
+    slow_link: bool,
 }
 
 pub(super) async fn run<'a>(
@@ -80,11 +89,15 @@ pub(super) async fn run<'a>(
         w,
         offset: keep,
         validator,
-        last_ckpt_bytes: keep,
-        last_ckpt_at: Instant::now(),
-        last_step: report_step(download_percent(keep, size)),
+        pace: CheckpointPace::new(
+            report_step(download_percent(keep, size)),
+            keep,
+            Instant::now(),
+        ),
         gathered: Vec::new(),
         gathered_since: Instant::now(),
+        rate_mark: (Instant::now(), keep),
+        slow_link: false,
     };
     job.sink.progress(keep);
     tracing::info!(
@@ -155,19 +168,21 @@ impl Job<'_> {
             .barrier()
             .and_then(|()| self.ck.sync_now(self.offset, &self.validator))
             .map_err(|e| self.write_err(e))?;
-        self.last_ckpt_bytes = self.offset;
-        self.last_ckpt_at = Instant::now();
+        self.pace.made(self.step(), self.offset, Instant::now());
         Ok(())
     }
 
-    /// The same, on the helper thread while the stream goes on.
+    /// The 5 % step of the position.
+    fn step(&self) -> u8 {
+        report_step(download_percent(self.offset, self.p.spec.package_size))
+    }
+
+    /// The same, on the helper thread while the stream goes on (asked for by the write thread
+    /// after what is queued, or at once when nothing is).
     fn checkpoint_in_background(&mut self) -> Result<(), DownloadError> {
         self.w
-            .send(WriteMsg::Checkpoint(self.validator.clone()))
-            .map_err(|e| self.write_err(e))?;
-        self.last_ckpt_bytes = self.offset;
-        self.last_ckpt_at = Instant::now();
-        Ok(())
+            .apply_or_send(WriteMsg::Checkpoint(self.validator.clone()))
+            .map_err(|e| self.write_err(e))
     }
 
     /// Add a received chunk to the gather buffer; each buffer filled goes to the write thread.
@@ -209,27 +224,34 @@ impl Job<'_> {
         Ok(())
     }
 
-    /// Send the gathered bytes to the write thread; whether there were any.
+    /// Hand the gathered bytes over; whether there were any. On a slow link
+    /// ([`WRITE_HERE_BELOW`]) this thread hashes and writes them itself when the write thread
+    /// is idle.
     fn send_gathered(&mut self) -> Result<bool, DownloadError> {
         if self.gathered.is_empty() {
             return Ok(false);
         }
-        let buf = std::mem::take(&mut self.gathered);
-        self.w
-            .send(WriteMsg::Gathered(buf))
-            .map_err(|e| self.write_err(e))?;
+        let now = Instant::now();
+        let window = now.saturating_duration_since(self.rate_mark.0);
+        if window >= RATE_WINDOW {
+            let bytes = self.offset.saturating_sub(self.rate_mark.1);
+            self.slow_link = (bytes as f64) < WRITE_HERE_BELOW as f64 * window.as_secs_f64();
+            self.rate_mark = (now, self.offset);
+        }
+        let m = WriteMsg::Gathered(std::mem::take(&mut self.gathered));
+        let sent = if self.slow_link {
+            self.w.apply_or_send(m)
+        } else {
+            self.w.send(m)
+        };
+        sent.map_err(|e| self.write_err(e))?;
         Ok(true)
     }
 
     /// Bytes went to the write thread: progress, and a background checkpoint when one is due.
     fn handed_over(&mut self) -> Result<(), DownloadError> {
         self.sink.progress(self.offset);
-        let step = report_step(download_percent(self.offset, self.p.spec.package_size));
-        if step != self.last_step
-            || (self.offset.saturating_sub(self.last_ckpt_bytes) >= CHECKPOINT_MIN_BYTES
-                && self.last_ckpt_at.elapsed() >= CHECKPOINT_EVERY)
-        {
-            self.last_step = step;
+        if self.pace.due(self.step(), self.offset, Instant::now()) {
             self.checkpoint_in_background()?;
         }
         Ok(())
@@ -253,7 +275,7 @@ impl Job<'_> {
             .send(WriteMsg::Reset)
             .map_err(|e| self.write_err(e))?;
         self.offset = 0;
-        self.last_step = 0;
+        self.rate_mark = (Instant::now(), 0);
         self.sink.progress(0);
         // The durable count drops to 0 with the file, before any new byte can be claimed.
         self.checkpoint()

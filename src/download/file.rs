@@ -25,20 +25,18 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustix::fs::{Mode, OFlags};
 
 use super::disk::{write_err, Checkpointer, WriteMsg, Writer};
 use super::fetch::Finished;
+use super::pace::CheckpointPace;
 use super::{DownloadError, DownloadParams, DownloadSink};
 use crate::lifecycle::{download_percent, report_step, Validator};
 
 /// Bytes read from the source at a time.
 const CHUNK: usize = 256 * 1024;
-/// Between the 5 % steps, a background checkpoint at most this often (and after 1 MiB).
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
-const CHECKPOINT_MIN_BYTES: u64 = 1 << 20;
 
 /// Why a `file:` URL is not acceptable (the text follows `package_url: ` in a
 /// `VALIDATION_ERROR`).
@@ -283,8 +281,8 @@ struct Copy<'a> {
     w: &'a Writer<'a>,
     validator: Validator,
     offset: u64,
-    last_ckpt_bytes: u64,
-    last_ckpt_at: Instant,
+    /// When the next background checkpoint is due.
+    pace: CheckpointPace,
 }
 
 impl Copy<'_> {
@@ -300,8 +298,8 @@ impl Copy<'_> {
             .barrier()
             .and_then(|()| self.ck.sync_now(self.offset, &self.validator))
             .map_err(|e| write_err(self.p.path, e))?;
-        self.last_ckpt_bytes = self.offset;
-        self.last_ckpt_at = Instant::now();
+        let step = report_step(download_percent(self.offset, self.p.spec.package_size));
+        self.pace.made(step, self.offset, Instant::now());
         Ok(())
     }
 
@@ -337,8 +335,11 @@ pub(super) fn run(
         w,
         validator: identity(&meta),
         offset: keep,
-        last_ckpt_bytes: keep,
-        last_ckpt_at: Instant::now(),
+        pace: CheckpointPace::new(
+            report_step(download_percent(keep, size)),
+            keep,
+            Instant::now(),
+        ),
     };
     if meta.len() != size {
         return Err(c.lost(SourceError::WrongSize {
@@ -366,7 +367,6 @@ pub(super) fn run(
     );
     file.seek(SeekFrom::Start(c.offset))
         .map_err(|io| c.lost(SourceError::Seek { at: c.offset, io }))?;
-    let mut last_step = report_step(download_percent(c.offset, size));
     while c.offset < size {
         if p.shutdown.is_set() {
             c.checkpoint()?;
@@ -393,14 +393,8 @@ pub(super) fn run(
         c.offset += n as u64;
         c.sink.progress(c.offset);
         let step = report_step(download_percent(c.offset, size));
-        if step != last_step
-            || (c.offset - c.last_ckpt_bytes >= CHECKPOINT_MIN_BYTES
-                && c.last_ckpt_at.elapsed() >= CHECKPOINT_EVERY)
-        {
-            last_step = step;
+        if c.pace.due(step, c.offset, Instant::now()) {
             c.send(WriteMsg::Checkpoint(c.validator.clone()))?;
-            c.last_ckpt_bytes = c.offset;
-            c.last_ckpt_at = Instant::now();
         }
     }
     // Bounded: the source must end at package_size.

@@ -34,10 +34,10 @@ mod disk;
 mod error;
 mod fetch;
 pub mod file;
+pub(crate) mod pace;
 pub mod response;
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 pub use budget::{RetryBudget, StallWindow, BACKOFF};
@@ -123,28 +123,27 @@ pub fn download(
     let unvalidated_prefix = keep > 0 && p.validator.if_range().is_none();
     let synced = file.try_clone().map_err(|e| disk::write_err(p.path, e))?;
     let ck = disk::Checkpointer::new(synced, sink);
-    let failed = AtomicBool::new(false);
-    let (w, queue) = disk::write_channels(&failed);
+    let side = disk::WriteSide::new(file, hasher, keep, &ck);
+    let (w, queue) = disk::write_channels(&side);
     let path = p.path;
-    std::thread::scope(|scope| {
+    let (result, joined) = std::thread::scope(|scope| {
         let spawned = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn_scoped(scope, || ck.run())
             .and_then(|_| {
                 std::thread::Builder::new()
                     .name("write".into())
-                    .spawn_scoped(scope, || {
-                        disk::write_loop(file, hasher, keep, queue, &ck, &failed)
-                    })
+                    .spawn_scoped(scope, || disk::write_loop(queue, &side))
             });
         let writer = match spawned {
             Ok(w) => w,
             Err(e) => {
                 ck.stop();
-                return Err(DownloadError::Setup {
+                let setup = DownloadError::Setup {
                     what: "threads",
                     io: e,
-                });
+                };
+                return (Err(setup), Ok(()));
             }
         };
         let result = match &source {
@@ -155,22 +154,24 @@ pub fn download(
             }
             None => rt.block_on(fetch::run(p, sink, &ck, w, keep)),
         };
-        // `run` has dropped its sender: the writer drains the queue and hands the hash back.
+        // `run` has dropped its sender: the writer drains the queue and ends.
         let joined = writer.join();
         ck.stop();
-        match (result, joined) {
-            (Ok(fetch::Finished::Complete), Ok((hasher, None))) => Ok(DownloadOutcome::Complete {
+        (result, joined)
+    });
+    let (hasher, error) = side.finish();
+    match (result, joined) {
+        (Ok(fetch::Finished::Complete), Ok(())) => match error {
+            None => Ok(DownloadOutcome::Complete {
                 checksum: hasher.finalize(),
                 unvalidated_prefix,
             }),
-            (Ok(fetch::Finished::Complete), Ok((_, Some(e)))) => Err(disk::write_err(path, e)),
-            (Ok(fetch::Finished::Interrupted(bytes)), _) => {
-                Ok(DownloadOutcome::Interrupted { bytes })
-            }
-            (Err(e), _) => Err(e),
-            (Ok(_), Err(_)) => Err(DownloadError::WriterCrashed),
-        }
-    })
+            Some(e) => Err(disk::write_err(path, e)),
+        },
+        (Ok(fetch::Finished::Interrupted(bytes)), _) => Ok(DownloadOutcome::Interrupted { bytes }),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(_)) => Err(DownloadError::WriterCrashed),
+    }
 }
 
 /// The lowest steady rate (bytes per second) that never trips the stall rule: a speed cap
