@@ -517,42 +517,68 @@ mod tests {
         fn checkpoint(&self, _: u64, _: &Validator) {}
     }
 
+    /// Runs `body` with the write side of a new, empty file `f` in a temporary directory
+    /// (opened read-only when `writable` is false, so that every write fails), then gives the
+    /// file's bytes, the hash and the first write error.
+    fn with_side(
+        writable: bool,
+        body: impl FnOnce(&WriteSide<'_>, &Path),
+    ) -> (Vec<u8>, Hasher, Option<std::io::Error>) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"").unwrap();
+        let file = OpenOptions::new()
+            .write(writable)
+            .read(true)
+            .open(&p)
+            .unwrap();
+        let sink = NoSink;
+        let ck = Checkpointer::new(file.try_clone().unwrap(), &sink);
+        let side = WriteSide::new(file, Hasher::new(Algorithm::Md5), 0, &ck);
+        body(&side, &p);
+        let (hasher, error) = side.finish();
+        (std::fs::read(&p).unwrap(), hasher, error)
+    }
+
+    /// `bytes` in a gather buffer, applied here or queued (`Writer::apply_or_send`).
+    fn apply_here(w: &Writer<'_>, bytes: &[u8]) -> std::io::Result<()> {
+        let mut buf = w.take_buffer().unwrap();
+        buf.extend_from_slice(bytes);
+        w.apply_or_send(WriteMsg::Gathered(buf))
+    }
+
+    fn md5_of(bytes: &[u8]) -> Checksum {
+        let mut h = Hasher::new(Algorithm::Md5);
+        h.update(bytes);
+        h.finalize()
+    }
+
     /// docs/API.md 9.7: gathered buffers come back from the write thread empty and are reused,
     /// so 40 buffers (10 MiB) go through with at most `POOL` ever allocated, and the file and
     /// the hash get every byte in order.
     #[test]
     fn api_9_7_gather_buffers_are_reused_and_bounded() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        let file = File::create(&p).unwrap();
-        let sink = NoSink;
-        let ck = Checkpointer::new(file.try_clone().unwrap(), &sink);
-        let side = WriteSide::new(file, Hasher::new(Algorithm::Md5), 0, &ck);
-        let (w, queue) = write_channels(&side);
-        let mut expected = Hasher::new(Algorithm::Md5);
         let mut all = Vec::new();
-        std::thread::scope(|scope| {
-            let writer = scope.spawn(|| write_loop(queue, &side));
-            for i in 0..40u8 {
-                let mut buf = w.take_buffer().unwrap();
-                assert!(buf.is_empty() && buf.capacity() >= GATHER);
-                buf.resize(GATHER, i);
-                expected.update(&buf);
-                all.extend_from_slice(&buf);
-                w.send(WriteMsg::Gathered(buf)).unwrap();
-            }
-            w.barrier().unwrap();
-            assert!(w.allocated.get() <= POOL, "{} buffers", w.allocated.get());
-            drop(w);
-            writer.join().unwrap();
+        let (file, hasher, error) = with_side(true, |side, _| {
+            let (w, queue) = write_channels(side);
+            std::thread::scope(|scope| {
+                let writer = scope.spawn(|| write_loop(queue, side));
+                for i in 0..40u8 {
+                    let mut buf = w.take_buffer().unwrap();
+                    assert!(buf.is_empty() && buf.capacity() >= GATHER);
+                    buf.resize(GATHER, i);
+                    all.extend_from_slice(&buf);
+                    w.send(WriteMsg::Gathered(buf)).unwrap();
+                }
+                w.barrier().unwrap();
+                assert!(w.allocated.get() <= POOL, "{} buffers", w.allocated.get());
+                drop(w);
+                writer.join().unwrap();
+            });
         });
-        let (hasher, error) = side.finish();
         assert!(error.is_none());
-        assert_eq!(hasher.finalize(), expected.finalize());
-        assert!(
-            std::fs::read(&p).unwrap() == all,
-            "the file holds every buffer in order"
-        );
+        assert_eq!(hasher.finalize(), md5_of(&all));
+        assert!(file == all, "the file holds every buffer in order");
     }
 
     /// docs/API.md 9.7: with nothing queued, `apply_or_send` writes and hashes on the calling
@@ -561,80 +587,63 @@ mod tests {
     /// the file keeps the order sent.
     #[test]
     fn api_9_7_a_buffer_is_applied_here_when_nothing_is_queued_and_queued_behind_otherwise() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        let file = File::create(&p).unwrap();
-        let sink = NoSink;
-        let ck = Checkpointer::new(file.try_clone().unwrap(), &sink);
-        let side = WriteSide::new(file, Hasher::new(Algorithm::Md5), 0, &ck);
-        let (w, queue) = write_channels(&side);
-        let mut buf = w.take_buffer().unwrap();
-        buf.extend_from_slice(b"first ");
-        w.apply_or_send(WriteMsg::Gathered(buf)).unwrap();
-        assert_eq!(
-            std::fs::read(&p).unwrap(),
-            b"first ",
-            "written on this thread"
-        );
-        let again = w.take_buffer().unwrap();
-        assert!(again.is_empty() && again.capacity() >= GATHER);
-        assert_eq!(
-            w.allocated.get(),
-            1,
-            "the buffer applied here is the one filled again"
-        );
-        // Queued for the write thread, which is not running yet: what follows must wait for it.
-        w.send(WriteMsg::Data(axum::body::Bytes::from_static(b"second ")))
-            .unwrap();
-        let mut third = again;
-        third.extend_from_slice(b"third");
-        w.apply_or_send(WriteMsg::Gathered(third)).unwrap();
-        assert_eq!(
-            std::fs::read(&p).unwrap(),
-            b"first ",
-            "nothing overtook the queue"
-        );
-        std::thread::scope(|scope| {
-            let writer = scope.spawn(|| write_loop(queue, &side));
-            w.barrier().unwrap();
-            drop(w);
-            writer.join().unwrap();
+        let (file, hasher, error) = with_side(true, |side, p| {
+            let (w, queue) = write_channels(side);
+            apply_here(&w, b"first ").unwrap();
+            assert_eq!(
+                std::fs::read(p).unwrap(),
+                b"first ",
+                "written on this thread"
+            );
+            let mut again = w.take_buffer().unwrap();
+            assert!(again.is_empty() && again.capacity() >= GATHER);
+            assert_eq!(
+                w.allocated.get(),
+                1,
+                "the buffer applied here is filled again"
+            );
+            // Queued for the write thread, which is not running yet: what follows waits for it.
+            w.send(WriteMsg::Data(axum::body::Bytes::from_static(b"second ")))
+                .unwrap();
+            again.extend_from_slice(b"third");
+            w.apply_or_send(WriteMsg::Gathered(again)).unwrap();
+            assert_eq!(
+                std::fs::read(p).unwrap(),
+                b"first ",
+                "nothing overtook the queue"
+            );
+            std::thread::scope(|scope| {
+                let writer = scope.spawn(|| write_loop(queue, side));
+                w.barrier().unwrap();
+                drop(w);
+                writer.join().unwrap();
+            });
         });
-        let (hasher, error) = side.finish();
         assert!(error.is_none());
-        assert_eq!(std::fs::read(&p).unwrap(), b"first second third");
-        let mut expected = Hasher::new(Algorithm::Md5);
-        expected.update(b"first second third");
-        assert_eq!(hasher.finalize(), expected.finalize());
+        assert_eq!(file, b"first second third");
+        assert_eq!(hasher.finalize(), md5_of(b"first second third"));
     }
 
     /// A write that fails on the calling thread (here: a file opened read-only) reports its
     /// error there, and every later barrier reports it too, as from the write thread.
     #[test]
     fn a_write_error_applied_here_is_reported_at_once_and_at_every_barrier() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        std::fs::write(&p, b"").unwrap();
-        let file = File::open(&p).unwrap();
-        let sink = NoSink;
-        let ck = Checkpointer::new(file.try_clone().unwrap(), &sink);
-        let side = WriteSide::new(file, Hasher::new(Algorithm::Md5), 0, &ck);
-        let (w, queue) = write_channels(&side);
-        let mut buf = w.take_buffer().unwrap();
-        buf.extend_from_slice(b"bytes");
-        let here = w.apply_or_send(WriteMsg::Gathered(buf)).unwrap_err();
-        std::thread::scope(|scope| {
-            let writer = scope.spawn(|| write_loop(queue, &side));
-            let later = w.barrier().unwrap_err();
-            assert_eq!(
-                here.raw_os_error(),
-                later.raw_os_error(),
-                "{here} / {later}"
-            );
-            drop(w);
-            writer.join().unwrap();
+        let (file, _, error) = with_side(false, |side, _| {
+            let (w, queue) = write_channels(side);
+            let here = apply_here(&w, b"bytes").unwrap_err();
+            std::thread::scope(|scope| {
+                let writer = scope.spawn(|| write_loop(queue, side));
+                let later = w.barrier().unwrap_err();
+                assert_eq!(
+                    here.raw_os_error(),
+                    later.raw_os_error(),
+                    "{here} / {later}"
+                );
+                drop(w);
+                writer.join().unwrap();
+            });
         });
-        assert!(side.finish().1.is_some());
+        assert!(error.is_some() && file.is_empty());
     }
 
     #[test]
