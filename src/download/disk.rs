@@ -1,7 +1,7 @@
-//! The download's disk side, off the receive path: the write thread (hash and write each
-//! chunk while the next one is received), the checkpoint thread (`fdatasync`, then the byte
-//! count persisted through the sink), opening and re-hashing a partial file, and hashing a
-//! whole file for verification.
+//! The download's disk side: the write side (hash and write each buffer, on the write thread
+//! while the next one is received on a fast link, on the receiving thread itself on a slow
+//! one), the checkpoint thread (`fdatasync`, then the byte count persisted through the sink),
+//! opening and re-hashing a partial file, and hashing a whole file for verification.
 
 use std::cell::Cell;
 use std::fs::{File, OpenOptions};

@@ -19,7 +19,7 @@ use super::{AttemptFailure, DownloadError, DownloadParams, DownloadSink};
 use crate::lifecycle::{download_percent, report_step, Validator};
 use crate::net::redact_url;
 
-/// Gathered bytes go to the write thread at the latest this long after the first of them
+/// Gathered bytes go to the write side at the latest this long after the first of them
 /// arrived (checked when a chunk arrives and at every stall tick), so on a slow link progress
 /// and checkpoints move as before and nothing waits in memory for long.
 const GATHER_MAX_AGE: Duration = Duration::from_millis(100);
@@ -61,7 +61,7 @@ pub(super) struct Job<'a> {
     validator: Validator,
     /// When the next background checkpoint is due.
     pace: CheckpointPace,
-    /// Received bytes not yet handed to the write thread (counted in `offset`).
+    /// Received bytes not yet handed to the write side (counted in `offset`).
     gathered: Vec<u8>,
     /// When the first byte of `gathered` arrived.
     gathered_since: Instant,
@@ -185,7 +185,7 @@ impl Job<'_> {
             .map_err(|e| self.write_err(e))
     }
 
-    /// Add a received chunk to the gather buffer; each buffer filled goes to the write thread.
+    /// Add a received chunk to the gather buffer; each buffer filled goes to the write side.
     /// A chunk as large as a buffer (the HTTP stack hands over up to a few hundred KiB at
     /// full speed) goes as it is, without a copy, after what was gathered before it.
     fn gather(&mut self, chunk: Bytes) -> Result<(), DownloadError> {
