@@ -767,9 +767,11 @@ fn contract_6_every_rename_is_fsynced_before_and_its_directory_after() {
         found.syncfs >= 1,
         "no syncfs barrier before the renames: {summary}"
     );
+    // About 4 s at nginx's /slow/ rate: the first 5 % step at once, one more 2 s later, and
+    // the end (docs/API.md 9.7).
     let rising = found.checkpoints.windows(2).filter(|w| w[1] > w[0]).count();
     assert!(
-        rising >= 5 && found.package_syncs >= 5,
+        rising >= 3 && found.package_syncs >= 3,
         "the download must checkpoint as it goes (synced package, rising bytes_downloaded): \
          {summary}"
     );
