@@ -201,20 +201,14 @@ impl<'a> WriteSide<'a> {
         let mut guard = crate::sync::lock(&self.disk);
         let d = &mut *guard;
         let mut give_back = None;
+        // After a write error, data and checkpoints are dropped (a buffer still comes back).
+        let failed = d.error.is_some();
         let outcome = match m {
-            WriteMsg::Data(_) | WriteMsg::Gathered(_) | WriteMsg::Checkpoint(_)
-                if d.error.is_some() =>
-            {
-                if let WriteMsg::Gathered(mut buf) = m {
-                    buf.clear();
-                    give_back = Some(buf);
-                }
-                Ok(())
-            }
-            WriteMsg::Data(chunk) => d.write(&chunk),
+            WriteMsg::Data(chunk) if !failed => d.write(&chunk),
+            WriteMsg::Data(_) => Ok(()),
             WriteMsg::Gathered(mut buf) => {
                 // The hash right after the write: the bytes are still in this core's cache.
-                let r = d.write(&buf);
+                let r = if failed { Ok(()) } else { d.write(&buf) };
                 buf.clear();
                 give_back = Some(buf);
                 r
@@ -232,7 +226,8 @@ impl<'a> WriteSide<'a> {
                 }
                 r
             }
-            WriteMsg::Checkpoint(v) => self.ck.request(d.written, &v),
+            WriteMsg::Checkpoint(v) if !failed => self.ck.request(d.written, &v),
+            WriteMsg::Checkpoint(_) => Ok(()),
             WriteMsg::Barrier(reply) => {
                 let _ = reply.send(d.first_error());
                 Ok(())
@@ -338,13 +333,19 @@ impl Writer<'_> {
         self.returned.recv().map_err(|_| stopped())
     }
 
-    /// Queue `m` for the write thread; the first write error, if one happened.
-    pub(super) fn send(&self, m: WriteMsg) -> std::io::Result<()> {
+    /// Put `m` in the write thread's queue, counted in `queued` until applied.
+    fn queue(&self, m: WriteMsg) -> std::io::Result<()> {
         self.side.queued.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(m).is_err() {
             self.side.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(stopped());
         }
+        Ok(())
+    }
+
+    /// Queue `m` for the write thread; the first write error, if one happened.
+    pub(super) fn send(&self, m: WriteMsg) -> std::io::Result<()> {
+        self.queue(m)?;
         if self.side.failed.load(Ordering::Acquire) {
             self.barrier()?;
         }
@@ -369,11 +370,7 @@ impl Writer<'_> {
     /// Wait until every chunk sent so far is written; the first write error, if any.
     pub(super) fn barrier(&self) -> std::io::Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.side.queued.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(WriteMsg::Barrier(tx)).is_err() {
-            self.side.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(stopped());
-        }
+        self.queue(WriteMsg::Barrier(tx))?;
         rx.recv().map_err(|_| stopped())?
     }
 }
