@@ -111,13 +111,20 @@ step "release 0.1.0 binary (scripts/make-v0.1.0-fixtures.sh --bin)" v010_bin
 step "cargo test --all-targets --no-run (build)" cargo test --all-targets --no-fail-fast --no-run
 # The test runs are bounded (about 4 times what they take): a test that hangs fails the run
 # within the budget, named by the harness's "has been running for over 60 seconds" line,
-# instead of running out the whole budget. `timeout` signals the whole process group, the
-# test binaries and the daemons they started included.
+# instead of running out the whole budget. `timeout` signals its whole process group, so the
+# test binaries stop with cargo.
+bounded() { # SECONDS COMMAND...
+    local limit=$1 status=0
+    shift
+    timeout --kill-after=30 "$limit" "$@" || status=$?
+    [ "$status" -ne 124 ] || echo "test.sh: FAIL: '$*' was still running after $limit s" >&2
+    return "$status"
+}
 step "cargo test --all-targets --no-fail-fast (run)" \
-    timeout --kill-after=30 2400 cargo test --all-targets --no-fail-fast
+    bounded 2400 cargo test --all-targets --no-fail-fast
 # The download tests that need more than a minute by definition (the 60 s stall window).
 step "cargo test --test download_long -- --ignored" \
-    timeout --kill-after=30 1200 cargo test --test download_long -- --ignored
+    bounded 1200 cargo test --test download_long -- --ignored
 step "scripts/fuzz.sh (every fuzz target for FUZZ_SECONDS, default 60)" scripts/fuzz.sh
 
 # Shipping checks (about 15 minutes together on a fresh 2-core machine, most of it the two ARM
